@@ -1,0 +1,160 @@
+"""Engine creation, SQLite tuning, write transactions and migrations for the catalog."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from granary.errors import CatalogError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_upgraded: set[str] = set()
+_upgrade_lock = threading.Lock()
+
+
+class Catalog:
+    """A handle on the catalog database.
+
+    Use :meth:`read` for reads and :meth:`write` for transactions that modify state. On SQLite,
+    :meth:`write` takes the write lock up front (``BEGIN IMMEDIATE``) so that concurrent writers
+    queue on the busy timeout instead of failing when a read lock cannot be upgraded.
+
+    Args:
+        engine: a SQLAlchemy engine (see :func:`open_catalog`).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.url = engine.url
+        self.is_sqlite = engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection inside a (deferred) transaction, for consistent reads."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A connection inside a write transaction that commits on success and rolls back on error."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(granary_immediate=True)
+            with conn.begin():
+                yield conn
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest revision of every subsystem's migration branch."""
+        upgrade(self.engine)
+
+    def dispose(self) -> None:
+        """Close pooled connections (call before forking or at shutdown)."""
+        self.engine.dispose()
+
+
+def open_catalog(url: str, *, migrate: bool = True, **engine_kwargs: Any) -> Catalog:
+    """Open (and by default migrate) the catalog at a SQLAlchemy URL.
+
+    ``postgresql://`` URLs use the psycopg 3 driver. SQLite files get WAL journaling, a 30 s busy
+    timeout and foreign keys.
+
+    Args:
+        url: SQLAlchemy URL, e.g. ``sqlite:////home/me/.granary/catalog.db`` or ``postgresql://127.0.0.1/test``.
+        migrate: run pending migrations first.
+        **engine_kwargs: passed to :func:`sqlalchemy.create_engine`.
+
+    Raises:
+        CatalogError: the database is unreachable or cannot be migrated.
+    """
+    engine = create_engine(url, **engine_kwargs)
+    catalog = Catalog(engine)
+    if migrate:
+        try:
+            catalog.upgrade()
+        except sa.exc.OperationalError as exc:
+            raise CatalogError(
+                f"cannot reach the catalog at {engine.url.render_as_string(hide_password=True)}: {exc.orig}",
+                hint="check GRANARY_CATALOG_URL and that the database server is running",
+            ) from exc
+    return catalog
+
+
+def create_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine with Granary's dialect settings."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        kwargs.setdefault("connect_args", {"timeout": 30.0, "check_same_thread": False})
+        engine = sa.create_engine(url, **kwargs)
+        _tune_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    try:
+        return sa.create_engine(url, **kwargs)
+    except ModuleNotFoundError as exc:
+        raise CatalogError(
+            f"no database driver for {url.split(':', 1)[0]}: {exc}",
+            hint="for PostgreSQL install it with: pip install 'granary[postgres]'",
+        ) from exc
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _on_begin)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("granary_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def upgrade(engine: Engine) -> None:
+    """Run Alembic to ``heads`` unless this process already did for this URL."""
+    key = engine.url.render_as_string(hide_password=False)
+    if key in _upgraded:
+        return
+    with _upgrade_lock:
+        if key in _upgraded:
+            return
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        script = ScriptDirectory.from_config(cfg)
+        heads = set(script.get_heads())
+        with engine.connect() as conn:
+            current = set(MigrationContext.configure(conn).get_current_heads())
+        if current != heads:
+            log.info("migrating catalog %s to %s", engine.url.render_as_string(hide_password=True), heads)
+            with engine.connect() as conn:
+                conn = conn.execution_options(granary_immediate=True)
+                with conn.begin():
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "heads")
+        _upgraded.add(key)
+
+
+def forget_upgrades() -> None:
+    """Forget which URLs were migrated in this process (for tests that drop schemas)."""
+    _upgraded.clear()

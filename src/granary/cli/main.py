@@ -1,0 +1,44 @@
+"""Entry point of the `granary` command: builds the Typer app from the command-group modules."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from granary.cli.output import fail
+from granary.errors import GranaryError
+
+app = typer.Typer(
+    name="granary",
+    help="Granary: versioned datasets, curation, streaming, scheduling and governance for AI training data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each module defines `register(app: typer.Typer) -> None`. Add a subsystem by adding its module here.
+_GROUPS = (
+    "granary.cli.store",
+)
+
+for _module in _GROUPS:
+    importlib.import_module(_module).register(app)
+
+
+def main() -> None:
+    """Run the CLI; user errors become a short message and exit code 1, never a traceback."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(standalone_mode=True)
+    except GranaryError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
