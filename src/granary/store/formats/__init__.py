@@ -1,0 +1,1 @@
+"""On-disk shard formats: one folder per format, each with a README.md spec."""

@@ -1,0 +1,431 @@
+"""The Store: datasets, versions, refs, reads and commits over the catalog and the object storage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pyarrow as pa
+
+from granary.catalog import Catalog, open_catalog
+from granary.config import Settings
+from granary.errors import IntegrityError, NotFoundError, StoreError
+from granary.store import refs as R
+from granary.store.formats.tokens import TokenShardWriter
+from granary.store.hooks import NullHooks, StoreHooks
+from granary.store.manifest import (
+    Manifest,
+    SegmentRef,
+    ShardEntry,
+    canonical_json,
+    chunk,
+    decode_segment,
+    encode_segment,
+    envelope,
+    parse_envelope,
+    version_id_of,
+)
+from granary.store.model import KINDS, DatasetInfo, RefInfo, VersionInfo
+from granary.store.names import check_dataset_name, check_ref_name, parse_ref
+from granary.store.objects import ObjectStore
+from granary.store.shard import iter_shard_batches, open_plain, publish, read_shard
+from granary.store.transaction import Mode, Transaction
+
+log = logging.getLogger(__name__)
+MANIFEST_FORMAT_VERSION = 1
+
+
+class Store:
+    """Versioned, content-addressed datasets.
+
+    Args:
+        settings: where the catalog and objects live (see :class:`granary.config.Settings`).
+        hooks: authorization, audit and encryption callbacks (default: single-user, no encryption).
+        catalog: an already-open catalog (default: opened from ``settings.catalog_url``).
+    """
+
+    def __init__(self, settings: Settings, *, hooks: StoreHooks | None = None, catalog: Catalog | None = None) -> None:
+        self.settings = settings
+        self.catalog = catalog or open_catalog(settings.catalog_url)
+        self.objects = ObjectStore(settings.storage_url, options=settings.storage_options,
+                                   local_staging=settings.home / "staging")
+        self.hooks: StoreHooks = hooks or NullHooks()
+        self._manifests: OrderedDict[str, Manifest] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- datasets -------------------------------------------------------------------------------
+    def create_dataset(
+        self,
+        name: str,
+        *,
+        kind: str = "documents",
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+        default_branch: str = "main",
+        exist_ok: bool = False,
+    ) -> DatasetInfo:
+        """Register a new, empty dataset with one branch (``main``)."""
+        check_dataset_name(name)
+        check_ref_name(default_branch)
+        if kind not in KINDS:
+            raise StoreError(f"dataset kind must be one of {KINDS}, got {kind!r}")
+        self.hooks.authorize("create", name)
+        info = DatasetInfo(name, kind, default_branch, description, dict(metadata or {}), time.time(),
+                           self.settings.author)
+        try:
+            with self.catalog.write() as conn:
+                R.insert_dataset(conn, info)
+        except StoreError:
+            if exist_ok:
+                existing = self.dataset(name)
+                if existing.kind != kind:
+                    raise StoreError(f"dataset {name} exists with kind {existing.kind}, not {kind}") from None
+                return existing
+            raise
+        self.hooks.record("create", name, details={"kind": kind})
+        return info
+
+    def dataset(self, name: str) -> DatasetInfo:
+        """A dataset's catalog record."""
+        check_dataset_name(name)
+        with self.catalog.read() as conn:
+            return R.get_dataset(conn, name)
+
+    def datasets(self) -> list[DatasetInfo]:
+        """Every dataset, by name."""
+        with self.catalog.read() as conn:
+            return R.list_datasets(conn)
+
+    # -- refs -----------------------------------------------------------------------------------
+    def resolve(self, ref: str | VersionInfo) -> VersionInfo:
+        """Resolve ``name``, ``name@branch``, ``name@tag`` or ``name@<version-id-prefix>``."""
+        if isinstance(ref, VersionInfo):
+            return ref
+        parsed = parse_ref(ref)
+        with self.catalog.read() as conn:
+            version = R.resolve(conn, parsed)
+        if version.state != "live":
+            raise NotFoundError(f"version {version.short_id} of {version.dataset} has expired ({version.state})",
+                                hint="it was removed by a retention policy or a forget request")
+        return version
+
+    def refs(self, dataset: str, kind: str | None = None) -> list[RefInfo]:
+        """Branches and tags of a dataset."""
+        with self.catalog.read() as conn:
+            R.get_dataset(conn, dataset)
+            return R.list_refs(conn, dataset, kind)
+
+    def branch(self, dataset: str, name: str, *, from_ref: str | None = None) -> RefInfo:
+        """Create branch ``name`` at ``from_ref`` (default: the dataset's default branch head)."""
+        check_ref_name(name)
+        self.hooks.authorize("branch", dataset)
+        version = self.resolve(from_ref or dataset)
+        with self.catalog.write() as conn:
+            R.create_ref(conn, dataset, "branch", name, version.id, self.settings.author)
+            ref = R.get_ref(conn, dataset, "branch", name)
+        self.hooks.record("branch", dataset, version=version.id, details={"branch": name})
+        assert ref is not None
+        return ref
+
+    def tag(self, dataset: str, name: str, *, ref: str | None = None) -> RefInfo:
+        """Create tag ``name`` pointing at ``ref`` (default: the default branch head). Tags never move."""
+        check_ref_name(name, "tag")
+        self.hooks.authorize("tag", dataset)
+        version = self.resolve(ref or dataset)
+        if version.dataset != dataset:
+            raise StoreError(f"{ref} is a version of {version.dataset}, not {dataset}")
+        with self.catalog.write() as conn:
+            R.create_ref(conn, dataset, "tag", name, version.id, self.settings.author)
+            found = R.get_ref(conn, dataset, "tag", name)
+        self.hooks.record("tag", dataset, version=version.id, details={"tag": name})
+        assert found is not None
+        return found
+
+    def delete_ref(self, dataset: str, name: str, *, kind: str = "branch") -> None:
+        """Delete a branch or tag (the default branch cannot be deleted)."""
+        if kind == "branch" and name == self.dataset(dataset).default_branch:
+            raise StoreError(f"cannot delete the default branch {dataset}@{name}")
+        self.hooks.authorize(kind, dataset)
+        with self.catalog.write() as conn:
+            R.delete_ref(conn, dataset, kind, name, self.settings.author)
+        self.hooks.record(kind, dataset, details={"deleted": name})
+
+    def rollback(self, dataset: str, to_ref: str, *, branch: str | None = None) -> VersionInfo:
+        """Move a branch head back (or forward) to another version of the dataset; history is kept."""
+        target = self.resolve(to_ref if "@" in to_ref else f"{dataset}@{to_ref}")
+        if target.dataset != dataset:
+            raise StoreError(f"{to_ref} is a version of {target.dataset}, not {dataset}")
+        self.hooks.authorize("rollback", dataset)
+        branch = branch or self.dataset(dataset).default_branch
+        with self.catalog.write() as conn:
+            current = R.get_ref(conn, dataset, "branch", branch)
+            if current is None:
+                raise NotFoundError(f"branch {dataset}@{branch} does not exist")
+            R.move_ref(conn, dataset, "branch", branch, expected=current.version_id, new=target.id,
+                       action="rollback", actor=self.settings.author)
+        self.hooks.record("rollback", dataset, version=target.id, details={"branch": branch})
+        return target
+
+    def log(self, ref: str, *, limit: int = 50) -> list[VersionInfo]:
+        """The version ``ref`` resolves to and its first-parent ancestors, newest first."""
+        version = self.resolve(ref)
+        out = [version]
+        with self.catalog.read() as conn:
+            while version.parents and len(out) < limit:
+                version = R.get_version(conn, version.parents[0])
+                out.append(version)
+        return out
+
+    def history(self, dataset: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The ref log: every move of a branch or tag (commits, rollbacks, creations), newest first."""
+        with self.catalog.read() as conn:
+            return R.history(conn, dataset, limit)
+
+    def versions(self, dataset: str | None = None) -> list[VersionInfo]:
+        """Every recorded version (of one dataset, or of all), oldest first."""
+        with self.catalog.read() as conn:
+            return R.all_versions(conn, dataset)
+
+    # -- manifests ------------------------------------------------------------------------------
+    def manifest(self, ref: str | VersionInfo) -> Manifest:
+        """The full manifest of a version (shards, schema, lineage, metadata, side tables)."""
+        if isinstance(ref, str) and len(ref) == 64 and "@" not in ref:
+            with self.catalog.read() as conn:
+                version = R.get_version(conn, ref)
+        else:
+            version = self.resolve(ref)
+        with self._lock:
+            cached = self._manifests.get(version.id)
+            if cached is not None:
+                self._manifests.move_to_end(version.id)
+                return cached
+        manifest = self.load_manifest(version.manifest_key, expected_id=version.id)
+        with self._lock:
+            self._manifests[version.id] = manifest
+            while len(self._manifests) > 64:
+                self._manifests.popitem(last=False)
+        return manifest
+
+    def load_manifest(self, key: str, *, expected_id: str | None = None) -> Manifest:
+        """Read and check a manifest object and its segments."""
+        try:
+            data = self.objects.get_bytes(key)
+        except NotFoundError:
+            raise IntegrityError(f"manifest {key} is missing", key=key, expected=expected_id) from None
+        vid, body, created = parse_envelope(data, key=key)
+        if expected_id is not None and vid != expected_id:
+            raise IntegrityError(f"manifest {key} belongs to version {vid[:12]}, not {expected_id[:12]}", key=key)
+        shards = self._load_segments(body["segments"])
+        tables = {name: self._load_segments(segs) for name, segs in (body.get("tables") or {}).items()}
+        return Manifest(version_id=vid, body=body, shards=shards, tables=tables, created_at=created)
+
+    def _load_segments(self, segments: Sequence[dict[str, Any]]) -> list[ShardEntry]:
+        out: list[ShardEntry] = []
+        for seg in segments:
+            try:
+                data = self.objects.get_bytes(seg["key"])
+            except NotFoundError:
+                raise IntegrityError(f"manifest segment {seg['key']} is missing", key=seg["key"]) from None
+            out.extend(decode_segment(data, key=seg["key"], expected_sha256=seg["sha256"]))
+        return out
+
+    def _write_segments(self, dataset: str, shards: Sequence[ShardEntry]) -> list[dict[str, Any]]:
+        refs_out = []
+        for part in chunk(shards):
+            sha, data = encode_segment(part)
+            key = f"datasets/{dataset}/segments/{sha}.parquet"
+            self.objects.put_if_absent(key, data)
+            ref = SegmentRef(key=key, sha256=sha, shards=len(part), rows=sum(e.rows for e in part),
+                             bytes=sum(e.bytes for e in part))
+            refs_out.append(ref.__dict__)
+        return refs_out
+
+    def _publish_version(
+        self,
+        *,
+        dataset: str,
+        kind: str,
+        branch: str,
+        parent_id: str | None,
+        shards: Sequence[ShardEntry],
+        tables: dict[str, list[ShardEntry]],
+        schema: dict[str, Any] | None,
+        message: str,
+        author: str,
+        lineage: dict[str, Any],
+        metadata: dict[str, Any],
+    ) -> VersionInfo:
+        """Write segments and manifest, then insert the version and CAS the branch head (one DB txn)."""
+        tokens = sum(e.tokens or 0 for e in shards) if kind == "tokens" else None
+        body = {
+            "v": MANIFEST_FORMAT_VERSION,
+            "dataset": dataset,
+            "kind": kind,
+            "parents": [parent_id] if parent_id else [],
+            "schema": schema,
+            "segments": self._write_segments(dataset, shards),
+            "tables": {name: self._write_segments(dataset, ents) for name, ents in sorted(tables.items())},
+            "stats": {"rows": sum(e.rows for e in shards), "bytes": sum(e.bytes for e in shards),
+                      "shards": len(shards), "tokens": tokens},
+            "message": message,
+            "author": author,
+            "lineage": json.loads(canonical_json(lineage)),
+            "metadata": json.loads(canonical_json(metadata)),
+        }
+        vid = version_id_of(body)
+        created = time.time()
+        key = f"datasets/{dataset}/manifests/{vid}.json"
+        if not self.objects.exists(key):
+            self.objects.put_bytes(key, envelope(vid, body, created))
+        else:
+            _, _, created = parse_envelope(self.objects.get_bytes(key), key=key)
+        info = VersionInfo(
+            id=vid, dataset=dataset, kind=kind, parents=body["parents"], num_rows=body["stats"]["rows"],
+            num_bytes=body["stats"]["bytes"], num_shards=len(shards), num_tokens=tokens, message=message,
+            author=author, created_at=created, manifest_key=key,
+        )
+        with self.catalog.write() as conn:
+            R.insert_version(conn, info)
+            R.move_ref(conn, dataset, "branch", branch, expected=parent_id, new=vid, action="commit", actor=author)
+        return info
+
+    # -- writing --------------------------------------------------------------------------------
+    def transaction(self, dataset: str, *, branch: str | None = None, mode: Mode = "append") -> Transaction:
+        """Start a commit to ``dataset@branch`` (see :class:`Transaction`)."""
+        self.hooks.authorize("write", dataset)
+        return Transaction(self, dataset, branch=branch, mode=mode)
+
+    def commit_table(self, dataset: str, table: pa.Table, *, message: str = "", mode: Mode = "append",
+                     branch: str | None = None, **kwargs: Any) -> VersionInfo:
+        """Shortcut: one transaction that writes ``table`` and commits."""
+        with self.transaction(dataset, branch=branch, mode=mode) as txn:
+            txn.write(table)
+            return txn.commit(message=message, **kwargs)
+
+    def write_shard(self, dataset: str, table: pa.Table, *, _staging: Path | None = None) -> ShardEntry:
+        """Write one document shard (any process) and publish it; reference it later with ``add_shards``."""
+        import pyarrow.parquet as pq
+
+        from granary.store.formats.parquet import check_document_schema
+
+        schema = check_document_schema(table.schema)
+        table = table.cast(schema)
+        staging = _staging or self.objects.staging_dir(f"shard-{uuid.uuid4().hex}")
+        path = staging / f"{uuid.uuid4().hex}.parquet"
+        try:
+            rows_per_group = max(1, int(table.num_rows * self.settings.row_group_bytes / max(table.nbytes, 1)))
+            pq.write_table(table, path, compression="zstd", compression_level=3, row_group_size=rows_per_group,
+                           write_statistics=["id"])
+            groups = -(-table.num_rows // rows_per_group) if table.num_rows else 0
+            return publish(self.objects, self.hooks, dataset, path, fmt="parquet", rows=table.num_rows,
+                           meta={"raw_bytes": table.nbytes, "row_groups": groups})
+        finally:
+            if _staging is None:
+                self.objects.remove_staging(staging.name)
+
+    def write_token_shard(self, dataset: str, documents: Iterable[np.ndarray], *, dtype: str = "uint16",
+                          _staging: Path | None = None) -> ShardEntry:
+        """Write one token shard from documents (1-D arrays) and publish it."""
+        staging = _staging or self.objects.staging_dir(f"shard-{uuid.uuid4().hex}")
+        path = staging / f"{uuid.uuid4().hex}.tok"
+        try:
+            with TokenShardWriter(path, dtype=dtype) as w:
+                for doc in documents:
+                    w.add(doc)
+                facts = w.close()
+            return publish(self.objects, self.hooks, dataset, path, fmt="tokens", rows=facts["docs"],
+                           tokens=facts["tokens"],
+                           meta={"dtype": np.dtype(dtype).name, "block_tokens": facts["block_tokens"],
+                                 "blocks": facts["blocks"], "docs": facts["docs"]})
+        finally:
+            if _staging is None:
+                self.objects.remove_staging(staging.name)
+
+    # -- reading --------------------------------------------------------------------------------
+    def read_shard(self, entry: ShardEntry, *, columns: list[str] | None = None, verify: bool = True) -> pa.Table:
+        """One document shard, checksum verified."""
+        return read_shard(self.objects, self.hooks, entry, columns=columns, verify=verify)
+
+    def iter_batches(self, ref: str | VersionInfo, *, columns: list[str] | None = None, batch_rows: int = 8192,
+                     verify: bool = True, purpose: str | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream a documents version in record batches (bounded memory)."""
+        manifest = self._readable(ref, purpose)
+        for entry in manifest.shards:
+            yield from iter_shard_batches(self.objects, self.hooks, entry, columns=columns, batch_rows=batch_rows,
+                                          verify=verify)
+
+    def read_table(self, ref: str | VersionInfo, *, columns: list[str] | None = None,
+                   purpose: str | None = None) -> pa.Table:
+        """A whole documents version as one table."""
+        manifest = self._readable(ref, purpose)
+        tables = [self.read_shard(e, columns=columns) for e in manifest.shards]
+        if not tables:
+            schema = manifest.schema
+            if schema is not None and columns:
+                schema = pa.schema([schema.field(c) for c in columns])
+            return (schema or pa.schema([("id", pa.string()), ("text", pa.string())])).empty_table()
+        return pa.concat_tables(tables)
+
+    def read_side_table(self, ref: str | VersionInfo, name: str) -> pa.Table | None:
+        """A side table (``quarantine``, ``rejected``, ...) of a version, or None if it has none."""
+        manifest = self._readable(ref, None)
+        entries = manifest.tables.get(name)
+        if not entries:
+            return None
+        return pa.concat_tables([self.read_shard(e) for e in entries], promote_options="default")
+
+    def _readable(self, ref: str | VersionInfo, purpose: str | None) -> Manifest:
+        version = self.resolve(ref)
+        self.hooks.authorize("read", version.dataset, purpose=purpose)
+        manifest = self.manifest(version)
+        self.hooks.record("read", version.dataset, version=version.id)
+        return manifest
+
+    def open_object(self, entry: ShardEntry | str) -> IO[bytes]:
+        """Open a stored object (a shard entry is decrypted transparently)."""
+        if isinstance(entry, ShardEntry):
+            return open_plain(self.objects, self.hooks, entry)
+        return self.objects.open(entry)
+
+    def object_bytes(self, entry: ShardEntry | str) -> bytes:
+        """A whole stored object's (plaintext) bytes."""
+        with self.open_object(entry) as f:
+            return f.read()
+
+    def local_path(self, entry: ShardEntry) -> str | None:
+        """A local filesystem path of an unencrypted shard on a local store (for memory mapping)."""
+        if "enc" in entry.meta:
+            return None
+        return self.objects.local_path(entry.key)
+
+    # -- maintenance (implemented in their own modules) ----------------------------------------
+    def diff(self, a: str, b: str, **kwargs: Any) -> Any:
+        """Shards, rows and schema that differ between two versions (see granary.store.diff)."""
+        from granary.store.diff import diff
+
+        return diff(self, a, b, **kwargs)
+
+    def verify(self, ref: str | None = None, **kwargs: Any) -> Any:
+        """Recompute checksums (see granary.store.verify)."""
+        from granary.store.verify import verify
+
+        return verify(self, ref, **kwargs)
+
+    def gc(self, **kwargs: Any) -> Any:
+        """Delete unreferenced objects (see granary.store.gc)."""
+        from granary.store.gc import collect
+
+        return collect(self, **kwargs)
+
+
+def open_store(settings: Settings | None = None, *, hooks: StoreHooks | None = None) -> Store:
+    """Open the store described by ``settings`` (default: from the environment)."""
+    return Store(settings or Settings.from_env(), hooks=hooks)
