@@ -1,0 +1,202 @@
+"""Streaming JSONL reader: large blocks through pyarrow's JSON parser, exact per-line checks on bad blocks."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.json as pajson
+import zstandard
+
+from granary.store.ingest.sink import BadRecordSink
+
+log = logging.getLogger(__name__)
+
+BLOCK_BYTES = 32 * 1024 * 1024
+
+
+def open_text_stream(path: Path) -> tuple[IO[bytes], IO[bytes]]:
+    """Open a (possibly .gz/.zst compressed) file; returns (decompressed stream, raw file for progress)."""
+    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller through the returned raw handle
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw), raw
+    if name.endswith(".zst") or name.endswith(".zstd"):
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), raw
+    return raw, raw
+
+
+class JsonlReader:
+    """Read one JSONL file as record batches with a fixed schema.
+
+    The first good block fixes the schema (``id`` and ``text`` are strings; all-null fields become
+    strings). A block that pyarrow rejects, or that has records without text, is re-read line by
+    line so every bad record is reported with its line number and reason while the good ones are kept.
+
+    Args:
+        path: the file.
+        sink: receives bad records.
+        schema: a schema to hold to (from earlier files of the same ingest).
+        on_bytes: called with the number of raw (compressed) bytes consumed.
+    """
+
+    def __init__(self, path: Path, sink: BadRecordSink, *, schema: pa.Schema | None = None,
+                 on_bytes: Callable[[int], None] | None = None, block_bytes: int = BLOCK_BYTES) -> None:
+        self.path = path
+        self.sink = sink
+        self.schema = schema
+        self.on_bytes = on_bytes
+        self.block_bytes = block_bytes
+        self.ignored_fields: set[str] = set()
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        stream, raw = open_text_stream(self.path)
+        try:
+            yield from self._blocks(stream, raw)
+        except (OSError, EOFError, zstandard.ZstdError) as exc:
+            self.sink.bad(str(self.path), None, f"unreadable or truncated file: {exc}")
+        finally:
+            stream.close()
+            raw.close()
+
+    def _blocks(self, stream: IO[bytes], raw: IO[bytes]) -> Iterator[pa.Table]:
+        carry = b""
+        line_no = 1
+        pos = 0
+        while True:
+            data = stream.read(self.block_bytes)
+            if data:
+                block = carry + data if carry else data
+                cut = block.rfind(b"\n")
+                if cut < 0:
+                    carry = block
+                    continue
+                carry, block = block[cut + 1 :], block[: cut + 1]
+            else:
+                block, carry = carry, b""
+            if block.strip():
+                table = self._parse(block, line_no)
+                if table is not None and table.num_rows:
+                    yield table
+            line_no += block.count(b"\n")
+            if self.on_bytes is not None:
+                now = raw.tell()
+                self.on_bytes(now - pos)
+                pos = now
+            if not data:
+                return
+
+    def _parse(self, block: bytes, first_line: int) -> pa.Table | None:
+        table = self._fast(block)
+        if table is None:
+            return self._slow(block, first_line)
+        return table
+
+    def _fast(self, block: bytes) -> pa.Table | None:
+        parse = pajson.ParseOptions(
+            explicit_schema=self.schema or pa.schema([("id", pa.string()), ("text", pa.string())]),
+            unexpected_field_behavior="infer",
+        )
+        try:
+            table = pajson.read_json(io.BytesIO(block), read_options=pajson.ReadOptions(block_size=1 << 22),
+                                     parse_options=parse)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+        if "text" not in table.column_names or table.column("text").null_count or not _valid_utf8(table):
+            return None
+        if self.schema is None:
+            self.schema = _settle(table.schema)
+            return table.cast(self.schema)
+        extra = [c for c in table.column_names if c not in self.schema.names]
+        if extra:
+            self._ignore(extra)
+            table = table.drop_columns(extra)
+        return table.select(self.schema.names)
+
+    def _ignore(self, fields: list[str]) -> None:
+        new = set(fields) - self.ignored_fields
+        if new:
+            log.warning("%s: fields %s appear after the schema was fixed and are not stored", self.path, sorted(new))
+            self.ignored_fields |= new
+
+    def _slow(self, block: bytes, first_line: int) -> pa.Table | None:
+        rows: list[dict[str, Any]] = []
+        source = str(self.path)
+        for offset, raw in enumerate(block.split(b"\n")):
+            if not raw.strip():
+                continue
+            line = first_line + offset
+            reason = None
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                reason = f"invalid UTF-8 at byte {exc.start}"
+            except json.JSONDecodeError as exc:
+                reason = f"invalid JSON: {exc.msg} at column {exc.colno}"
+            if reason is None:
+                reason = self._check(obj)
+            if reason is not None:
+                self.sink.bad(source, line, reason, raw)
+                continue
+            rows.append(obj)
+        if not rows:
+            return None
+        if self.schema is None:
+            self.schema = _settle(pa.Table.from_pylist(rows).schema)
+        extra = {k for r in rows for k in r if k not in self.schema.names}
+        if extra:
+            self._ignore(sorted(extra))
+        return pa.Table.from_pylist([{k: r.get(k) for k in self.schema.names} for r in rows], schema=self.schema)
+
+    def _check(self, obj: Any) -> str | None:
+        if not isinstance(obj, dict):
+            return f"invalid record: expected a JSON object, got {type(obj).__name__}"
+        text = obj.get("text")
+        if text is None:
+            return "missing field: 'text'"
+        if not isinstance(text, str):
+            return f"wrong type: field 'text' must be a string, got {type(text).__name__}"
+        rid = obj.get("id")
+        if isinstance(rid, (int, float)) and not isinstance(rid, bool):
+            obj["id"] = str(rid)
+        elif rid is not None and not isinstance(rid, str):
+            return f"wrong type: field 'id' must be a string, got {type(rid).__name__}"
+        if self.schema is None:
+            return None
+        for field in self.schema:
+            value = obj.get(field.name)
+            if value is None or field.name in ("id", "text"):
+                continue
+            try:
+                pa.array([value], type=field.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+                return f"wrong type: field {field.name!r} must be {field.type}, got {json.dumps(value)[:60]}"
+        return None
+
+
+def _valid_utf8(table: pa.Table) -> bool:
+    """pyarrow's JSON parser passes invalid UTF-8 through; check every string column (SIMD-fast)."""
+    for col in table.columns:
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            try:
+                col.validate(full=True)
+            except pa.ArrowInvalid:
+                return False
+    return True
+
+
+def _settle(schema: pa.Schema) -> pa.Schema:
+    """Fix an inferred schema: null-typed fields become strings, id/text strings."""
+    fields = []
+    for f in schema:
+        typ = f.type
+        if pa.types.is_null(typ) or f.name in ("id", "text"):
+            typ = pa.string()
+        fields.append(pa.field(f.name, typ))
+    return pa.schema(fields)

@@ -1,0 +1,108 @@
+"""Readers for Parquet, CSV and folders of text/markdown files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from granary.store.ingest.sink import BadRecordSink
+
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
+BATCH_ROWS = 65536
+
+
+def _check_text(table: pa.Table, sink: BadRecordSink, source: str, first_row: int) -> pa.Table | None:
+    """Keep rows with a string text; report the others with their row numbers."""
+    if "text" not in table.column_names:
+        sink.bad(source, None, f"missing column: 'text' (columns: {table.column_names})")
+        return None
+    text = table.column("text")
+    if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        for i in range(table.num_rows):
+            sink.bad(source, first_row + i, f"wrong type: column 'text' is {text.type}, not string",
+                     repr(table.slice(i, 1).to_pylist()[0]).encode())
+        return None
+    if text.null_count:
+        nulls = pc.is_null(text)
+        for i in pc.indices_nonzero(nulls).to_pylist():
+            sink.bad(source, first_row + i, "missing field: 'text' is null", repr(table.slice(i, 1).to_pylist()[0]).encode())
+        table = table.filter(pc.invert(nulls))
+    return table
+
+
+def read_parquet(path: Path, sink: BadRecordSink, on_bytes: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
+    """Stream a Parquet file in batches; row numbers are 1-based positions in the file."""
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        sink.bad(str(path), None, f"unreadable Parquet file: {exc}")
+        return
+    row = 1
+    per_row = path.stat().st_size / max(pf.metadata.num_rows, 1)
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+        table = _check_text(pa.Table.from_batches([batch]), sink, str(path), row)
+        row += batch.num_rows
+        if on_bytes:
+            on_bytes(int(batch.num_rows * per_row))
+        if table is not None and table.num_rows:
+            yield table
+
+
+def read_csv(path: Path, sink: BadRecordSink, on_bytes: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
+    """Stream a CSV file with a header row; malformed rows are reported with their line numbers."""
+    source = str(path)
+
+    def invalid(row: pacsv.InvalidRow) -> str:
+        sink.bad(source, row.number, f"malformed CSV row: expected {row.expected_columns} columns, got "
+                 f"{row.actual_columns}", (row.text or "").encode())
+        return "skip"
+
+    try:
+        reader = pacsv.open_csv(path, parse_options=pacsv.ParseOptions(invalid_row_handler=invalid,
+                                                                        newlines_in_values=True),
+                                convert_options=pacsv.ConvertOptions(column_types={"text": pa.string(),
+                                                                                   "id": pa.string()}))
+    except (pa.ArrowInvalid, OSError) as exc:
+        sink.bad(source, None, f"unreadable CSV file: {exc}")
+        return
+    row = 2
+    size, done = path.stat().st_size, 0
+    for batch in reader:
+        table = _check_text(pa.Table.from_batches([batch]), sink, source, row)
+        row += batch.num_rows
+        if on_bytes:
+            step = min(size - done, batch.nbytes)
+            done += step
+            on_bytes(step)
+        if table is not None and table.num_rows:
+            yield table
+
+
+def read_text_files(root: Path, files: list[Path], sink: BadRecordSink,
+                    on_bytes: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
+    """Each file is one document: ``text`` is its content, ``path`` its path relative to ``root``."""
+    texts: list[str] = []
+    paths: list[str] = []
+    size = 0
+    for f in files:
+        data = f.read_bytes()
+        if on_bytes:
+            on_bytes(len(data))
+        rel = str(f.relative_to(root)) if f.is_relative_to(root) else str(f)
+        try:
+            texts.append(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            sink.bad(str(f), None, f"invalid UTF-8 at byte {exc.start}", data)
+            continue
+        paths.append(rel)
+        size += len(data)
+        if size >= 32 * 1024 * 1024:
+            yield pa.table({"text": texts, "path": paths})
+            texts, paths, size = [], [], 0
+    if texts:
+        yield pa.table({"text": texts, "path": paths})
