@@ -1,0 +1,282 @@
+"""The tamper-evident audit log: a SHA-256 hash chain of records in the catalog, with append, query and verify.
+
+Record ``n`` stores ``hash_n = sha256(hash_{n-1} || 0x1e || canonical(record_n))`` where the canonical form
+joins the fields with 0x1f (which no stored field may contain). Verification recomputes the chain and reports
+the first bad position; signed checkpoints (``granary.secure.checkpoint``) also catch a rewritten or truncated
+tail, which a chain alone cannot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from granary.catalog import Catalog
+from granary.secure import tables as t
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+SEP = "\x1f"
+_COLUMNS = "seq, at, principal, action, dataset, object, outcome, origin, details, hash"
+_INSERT = (f"INSERT INTO secure_audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_HEAD = "SELECT seq, hash FROM secure_audit ORDER BY seq DESC LIMIT 1"
+MAX_FIELD_CHARS = 4096
+OUTCOMES = ("ok", "denied", "error")
+_PG_LOCK_ID = 0x6772616E  # "gran": serializes audit appenders on PostgreSQL
+
+
+@dataclass(kw_only=True, frozen=True)
+class AuditRecord:
+    """One audit record: who did what to which object, when, from where, and how it ended."""
+
+    seq: int
+    at: float
+    principal: str
+    action: str
+    dataset: str
+    object: str
+    outcome: str
+    origin: str
+    details: dict[str, Any]
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {k: getattr(self, k) for k in
+                ("seq", "at", "principal", "action", "dataset", "object", "outcome", "origin", "details", "hash")}
+
+
+@dataclass(kw_only=True, frozen=True)
+class VerifyReport:
+    """The result of verifying the chain.
+
+    Attributes:
+        ok: no problem found.
+        records: records checked.
+        first_bad: sequence number of the first bad record (or the first missing one), when not ok.
+        reason: what is wrong there.
+        checkpoints: signed checkpoints checked.
+        elapsed_s: time taken.
+    """
+
+    ok: bool
+    records: int
+    first_bad: int | None
+    reason: str | None
+    checkpoints: int
+    elapsed_s: float
+
+
+def canonical(seq: int, at: float, principal: str, action: str, dataset: str, obj: str, outcome: str,
+              origin: str, details: str) -> str:
+    """The canonical text a record's hash covers."""
+    return SEP.join((str(seq), repr(at), principal, action, dataset, obj, outcome, origin, details))
+
+
+def chain_hash(prev: str, text: str) -> str:
+    """hash_n from hash_{n-1} and the canonical text of record n."""
+    return hashlib.sha256(f"{prev}\x1e{text}".encode()).hexdigest()
+
+
+def _clean(value: object, field: str) -> str:
+    text = "" if value is None else str(value)
+    if SEP in text or "\x1e" in text:
+        text = text.replace(SEP, " ").replace("\x1e", " ")
+    if len(text) > MAX_FIELD_CHARS:
+        raise ValueError(f"audit field {field} is {len(text)} characters; the limit is {MAX_FIELD_CHARS}")
+    return text
+
+
+def default_origin() -> str:
+    """``GRANARY_ORIGIN`` or host:pid of this process."""
+    return os.environ.get("GRANARY_ORIGIN") or f"{socket.gethostname()}:{os.getpid()}"
+
+
+class AuditLog:
+    """Appends to, queries and verifies the audit chain in a catalog.
+
+    Args:
+        catalog: the catalog.
+        origin: recorded as "from where" (default host:pid).
+    """
+
+    def __init__(self, catalog: Catalog, *, origin: str | None = None) -> None:
+        self.catalog = catalog
+        self.origin = _clean(origin or default_origin(), "origin")
+        self._raw: dict[tuple[int, int], Any] = {}
+
+    def _row(self, prev: str, seq: int, entry: Mapping[str, Any]) -> tuple[Any, ...]:
+        if entry.get("outcome", "ok") not in OUTCOMES:
+            raise ValueError(f"audit outcome must be one of {OUTCOMES}, got {entry.get('outcome')!r}")
+        fields = [_clean(entry.get(k, ""), k) for k in ("principal", "action", "dataset", "object")]
+        if not fields[0] or not fields[1]:
+            raise ValueError("an audit record needs a principal and an action")
+        outcome = entry.get("outcome", "ok")
+        details = _clean(json.dumps(entry.get("details") or {}, sort_keys=True, separators=(",", ":"),
+                                    default=str), "details")
+        at = float(entry.get("at") or time.time())
+        text = canonical(seq, at, *fields, outcome, self.origin, details)
+        return (seq, at, *fields, outcome, self.origin, details, chain_hash(prev, text))
+
+    def append(self, *, principal: str, action: str, dataset: str = "", object: str = "",
+               outcome: str = "ok", details: Mapping[str, Any] | None = None,
+               conn: Connection | None = None) -> int:
+        """Append one record (in ``conn``'s transaction when given, so it commits with the change); returns seq."""
+        entry = {"principal": principal, "action": action, "dataset": dataset, "object": object,
+                 "outcome": outcome, "details": details}
+        return self.append_many([entry], conn=conn)
+
+    def append_many(self, entries: Sequence[Mapping[str, Any]], *, conn: Connection | None = None) -> int:
+        """Append records in order in one transaction; returns the last sequence number."""
+        if conn is not None:
+            return self._append(conn, entries)
+        if self.catalog.is_sqlite:
+            return self._append_sqlite(entries)
+        with self.catalog.write() as own:
+            return self._append(own, entries)
+
+    def _append_sqlite(self, entries: Sequence[Mapping[str, Any]]) -> int:
+        # Hot path (every data read appends a record): a raw sqlite3 connection kept per process and
+        # thread skips SQLAlchemy's per-transaction overhead (2x the append rate).
+        key = (os.getpid(), threading.get_ident())
+        raw = self._raw.get(key)
+        if raw is None:
+            self._raw = {key: self.catalog.engine.raw_connection()}  # drop connections of a forked parent
+            raw = self._raw[key]
+        cur = raw.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            head = cur.execute(_HEAD).fetchone()
+            seq, rows = self._rows(head, entries)
+            cur.executemany(_INSERT, rows)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        finally:
+            cur.close()
+        return seq
+
+    def _rows(self, head: Any, entries: Sequence[Mapping[str, Any]]) -> tuple[int, list[tuple[Any, ...]]]:
+        seq, prev = (int(head[0]), str(head[1])) if head else (0, GENESIS)
+        rows = []
+        for entry in entries:
+            seq += 1
+            row = self._row(prev, seq, entry)
+            prev = row[-1]
+            rows.append(row)
+        return seq, rows
+
+    def _append(self, conn: Connection, entries: Sequence[Mapping[str, Any]]) -> int:
+        if not self.catalog.is_sqlite:  # SQLite's BEGIN IMMEDIATE already serializes writers
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK_ID})")
+        head = conn.exec_driver_sql(_HEAD).first()
+        seq, rows = self._rows(head, entries)
+        insert = _INSERT if self.catalog.is_sqlite else _INSERT.replace("?", "%s")
+        conn.exec_driver_sql(insert, rows if len(rows) > 1 else rows[0])
+        return seq
+
+    def head(self) -> tuple[int, str]:
+        """(last sequence number, its hash); (0, GENESIS) when empty."""
+        with self.catalog.read() as conn:
+            row = conn.exec_driver_sql(_HEAD).first()
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+
+    def hash_at(self, seq: int) -> str | None:
+        """The stored hash of record ``seq``."""
+        with self.catalog.read() as conn:
+            return conn.execute(sa.select(t.audit.c.hash).where(t.audit.c.seq == seq)).scalar()
+
+    def query(self, *, principal: str | None = None, dataset: str | None = None, action: str | None = None,
+              outcome: str | None = None, since: float | None = None, until: float | None = None,
+              limit: int | None = 1000, newest_first: bool = False) -> list[AuditRecord]:
+        """Records matching every given filter (``since``/``until`` are epoch seconds)."""
+        a = t.audit.c
+        query = sa.select(t.audit)
+        for col, value in ((a.principal, principal), (a.dataset, dataset), (a.action, action),
+                           (a.outcome, outcome)):
+            if value is not None:
+                query = query.where(col == value)
+        if since is not None:
+            query = query.where(a.at >= since)
+        if until is not None:
+            query = query.where(a.at < until)
+        query = query.order_by(a.seq.desc() if newest_first else a.seq)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.catalog.read() as conn:
+            return [AuditRecord(**{**row._asdict(), "details": json.loads(row.details)})
+                    for row in conn.execute(query)]
+
+    def verify(self, *, checkpoints: Iterable[Any] = (), batch_rows: int = 20000) -> VerifyReport:
+        """Recompute the chain; report the first edited, deleted, inserted or reordered record.
+
+        Args:
+            checkpoints: signed checkpoints (see :mod:`granary.secure.checkpoint`) that pin (seq, hash) pairs;
+                their signatures are checked and a chain shorter than a checkpoint is reported as truncated.
+            batch_rows: rows fetched per round trip.
+        """
+        from granary.secure.checkpoint import check_signature
+
+        start = time.perf_counter()
+        pins: dict[int, str] = {}
+        for cp in checkpoints:
+            check_signature(cp)
+            pins[cp.seq] = cp.hash
+        expected, prev, bad, reason = 1, GENESIS, None, None
+        raw = self.catalog.engine.raw_connection()  # plain tuples: 1.5x faster than Row objects
+        try:
+            cur = raw.cursor()
+            cur.execute(f"SELECT {_COLUMNS} FROM secure_audit ORDER BY seq")
+            while bad is None:
+                rows = cur.fetchmany(batch_rows)
+                if not rows:
+                    break
+                bad, reason, expected, prev = _verify_rows(rows, expected, prev, pins)
+            cur.close()
+        finally:
+            raw.close()
+        records = expected - 1
+        if bad is None:
+            beyond = [s for s in pins if s > records]
+            if beyond:
+                bad, reason = records + 1, (f"the log ends at record {records} but a signed checkpoint "
+                                            f"pins record {min(beyond)} (truncated)")
+        report = VerifyReport(ok=bad is None, records=records if bad is None else bad - 1, first_bad=bad,
+                              reason=reason, checkpoints=len(pins), elapsed_s=time.perf_counter() - start)
+        if not report.ok:
+            log.error("audit chain broken at %s: %s", bad, reason)
+        return report
+
+
+def _verify_rows(rows: Sequence[Any], expected: int, prev: str,
+                 pins: Mapping[int, str]) -> tuple[int | None, str | None, int, str]:
+    sha = hashlib.sha256
+    for seq, at, principal, action, dataset, obj, outcome, origin, details, stored in rows:
+        if seq != expected:
+            what = "missing (deleted)" if seq > expected else "duplicated or out of order"
+            return expected, f"record {expected} is {what}; found {seq} next", expected, prev
+        text = f"{seq}\x1f{at!r}\x1f{principal}\x1f{action}\x1f{dataset}\x1f{obj}\x1f{outcome}\x1f{origin}\x1f{details}"
+        if text.count(SEP) != 8:
+            return seq, "a field holds a separator character (forged field boundaries)", expected, prev
+        digest = sha(f"{prev}\x1e{text}".encode()).hexdigest()
+        if digest != stored:
+            return seq, "hash mismatch: the record was edited, inserted or moved", expected, prev
+        pin = pins.get(seq)
+        if pin is not None and pin != stored:
+            return seq, "differs from a signed checkpoint (the chain was rewritten)", expected, prev
+        prev = stored
+        expected += 1
+    return None, None, expected, prev
