@@ -83,12 +83,13 @@ class BudgetExhaustedError(SecurityError):
         remaining: the epsilon left.
     """
 
-    def __init__(self, dataset: str, requested: float, remaining: float) -> None:
+    def __init__(self, dataset: str, requested: float, remaining: float, *, what: str = "epsilon") -> None:
         self.dataset = dataset
         self.requested = requested
         self.remaining = remaining
+        self.what = what
         super().__init__(
-            f"privacy budget of {dataset} exhausted: this release needs epsilon={requested:g} "
+            f"privacy budget of {dataset} exhausted: this release needs {what}={requested:g} "
             f"but only {remaining:g} is left",
             hint="release fewer statistics, or an admin raises the budget with `granary policy budget`",
         )
