@@ -29,6 +29,7 @@ class GcReport:
     kept_young: int = 0
     staging_removed: list[str] = field(default_factory=list)
     unreadable_manifests: list[str] = field(default_factory=list)
+    retention: dict[str, Any] = field(default_factory=dict)  # secure: what retention expired/deleted (issue 6)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -67,6 +68,7 @@ def collect(store: Store, *, dry_run: bool = False, grace_s: float | None = None
     grace = store.settings.gc_grace_s if grace_s is None else grace_s
     store.hooks.authorize("gc", "*")
     report = GcReport(dry_run=dry_run, grace_s=grace)
+    report.retention = store.hooks.prepare_gc(store, dry_run=dry_run)  # secure: retention + expiry (issue 6)
     keys, unreadable = referenced_keys(store)
     report.referenced = len(keys)
     report.unreadable_manifests = unreadable

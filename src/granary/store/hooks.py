@@ -40,6 +40,10 @@ class StoreHooks(Protocol):
     def open_decrypted(self, meta: dict[str, Any], raw: IO[bytes], *, key: str) -> IO[bytes]:
         """Wrap a raw encrypted object in a seekable file that yields plaintext."""
 
+    # -- secure: added by the governance work (issue 6) ------------------------------------------
+    def prepare_gc(self, store: Any, *, dry_run: bool = False) -> dict[str, Any]:
+        """Before gc collects: apply retention policies and finish expired versions; returns a summary."""
+
 
 class NullHooks:
     """Single-user local mode: everything allowed, nothing recorded, nothing encrypted."""
@@ -64,6 +68,9 @@ class NullHooks:
     def encrypt_file(self, dataset: str, src: Path, dst: Path, *, fmt: str) -> dict[str, Any]:
         raise NotImplementedError("NullHooks never encrypts")  # encrypts() is False, so never called
 
+    def prepare_gc(self, store: Any, *, dry_run: bool = False) -> dict[str, Any]:
+        return {}
+
     def open_decrypted(self, meta: dict[str, Any], raw: IO[bytes], *, key: str) -> IO[bytes]:
         from granary.errors import SecurityError
 
@@ -71,3 +78,18 @@ class NullHooks:
             f"object {key} is encrypted but no key provider is configured",
             hint="enable encryption support (see docs/security.md) so the store can unwrap its data key",
         )
+
+
+# -- secure: added by the governance work (issue 6) ----------------------------------------------
+def default_hooks(settings: Any) -> StoreHooks:
+    """The hooks :func:`granary.store.open_store` installs: the security layer when the environment asks
+    for it (``GRANARY_SECURE=1``, ``GRANARY_AUTH=tokens`` or ``GRANARY_ENCRYPT=1``), else :class:`NullHooks`."""
+    import os
+
+    on = ("1", "true", "yes", "on")
+    if (os.environ.get("GRANARY_SECURE", "").lower() in on or os.environ.get("GRANARY_ENCRYPT", "").lower() in on
+            or os.environ.get("GRANARY_AUTH", "local").lower() == "tokens"):
+        from granary.secure.hooks import SecureHooks
+
+        return SecureHooks.from_settings(settings)
+    return NullHooks()
