@@ -22,6 +22,8 @@ app = typer.Typer(
 # Each module defines `register(app: typer.Typer) -> None`. Add a subsystem by adding its module here.
 _GROUPS = (
     "granary.cli.store",
+    "granary.cli.secure",
+    "granary.cli.demo",
 )
 
 for _module in _GROUPS:

@@ -126,29 +126,29 @@ class JsonlReader:
             self.ignored_fields |= new
 
     def _slow(self, block: bytes, first_line: int) -> pa.Table | None:
-        rows: list[dict[str, Any]] = []
+        parsed: list[tuple[int, bytes, Any]] = []
         source = str(self.path)
         for offset, raw in enumerate(block.split(b"\n")):
             if not raw.strip():
                 continue
             line = first_line + offset
-            reason = None
             try:
-                obj = json.loads(raw.decode("utf-8"))
+                parsed.append((line, raw, json.loads(raw.decode("utf-8"))))
             except UnicodeDecodeError as exc:
-                reason = f"invalid UTF-8 at byte {exc.start}"
+                self.sink.bad(source, line, f"invalid UTF-8 at byte {exc.start}", raw)
             except json.JSONDecodeError as exc:
-                reason = f"invalid JSON: {exc.msg} at column {exc.colno}"
-            if reason is None:
-                reason = self._check(obj)
+                self.sink.bad(source, line, f"invalid JSON: {exc.msg} at column {exc.colno}", raw)
+        if self.schema is None:
+            self.schema = _infer_schema([obj for _, _, obj in parsed if isinstance(obj, dict)])
+        rows: list[dict[str, Any]] = []
+        for line, raw, obj in parsed:
+            reason = self._check(obj)
             if reason is not None:
                 self.sink.bad(source, line, reason, raw)
                 continue
             rows.append(obj)
         if not rows:
             return None
-        if self.schema is None:
-            self.schema = _settle(pa.Table.from_pylist(rows).schema)
         extra = {k for r in rows for k in r if k not in self.schema.names}
         if extra:
             self._ignore(sorted(extra))
@@ -167,8 +167,7 @@ class JsonlReader:
             obj["id"] = str(rid)
         elif rid is not None and not isinstance(rid, str):
             return f"wrong type: field 'id' must be a string, got {type(rid).__name__}"
-        if self.schema is None:
-            return None
+        assert self.schema is not None
         for field in self.schema:
             value = obj.get(field.name)
             if value is None or field.name in ("id", "text"):
@@ -189,6 +188,21 @@ def _valid_utf8(table: pa.Table) -> bool:
             except pa.ArrowInvalid:
                 return False
     return True
+
+
+def _infer_schema(rows: list[dict[str, Any]]) -> pa.Schema:
+    """Fields in order of first appearance, each typed by its first non-null value (id/text: string)."""
+    types: dict[str, pa.DataType | None] = {"id": pa.string(), "text": pa.string()}
+    for row in rows:
+        for key, value in row.items():
+            if types.get(key) is None and value is not None:
+                try:
+                    types[key] = pa.array([value]).type
+                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+                    types[key] = pa.string()
+            else:
+                types.setdefault(key, None)
+    return _settle(pa.schema([(k, t or pa.null()) for k, t in types.items()]))
 
 
 def _settle(schema: pa.Schema) -> pa.Schema:

@@ -78,7 +78,7 @@ class DocumentShardWriter:
     def write(self, data: pa.Table | pa.RecordBatch) -> None:
         """Add rows; they must be castable to the writer's schema."""
         batches = data.to_batches() if isinstance(data, pa.Table) else [data]
-        for batch in batches:
+        for batch in _slices(batches, self.row_group_bytes):
             if batch.num_rows == 0:
                 continue
             if batch.schema != self.schema:
@@ -133,6 +133,18 @@ class DocumentShardWriter:
             if self._path is not None:
                 self._path.unlink(missing_ok=True)
         self._writer, self._path, self._buffer = None, None, []
+
+
+def _slices(batches: list[pa.RecordBatch], target_bytes: int) -> list[pa.RecordBatch]:
+    """Cut batches larger than a row group so shards and row groups keep their target sizes."""
+    out = []
+    for batch in batches:
+        if batch.nbytes <= target_bytes or batch.num_rows <= 1:
+            out.append(batch)
+            continue
+        rows = max(1, int(batch.num_rows * target_bytes / batch.nbytes))
+        out.extend(batch.slice(i, rows) for i in range(0, batch.num_rows, rows))
+    return out
 
 
 def _cast(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

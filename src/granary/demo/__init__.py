@@ -1,0 +1,1 @@
+"""The one-command demo: a synthetic corpus and the steps `granary demo` runs over it."""
