@@ -130,3 +130,20 @@ def _finish_expired(store: Store, guard: Guard, report: RetentionReport, *, now:
             continue
         report.shredded_keys += guard.keys.shred(refs) if refs else 0
         set_state(store.catalog, ids, "deleted", dataset=dataset, reason="expired past grace", by=guard.principal.name)
+
+
+def shred_version(store: Store, guard: Guard, ref: str) -> tuple[str, int]:
+    """Crypto-shred one version: destroy the data keys of its encrypted shards no other kept version uses,
+    and mark it ``shredded`` (readers get a clear error). Returns (version id, keys destroyed)."""
+    version = store.resolve(ref)
+    guard.authorize("key", version.dataset, obj=f"{version.dataset}@{version.id}")
+    heads = {r.name for r in store.refs(version.dataset) if r.version_id == version.id}
+    if heads:
+        raise ValueError(f"{version.dataset}@{version.short_id} is the head of {sorted(heads)}; "
+                         "commit a replacement or move those refs first")
+    refs = exclusive_key_refs(store, {version.id}, version.dataset)
+    count = guard.keys.shred(refs)
+    set_state(store.catalog, [version.id], "shredded", dataset=version.dataset, reason="key shred",
+              by=guard.principal.name)
+    guard.record("key.shred", version.dataset, obj=f"{version.dataset}@{version.id}", details={"keys": count})
+    return version.id, count
