@@ -1,0 +1,94 @@
+"""Key providers, the data-key store, rotation and crypto-shredding."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import pytest
+
+from granary.catalog import Catalog
+from granary.errors import ConfigError
+from granary.secure.errors import CryptoError, KeyMissingError, ShreddedKeyError
+from granary.secure.keys import EnvKeyProvider, LocalKeyring, get_key_provider
+from granary.secure.keystore import DataKeyStore
+from granary.secure.settings import SecureSettings
+
+
+def test_local_keyring_is_private_and_persistent(tmp_path: Path) -> None:
+    ring = LocalKeyring(tmp_path / "keys" / "keyring.json")
+    key_id = ring.current_key_id("default")
+    assert key_id == "default-1"
+    assert (tmp_path / "keys" / "keyring.json").stat().st_mode & 0o777 == 0o600
+    wrapped = ring.wrap(key_id, b"k" * 32, b"aad")
+    again = LocalKeyring(tmp_path / "keys" / "keyring.json")
+    assert again.unwrap(key_id, wrapped, b"aad") == b"k" * 32
+    with pytest.raises(CryptoError, match="failed to unwrap"):
+        again.unwrap(key_id, wrapped, b"other aad")
+    assert ring.new_master_key("default") == "default-2"
+    assert ring.current_key_id("acme") == "acme-1"  # per-tenant master keys
+    sig1 = ring.signing_key().public_key().public_bytes_raw()
+    assert LocalKeyring(ring.path).signing_key().public_key().public_bytes_raw() == sig1
+
+
+def test_keyring_readable_by_others_is_refused(tmp_path: Path) -> None:
+    ring = LocalKeyring(tmp_path / "keyring.json")
+    ring.current_key_id("default")
+    os.chmod(ring.path, 0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        LocalKeyring(ring.path).current_key_id("default")
+
+
+def test_bad_tenant_names_are_refused(tmp_path: Path) -> None:
+    ring = LocalKeyring(tmp_path / "keyring.json")
+    for bad in ("../etc", "A", "", "x" * 70, "a/b"):
+        with pytest.raises(ValueError, match="invalid tenant"):
+            ring.new_master_key(bad)
+
+
+def test_env_provider_with_rotation_pair() -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    env = {"GRANARY_MASTER_KEY": base64.b64encode(old).decode()}
+    p_old = EnvKeyProvider(env)
+    old_id = p_old.current_key_id("default")
+    wrapped = p_old.wrap(old_id, b"d" * 32, b"a")
+    env2 = {"GRANARY_MASTER_KEY": base64.b64encode(new).decode(),
+            "GRANARY_MASTER_KEY_PREVIOUS": base64.b64encode(old).decode()}
+    p_new = EnvKeyProvider(env2)
+    assert p_new.current_key_id("default") != old_id
+    assert p_new.unwrap(old_id, wrapped, b"a") == b"d" * 32
+    with pytest.raises(KeyMissingError, match="GRANARY_MASTER_KEY"):
+        EnvKeyProvider({"GRANARY_MASTER_KEY": base64.b64encode(new).decode()}).unwrap(old_id, wrapped, b"a")
+    with pytest.raises(ConfigError, match="32-byte"):
+        EnvKeyProvider({"GRANARY_MASTER_KEY": base64.b64encode(b"short").decode()}).current_key_id("default")
+    with pytest.raises(KeyMissingError):
+        EnvKeyProvider({}).current_key_id("default")
+
+
+def test_provider_registry(tmp_path: Path) -> None:
+    settings = SecureSettings.from_env(tmp_path, environ={"GRANARY_KEY_PROVIDER": "local"})
+    assert isinstance(get_key_provider(settings), LocalKeyring)
+    with pytest.raises(ConfigError, match="unknown key provider"):
+        get_key_provider(SecureSettings.from_env(tmp_path, environ={"GRANARY_KEY_PROVIDER": "vault-x"}))
+
+
+def test_data_keys_rotate_without_rewrapping_data_and_shred(tmp_path: Path, catalog: Catalog) -> None:
+    ring = LocalKeyring(tmp_path / "keyring.json")
+    store = DataKeyStore(catalog, ring)
+    refs = [store.create("web", "default") for _ in range(7)]
+    other = store.create("toks", "acme")
+    fresh = DataKeyStore(catalog, LocalKeyring(ring.path))  # no cache
+    assert all(fresh.get(ref) == dek for ref, dek in refs)
+    report = store.rotate("default", retire_old=True)
+    assert report.rewrapped == 7 and report.retired == ("default-1",)
+    fresh = DataKeyStore(catalog, LocalKeyring(ring.path))
+    assert all(fresh.get(ref) == dek for ref, dek in refs)  # same data keys, new wrapping
+    assert fresh.get(other[0]) == other[1]  # another tenant is untouched
+    assert store.shred([refs[0][0], refs[1][0]]) == 2
+    assert store.shred([refs[0][0]]) == 0  # idempotent
+    with pytest.raises(ShreddedKeyError):
+        DataKeyStore(catalog, ring).get(refs[0][0])
+    with pytest.raises(KeyMissingError, match="no data key"):
+        fresh.get("00" * 16)
+    assert sorted(store.refs("web")) == sorted(r for r, _ in refs[2:])
