@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
@@ -28,6 +31,33 @@ _GROUPS = (
 
 for _module in _GROUPS:
     importlib.import_module(_module).register(app)
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user errors raised by a command into a one-or-two-line message and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except GranaryError as exc:
+            fail(exc)
+        except ValueError as exc:  # bad arguments that reached the library
+            fail(str(exc))
+
+    return wrapper
+
+
+def _guard_all(typer_app: typer.Typer) -> None:
+    for command in typer_app.registered_commands:
+        if command.callback is not None and not getattr(command.callback, "__wrapped__", None):
+            command.callback = _guard(command.callback)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _guard_all(group.typer_instance)
+
+
+_guard_all(app)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from granary.errors import IntegrityError
+from granary.errors import IntegrityError, StoreError
 
 if TYPE_CHECKING:
     from granary.store.store import Store
@@ -66,6 +66,9 @@ def collect(store: Store, *, dry_run: bool = False, grace_s: float | None = None
     manifest is unreadable nothing is deleted: its objects cannot be told apart from garbage.
     """
     grace = store.settings.gc_grace_s if grace_s is None else grace_s
+    if grace < 0:
+        raise StoreError(f"the gc grace period must be >= 0 seconds, got {grace}",
+                         hint="a grace period protects commits in progress; use 0 only when no writer runs")
     store.hooks.authorize("gc", "*")
     report = GcReport(dry_run=dry_run, grace_s=grace)
     report.retention = store.hooks.prepare_gc(store, dry_run=dry_run)  # secure: retention + expiry (issue 6)
