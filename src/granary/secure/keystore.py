@@ -22,7 +22,6 @@ from granary.secure.keys import KeyProvider, check_tenant
 
 log = logging.getLogger(__name__)
 
-DEK_CACHE_TTL_S = 60.0
 _ROTATE_BATCH = 500
 
 
@@ -58,7 +57,7 @@ class DataKeyStore:
     def __init__(self, catalog: Catalog, provider: KeyProvider) -> None:
         self.catalog = catalog
         self.provider = provider
-        self._cache: dict[str, tuple[float, bytes]] = {}
+        self._cache: dict[str, tuple[str, bytes]] = {}  # key_ref -> (master key id, data key)
 
     def create(self, dataset: str, tenant: str) -> tuple[str, bytes]:
         """A fresh data key for a new object of ``dataset``: returns (key_ref, key)."""
@@ -71,14 +70,15 @@ class DataKeyStore:
             conn.execute(t.data_keys.insert().values(
                 key_ref=key_ref, dataset=dataset, tenant=tenant, master_key_id=key_id, wrapped=wrapped,
                 created_at=time.time(), shredded_at=None))
-        self._cache[key_ref] = (time.monotonic(), dek)
+        self._cache[key_ref] = (key_id, dek)
         return key_ref, dek
 
     def get(self, key_ref: str) -> bytes:
-        """The data key for ``key_ref``; raises ShreddedKeyError once it was destroyed."""
-        hit = self._cache.get(key_ref)
-        if hit is not None and time.monotonic() - hit[0] < DEK_CACHE_TTL_S:
-            return hit[1]
+        """The data key for ``key_ref``; raises ShreddedKeyError once it was destroyed.
+
+        The catalog row is checked on every call (one primary-key lookup per shard opened), so a key shredded
+        by another process stops working here at once; only the unwrapping is cached.
+        """
         with self.catalog.read() as conn:
             row = conn.execute(sa.select(t.data_keys).where(t.data_keys.c.key_ref == key_ref)).first()
         if row is None:
@@ -86,9 +86,13 @@ class DataKeyStore:
                                   hint="the object was encrypted against another catalog; point "
                                   "GRANARY_CATALOG_URL at it")
         if row.shredded_at is not None or row.wrapped is None:
+            self._cache.pop(key_ref, None)
             raise ShreddedKeyError(key_ref, row.shredded_at or 0.0)
+        hit = self._cache.get(key_ref)
+        if hit is not None and hit[0] == row.master_key_id:
+            return hit[1]
         dek = self.provider.unwrap(row.master_key_id, bytes(row.wrapped), _aad(key_ref, row.dataset))
-        self._cache[key_ref] = (time.monotonic(), dek)
+        self._cache[key_ref] = (row.master_key_id, dek)
         return dek
 
     def rotate(self, tenant: str, *, retire_old: bool = False) -> RotationReport:

@@ -107,7 +107,7 @@ def apply_retention(store: Store, guard: Guard, *, dry_run: bool = False, now: f
             report.expired[dataset] = ids
             if not dry_run:
                 set_state(store.catalog, ids, "expired", dataset=dataset, reason="retention", by=by)
-    _finish_expired(store, guard, report, now=now)
+    _finish_expired(store, guard, report, now=max(now, time.time()))
     if not dry_run and (report.expired or report.deleted):
         guard.record("retention", "*", details=report.to_dict())
     return report

@@ -38,7 +38,7 @@ def test_forget_by_subject_column(store: Store, hooks: SecureHooks, encrypted: b
     assert set(receipt.new_versions) == {"main", "dev"}
     assert receipt.rows_removed == 20
     assert receipt.shredded_keys == (2 if encrypted else 0)
-    assert receipt.pending_deletion == ([] if encrypted else sorted([v1.id, v2.id], key=receipt.affected_versions.index))
+    assert set(receipt.pending_deletion) == (set() if encrypted else {v1.id, v2.id})
     assert [r["version"] for r in receipt.readers] == [v2.id]
     receipt.verify()
     main = store.read_table("web")

@@ -115,8 +115,8 @@ def test_rotation_keeps_data_readable_and_shredding_kills_backups(store: Store, 
     assert (vid, count) == (v1.id, 1)
     with pytest.raises(LookupError, match="expired"):
         reader.read_table(f"web@{v1.id[:12]}")
-    with pytest.raises(ShreddedKeyError):  # a restored backup of the object is useless too
-        fresh.open_decrypted(dict(old_entry.meta["enc"]), open(backup, "rb"), key=old_entry.key)
+    with open(backup, "rb") as raw, pytest.raises(ShreddedKeyError):  # a restored backup is useless too
+        fresh.open_decrypted(dict(old_entry.meta["enc"]), raw, key=old_entry.key)
     assert reader.read_table("web").num_rows == 100  # the head (v2) is untouched
     with pytest.raises(ValueError, match="head"):
         shred_version(store, hooks.guard, f"web@{v2.id[:12]}")
