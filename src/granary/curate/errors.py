@@ -1,0 +1,40 @@
+"""Curation errors: bad pipeline specs, failing steps and interrupted runs."""
+
+from __future__ import annotations
+
+from granary.errors import CurateError
+
+
+class PipelineSpecError(CurateError, ValueError):
+    """A pipeline file or step configuration is invalid.
+
+    Attributes:
+        where: the location in the spec (file and step index or key).
+    """
+
+    def __init__(self, where: str, reason: str, *, hint: str | None = None) -> None:
+        self.where = where
+        self.reason = reason
+        super().__init__(
+            f"invalid pipeline at {where}: {reason}",
+            hint=hint or "see docs/curate.md for every step and its options; `granary curate --help` lists them",
+        )
+
+
+class StepFailedError(CurateError):
+    """A step raised while processing one shard.
+
+    Attributes:
+        step: the step name.
+        shard: the input shard index.
+        reason: the underlying error.
+    """
+
+    def __init__(self, step: str, shard: int, reason: str) -> None:
+        self.step = step
+        self.shard = shard
+        self.reason = reason
+        super().__init__(
+            f"step {step!r} failed on input shard {shard}: {reason}",
+            hint="fix the step configuration or the input; completed shards are kept, so rerunning resumes",
+        )
