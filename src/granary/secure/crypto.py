@@ -295,9 +295,16 @@ class DecryptingReader(io.RawIOBase):
         """Decrypted plaintext of chunk ``index`` (authenticated; cached until the next chunk is read)."""
         if index == self._cached_index:
             return self._cached
-        layout = self.header.layout
-        _, size = layout.span(index, self.header.plain_bytes)
-        self._raw.seek(layout.cipher_offset(index))
+        _, size = self.header.layout.span(index, self.header.plain_bytes)
+        if len(self._cached) != size:
+            self._cached = bytearray(size)
+        self._cached_index = -1
+        self._decrypt_chunk(index, size, memoryview(self._cached))
+        self._cached_index = index
+        return self._cached
+
+    def _decrypt_chunk(self, index: int, size: int, out: memoryview) -> None:
+        self._raw.seek(self.header.layout.cipher_offset(index))
         need = size + TAG_BYTES
         if len(self._cbuf) < need:
             self._cbuf = bytearray(need)
@@ -306,12 +313,7 @@ class DecryptingReader(io.RawIOBase):
         if got != need:
             raise CryptoError(f"{self._where}: encrypted object truncated in chunk {index}",
                               where=self._where, chunk=index)
-        if len(self._cached) != size:
-            self._cached = bytearray(size)
-        self._cached_index = -1
-        self._cipher.decrypt_into(index, view, memoryview(self._cached))
-        self._cached_index = index
-        return self._cached
+        self._cipher.decrypt_into(index, view, out)
 
     def readinto(self, buffer: Buffer) -> int:
         dst = memoryview(buffer).cast("B")
@@ -321,6 +323,11 @@ class DecryptingReader(io.RawIOBase):
         while self._pos < end:
             index = layout.chunk_of(self._pos)
             start, size = layout.span(index, self.header.plain_bytes)
+            if self._pos == start and end - self._pos >= size and index != self._cached_index:
+                self._decrypt_chunk(index, size, dst[done:done + size])  # whole chunk: no staging copy
+                done += size
+                self._pos += size
+                continue
             data = self.chunk(index)
             lo = self._pos - start
             n = min(size - lo, end - self._pos)

@@ -44,9 +44,9 @@ class _AuditedReader(DecryptingReader):
     hooks: SecureHooks
     dataset: str
 
-    def chunk(self, index: int) -> bytearray:
+    def _decrypt_chunk(self, index: int, size: int, out: memoryview) -> None:
         try:
-            return super().chunk(index)
+            super()._decrypt_chunk(index, size, out)
         except CryptoError as exc:
             self.hooks.guard.record("decrypt", self.dataset, obj=self.header.shard_id.hex(), outcome="error",
                                     details={"chunk": index, "reason": str(exc)})

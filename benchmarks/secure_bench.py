@@ -1,0 +1,158 @@
+"""Security benchmarks: chunked AES-GCM vs the raw `cryptography` AESGCM call, audit append/verify, and
+encrypted vs plain streaming through the store. Prints figures and ratios from one run.
+
+Run: .venv/bin/python benchmarks/secure_bench.py [--mib 256] [--records 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+
+def best_of(repeats: int, fn: Callable[[], object]) -> float:
+    """Best wall time of ``repeats`` runs (the machine is shared; the minimum is the least noisy)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench_aes(mib: int, repeats: int) -> dict[str, float]:
+    from granary.secure.crypto import ChunkLayout, decrypt_bytes, encrypt_bytes, new_header
+
+    data = np.random.default_rng(0).integers(0, 256, mib << 20, dtype=np.uint8).tobytes()
+    dek = os.urandom(32)
+    header = new_header(len(data), layout=ChunkLayout(chunk_bytes=4 << 20))
+    out = bytearray(header.cipher_bytes)
+    plain_out = bytearray(len(data))
+    anchor = AESGCM(dek)
+    nonce = os.urandom(12)
+    anchor_out = bytearray(len(data) + 16)
+    ours_enc = best_of(repeats, lambda: encrypt_bytes(data, dek=dek, header=header, context=b"bench", out=out))
+    raw_enc = best_of(repeats, lambda: anchor.encrypt_into(nonce, data, b"bench", anchor_out))
+    blob = bytes(out)
+    ours_dec = best_of(repeats, lambda: decrypt_bytes(blob, dek=dek, context=b"bench", where="bench", out=plain_out))
+    raw_ct = bytes(anchor_out)
+    raw_dec = best_of(repeats, lambda: anchor.decrypt_into(nonce, raw_ct, b"bench", plain_out))
+    gb = len(data) / 1e9
+    return {"encrypt_GBps": gb / ours_enc, "anchor_encrypt_GBps": gb / raw_enc,
+            "decrypt_GBps": gb / ours_dec, "anchor_decrypt_GBps": gb / raw_dec}
+
+
+def bench_audit(records: int) -> dict[str, float]:
+    from granary.catalog import open_catalog
+    from granary.secure.audit import AuditLog
+
+    with tempfile.TemporaryDirectory() as tmp:
+        catalog = open_catalog(f"sqlite:///{tmp}/catalog.db")
+        log = AuditLog(catalog, origin="bench:1")
+        single = min(records, 5000)
+        start = time.perf_counter()
+        for i in range(single):
+            log.append(principal="alice", action="read", dataset="web", object=f"web@{i:064x}", details={"rows": i})
+        append_s = time.perf_counter() - start
+        batch = [{"principal": "bob", "action": "read", "dataset": "web", "object": "web@x", "details": {"i": i}}
+                 for i in range(1000)]
+        start = time.perf_counter()
+        for _ in range(max(1, (records - single) // 1000)):
+            log.append_many(batch)
+        batched_s = time.perf_counter() - start
+        total = log.head()[0]
+        report = min((log.verify() for _ in range(3)), key=lambda r: r.elapsed_s)
+        assert report.ok and report.records == total
+        catalog.dispose()
+    return {"append_per_s": single / append_s, "append_batched_per_s": (total - single) / batched_s,
+            "verify_per_s": report.records / report.elapsed_s, "verified_records": float(report.records)}
+
+
+def bench_streaming(mib: int, repeats: int) -> dict[str, float]:
+    from granary.config import Settings
+    from granary.secure.hooks import SecureHooks
+    from granary.secure.policy import Policy
+    from granary.store import Store
+
+    tokens = np.random.default_rng(1).integers(0, 50_000, (mib << 20) // 2, dtype=np.uint16)
+    docs = np.array_split(tokens, 1000)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings.from_env(environ={}, home=Path(tmp))
+        hooks = SecureHooks.from_settings(settings, environ={})
+        store = Store(settings, hooks=hooks, catalog=hooks.guard.catalog)
+        for name, encrypt in (("plain", False), ("enc", True)):
+            store.create_dataset(name, kind="tokens")
+            hooks.guard.set_policy(name, Policy(encrypt=encrypt))
+            with store.transaction(name) as txn:
+                txn.write_tokens(docs, dtype="uint16")
+                txn.commit(message="bench")
+        entries = {n: store.manifest(n).shards for n in ("plain", "enc")}
+        block = entries["plain"][0].meta["block_tokens"] * 2
+        buf = bytearray(block)
+
+        def stream(name: str) -> int:
+            total = 0
+            for entry in entries[name]:
+                with store.open_object(entry) as f:
+                    while n := f.readinto(buf):
+                        total += n
+            return total
+
+        plain_s = best_of(repeats, lambda: stream("plain"))
+        enc_s = best_of(repeats, lambda: stream("enc"))
+        docs_plain = _docs_stream(store, hooks, "dplain", False, repeats)
+        docs_enc = _docs_stream(store, hooks, "denc", True, repeats)
+    gb = tokens.nbytes / 1e9
+    return {"token_stream_plain_GBps": gb / plain_s, "token_stream_encrypted_GBps": gb / enc_s,
+            "doc_stream_plain_rows_per_s": docs_plain, "doc_stream_encrypted_rows_per_s": docs_enc}
+
+
+def _docs_stream(store: object, hooks: object, name: str, encrypt: bool, repeats: int) -> float:
+    import pyarrow as pa
+
+    from granary.secure.policy import Policy
+
+    n = 200_000
+    table = pa.table({"id": [str(i) for i in range(n)], "text": [f"document {i} " * 20 for i in range(n)]})
+    store.create_dataset(name)  # type: ignore[attr-defined]
+    hooks.guard.set_policy(name, Policy(encrypt=encrypt))  # type: ignore[attr-defined]
+    store.commit_table(name, table, message="bench")  # type: ignore[attr-defined]
+    seconds = best_of(repeats, lambda: sum(b.num_rows for b in store.iter_batches(name)))  # type: ignore[attr-defined]
+    return n / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--mib", type=int, default=256, help="buffer size for AES-GCM (MiB)")
+    parser.add_argument("--stream-mib", type=int, default=128, help="token data streamed (MiB)")
+    parser.add_argument("--records", type=int, default=50_000, help="audit records")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    aes = bench_aes(args.mib, args.repeats)
+    print(f"AES-256-GCM, {args.mib} MiB, one core (best of {args.repeats})")
+    print(f"  encrypt  granary {aes['encrypt_GBps']:.2f} GB/s   anchor AESGCM {aes['anchor_encrypt_GBps']:.2f} GB/s"
+          f"   ratio {aes['encrypt_GBps'] / aes['anchor_encrypt_GBps']:.2f}")
+    print(f"  decrypt  granary {aes['decrypt_GBps']:.2f} GB/s   anchor AESGCM {aes['anchor_decrypt_GBps']:.2f} GB/s"
+          f"   ratio {aes['decrypt_GBps'] / aes['anchor_decrypt_GBps']:.2f}")
+    audit = bench_audit(args.records)
+    print(f"audit (SQLite): append {audit['append_per_s']:,.0f}/s (one transaction each), "
+          f"batched {audit['append_batched_per_s']:,.0f}/s, verify {audit['verify_per_s']:,.0f}/s "
+          f"over {audit['verified_records']:,.0f} records")
+    stream = bench_streaming(args.stream_mib, args.repeats)
+    print(f"token streaming via the store ({args.stream_mib} MiB): plain {stream['token_stream_plain_GBps']:.2f} GB/s,"
+          f" encrypted {stream['token_stream_encrypted_GBps']:.2f} GB/s, ratio "
+          f"{stream['token_stream_encrypted_GBps'] / stream['token_stream_plain_GBps']:.2f}")
+    print(f"document streaming (iter_batches, 200k docs): plain {stream['doc_stream_plain_rows_per_s']:,.0f} rows/s,"
+          f" encrypted {stream['doc_stream_encrypted_rows_per_s']:,.0f} rows/s, ratio "
+          f"{stream['doc_stream_encrypted_rows_per_s'] / stream['doc_stream_plain_rows_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
