@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,postgres,s3,tokenize,curate,torch
+EXTRAS ?= dev,postgres,s3,tokenize,curate,torch,hf
 
 .PHONY: install demo test lint typecheck bench clean
 

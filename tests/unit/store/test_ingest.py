@@ -125,3 +125,18 @@ def test_large_input_is_cut_into_shards(store: Store, tmp_path: Path) -> None:
     v = store.resolve("web")
     assert r.records == 5000 and v.num_shards >= 2  # 64 KiB shards in the fixture
     assert store.read_table("web").column("id").to_pylist() == [f"r{i}" for i in range(5000)]
+
+
+def test_hugging_face_roundtrip(store: Store, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets", reason="Hugging Face interop needs granary[hf]")
+    from granary.store.export import export
+
+    ds = datasets.Dataset.from_dict({"id": ["a", "b"], "text": ["one", "two"], "label": [0, 1]})
+    ds.save_to_disk(str(tmp_path / "hf-in"))
+    r = ingest(store, [tmp_path / "hf-in"], "hf")
+    assert r.records == 2
+    assert store.read_table("hf").to_pylist() == [{"id": "a", "text": "one", "label": 0},
+                                                  {"id": "b", "text": "two", "label": 1}]
+    export(store, "hf", tmp_path / "hf-out", fmt="hf")
+    back = datasets.load_from_disk(str(tmp_path / "hf-out"))
+    assert back["text"] == ["one", "two"] and back["label"] == [0, 1]

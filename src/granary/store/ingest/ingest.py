@@ -15,7 +15,7 @@ from granary.errors import StoreError
 from granary.store.ingest.ids import fill_ids
 from granary.store.ingest.jsonl import JsonlReader
 from granary.store.ingest.sink import BadRecordSink, OnError
-from granary.store.ingest.tabular import TEXT_SUFFIXES, read_csv, read_parquet, read_text_files
+from granary.store.ingest.tabular import TEXT_SUFFIXES, read_csv, read_hf_dataset, read_parquet, read_text_files
 
 if TYPE_CHECKING:
     from granary.store.model import VersionInfo
@@ -63,13 +63,20 @@ def file_kind(path: Path) -> str | None:
     return None
 
 
+def is_hf_dataset(path: Path) -> bool:
+    """Whether ``path`` is a folder written by Hugging Face ``Dataset.save_to_disk``."""
+    return (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+
+
 def discover(paths: list[str | Path]) -> list[tuple[Path, str, Path]]:
     """(file, kind, root) for every readable file under the given paths, in a stable order."""
     out: list[tuple[Path, str, Path]] = []
     for p in map(Path, paths):
         if not p.exists():
             raise StoreError(f"input {p} does not exist", hint="check the path")
-        if p.is_dir():
+        if p.is_dir() and is_hf_dataset(p):
+            out.append((p, "hf", p))
+        elif p.is_dir():
             for f in sorted(x for x in p.rglob("*") if x.is_file()):
                 kind = file_kind(f)
                 if kind is not None:
@@ -168,6 +175,8 @@ def _tables(files: list[tuple[Path, str, Path]], sink: BadRecordSink, on_bytes: 
             yield from read_parquet(path, sink, on_bytes)
         elif kind == "csv":
             yield from read_csv(path, sink, on_bytes)
+        elif kind == "hf":
+            yield from read_hf_dataset(path, sink, on_bytes)
         else:
             text_files.append((path, root))
     by_root: dict[Path, list[Path]] = {}

@@ -83,6 +83,31 @@ def read_csv(path: Path, sink: BadRecordSink, on_bytes: Callable[[int], None] | 
             yield table
 
 
+def read_hf_dataset(path: Path, sink: BadRecordSink,
+                    on_bytes: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
+    """Stream a Hugging Face dataset saved with ``save_to_disk`` (memory-mapped Arrow; extra ``hf``)."""
+    try:
+        import datasets
+    except ImportError as exc:
+        from granary.errors import MissingDependencyError
+
+        raise MissingDependencyError("datasets", "hf") from exc
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        sink.bad(str(path), None, f"a DatasetDict with splits {list(ds)}: ingest one split folder at a time")
+        return
+    table = ds.data.table
+    row = 1
+    per_row = sum(f.stat().st_size for f in path.glob("*.arrow")) / max(table.num_rows, 1)
+    for batch in table.to_batches(max_chunksize=BATCH_ROWS):
+        checked = _check_text(pa.Table.from_batches([batch]), sink, str(path), row)
+        row += batch.num_rows
+        if on_bytes:
+            on_bytes(int(batch.num_rows * per_row))
+        if checked is not None and checked.num_rows:
+            yield checked
+
+
 def read_text_files(root: Path, files: list[Path], sink: BadRecordSink,
                     on_bytes: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
     """Each file is one document: ``text`` is its content, ``path`` its path relative to ``root``."""
