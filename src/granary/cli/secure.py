@@ -277,6 +277,26 @@ def key_shred(ref: Annotated[str, typer.Argument(help="DATASET@VERSION to destro
     console.print(f"version {vid[:12]} shredded: {count} data keys destroyed")
 
 
+@key_app.command("export")
+def key_export(
+    ref: Annotated[str, typer.Argument(help="DATASET[@REF] to export.")],
+    path: Annotated[Path, typer.Argument(help="Output Parquet file.")],
+    column: Annotated[list[str] | None, typer.Option(help="Column to encrypt (repeatable; default all).")] = None,
+    purpose: Annotated[str | None, typer.Option(help="Declared purpose of the export.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export a version as Parquet with modular (column) encryption under the tenant's master key."""
+    from granary.secure.parquet_export import export_encrypted
+
+    guard = _guard()
+    info = export_encrypted(_store(guard), guard, ref, path, columns=column, purpose=purpose)
+    if json_out:
+        print_json(info)
+        return
+    console.print(f"exported {info['rows']} rows of {ref} to {path}; encrypted columns {info['encrypted_columns']} "
+                  f"under master key {info['master_key_id']}")
+
+
 def forget_cmd(
     dataset: str,
     subject: Annotated[str, typer.Option(help="The subject id (or PII value with --by value).")],

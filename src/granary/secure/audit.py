@@ -127,7 +127,8 @@ class AuditLog:
         details = _clean(json.dumps(entry.get("details") or {}, sort_keys=True, separators=(",", ":"),
                                     default=str), "details")
         at = float(entry.get("at") or time.time())
-        text = canonical(seq, at, *fields, outcome, self.origin, details)
+        principal, action, dataset, obj = fields
+        text = canonical(seq, at, principal, action, dataset, obj, outcome, self.origin, details)
         return (seq, at, *fields, outcome, self.origin, details, chain_hash(prev, text))
 
     def append(self, *, principal: str, action: str, dataset: str = "", object: str = "",

@@ -12,7 +12,7 @@ import io
 import os
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -315,7 +315,7 @@ class DecryptingReader(io.RawIOBase):
                               where=self._where, chunk=index)
         self._cipher.decrypt_into(index, view, out)
 
-    def readinto(self, buffer: Buffer) -> int:
+    def readinto(self, buffer: Any) -> int:  # Any: typeshed's Buffer protocol needs Python 3.12
         dst = memoryview(buffer).cast("B")
         end = min(self.header.plain_bytes, self._pos + len(dst))
         done = 0

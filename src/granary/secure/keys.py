@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -101,10 +102,10 @@ class LocalKeyring(KeyProvider):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._cache: dict[str, object] | None = None
+        self._cache: dict[str, Any] | None = None
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, object]]:
+    def _locked(self) -> Iterator[dict[str, Any]]:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock_fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -116,7 +117,7 @@ class LocalKeyring(KeyProvider):
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
             os.close(lock_fd)
 
-    def _load(self) -> dict[str, object]:
+    def _load(self) -> dict[str, Any]:
         if not self.path.exists():
             return {"format": 1, "current": {}, "master_keys": {}, "signing_key": None}
         mode = self.path.stat().st_mode & 0o077
@@ -125,9 +126,9 @@ class LocalKeyring(KeyProvider):
                               hint=f"run: chmod 600 {self.path}")
         data = json.loads(self.path.read_text())
         self._cache = data
-        return data  # type: ignore[no-any-return]
+        return data
 
-    def _save(self, data: Mapping[str, object]) -> None:
+    def _save(self, data: Mapping[str, Any]) -> None:
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -137,7 +138,7 @@ class LocalKeyring(KeyProvider):
         os.replace(tmp, self.path)
         self._cache = dict(data)
 
-    def _data(self) -> dict[str, object]:
+    def _data(self) -> dict[str, Any]:
         return self._cache if self._cache is not None else self._load()
 
     def current_key_id(self, tenant: str) -> str:
@@ -162,7 +163,7 @@ class LocalKeyring(KeyProvider):
     def _master(self, key_id: str) -> bytes:
         for attempt in (0, 1):
             data = self._data() if attempt == 0 else self._load()
-            entry = data["master_keys"].get(key_id)  # type: ignore[union-attr]
+            entry = data["master_keys"].get(key_id)
             if entry is not None:
                 return base64.b64decode(entry["key"])
         raise KeyMissingError(f"master key {key_id} is not in the keyring {self.path}",
@@ -180,7 +181,7 @@ class LocalKeyring(KeyProvider):
             assert isinstance(current, dict)
             if key_id in current.values():
                 raise ValueError(f"master key {key_id} is current; rotate first")
-            data["master_keys"].pop(key_id, None)  # type: ignore[union-attr]
+            data["master_keys"].pop(key_id, None)
 
     def signing_key(self) -> Ed25519PrivateKey:
         raw = self._data().get("signing_key")

@@ -102,7 +102,8 @@ class RoleBook:
                 g.principal == principal.name,
                 sa.or_(sa.and_(g.scope_kind == "dataset", g.scope == dataset),
                        sa.and_(g.scope_kind == "tenant", g.scope == tenant)))).scalars().all()
-        return max(roles, key=ROLE_RANK.__getitem__) if roles else None  # type: ignore[return-value]
+        best = max(roles, key=lambda r: ROLE_RANK[r]) if roles else None
+        return best
 
     # -- attribute rules ------------------------------------------------------------------------
     def add_rule(self, actor: Principal, tag_pattern: str, clearance: str) -> None:
