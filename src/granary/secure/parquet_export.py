@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 _AAD = b"granary-parquet-export\0"
 
 
-class ProviderKmsClient(pe.KmsClient):  # type: ignore[misc]
+class ProviderKmsClient(pe.KmsClient):
     """Lets pyarrow wrap and unwrap Parquet key-encryption keys with a Granary key provider."""
 
     def __init__(self, provider: KeyProvider) -> None:
