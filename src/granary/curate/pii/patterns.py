@@ -28,8 +28,8 @@ class PiiPattern:
     priority: int
 
 
-_D = r"(?<![\w.+-])"  # not glued to a preceding word, number or sign
-_E = r"(?![\w-]|\.\w)"  # not followed by more of a word or number
+_D = r"(?<![\w.+-])(?<!\d[ -])"  # not glued to a preceding word, number or sign (nor a digit group)
+_E = r"(?![\w-]|\.\w)(?![ -]\d)"  # not followed by more of a word, number or digit group
 
 PATTERNS: tuple[PiiPattern, ...] = (
     PiiPattern("PRIVATE_KEY", re.compile(

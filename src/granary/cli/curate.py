@@ -1,0 +1,92 @@
+"""`granary curate` and `granary report`: run a curation pipeline into a new version; report on a version."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from granary.cli.output import console, fail, print_json, progress, table
+
+
+def curate_cmd(
+    ref: Annotated[str, typer.Argument(help="Input: a dataset ref (web@main) or a file/directory path.")],
+    pipeline: Annotated[Path, typer.Option("--pipeline", "-p", help="Pipeline YAML file.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Dataset to commit the result to.")],
+    executor: Annotated[str, typer.Option(help="Where tasks run: local (processes) or ray.")] = "local",
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
+    branch: Annotated[str, typer.Option(help="Branch of the output dataset.")] = "main",
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Run a curation pipeline; an interrupted run resumes when the same command is run again."""
+    from granary.curate import PipelineSpec, curate
+    from granary.store import open_store
+
+    if executor not in ("local", "ray"):
+        fail(f"--executor must be local or ray, got {executor!r}")
+    if workers is not None and workers < 1:
+        fail(f"--workers must be >= 1, got {workers}")
+    spec = PipelineSpec.from_yaml(pipeline)
+    store = open_store()
+    with progress(disable=json_out) as bar:
+        result, rep = curate(store, ref, spec, output, executor=executor, num_workers=workers, branch=branch,
+                             on_stage=_stages(bar))
+    if json_out:
+        print_json(result.to_dict() | {"report": rep["paths"]})
+        return
+    rows = [(name, f"{s.docs_in:,}", f"{s.docs_out:,}", f"{s.bytes_in / 1e6:,.1f}", f"{s.bytes_out / 1e6:,.1f}",
+             f"{s.seconds:.2f}") for name, s in result.steps.items()]
+    console.print(table(f"Pipeline {spec.name}", ["step", "docs in", "docs out", "MB in", "MB out", "seconds"],
+                        rows))
+    console.print(f"committed {result.output['ref']}: {result.rows_out:,} of {result.rows_in:,} documents kept, "
+                  f"{result.rejected:,} rejected (see the version's `rejected` table), "
+                  f"{result.quarantined:,} quarantined, {result.seconds:.1f} s"
+                  + (f", resumed {result.resumed_tasks} finished tasks" if result.resumed_tasks else ""),
+                  highlight=False)
+    console.print(f"report: {rep['paths']['html']}", highlight=False)
+
+
+def _stages(bar: Any) -> Callable[[str, int], Callable[[int], None]]:
+    def on_stage(name: str, total: int) -> Callable[[int], None]:
+        task = bar.add_task(name[:60], total=total)
+        return lambda n: bar.advance(task, n)
+
+    return on_stage
+
+
+def report_cmd(
+    ref: Annotated[str, typer.Argument(help="A dataset ref, e.g. web-clean@main.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    html: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML page here.")] = None,
+) -> None:
+    """Quality report of a version: completeness, duplicates, lengths, languages, drops, PII, sources, outliers."""
+    from granary.curate.report import render_html, report_for_version
+    from granary.store import open_store
+
+    rep = report_for_version(open_store(), ref)
+    if html is not None:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_text(render_html(rep))
+    if json_out:
+        print_json(rep)
+        return
+    d = rep["duplicates"]
+    rows = [("documents", f"{rep['documents']:,}"), ("text", f"{rep['text_bytes'] / 1e6:,.1f} MB"),
+            ("exact duplicate rate", f"{d['exact_rate']:.2%}"), ("near duplicate rate", f"{d['near_rate']:.2%}"),
+            ("median chars", f"{rep['lengths']['chars'].get('p50', 0):,.0f}"),
+            ("languages", ", ".join(f"{k} {v}" for k, v in list(rep["languages"]["counts"].items())[:5])),
+            ("sources", ", ".join(f"{k} {v}" for k, v in list(rep["sources"].items())[:5]) or "-"),
+            ("dropped", ", ".join(f"{x['reason']} {x['count']}" for x in rep["drops"][:6]) or "-"),
+            ("PII", ", ".join(f"{k} {v}" for k, v in rep["pii"]["counts"].items()) or "-"),
+            ("quarantined", str(rep["quarantine"]["count"]))]
+    console.print(table(f"Report {rep['name']}", ["measure", "value"], rows))
+    if html is not None:
+        console.print(f"HTML report: {html}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the curate and report commands."""
+    app.command("curate")(curate_cmd)
+    app.command("report")(report_cmd)
