@@ -27,6 +27,7 @@ _GROUPS = (
     "granary.cli.store",
     "granary.cli.secure",
     "granary.cli.demo",
+    "granary.cli.curate",
 )
 
 for _module in _GROUPS:
