@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -97,10 +97,28 @@ def ingest(
                           f"see `granary show {dataset} --quarantine`[/]")
 
 
+def delete(dataset: Annotated[str, typer.Argument(help="Dataset.")],
+           where: Annotated[str, typer.Option("--where", "-w", help="Filter, e.g. \"len(text) < 50\".")],
+           branch: Annotated[str | None, typer.Option(help="Branch (default: the dataset's default).")] = None,
+           message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
+           json_out: JsonOpt = False) -> None:
+    """Commit a new version without the rows matching a filter expression."""
+    store = _store()
+    with store.transaction(dataset, branch=branch) as txn:
+        txn.delete_where(where)
+        v = txn.commit(message=message or f"delete where {where}", allow_empty=True,
+                       lineage={"command": "delete", "params": {"where": where}})
+        deleted = txn.stats.extra.get("rows_deleted", 0)
+    if json_out:
+        print_json({"version": v.id, "rows_deleted": deleted, "rows": v.num_rows})
+        return
+    console.print(f"deleted {deleted:,} row(s); {dataset}@{v.short_id} has {v.num_rows:,} rows")
+
+
 def ls(json_out: JsonOpt = False) -> None:
     """List datasets with their default branch head."""
     store = _store()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for ds in store.datasets():
         head = next((r.version_id for r in store.refs(ds.name, "branch") if r.name == ds.default_branch), None)
         v = store.resolve(f"{ds.name}@{head}") if head else None
@@ -291,5 +309,5 @@ def export(ref: Annotated[str, typer.Argument(help="Reference to export.")],
 
 def register(app: typer.Typer) -> None:
     """Add the store commands to the app."""
-    for fn in (init, ingest, ls, log, show, diff, branch, tag, rollback, verify, gc, export):
+    for fn in (init, ingest, delete, ls, log, show, diff, branch, tag, rollback, verify, gc, export):
         app.command(fn.__name__)(fn)

@@ -130,7 +130,7 @@ class ObjectStore:
     def open(self, key: str, mode: str = "rb", **kwargs: Any) -> IO[bytes]:
         """Open an object for reading (seekable)."""
         try:
-            return self.fs.open(self.path(key), mode, **kwargs)  # type: ignore[no-any-return]
+            return self.fs.open(self.path(key), mode, **kwargs)
         except FileNotFoundError:
             raise NotFoundError(f"object {key} is missing from {self.url}",
                                 hint="run `granary verify` to list missing objects") from None
@@ -138,7 +138,7 @@ class ObjectStore:
     def get_bytes(self, key: str) -> bytes:
         """Read a whole object."""
         try:
-            return self.fs.cat_file(self.path(key))  # type: ignore[no-any-return]
+            return self.fs.cat_file(self.path(key))
         except FileNotFoundError:
             raise NotFoundError(f"object {key} is missing from {self.url}",
                                 hint="run `granary verify` to list missing objects") from None

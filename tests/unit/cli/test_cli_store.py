@@ -95,3 +95,12 @@ def test_gc_dry_run(corpus: Path) -> None:
     run("ingest", str(corpus), "-d", "web", "--on-error", "quarantine")
     out = json.loads(run("gc", "--dry-run", "--json").stdout)
     assert out["dry_run"] is True and out["deleted"] == []
+
+
+def test_delete_where(corpus: Path) -> None:
+    run("ingest", str(corpus), "-d", "web", "--on-error", "quarantine")
+    out = json.loads(run("delete", "web", "--where", "id in ['d1', 'd2'] or startswith(text, 'text number 19')",
+                         "--json").stdout)
+    assert out["rows_deleted"] == 2 + 11 and out["rows"] == 200 - 13
+    bad = run("delete", "web", "--where", "nosuchcol == 1", ok=False)
+    assert bad.exit_code == 1 and "unknown column 'nosuchcol'" in bad.output

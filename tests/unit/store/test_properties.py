@@ -12,7 +12,9 @@ from granary.config import Settings
 from granary.store import open_store
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300)
-row = st.fixed_dictionaries({"id": st.text(max_size=12), "text": text, "n": st.one_of(st.none(), st.integers(-2**40, 2**40))})
+row = st.fixed_dictionaries(
+    {"id": st.text(max_size=12), "text": text, "n": st.one_of(st.none(), st.integers(-(2**40), 2**40))}
+)
 rows = st.lists(row, max_size=60)
 SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("n", pa.int64())])
 

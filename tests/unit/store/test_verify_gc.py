@@ -13,7 +13,8 @@ from granary.store import Store
 
 
 def _docs(n: int, start: int = 0) -> pa.Table:
-    return pa.table({"id": [f"d{i}" for i in range(start, start + n)], "text": [f"text {i} " * 30 for i in range(start, start + n)]})
+    ids = range(start, start + n)
+    return pa.table({"id": [f"d{i}" for i in ids], "text": [f"text {i} " * 30 for i in ids]})
 
 
 def _path(store: Store, key: str) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -11,6 +13,7 @@ import xxhash
 def content_ids(text: pa.Array | pa.ChunkedArray) -> pa.Array:
     """xxh3-128 hex of each text's UTF-8 bytes, hashed straight from the Arrow buffers (no str objects)."""
     arr = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+    offsets_type: type[np.signedinteger[Any]]
     if arr.type == pa.large_string():
         offsets_type = np.int64
     else:

@@ -125,13 +125,13 @@ def ingest(
     start = time.perf_counter()
     counted = _counter(report, on_bytes)
     with store.transaction(dataset, branch=branch, mode=mode) as txn:  # type: ignore[arg-type]
-        schema: pa.Schema | None = txn.schema
+        fixed: list[pa.Schema] = [txn.schema] if txn.schema is not None else []
         ignored: set[str] = set()
-        for table in _tables(files, sink, counted, ignored, lambda: schema):
+        for table in _tables(files, sink, counted, ignored, lambda: fixed[0] if fixed else None):
             table = fill_ids(table)
-            if schema is None:
-                schema = table.schema
-            table = _align(table, schema, ignored)
+            if not fixed:
+                fixed.append(table.schema)
+            table = _align(table, fixed[0], ignored)
             txn.write(table)
             report.records += table.num_rows
         sink.flush()
@@ -141,7 +141,8 @@ def ingest(
         report.reasons = dict(sink.reasons)
         report.ignored_fields = sorted(ignored)
         if report.records == 0 and report.quarantined == 0:
-            raise StoreError(f"no records found in {len(files)} input file(s)", hint="check that the files are not empty")
+            raise StoreError(f"no records found in {len(files)} input file(s)",
+                             hint="check that the files are not empty")
         report.version = txn.commit(
             message=message or f"ingest {len(files)} file(s)",
             lineage={"command": "ingest", "params": {"paths": [str(p) for p in paths], "on_error": on_error,

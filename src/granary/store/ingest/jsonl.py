@@ -26,7 +26,7 @@ def open_text_stream(path: Path) -> tuple[IO[bytes], IO[bytes]]:
     raw = open(path, "rb")  # noqa: SIM115 - closed by the caller through the returned raw handle
     name = path.name.lower()
     if name.endswith(".gz"):
-        return gzip.GzipFile(fileobj=raw), raw
+        return gzip.GzipFile(fileobj=raw), raw  # type: ignore[return-value]
     if name.endswith(".zst") or name.endswith(".zstd"):
         return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), raw
     return raw, raw

@@ -30,7 +30,8 @@ def _check_text(table: pa.Table, sink: BadRecordSink, source: str, first_row: in
     if text.null_count:
         nulls = pc.is_null(text)
         for i in pc.indices_nonzero(nulls).to_pylist():
-            sink.bad(source, first_row + i, "missing field: 'text' is null", repr(table.slice(i, 1).to_pylist()[0]).encode())
+            raw = repr(table.slice(i, 1).to_pylist()[0]).encode()
+            sink.bad(source, first_row + i, "missing field: 'text' is null", raw)
         table = table.filter(pc.invert(nulls))
     return table
 

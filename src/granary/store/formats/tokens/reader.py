@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xxhash
@@ -39,6 +40,7 @@ class TokenShardReader:
 
     def __init__(self, source: str | Path | bytes | memoryview | np.ndarray, *, name: str | None = None) -> None:
         self.name = name or (str(source) if isinstance(source, (str, Path)) else "<buffer>")
+        raw: np.ndarray[Any, np.dtype[np.uint8]]
         if isinstance(source, (str, Path)):
             raw = np.memmap(source, dtype=np.uint8, mode="r")
         else:
@@ -91,7 +93,7 @@ class TokenShardReader:
         if self._verified[i]:
             return
         off, length, expected = (int(x) for x in self.blocks[i].tolist())
-        actual = xxhash.xxh3_64_intdigest(self._raw[off : off + length])
+        actual = xxhash.xxh3_64_intdigest(self._raw[off : off + length].data)
         if actual != expected:
             raise IntegrityError(
                 f"token shard {self.name} block {i} failed its checksum",
