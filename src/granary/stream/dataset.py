@@ -1,0 +1,249 @@
+"""StreamingDataset: exact, resumable, balanced batches of a tokens or documents version (or a Mix of them)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from granary.errors import StreamError
+from granary.stream.mix import Mix
+from granary.stream.order import MixedStream, SampleStream
+from granary.stream.partition import Topology, detect_rank, detect_worker, pass_steps, rank_slice, worker_steps
+from granary.stream.prefetch import ordered_threads
+from granary.stream.source import RecordSource, TokenSource
+from granary.stream.state import StreamState
+
+if TYPE_CHECKING:
+    from granary.store import Store
+    from granary.stream.cache import BlockCache
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, Any] | list[dict[str, Any]]
+
+
+class StreamingDataset:
+    """A PyTorch ``IterableDataset`` of batches over a dataset version (or a :class:`Mix` of versions).
+
+    Tokens versions yield ``{"tokens": (batch_size, seq_len)}`` (+ ``"segment_ids"`` when asked): fixed-length
+    samples packed across document and shard boundaries. Documents versions yield a list of record dicts.
+    Iterating once is one *pass*: every step starting in the current epoch (see ``granary.stream.partition``).
+    Use it with ``DataLoader(ds, batch_size=None, num_workers=K)`` or :class:`granary.stream.StreamingLoader`.
+
+    Args:
+        ref: a dataset ref (``web``, ``web@main``, ``web@v1``, ``web@3fa2c9``) or a :class:`Mix`.
+        batch_size: samples per batch on this rank (global batch = batch_size * world_size).
+        seq_len: tokens per sample (tokens versions; required for them).
+        seed: shuffle seed.
+        shuffle: ``True`` (the ``global`` shuffle), ``False`` (``none``) or a registry name
+            (``global``, ``block``, ``none``).
+        rank, world_size: this rank; default torch.distributed, else ``RANK``/``WORLD_SIZE``, else 0/1.
+        store: the store (default ``open_store()``).
+        verify: verify block checksums the first time each block is read in this process.
+        segment_ids: add per-token document ids for attention masks.
+        output: ``torch`` tensors or ``numpy`` arrays.
+        token_dtype: ``int64`` (what embeddings take), ``int32`` or ``native`` (the stored uint16/uint32).
+        num_threads: reader threads gathering batches ahead (0 reads in the consuming thread).
+        prefetch: batches each reader thread may have ready.
+        columns: columns of a documents version to read (default all).
+        cache: block cache for remote (``s3://``) stores; default one under ``GRANARY_HOME/cache``.
+    """
+
+    def __init__(
+        self,
+        ref: str | Mix,
+        *,
+        batch_size: int,
+        seq_len: int | None = None,
+        seed: int = 0,
+        shuffle: bool | str = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        store: Store | None = None,
+        verify: bool = True,
+        segment_ids: bool = False,
+        output: Literal["torch", "numpy"] = "torch",
+        token_dtype: Literal["int64", "int32", "native"] = "int64",
+        num_threads: int = 1,
+        prefetch: int = 4,
+        columns: list[str] | None = None,
+        cache: BlockCache | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if output not in ("torch", "numpy") or token_dtype not in ("int64", "int32", "native"):
+            raise ValueError(f"bad output={output!r} or token_dtype={token_dtype!r}")
+        if num_threads < 0 or prefetch < 1:
+            raise ValueError(f"num_threads must be >= 0 and prefetch >= 1, got {num_threads}, {prefetch}")
+        self.mix = ref if isinstance(ref, Mix) else Mix([ref], weights=[1.0])
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.seed = seed
+        self.shuffle = shuffle if isinstance(shuffle, str) else ("global" if shuffle else "none")
+        r, w = detect_rank(rank, world_size)
+        self.topology = Topology(rank=r, world_size=w)
+        self.verify = verify
+        self.with_segment_ids = segment_ids
+        self.output = output
+        self.token_dtype = token_dtype
+        self.num_threads = num_threads
+        self.prefetch = prefetch
+        self.position = 0
+        self._open(store, columns, cache)
+        register_with_torch()
+
+    def _open(self, store: Store | None, columns: list[str] | None, cache: BlockCache | None) -> None:
+        if store is None:
+            from granary.store import open_store
+
+            store = open_store()
+        sources: list[TokenSource | RecordSource] = []
+        for ref in self.mix.sources:
+            manifest = store.manifest(ref)
+            if manifest.kind == "tokens":
+                if self.seq_len is None:
+                    raise StreamError(f"{ref} is a tokens version: pass seq_len", hint="e.g. seq_len=2048")
+                sources.append(TokenSource(store, manifest, seq_len=self.seq_len, verify=self.verify, cache=cache))
+            else:
+                sources.append(RecordSource(store, manifest, columns=columns))
+        kinds = {type(s) for s in sources}
+        if len(kinds) > 1:
+            raise StreamError(f"cannot mix tokens and documents versions: {list(self.mix.sources)}")
+        self.sources = sources
+        self.kind: Literal["tokens", "documents"] = "tokens" if kinds == {TokenSource} else "documents"
+        self.stream = MixedStream(
+            [SampleStream(s.num_samples, shuffle=self.shuffle, seed=self.seed + 7919 * k)
+             for k, s in enumerate(sources)],
+            self.mix.fractions, seed=self.seed)
+
+    # -- geometry ------------------------------------------------------------------------------
+    @property
+    def global_batch(self) -> int:
+        """Samples per global step (``batch_size * world_size``)."""
+        return self.batch_size * self.topology.world_size
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per epoch of the (mixed) stream: the sum over sources."""
+        return sum(s.num_samples for s in self.sources)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next batch starts in."""
+        return self.position // self.num_samples
+
+    def steps_per_pass(self, position: int | None = None) -> int:
+        """Batches each rank yields in the pass starting at ``position`` (default: the current one)."""
+        return pass_steps(self.position if position is None else position, self.num_samples, self.global_batch)
+
+    def __len__(self) -> int:
+        return self.steps_per_pass()
+
+    def __getitem__(self, index: int) -> Any:
+        raise StreamError("StreamingDataset is iterable, not indexable",
+                          hint="import torch before creating it, or use granary.stream.StreamingLoader")
+
+    # -- state ---------------------------------------------------------------------------------
+    def _state(self, position: int) -> StreamState:
+        return StreamState(
+            versions=[s.version_id for s in self.sources], weights=list(self.mix.fractions), seed=self.seed,
+            shuffle=self.shuffle, seq_len=self.seq_len if self.kind == "tokens" else None,
+            num_samples=[s.num_samples for s in self.sources], position=position,
+            global_batch=self.global_batch, world_size=self.topology.world_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The resume state after the batches yielded so far in this process (``num_workers=0``)."""
+        return self._state(self.position).to_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from a state dict (saved with any world size or worker count); checks it fits this stream."""
+        saved = StreamState.from_dict(state)
+        saved.check_matches(self._state(saved.position))
+        self.position = saved.position
+
+    def set_epoch(self, epoch: int) -> None:
+        """Jump to the start of ``epoch`` (a fresh order is drawn per epoch)."""
+        self.position = epoch * self.num_samples
+
+    # -- reading -------------------------------------------------------------------------------
+    def batch_at(self, position: int, step: int) -> Batch:
+        """This rank's batch at ``step`` of the pass starting at ``position`` (a pure function of them)."""
+        start, stop = rank_slice(position, step, batch_size=self.batch_size, topology=self.topology)
+        located = self.stream.locate(np.arange(start, stop, dtype=np.int64))
+        if self.kind == "documents":
+            return self._records(located)
+        return self._tokens(located)
+
+    def sample_ids(self, position: int, step: int) -> list[tuple[int, int]]:
+        """``(source, sample)`` of each row of the batch at ``step`` (for tests and audits)."""
+        start, stop = rank_slice(position, step, batch_size=self.batch_size, topology=self.topology)
+        rows = [(0, 0)] * (stop - start)
+        for k, where, samples in self.stream.locate(np.arange(start, stop, dtype=np.int64)):
+            for r, s in zip(where.tolist(), samples.tolist(), strict=True):
+                rows[r] = (k, s)
+        return rows
+
+    def _tokens(self, located: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        first = self.sources[0]
+        assert isinstance(first, TokenSource)
+        out = np.empty((self.batch_size, first.seq_len), dtype=first.dtype)
+        segs = np.empty(out.shape, dtype=np.int32) if self.with_segment_ids else None
+        for k, rows, samples in located:
+            source = self.sources[k]
+            assert isinstance(source, TokenSource)
+            if len(located) == 1:
+                source.gather(samples, out)
+            else:
+                part = np.empty((len(rows), first.seq_len), dtype=first.dtype)
+                source.gather(samples, part)
+                out[rows] = part
+            if segs is not None:
+                segs[rows] = source.segment_ids(samples)
+        batch: dict[str, Any] = {"tokens": out if self.token_dtype == "native" else out.astype(self.token_dtype)}
+        if segs is not None:
+            batch["segment_ids"] = segs
+        return _to_torch(batch) if self.output == "torch" else batch
+
+    def _records(self, located: list[tuple[int, np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [{} for _ in range(self.batch_size)]
+        for k, rows, samples in located:
+            source = self.sources[k]
+            assert isinstance(source, RecordSource)
+            for r, record in zip(rows.tolist(), source.gather(samples), strict=True):
+                out[r] = record
+        return out
+
+    def __iter__(self) -> Iterator[Batch]:
+        worker_id, num_workers = detect_worker()
+        start = self.position
+        steps = self.steps_per_pass(start)
+        mine = worker_steps(steps, worker_id, num_workers)
+        if num_workers > 1 or self.num_threads == 0:
+            batches: Iterator[Batch] = (self.batch_at(start, k) for k in mine)
+        else:
+            batches = ordered_threads(lambda k: self.batch_at(start, k), list(mine),
+                                      num_threads=self.num_threads, depth=self.prefetch)
+        for i, batch in enumerate(batches):
+            if num_workers == 1:
+                self.position = start + (i + 1) * self.global_batch
+            yield batch
+        if num_workers == 1:
+            self.position = start + steps * self.global_batch
+
+
+def _to_torch(batch: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+def register_with_torch() -> None:
+    """Make StreamingDataset an ``IterableDataset`` for torch without importing torch (it costs ~2 s)."""
+    if "torch" in sys.modules:
+        from torch.utils.data import IterableDataset
+
+        IterableDataset.register(StreamingDataset)

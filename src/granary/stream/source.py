@@ -1,0 +1,224 @@
+"""Sample sources: fixed-length token samples of a tokens version, records of a documents version."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import xxhash
+
+from granary.errors import StreamError
+from granary.store.formats.tokens import TokenShardReader
+from granary.stream.errors import CorruptBlockError
+from granary.stream.pack import PackedLayout, segment_ids
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from granary.store import Manifest, ShardEntry, Store
+    from granary.stream.cache import BlockCache
+
+log = logging.getLogger(__name__)
+
+
+class TokenShard(Protocol):
+    """What the token source needs from one shard, local (memory-mapped) or remote (cached blocks)."""
+
+    key: str
+    num_tokens: int
+    block_tokens: int
+    doc_offsets: np.ndarray
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens ``[start, stop)`` of the shard, every block they touch verified."""
+        ...
+
+
+class LocalTokenShard:
+    """A memory-mapped local token shard; blocks are verified once per process, the first time touched."""
+
+    def __init__(self, path: str, key: str) -> None:
+        reader = TokenShardReader(path, name=key)
+        self.key = key
+        self.num_tokens = reader.num_tokens
+        self.block_tokens = reader.block_tokens
+        self.doc_offsets = np.asarray(reader.doc_offsets, dtype=np.int64)
+        self.tokens: np.ndarray = np.asarray(reader.tokens).view(np.ndarray)
+        self._expected = np.asarray(reader.blocks["xxh3"], dtype=np.uint64)
+        self.verified = np.zeros(reader.num_blocks, dtype=bool)
+
+    def verify_block(self, block: int) -> None:
+        """Check one block's xxh3-64 (no-op once verified); raise CorruptBlockError naming shard and block."""
+        if self.verified[block]:
+            return
+        lo = block * self.block_tokens
+        actual = xxhash.xxh3_64_intdigest(self.tokens[lo : lo + self.block_tokens])
+        expected = int(self._expected[block])
+        if actual != expected:
+            raise CorruptBlockError(self.key, block, expected=f"{expected:016x}", actual=f"{actual:016x}")
+        self.verified[block] = True
+
+    def verify_range(self, start: int, stop: int) -> None:
+        """Verify every block holding a token of ``[start, stop)``."""
+        for b in range(start // self.block_tokens, (stop - 1) // self.block_tokens + 1):
+            self.verify_block(b)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens ``[start, stop)`` (a view), verified."""
+        self.verify_range(start, stop)
+        return self.tokens[start:stop]
+
+
+class TokenSource:
+    """Fixed-length packed samples of a tokens version (see :class:`PackedLayout`).
+
+    Args:
+        store: the store holding the version.
+        manifest: the version's manifest.
+        seq_len: tokens per sample.
+        verify: check block checksums the first time each block is read.
+        cache: block cache for remote stores (required when shards have no local path).
+    """
+
+    def __init__(self, store: Store, manifest: Manifest, *, seq_len: int, verify: bool = True,
+                 cache: BlockCache | None = None) -> None:
+        if manifest.kind != "tokens":
+            raise StreamError(f"{manifest.dataset}@{manifest.version_id[:12]} is a {manifest.kind} version",
+                              hint="tokenize it first: granary tokenize REF --tokenizer PATH --output NAME")
+        self.version_id = manifest.version_id
+        self.seq_len = seq_len
+        self.shards: list[TokenShard] = [self._open(store, e, cache) for e in manifest.shards]
+        dtypes = {str(e.meta.get("dtype", "uint16")) for e in manifest.shards}
+        if len(dtypes) > 1:
+            raise StreamError(f"version {manifest.version_id[:12]} mixes token dtypes {sorted(dtypes)}")
+        self.dtype = np.dtype(dtypes.pop() if dtypes else "uint16")
+        self.layout = PackedLayout.build([s.num_tokens for s in self.shards], seq_len)
+        if self.layout.num_samples == 0:
+            raise StreamError(f"version {manifest.version_id[:12]} has {self.layout.shard_starts[-1]} tokens, "
+                              f"fewer than one sample of seq_len={seq_len}", hint="use a smaller --seq-len")
+        self._verify = verify
+        self._local = all(isinstance(s, LocalTokenShard) for s in self.shards)
+        self._views = [self._view(i) for i in range(len(self.shards))] if self._local else []
+        self._doc_starts: np.ndarray | None = None
+        self._all_verified = False
+
+    @staticmethod
+    def _open(store: Store, entry: ShardEntry, cache: BlockCache | None) -> TokenShard:
+        path = store.local_path(entry)
+        if path is not None:
+            return LocalTokenShard(path, entry.key)
+        if cache is None:
+            from granary.stream.cache import BlockCache
+
+            cache = BlockCache.default(store)
+        return cache.shard(entry)
+
+    def _view(self, i: int) -> np.ndarray:
+        shard = self.shards[i]
+        assert isinstance(shard, LocalTokenShard)
+        lo = int(self.layout.phase[i])
+        n = int(self.layout.full[i])
+        return shard.tokens[lo : lo + n * self.seq_len].reshape(n, self.seq_len)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per epoch."""
+        return self.layout.num_samples
+
+    def gather(self, samples: np.ndarray, out: np.ndarray) -> None:
+        """Copy the given samples, in order, into ``out`` (shape ``(len(samples), seq_len)``)."""
+        shard, local, aligned = self.layout.locate(samples)
+        if self._verify and self._local and not self._all_verified:
+            self._verify_local(shard, local, aligned)
+        if not self._local:
+            for j, sample in enumerate(samples.tolist()):
+                self._copy_pieces(sample, out[j])
+            return
+        rows = (samples - self.layout.first_sample[shard]).tolist()
+        views = self._views
+        for j, (s, r, a) in enumerate(zip(shard.tolist(), rows, aligned.tolist(), strict=True)):
+            if a:
+                out[j] = views[s][r]
+            else:
+                self._copy_pieces(int(samples[j]), out[j])
+
+    def _verify_local(self, shard: np.ndarray, local: np.ndarray, aligned: np.ndarray) -> None:
+        for s, lo, a in zip(shard.tolist(), local.tolist(), aligned.tolist(), strict=True):
+            handle = self.shards[s]
+            assert isinstance(handle, LocalTokenShard)
+            if a:
+                handle.verify_range(lo, lo + self.seq_len)
+            # samples spanning shards are verified piece by piece in _copy_pieces
+        self._all_verified = all(bool(h.verified.all()) for h in self.shards if isinstance(h, LocalTokenShard))
+
+    def _copy_pieces(self, sample: int, row: np.ndarray) -> None:
+        pos = 0
+        for s, lo, hi in self.layout.pieces(sample):
+            row[pos : pos + hi - lo] = self.shards[s].read(lo, hi)
+            pos += hi - lo
+
+    def doc_starts(self) -> np.ndarray:
+        """Global token offsets where documents begin (loaded once)."""
+        if self._doc_starts is None:
+            parts = [s.doc_offsets[:-1] + int(self.layout.shard_starts[i]) for i, s in enumerate(self.shards)]
+            self._doc_starts = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        return self._doc_starts
+
+    def segment_ids(self, samples: np.ndarray) -> np.ndarray:
+        """Document index of every token inside each sample (for block-diagonal attention masks)."""
+        return segment_ids(self.doc_starts(), samples.astype(np.int64) * self.seq_len, self.seq_len)
+
+
+class RecordSource:
+    """Records (rows) of a documents version; sample ``i`` is row ``i`` of the shards in manifest order.
+
+    Decoded shards are kept in a small LRU (``cache_shards``), so prefer the ``block`` shuffle for versions
+    much larger than that.
+    """
+
+    def __init__(self, store: Store, manifest: Manifest, *, columns: list[str] | None = None,
+                 cache_shards: int = 8) -> None:
+        if manifest.kind != "documents":
+            raise StreamError(f"{manifest.dataset}@{manifest.version_id[:12]} is a {manifest.kind} version, "
+                              "not documents", hint="pass seq_len to stream fixed-length token samples")
+        self.version_id = manifest.version_id
+        self._store = store
+        self._entries = list(manifest.shards)
+        self._columns = columns
+        self._starts = np.concatenate([[0], np.cumsum([e.rows for e in self._entries])]).astype(np.int64)
+        self._cache: OrderedDict[int, pa.Table] = OrderedDict()
+        self._cache_shards = cache_shards
+
+    @property
+    def num_samples(self) -> int:
+        """Records per epoch."""
+        return int(self._starts[-1])
+
+    def _table(self, s: int) -> pa.Table:
+        table = self._cache.get(s)
+        if table is None:
+            table = self._store.read_shard(self._entries[s], columns=self._columns, verify=True)
+            self._cache[s] = table
+            if len(self._cache) > self._cache_shards:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(s)
+        return table
+
+    def gather(self, samples: np.ndarray) -> list[dict[str, object]]:
+        """The given records, in order, as dicts."""
+        import pyarrow as pa
+
+        shard = np.searchsorted(self._starts, samples, side="right") - 1
+        pieces: list[pa.Table] = []
+        where: list[np.ndarray] = []
+        for s in np.unique(shard).tolist():
+            sel = np.flatnonzero(shard == s)
+            rows = samples[sel] - self._starts[s]
+            pieces.append(self._table(s).take(pa.array(rows)))
+            where.append(sel)
+        table = pa.concat_tables(pieces)
+        order = np.argsort(np.concatenate(where), kind="stable")
+        return table.take(pa.array(order)).to_pylist()
