@@ -63,6 +63,7 @@ class SecureHooks:
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
         self.reads: set[str] = set()
+        self.purposes: dict[str, str | None] = {}  # purpose of the last authorized read, per dataset
 
     @classmethod
     def from_settings(cls, settings: Settings, *, principal: Principal | None = None,
@@ -73,6 +74,8 @@ class SecureHooks:
 
     def authorize(self, action: str, dataset: str, *, purpose: str | None = None) -> None:
         self.guard.authorize(action, dataset, purpose=purpose)
+        if action == "read":
+            self.purposes[dataset] = purpose
 
     def record(self, action: str, dataset: str, *, version: str | None = None, outcome: str = "ok",
                details: dict[str, Any] | None = None) -> None:
@@ -106,6 +109,12 @@ class SecureHooks:
             raw.close()
             raise CryptoError(f"object {key} has unknown or mismatched encryption metadata "
                               f"(alg {meta.get('alg')!r}, dataset {dataset!r})", where=key)
+        try:
+            # no data key without read permission, even for callers that open shards directly
+            self.guard.authorize("read", dataset, purpose=self.purposes.get(dataset), obj=key)
+        except Exception:
+            raw.close()
+            raise
         try:
             dek = self.guard.keys.get(str(meta["key_ref"]))
         except KeyMissingError as exc:

@@ -98,3 +98,32 @@ def test_concurrent_appenders_keep_one_valid_chain(tmp_path: Path) -> None:
     report = log.verify()
     assert report.ok and report.records == 900
     assert {r.origin for r in log.query(limit=None)} == {"worker-0", "worker-1", "worker-2"}
+
+
+KILLED = """
+import sys
+from granary.catalog import open_catalog
+from granary.secure.audit import AuditLog
+log = AuditLog(open_catalog(sys.argv[1]), origin="doomed")
+print("ready", flush=True)
+while True:
+    log.append_many([{"principal": "w", "action": "read", "dataset": "web", "details": {"i": i}} for i in range(50)])
+"""
+
+
+def test_killed_appender_leaves_a_valid_chain(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    open_catalog(url).dispose()
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, url], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    log = AuditLog(open_catalog(url))
+    report = log.verify()
+    assert report.ok and report.records > 0 and report.records % 50 == 0  # whole batches only
+    log.append(principal="after", action="read")
+    assert log.verify().ok

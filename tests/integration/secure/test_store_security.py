@@ -184,3 +184,22 @@ def test_bad_names_are_refused(store: Store, hooks: SecureHooks) -> None:
         hooks.guard.set_policy("web", Policy(tenant="../../root"))
     with pytest.raises(ValueError):
         hooks.guard.add_principal("../admin")
+
+
+def test_no_data_key_without_read_permission(store: Store, hooks: SecureHooks, settings: Settings) -> None:
+    from granary.secure.guard import Guard
+
+    store.create_dataset("web")
+    hooks.guard.set_policy("web", Policy(encrypt=True))
+    store.commit_table("web", _docs(20), message="v1")
+    entry = store.manifest("web").shards[0]
+    hooks.guard.add_principal("bob")
+    bob = SecureHooks(Guard(hooks.guard.catalog, hooks.guard.settings, principal=hooks.guard.registry.get("bob")))
+    bob_store = Store(settings, hooks=bob, catalog=hooks.guard.catalog)
+    with pytest.raises(AuthorizationError):  # bypassing read_table and opening the shard directly
+        bob_store.open_object(entry)
+    hooks.guard.grant("bob", "reader", dataset="web")
+    with bob_store.open_object(entry) as f:
+        assert f.read(4) == b"PAR1"
+    refused = hooks.guard.audit.query(principal="bob", outcome="denied")
+    assert [r.object for r in refused] == [entry.key]

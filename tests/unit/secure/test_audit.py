@@ -75,7 +75,7 @@ def _exec(catalog: Catalog, sql: str, **params: object) -> None:
         conn.execute(sa.text(sql), params)
 
 
-MUTATIONS = st.sampled_from(["edit", "delete", "insert", "swap", "renumber"])
+MUTATIONS = st.sampled_from(["edit", "delete", "insert", "swap", "renumber", "replay"])
 
 
 @given(kind=MUTATIONS, pos=st.integers(1, 30), field=st.sampled_from(["principal", "action", "dataset",
@@ -101,6 +101,10 @@ def test_every_tampering_is_detected_at_its_position(catalog: Catalog, kind: str
         _exec(cat, "UPDATE secure_audit SET seq = :a WHERE seq = :b", a=pos, b=other)
         _exec(cat, "UPDATE secure_audit SET seq = :b WHERE seq = -1", b=other)
         pos = min(pos, other)
+    elif kind == "replay":  # append a verbatim copy of an old record (with its valid hash) at the end
+        _exec(cat, "INSERT INTO secure_audit SELECT 31, at, principal, action, dataset, object, outcome, origin,"
+                   " details, hash FROM secure_audit WHERE seq = :s", s=pos)
+        pos = 31
     else:  # renumber a record into the future
         _exec(cat, "UPDATE secure_audit SET seq = 500 WHERE seq = :s", s=pos)
     report = log.verify()

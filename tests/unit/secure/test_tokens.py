@@ -29,7 +29,7 @@ def test_issue_and_authenticate(catalog: Catalog) -> None:
 
 @pytest.mark.parametrize("token, message", [
     (None, "no API token"), ("", "no API token"), ("hello", "malformed"),
-    ("gry_0123456789abcdef_" + "A" * 43, "unknown"),
+    ("gry_0123456789abcdef_" + "A" * 43, "unknown"), ("gry_" + "a" * 1_000_000, "malformed"),
 ])
 def test_bad_tokens(catalog: Catalog, token: str | None, message: str) -> None:
     with pytest.raises(AuthenticationError, match=message):
