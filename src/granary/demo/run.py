@@ -52,9 +52,19 @@ def ingest_step(store: Store, console: Console, *, n_docs: int = 3000) -> dict[s
     }
 
 
+def curate_step(store: Store, console: Console) -> dict[str, Any]:
+    """Clean, filter, deduplicate and redact the corpus into `demo-curated`, with an HTML report."""
+    from granary.curate import demo as curate_demo
+
+    return curate_demo.run(store, console)
+
+
 def steps() -> list[Step]:
     """The demo's steps, in order."""
-    return [Step("Ingest a synthetic corpus into the store", ingest_step)]
+    return [
+        Step("Ingest a synthetic corpus into the store", ingest_step),
+        Step("Curate it: clean, quality-filter, deduplicate, redact PII, report", curate_step),
+    ]
 
 
 def run(store: Store, console: Console) -> list[tuple[str, dict[str, Any], float]]:
