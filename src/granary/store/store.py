@@ -34,7 +34,7 @@ from granary.store.manifest import (
     version_id_of,
 )
 from granary.store.model import KINDS, DatasetInfo, RefInfo, VersionInfo
-from granary.store.names import check_dataset_name, check_ref_name, parse_ref
+from granary.store.names import check_dataset_name, check_ref_name, looks_like_version_id, parse_ref
 from granary.store.objects import ObjectStore
 from granary.store.shard import iter_shard_batches, open_plain, publish, read_shard
 from granary.store.transaction import Mode, Transaction
@@ -197,10 +197,8 @@ class Store:
     # -- manifests ------------------------------------------------------------------------------
     def manifest(self, ref: str | VersionInfo) -> Manifest:
         """The full manifest of a version (shards, schema, lineage, metadata, side tables)."""
-        if isinstance(ref, str) and len(ref) == 64 and "@" not in ref:
-            with self.catalog.read() as conn:
-                version = R.get_version(conn, ref)
-        else:
+        version = self._by_full_id(ref) if isinstance(ref, str) else None
+        if version is None:
             version = self.resolve(ref)
         with self._lock:
             cached = self._manifests.get(version.id)
@@ -213,6 +211,16 @@ class Store:
             while len(self._manifests) > 64:
                 self._manifests.popitem(last=False)
         return manifest
+
+    def _by_full_id(self, ref: str) -> VersionInfo | None:
+        """The version whose full 64-hex id is ``ref`` (ids are accepted where a reference is)."""
+        if len(ref) != 64 or "@" in ref or not looks_like_version_id(ref):
+            return None
+        with self.catalog.read() as conn:
+            try:
+                return R.get_version(conn, ref)
+            except NotFoundError:
+                return None
 
     def load_manifest(self, key: str, *, expected_id: str | None = None) -> Manifest:
         """Read and check a manifest object and its segments."""
