@@ -82,20 +82,18 @@ def doc_of(offsets: np.ndarray, positions: np.ndarray) -> np.ndarray:
 
 
 def line_spans(data: np.ndarray, offsets: np.ndarray) -> Spans:
-    """Every line of every document (split on '\\n'; an empty document has no lines)."""
+    """Every line of every document (split on '\\n'; a final newline opens no extra line; '' has none)."""
     nl = np.flatnonzero(data == 10) if len(data) else np.zeros(0, np.int64)
-    doc_nonempty = offsets[1:] > offsets[:-1]
-    starts = np.concatenate([offsets[:-1][doc_nonempty], nl + 1])
-    ends = np.concatenate([offsets[1:][doc_nonempty], nl])
-    # pair each start with the next end at or after it: sort both
+    nl_doc = np.searchsorted(offsets, nl, side="right") - 1
+    nl_last = nl + 1 == offsets[nl_doc + 1]
+    nonempty = offsets[1:] > offsets[:-1]
+    ends_without_nl = nonempty.copy()
+    ends_without_nl[nl_doc[nl_last]] = False
+    starts = np.concatenate([offsets[:-1][nonempty], nl[~nl_last] + 1])
+    ends = np.concatenate([offsets[1:][ends_without_nl], nl])
     starts.sort()
     ends.sort()
-    # a newline that is the very last byte of a document opens an empty trailing line: drop it
-    keep = starts <= ends
-    keep &= ~((starts == ends) & np.isin(starts, offsets[1:]))
-    starts, ends = starts[keep], ends[keep]
-    doc = np.searchsorted(offsets, starts, side="right") - 1
-    return Spans(starts.astype(np.int64), ends.astype(np.int64), doc.astype(np.int64))
+    return Spans(starts.astype(np.int64), ends.astype(np.int64), spans_doc(offsets, starts))
 
 
 class TextView:

@@ -133,7 +133,7 @@ class MarkdownStripper(Step):
             arr = _sub(arr, r"(?s)```.*?```", "")
         else:
             arr = _sub(arr, r"(?m)^```.*$", "")
-        arr = _sub(arr, r"!\[([^\]\n]*)\]\([^)\n]*\)", "$1" if c.keep_image_alt else "")
+        arr = _sub(arr, r"!\[([^\]\n]*)\]\([^)\n]*\)", r"\1" if c.keep_image_alt else "")
         arr = pc.replace_substring_regex(arr, r"\[([^\]\n]+)\]\([^)\n]*\)", r"\1")
         arr = _sub(arr, r"(?m)^#{1,6}\s+", "")
         arr = _sub(arr, r"(?m)^\s*>\s?", "")
