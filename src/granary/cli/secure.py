@@ -398,6 +398,7 @@ def policy_dp_count(
     bins: Annotated[str | None, typer.Option(help="Public, comma-separated bins for --column; others count "
                                               "as 'other' (bins taken from the data would leak).")] = None,
     mechanism: Annotated[str, typer.Option(help="laplace or gaussian.")] = "laplace",
+    purpose: Annotated[str | None, typer.Option(help="Declared purpose (to read --column).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Release a private row count (or per-value histogram) of a version, charged to its budget."""
@@ -414,7 +415,8 @@ def policy_dp_count(
             fail("--column needs --bins: the histogram's bins must be public, not read from the data")
         names = [b.strip() for b in bins.split(",") if b.strip()]
         hist = dict.fromkeys([*names, "other"], 0)
-        for c in store.read_table(version, columns=[column]).column(column).value_counts().to_pylist():
+        values = store.read_table(version, columns=[column], purpose=purpose).column(column)
+        for c in values.value_counts().to_pylist():
             name = str(c["values"])
             hist[name if name in names else "other"] += int(c["counts"])
         release = stats.histogram(version.dataset, hist, epsilon=epsilon, mechanism=mechanism)  # type: ignore[arg-type]

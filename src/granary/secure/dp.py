@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
@@ -164,8 +164,9 @@ class PrivateStats:
     def count(self, dataset: str, true_count: int, *, epsilon: float, mechanism: Mechanism = "laplace",
               delta: float = DEFAULT_DELTA, query: str = "count") -> Release:
         """A private count (sensitivity 1: one data subject adds or removes one row)."""
-        return self._release(dataset, query, int(true_count), mechanism=mechanism, epsilon=epsilon, delta=delta,
-                             sensitivity=1, vector=False, integer=True)
+        rel = self._release(dataset, query, int(true_count), mechanism=mechanism, epsilon=epsilon, delta=delta,
+                            sensitivity=1, vector=False, integer=True)
+        return replace(rel, value=max(0, int(rel.value)))  # post-processing: free, and counts are >= 0
 
     def sum(self, dataset: str, values: Sequence[float], *, lower: float, upper: float, epsilon: float,
             mechanism: Mechanism = "laplace", delta: float = DEFAULT_DELTA, query: str = "sum") -> Release:
@@ -183,5 +184,4 @@ class PrivateStats:
         bins = sorted(counts)
         rel = self._release(dataset, query, [int(counts[b]) for b in bins], mechanism=mechanism, epsilon=epsilon,
                             delta=delta, sensitivity=1, vector=True, integer=True)
-        return Release(query=rel.query, value=dict(zip(bins, rel.value, strict=True)), mechanism=rel.mechanism,
-                       epsilon=rel.epsilon, delta=rel.delta, scale=rel.scale)
+        return replace(rel, value={b: max(0, int(v)) for b, v in zip(bins, rel.value, strict=True)})

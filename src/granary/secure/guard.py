@@ -101,6 +101,21 @@ class Guard:
             raise
         return policy
 
+    def authorize_key(self, dataset: str, obj: str) -> None:
+        """Allow (or refuse, audited) handing out a data key of ``dataset``: role, tenant and clearances only.
+
+        Purposes are checked where a read is declared (``read_table``, ``iter_batches``, exports); shards are
+        also opened by writes (rewrites, forget) that carry no purpose.
+        """
+        principal = self.principal
+        policy = self.policies.get(dataset)
+        try:
+            self.roles.check(principal, "read", dataset, tenant=policy.tenant, tags=policy.tags)
+        except AuthorizationError as exc:
+            self.audit.append(principal=principal.name, action="read", dataset=dataset, object=obj,
+                              outcome="denied", details={"reason": str(exc)})
+            raise
+
     def record(self, action: str, dataset: str, *, obj: str = "", outcome: str = "ok",
                details: Mapping[str, Any] | None = None) -> int:
         """Append an audit record for the calling principal; returns its sequence number."""

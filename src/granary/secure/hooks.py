@@ -63,7 +63,6 @@ class SecureHooks:
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
         self.reads: set[str] = set()
-        self.purposes: dict[str, str | None] = {}  # purpose of the last authorized read, per dataset
 
     @classmethod
     def from_settings(cls, settings: Settings, *, principal: Principal | None = None,
@@ -74,8 +73,6 @@ class SecureHooks:
 
     def authorize(self, action: str, dataset: str, *, purpose: str | None = None) -> None:
         self.guard.authorize(action, dataset, purpose=purpose)
-        if action == "read":
-            self.purposes[dataset] = purpose
 
     def record(self, action: str, dataset: str, *, version: str | None = None, outcome: str = "ok",
                details: dict[str, Any] | None = None) -> None:
@@ -111,7 +108,7 @@ class SecureHooks:
                               f"(alg {meta.get('alg')!r}, dataset {dataset!r})", where=key)
         try:
             # no data key without read permission, even for callers that open shards directly
-            self.guard.authorize("read", dataset, purpose=self.purposes.get(dataset), obj=key)
+            self.guard.authorize_key(dataset, key)
         except Exception:
             raw.close()
             raise

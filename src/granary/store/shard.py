@@ -101,8 +101,9 @@ def read_shard(
     """Read a whole document shard, checking its checksum first."""
     if verify:
         check_object(objects, entry)
-    try:
-        return pq.read_table(_parquet_source(objects, hooks, entry), columns=columns)
+    source = _parquet_source(objects, hooks, entry)  # secure: outside the try, so a refused key (a PermissionError)
+    try:                                              # is not reported as unreadable Parquet (issue 6)
+        return pq.read_table(source, columns=columns)
     except (pa.ArrowInvalid, OSError) as exc:
         raise IntegrityError(f"shard {entry.key} is not readable Parquet: {exc}", key=entry.key) from exc
 
