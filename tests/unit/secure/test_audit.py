@@ -75,7 +75,8 @@ def _exec(catalog: Catalog, sql: str, **params: object) -> None:
         conn.execute(sa.text(sql), params)
 
 
-MUTATIONS = st.sampled_from(["edit", "delete", "insert", "swap", "renumber", "replay"])
+MUTATIONS = st.sampled_from(["edit", "delete", "insert", "swap", "renumber", "replay", "truncate"])
+KEY = Ed25519PrivateKey.generate()
 
 
 @given(kind=MUTATIONS, pos=st.integers(1, 30), field=st.sampled_from(["principal", "action", "dataset",
@@ -86,6 +87,7 @@ def test_every_tampering_is_detected_at_its_position(catalog: Catalog, kind: str
     _exec(cat, "DELETE FROM secure_audit")
     log = AuditLog(cat)
     _fill(log, 30)
+    pin = make_checkpoint(log, KEY)  # kept outside the catalog
     if kind == "edit":
         _exec(cat, f"UPDATE secure_audit SET {field} = {field} || 'x' WHERE seq = :s", s=pos)
     elif kind == "delete":
@@ -105,9 +107,11 @@ def test_every_tampering_is_detected_at_its_position(catalog: Catalog, kind: str
         _exec(cat, "INSERT INTO secure_audit SELECT 31, at, principal, action, dataset, object, outcome, origin,"
                    " details, hash FROM secure_audit WHERE seq = :s", s=pos)
         pos = 31
+    elif kind == "truncate":  # drop the tail: only the checkpoint can tell
+        _exec(cat, "DELETE FROM secure_audit WHERE seq >= :s", s=pos)
     else:  # renumber a record into the future
         _exec(cat, "UPDATE secure_audit SET seq = 500 WHERE seq = :s", s=pos)
-    report = log.verify()
+    report = log.verify(checkpoints=[pin])
     assert not report.ok
     assert report.first_bad == pos, report
     assert report.records == pos - 1
