@@ -1,0 +1,264 @@
+"""The controller: a loop that reads events from the catalog, runs the state machine, and writes decisions.
+
+Every tick is one write transaction: agents' reports, new jobs, cancel and drain requests go in; starts
+(attempt rows), stop requests and the job/event rows come out. A controller killed at any point loses at
+most the tick in flight, which never committed; on restart :meth:`Controller.recover` rebuilds the state
+machine from the rows. Attempts are created once per job attempt and launched once by whoever claims them,
+so no job runs twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from granary.catalog import Catalog
+from granary.sched import tables as t
+from granary.sched.errors import SchedError
+from granary.sched.executors import Executor, get_executor
+from granary.sched.journal import job_from_row, job_values, node_spec
+from granary.sched.model import ACTIVE, TERMINAL, Decision, JobSpec, PreemptDecision, StartDecision
+from granary.sched.state import SchedulerConfig, SchedulerState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, frozen=True)
+class ControllerConfig:
+    """Knobs of the control loop.
+
+    Attributes:
+        scheduler: the state machine's knobs (policy, placement, heartbeat timeout, backoff).
+        tick_s: seconds between ticks.
+        executor_options: options per remote executor name (``slurm``, ``ray``, ``k8s``).
+    """
+
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    tick_s: float = 0.5
+    executor_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.tick_s <= 0:
+            raise ValueError(f"tick_s must be > 0, got {self.tick_s}")
+
+
+class Controller:
+    """Runs the scheduler against the catalog.
+
+    Args:
+        catalog: the catalog holding the ``sched_*`` tables.
+        config: the knobs.
+        clock: time source (tests may pass a fake one).
+    """
+
+    def __init__(self, catalog: Catalog, config: ControllerConfig | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.catalog = catalog
+        self.config = config or ControllerConfig()
+        self.clock = clock
+        self.state = SchedulerState(self.config.scheduler)
+        self.executors: dict[str, Executor] = {}
+        self.ticks = 0
+
+    # ------------------------------------------------------------ recovery
+    def recover(self) -> None:
+        """Rebuild the state machine from the catalog (at start, and after a crash)."""
+        now = self.clock()
+        self.state = st = SchedulerState(self.config.scheduler)
+        with self.catalog.read() as conn:
+            for row in conn.execute(sa.select(t.nodes).order_by(t.nodes.c.registered_at, t.nodes.c.name)):
+                st.add_node(node_spec(row), row.last_heartbeat)
+                node = st.cluster.node(row.name)
+                if row.status != "up":
+                    st.cluster.set_status(node, row.status)
+            open_rows = conn.execute(sa.select(t.attempts).where(t.attempts.c.state.in_(t.ATTEMPT_OPEN))).all()
+            live = conn.execute(sa.select(t.jobs).where(t.jobs.c.accepted.is_(True),
+                                                        t.jobs.c.state.not_in(TERMINAL))
+                                .order_by(t.jobs.c.submit_time)).all()
+            deps = {d for r in live for d in json.loads(r.spec).get("depends_on", [])}
+            done = conn.execute(sa.select(t.jobs).where(t.jobs.c.id.in_(deps), t.jobs.c.state.in_(TERMINAL))).all()
+        placements: dict[tuple[str, int], list[Any]] = defaultdict(list)
+        for a in open_rows:
+            placements[(a.job_id, a.attempt)].append(a)
+        for row in [*done, *live]:
+            job = job_from_row(row)
+            rows = sorted(placements.get((job.id, job.attempt), []), key=lambda a: a.replica)
+            if job.state in ACTIVE and not rows:
+                job.state = "pending"  # the attempt was never written (cannot happen) or already closed
+            starts = [a.started_at for a in rows if a.started_at is not None]
+            st.restore(job, [(a.node, tuple(json.loads(a.gpu_ids))) for a in rows],
+                       started_at=max(starts) if starts and job.state == "running" else None, now=now)
+        log.info("recovered %d jobs (%d active) and %d nodes", len(st.jobs), len(st.active), len(st.cluster))
+
+    # ---------------------------------------------------------------- tick
+    def step(self) -> list[Decision]:
+        """One tick: read inputs, run timers and a scheduling pass, write decisions; returns the decisions."""
+        now = self.clock()
+        st = self.state
+        decisions: list[Decision] = []
+        failed_submits: list[tuple[str, str]] = []
+        with self.catalog.write() as conn:
+            self._read_nodes(conn, now)
+            failed_submits = self._read_new_jobs(conn)
+            decisions += self._read_cancels(conn, now)
+            decisions += self._read_attempts(conn, now)
+            decisions += st.tick(now)
+            decisions += st.schedule(now)
+            self._write(conn, decisions, failed_submits, now)
+        st.transitions.clear()
+        self.ticks += 1
+        self._drive_remote(now)
+        return decisions
+
+    def run(self, stop: threading.Event | None = None, *, until: Callable[[], bool] | None = None) -> None:
+        """Recover, then tick every ``tick_s`` until ``stop`` is set or ``until()`` is true."""
+        stop = stop or threading.Event()
+        self.recover()
+        while not stop.is_set():
+            started = time.monotonic()
+            self.step()
+            if until is not None and until():
+                return
+            stop.wait(max(0.0, self.config.tick_s - (time.monotonic() - started)))
+
+    # --------------------------------------------------------------- inputs
+    def _read_nodes(self, conn: Connection, now: float) -> None:
+        st = self.state
+        for row in conn.execute(sa.select(t.nodes)):
+            if row.name not in st.cluster.by_name:
+                st.add_node(node_spec(row), row.last_heartbeat)
+            node = st.cluster.node(row.name)
+            if row.last_heartbeat > node.last_heartbeat:
+                st.heartbeat(row.name, row.last_heartbeat, utilization=row.utilization,
+                             cached=frozenset(json.loads(row.cached)))
+            wants = "draining" if row.drain_requested else "up"
+            if node.status in ("up", "draining") and node.status != wants:
+                st.drain(row.name, drained=row.drain_requested)
+
+    def _read_new_jobs(self, conn: Connection) -> list[tuple[str, str]]:
+        failed = []
+        for row in conn.execute(sa.select(t.jobs).where(t.jobs.c.accepted.is_(False))
+                                .order_by(t.jobs.c.submit_time)):
+            try:
+                spec = JobSpec.from_dict(json.loads(row.spec))
+                self.state.submit(spec, row.submit_time, job_id=row.id, cid=f"submit-{row.id}")
+            except (SchedError, ValueError) as exc:
+                failed.append((row.id, str(exc)))
+        return failed
+
+    def _read_cancels(self, conn: Connection, now: float) -> list[Decision]:
+        out: list[Decision] = []
+        q = sa.select(t.jobs.c.id).where(t.jobs.c.cancel_requested.is_(True), t.jobs.c.state.not_in(TERMINAL))
+        for (job_id,) in conn.execute(q):
+            job = self.state.jobs.get(job_id)
+            if job is not None and job.state not in TERMINAL:
+                out += self.state.cancel(job_id, now, "cancelled by user", cid=f"cancel-{job_id}")
+        return out
+
+    def _read_attempts(self, conn: Connection, now: float) -> list[Decision]:
+        """Apply agents' attempt reports (rows whose state differs from what the controller acked)."""
+        rows = conn.execute(sa.select(t.attempts).where(t.attempts.c.state != t.attempts.c.acked)).all()
+        by_attempt: dict[tuple[str, int], list[Any]] = defaultdict(list)
+        for r in rows:
+            by_attempt[(r.job_id, r.attempt)].append(r)
+        out: list[Decision] = []
+        for (job_id, attempt), changed in sorted(by_attempt.items()):
+            every = conn.execute(sa.select(t.attempts).where(t.attempts.c.job_id == job_id,
+                                                             t.attempts.c.attempt == attempt)).all()
+            out += self._apply_attempt(job_id, attempt, every, now)
+            for r in changed:
+                conn.execute(t.attempts.update().where(
+                    t.attempts.c.job_id == job_id, t.attempts.c.attempt == attempt,
+                    t.attempts.c.replica == r.replica).values(acked=r.state))
+        return out
+
+    def _apply_attempt(self, job_id: str, attempt: int, rows: list[Any], now: float) -> list[Decision]:
+        st, cid = self.state, f"{job_id}.{attempt}"
+        states = [r.state for r in rows]
+        steps = [r.resumed_step for r in rows if r.resumed_step is not None]
+        if all(s in ("running", "exited") for s in states):
+            step = max(steps) if steps else None
+            if not st.replica_started(job_id, attempt, now, resumed_step=step, cid=cid) and step is not None:
+                st.note_resumed(job_id, attempt, step, now, cid=cid)
+        if "lost" in states:
+            return st.mark_lost(job_id, attempt, now, "executor lost the job", cid=cid)
+        codes = [r.exit_code for r in rows if r.state == "exited"]
+        failed = [c for c in codes if c != 0]
+        if failed:
+            out = st.finished(job_id, attempt, now, failed[0], reason=f"exit code {failed[0]}", cid=cid)
+            job = st.jobs.get(job_id)
+            if len(rows) > 1 and job is not None:  # stop the gang's other replicas
+                out.append(PreemptDecision(job_id, attempt, job.spec.grace_s, "a replica failed"))
+            return out
+        if len(codes) == len(rows):
+            return st.finished(job_id, attempt, now, 0, cid=cid)
+        return []
+
+    # -------------------------------------------------------------- outputs
+    def _write(self, conn: Connection, decisions: list[Decision], failed: list[tuple[str, str]], now: float) -> None:
+        st = self.state
+        for d in decisions:
+            if isinstance(d, StartDecision):
+                job = st.jobs[d.job_id]
+                for replica, ((_, ids), name) in enumerate(zip(d.placement, d.nodes, strict=True)):
+                    conn.execute(t.attempts.insert().values(
+                        job_id=d.job_id, attempt=d.attempt, replica=replica, node=name,
+                        executor=job.spec.executor, gpu_ids=json.dumps(list(ids)), state="assigned",
+                        acked="assigned", stop_requested=False, stop_reason="", grace_s=job.spec.grace_s,
+                        usage="{}", created_at=now))
+            else:
+                lost = d.reason.startswith("node ")
+                q = t.attempts.update().where(t.attempts.c.job_id == d.job_id, t.attempts.c.attempt == d.attempt,
+                                              t.attempts.c.state.in_(t.ATTEMPT_OPEN))
+                values: dict[str, Any] = dict(stop_requested=True, stop_reason=d.reason, grace_s=d.grace_s)
+                if lost:
+                    values.update(state="lost", acked="lost", ended_at=now)
+                conn.execute(q.values(**values))
+        for job_id, reason in failed:
+            conn.execute(t.jobs.update().where(t.jobs.c.id == job_id).values(
+                accepted=True, state="failed", reason=reason, finish_time=now, updated_at=now))
+            conn.execute(t.events.insert().values(job_id=job_id, from_state="pending", to_state="failed",
+                                                  reason=reason, correlation_id=f"submit-{job_id}", at=now))
+        if st.transitions:
+            conn.execute(t.events.insert(), [dict(job_id=x.job_id, from_state=x.from_state or "-",
+                                                  to_state=x.to_state, reason=x.reason[:2000],
+                                                  correlation_id=x.correlation_id, at=x.at)
+                                             for x in st.transitions])
+        for job_id in dict.fromkeys(x.job_id for x in st.transitions):
+            job = st.jobs[job_id]
+            conn.execute(t.jobs.update().where(t.jobs.c.id == job_id).values(accepted=True, **job_values(job, now)))
+        for node in st.cluster.nodes:
+            conn.execute(t.nodes.update().where(t.nodes.c.name == node.spec.name, t.nodes.c.status != node.status)
+                         .values(status=node.status, reason=f"{node.status} at {now:.0f}"))
+
+    # --------------------------------------------------------- remote executors
+    def _executor(self, name: str) -> Executor:
+        if name not in self.executors:
+            self.executors[name] = get_executor(name, **self.config.executor_options.get(name, {}))
+        return self.executors[name]
+
+    def _drive_remote(self, now: float) -> None:
+        """Launch, poll and stop attempts of non-local executors (Slurm, Ray, Kubernetes)."""
+        with self.catalog.read() as conn:
+            rows = conn.execute(sa.select(t.attempts).where(t.attempts.c.executor != "local",
+                                                            t.attempts.c.state.in_(t.ATTEMPT_OPEN))).all()
+        for row in rows:
+            job = self.state.jobs.get(row.job_id)
+            if job is None:
+                continue
+            ex = self._executor(row.executor)
+            update = ex.drive(row, job.spec, now)
+            if update:
+                with self.catalog.write() as conn:
+                    conn.execute(t.attempts.update().where(
+                        t.attempts.c.job_id == row.job_id, t.attempts.c.attempt == row.attempt,
+                        t.attempts.c.replica == row.replica).values(**update))

@@ -1,0 +1,100 @@
+"""Fair share across tenants with guaranteed and borrowable quotas, reclaiming borrowed GPUs by preemption."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Mapping
+from typing import TYPE_CHECKING
+
+from granary.sched.model import Job
+from granary.sched.policies import register
+from granary.sched.policies.base import Policy
+
+if TYPE_CHECKING:
+    from granary.sched.state import SchedulerState
+
+
+@register
+class FairSharePolicy(Policy):
+    """Tenants share the cluster in proportion to their weights, like Kueue cohorts.
+
+    Each tenant has a guaranteed (nominal) number of GPUs: ``quotas[tenant]`` when given, else its
+    weighted share of the cluster among the tenants seen so far. Idle guaranteed GPUs may be borrowed,
+    up to ``borrow_limit[tenant]`` GPUs above the guarantee (unlimited when absent). The next job comes
+    from the tenant with the lowest usage/guarantee ratio (FIFO within a tenant). When a tenant that is
+    below its guarantee cannot start its job, jobs of tenants above their guarantee are preempted,
+    newest first, until it fits: borrowed capacity is always reclaimable, guaranteed capacity never is.
+
+    Args:
+        quotas: guaranteed GPUs per tenant.
+        borrow_limit: at most this many GPUs above the guarantee per tenant.
+        weights: share weights per tenant (default 1).
+        reclaim: preempt borrowers to give a tenant its guarantee back.
+    """
+
+    name = "fairshare"
+
+    def __init__(self, *, quotas: Mapping[str, float] | None = None, borrow_limit: Mapping[str, float] | None = None,
+                 weights: Mapping[str, float] | None = None, reclaim: bool = True) -> None:
+        for label, m in (("quotas", quotas), ("borrow_limit", borrow_limit), ("weights", weights)):
+            for tenant, v in (m or {}).items():
+                if v < 0:
+                    raise ValueError(f"{label}[{tenant!r}] must be >= 0, got {v}")
+        self.quotas = dict(quotas or {})
+        self.borrow_limit = dict(borrow_limit or {})
+        self.weights = dict(weights or {})
+        self.preemptive = reclaim
+        self.tenants: set[str] = set(self.quotas)
+        self._weight_sum = 0.0
+
+    def group_of(self, job: Job) -> Hashable:
+        return (job.spec.tenant, job.spec.shape)
+
+    def key(self, job: Job, now: float) -> tuple[float, ...]:
+        tenant = job.spec.tenant
+        if tenant not in self.tenants:
+            self.tenants.add(tenant)
+            self._weight_sum = 0.0
+        return (job.submit_time,)
+
+    def guaranteed(self, state: SchedulerState, tenant: str) -> float:
+        """GPUs guaranteed to ``tenant`` now."""
+        if tenant in self.quotas:
+            return self.quotas[tenant]
+        if not self._weight_sum:
+            self._weight_sum = sum(self.weights.get(t, 1.0) for t in self.tenants if t not in self.quotas)
+        spare = max(0.0, state.cluster.total_gpus - sum(self.quotas.values()))
+        return spare * self.weights.get(tenant, 1.0) / max(self._weight_sum, 1e-9)
+
+    def admissible(self, state: SchedulerState, job: Job) -> bool:
+        limit = self.borrow_limit.get(job.spec.tenant)
+        if limit is None:
+            return True
+        return state.usage[job.spec.tenant] + job.gpus <= self.guaranteed(state, job.spec.tenant) + limit
+
+    def _share(self, state: SchedulerState, tenant: str) -> float:
+        return state.usage[tenant] / max(self.guaranteed(state, tenant), 1e-9)
+
+    def pick(self, state: SchedulerState, candidates: list[Job]) -> Job:
+        return min(candidates, key=lambda j: (self._share(state, j.spec.tenant), j.key))
+
+    def preemption_target(self, state: SchedulerState, now: float) -> tuple[Job, list[Job]] | None:
+        """The most deprived tenant's head, if it is within its guarantee; victims: borrowers, newest first."""
+        heads = [j for _, j in state.queue.heads() if self.admissible(state, j)]
+        entitled = [j for j in heads
+                    if state.usage[j.spec.tenant] + j.gpus <= self.guaranteed(state, j.spec.tenant)]
+        if not entitled:
+            return None
+        head = self.pick(state, entitled)
+        usage = Counter(state.usage)
+        borrowers = {t for t in usage if usage[t] > self.guaranteed(state, t) and t != head.spec.tenant}
+        pool = sorted((j for j in state.active.values() if j.spec.tenant in borrowers),
+                      key=lambda j: (-(j.started_at or j.submit_time), j.id))
+        victims = []
+        for job in pool:
+            t = job.spec.tenant
+            if usage[t] <= self.guaranteed(state, t) or not self.may_preempt(state, head, job, now):
+                continue  # only borrowed GPUs are reclaimed
+            victims.append(job)
+            usage[t] -= job.gpus
+        return (head, victims) if victims else None
