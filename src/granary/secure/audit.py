@@ -240,7 +240,7 @@ class AuditLog:
         raw = self.catalog.engine.raw_connection()  # plain tuples: 1.5x faster than Row objects
         try:
             cur = raw.cursor()
-            cur.execute(f"SELECT {_COLUMNS} FROM secure_audit ORDER BY seq")
+            cur.execute(_verify_query(self.catalog.is_sqlite))
             while bad is None:
                 rows = cur.fetchmany(batch_rows)
                 if not rows:
@@ -262,21 +262,27 @@ class AuditLog:
         return report
 
 
+def _verify_query(sqlite: bool) -> str:
+    # The text fields are joined with 0x1f inside the database: 4 columns per row instead of 10 halves the
+    # cost of building Python objects, which dominates verification.
+    sep = "char(31)" if sqlite else "chr(31)"
+    rest = f" || {sep} || ".join(("principal", "action", "dataset", "object", "outcome", "origin", "details"))
+    return f"SELECT seq, at, {rest}, hash FROM secure_audit ORDER BY seq"
+
+
 def _verify_rows(rows: Sequence[Any], expected: int, prev: str,
                  pins: Mapping[int, str]) -> tuple[int | None, str | None, int, str]:
     sha = hashlib.sha256
-    for seq, at, principal, action, dataset, obj, outcome, origin, details, stored in rows:
+    for seq, at, rest, stored in rows:
         if seq != expected:
             what = "missing (deleted)" if seq > expected else "duplicated or out of order"
             return expected, f"record {expected} is {what}; found {seq} next", expected, prev
-        text = f"{seq}\x1f{at!r}\x1f{principal}\x1f{action}\x1f{dataset}\x1f{obj}\x1f{outcome}\x1f{origin}\x1f{details}"
+        text = f"{seq}\x1f{at!r}\x1f{rest}"
         if text.count(SEP) != 8:
             return seq, "a field holds a separator character (forged field boundaries)", expected, prev
-        digest = sha(f"{prev}\x1e{text}".encode()).hexdigest()
-        if digest != stored:
+        if sha(f"{prev}\x1e{text}".encode()).hexdigest() != stored:
             return seq, "hash mismatch: the record was edited, inserted or moved", expected, prev
-        pin = pins.get(seq)
-        if pin is not None and pin != stored:
+        if pins and pins.get(seq, stored) != stored:
             return seq, "differs from a signed checkpoint (the chain was rewritten)", expected, prev
         prev = stored
         expected += 1
