@@ -28,6 +28,7 @@ _GROUPS = (
     "granary.cli.secure",
     "granary.cli.demo",
     "granary.cli.curate",
+    "granary.cli.sched",
 )
 
 for _module in _GROUPS:

@@ -1,0 +1,238 @@
+"""`granary sched ...`, `granary submit`, `granary jobs`, `granary job`, `granary cancel`, `granary nodes`,
+`granary drain`: thin commands over granary.sched."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from granary.cli.output import console, fail, print_json, table
+from granary.errors import GranaryError
+
+sched_app = typer.Typer(help="Run the scheduler (controller, agent) and its simulator.", no_args_is_help=True)
+
+
+def _catalog():  # type: ignore[no-untyped-def]
+    from granary.catalog import open_catalog
+    from granary.config import Settings
+
+    return open_catalog(Settings.from_env().catalog_url)
+
+
+def _ago(ts: float | None) -> str:
+    return "" if ts is None else time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+@sched_app.command("up")
+def up(
+    policy: str = typer.Option("mlfq", help="Scheduling policy (see docs/sched.md)."),
+    placement: str = typer.Option("topology", help="Placement strategy."),
+    agent: bool = typer.Option(True, help="Also run a local agent for this machine."),
+    node: str = typer.Option(None, help="Node name of the local agent (default: host name)."),
+    gpus: int = typer.Option(None, help="GPUs of the local agent (default: detected)."),
+    tick_s: float = typer.Option(0.5, help="Controller tick."),
+    heartbeat_timeout_s: float = typer.Option(10.0, help="Mark a node down after this much silence."),
+) -> None:
+    """Run the controller (and a local agent) until interrupted."""
+    import threading
+
+    from granary.config import Settings
+    from granary.sched.agent import Agent, AgentConfig, detect_node
+    from granary.sched.controller import Controller, ControllerConfig
+    from granary.sched.state import SchedulerConfig
+
+    try:
+        catalog = _catalog()
+        cfg = ControllerConfig(tick_s=tick_s, scheduler=SchedulerConfig(
+            policy=policy, placement=placement, heartbeat_timeout_s=heartbeat_timeout_s))
+        controller = Controller(catalog, cfg)
+        stop = threading.Event()
+        threads = []
+        if agent:
+            spec = detect_node(node, gpus=gpus)
+            work = Settings.from_env().home / "sched" / "attempts"
+            a = Agent(catalog, AgentConfig(node=spec, work_dir=work))
+            threads.append(threading.Thread(target=a.run, args=(stop,), daemon=True, name="agent"))
+            console.print(f"agent: node {spec.name}, {spec.gpus} GPUs, {spec.cpus:g} CPUs")
+        for th in threads:
+            th.start()
+        console.print(f"controller: policy {policy}, placement {placement}, catalog {catalog.url}")
+        controller.run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+    except GranaryError as exc:
+        fail(exc)
+
+
+@sched_app.command("agent")
+def agent_cmd(
+    node: str = typer.Option(None, help="Node name (default: host name)."),
+    gpus: int = typer.Option(None, help="GPUs (default: detected)."),
+    label: list[str] = typer.Option([], help="Node label key=value (repeatable), e.g. rack=r1."),
+    work_dir: Path = typer.Option(None, help="Attempt directories (default: $GRANARY_HOME/sched/attempts)."),
+    heartbeat_s: float = typer.Option(1.0, help="Seconds between heartbeats."),
+) -> None:
+    """Run a node agent only (the controller runs elsewhere, sharing the catalog)."""
+    from granary.config import Settings
+    from granary.sched.agent import Agent, AgentConfig, detect_node
+
+    labels = dict(item.split("=", 1) for item in label if "=" in item)
+    try:
+        spec = detect_node(node, gpus=gpus, labels=labels)
+        work = work_dir or Settings.from_env().home / "sched" / "attempts"
+        Agent(_catalog(), AgentConfig(node=spec, work_dir=work, heartbeat_s=heartbeat_s)).run()
+    except KeyboardInterrupt:
+        pass
+    except GranaryError as exc:
+        fail(exc)
+
+
+@sched_app.command("simulate")
+def simulate_cmd(
+    trace: Path = typer.Option(..., help="Trace CSV (timestamp, duration, num_gpus[, cluster])."),
+    gpus: int = typer.Option(640, help="Cluster size in GPUs."),
+    policy: str = typer.Option("mlfq", help="Policy name."),
+    placement: str = typer.Option("topology", help="Placement strategy."),
+    limit: int = typer.Option(0, help="Replay only the first N jobs (0: all)."),
+    node_mtbf_h: float = typer.Option(0.0, help="Inject node failures with this MTBF per node (hours)."),
+    checkpoint_min: float = typer.Option(0.0, help="Checkpoint interval in minutes (with failures)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Replay a job trace through the real scheduler code and print the metrics."""
+    from granary.sched.simulator import simulate
+    from granary.sched.trace import load_trace
+
+    try:
+        tr = load_trace(trace)
+        if limit:
+            tr = tr.slice(0, limit)
+        t0 = time.process_time()
+        m = simulate(tr, gpus=gpus, policy=policy, placement=placement,
+                     node_mtbf_s=node_mtbf_h * 3600 or None, checkpoint_interval_s=checkpoint_min * 60 or None)
+        cpu_s = time.process_time() - t0
+    except (GranaryError, ValueError) as exc:
+        fail(exc if isinstance(exc, GranaryError) else str(exc))
+    if as_json:
+        print_json({"policy": policy, "gpus": gpus, "jobs": len(tr), "cpu_s": cpu_s, **m.to_dict()})
+        return
+    rows = [(k, f"{v:,.3f}" if isinstance(v, float) else v) for k, v in m.to_dict().items()]
+    console.print(table(f"{policy} on {gpus} GPUs, {len(tr)} jobs ({cpu_s:.1f} s CPU)", ["metric", "value"], rows))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the scheduler commands to the main app."""
+    app.add_typer(sched_app, name="sched")
+
+    @app.command("submit")
+    def submit(
+        spec_file: Path = typer.Option(None, "--file", "-f", help="YAML job spec (one job or `jobs: [...]`)."),
+        name: str = typer.Option(None, help="Job name (for a command given on the line)."),
+        tenant: str = typer.Option("default", help="Tenant / queue."),
+        gpus: int = typer.Option(0, help="GPUs per replica."),
+        replicas: int = typer.Option(1, help="Replicas (a gang)."),
+        priority: int = typer.Option(0, help="Priority (priority policy)."),
+        checkpoint_dir: str = typer.Option(None, help="Checkpoint directory for restarts."),
+        max_restarts: int = typer.Option(0, help="Retries after the job fails."),
+        executor: str = typer.Option("local", help="local, slurm, ray or k8s."),
+        as_json: bool = typer.Option(False, "--json", help="Print the job ids as JSON."),
+        command: list[str] = typer.Argument(None, help="Command to run (after --)."),
+    ) -> None:
+        """Submit a command or a YAML job spec."""
+        from granary.sched.model import JobSpec
+        from granary.sched.spec import load_specs, submit_specs
+
+        try:
+            if spec_file is not None:
+                specs = load_specs(spec_file)
+            elif command:
+                specs = [JobSpec(name=name or Path(command[0]).name, tenant=tenant, command=tuple(command),
+                                 gpus_per_replica=gpus, replicas=replicas, priority=priority,
+                                 checkpoint_dir=checkpoint_dir, max_restarts=max_restarts, executor=executor)]
+            else:
+                fail("give a command after `--` or a spec with --file")
+            ids = submit_specs(_catalog(), specs)
+        except GranaryError as exc:
+            fail(exc)
+        if as_json:
+            print_json(ids)
+        else:
+            console.print(table("submitted", ["name", "job id"], ids.items()))
+
+    @app.command("jobs")
+    def jobs(
+        all_: bool = typer.Option(False, "--all", help="Include finished jobs."),
+        limit: int = typer.Option(100, help="At most this many jobs."),
+        as_json: bool = typer.Option(False, "--json", help="JSON output."),
+    ) -> None:
+        """List jobs, newest first."""
+        from granary.sched.journal import list_jobs
+
+        states = None if all_ else ("pending", "admitted", "running", "preempted")
+        rows = list_jobs(_catalog(), states=states, limit=limit)
+        if as_json:
+            print_json([r.to_dict() for r in rows])
+            return
+        console.print(table(None, ["id", "name", "tenant", "state", "attempt", "submitted", "reason"],
+                            [(r.id, r.name, r.tenant, r.state, r.attempt, _ago(r.submit_time), r.reason)
+                             for r in rows]))
+
+    @app.command("job")
+    def job(job_id: str, as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
+        """A job with its event history and attempts."""
+        from granary.sched.journal import get_job
+
+        try:
+            row, events, attempts = get_job(_catalog(), job_id)
+        except GranaryError as exc:
+            fail(exc)
+        if as_json:
+            print_json({"job": row.to_dict(), "events": events, "attempts": attempts})
+            return
+        console.print(f"[bold]{row.id}[/] {row.name} ({row.tenant}): {row.state} - {row.reason}")
+        console.print(table("events", ["time", "from", "to", "reason", "correlation"],
+                            [(_ago(e["at"]), e["from_state"], e["to_state"], e["reason"], e["correlation_id"])
+                             for e in events]))
+        console.print(table("attempts", ["attempt", "replica", "node", "gpus", "state", "exit", "resumed step",
+                                         "log"],
+                            [(a["attempt"], a["replica"], a["node"], a["gpu_ids"], a["state"], a["exit_code"],
+                              a["resumed_step"], a["log_path"]) for a in attempts]))
+
+    @app.command("cancel")
+    def cancel(job_ids: list[str]) -> None:
+        """Cancel jobs (running ones get SIGTERM, then SIGKILL after their grace period)."""
+        from granary.sched.journal import request_cancel
+
+        catalog = _catalog()
+        try:
+            for job_id in job_ids:
+                request_cancel(catalog, job_id)
+                console.print(f"cancel requested: {job_id}")
+        except GranaryError as exc:
+            fail(exc)
+
+    @app.command("nodes")
+    def nodes(as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
+        """List nodes with status, GPUs in use and last heartbeat."""
+        from granary.sched.journal import list_nodes
+
+        rows = list_nodes(_catalog())
+        if as_json:
+            print_json(rows)
+            return
+        console.print(table(None, ["node", "status", "gpus used", "cpus", "labels", "heartbeat", "reason"],
+                            [(n["name"], n["status"] + (" (drain requested)" if n["drain_requested"] else ""),
+                              f"{n['gpus_used']}/{n['gpus']}", n["cpus"], n["labels"], _ago(n["last_heartbeat"]),
+                              n["reason"]) for n in rows]))
+
+    @app.command("drain")
+    def drain(node: str, undo: bool = typer.Option(False, "--undo", help="Put the node back in service.")) -> None:
+        """Stop placing jobs on a node (running jobs finish); --undo reverses it."""
+        from granary.sched.journal import request_drain
+
+        try:
+            request_drain(_catalog(), node, drained=not undo)
+        except GranaryError as exc:
+            fail(exc)
+        console.print(f"{'undrain' if undo else 'drain'} requested: {node}")
