@@ -30,11 +30,13 @@ def curate(
     on_stage: StageCallback | None = None,
     report_dir: Path | None = None,
     keep_workdir: bool = False,
+    report: bool = True,
 ) -> tuple[RunResult, dict[str, Any]]:
     """Run a pipeline from a dataset ref (or a file/directory path) into `output@branch`.
 
-    Returns the run result and the quality report of the new version; the report is also written as
-    `report.json` and `report.html` under `report_dir` (default `<home>/reports/<output>-<version>`).
+    Returns the run result and the quality report of the new version (empty when `report` is False); the
+    report is also written as `report.json` and `report.html` under `report_dir` (default
+    `<home>/reports/<output>-<version>`).
     """
     from granary.curate.report import render_html, report_for_version
 
@@ -44,6 +46,8 @@ def curate(
                           settings=store.settings, executor=executor, num_workers=num_workers,
                           on_stage=on_stage, keep_workdir=keep_workdir,
                           message=f"curate {source or 'pipeline input'} with {spec.name}")
+    if not report:
+        return result, {}
     rep = report_for_version(store, f"{output}@{result.output['version']}")
     out_dir = report_dir or store.settings.home / "reports" / f"{output}-{result.output['version'][:12]}"
     out_dir.mkdir(parents=True, exist_ok=True)
