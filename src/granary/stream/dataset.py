@@ -13,7 +13,7 @@ from granary.errors import StreamError
 from granary.stream.mix import Mix
 from granary.stream.order import MixedStream, SampleStream
 from granary.stream.partition import Topology, detect_rank, detect_worker, pass_steps, rank_slice, worker_steps
-from granary.stream.prefetch import ordered_threads
+from granary.stream.prefetch import ordered_map
 from granary.stream.source import RecordSource, TokenSource
 from granary.stream.state import StreamState
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Batch = dict[str, Any] | list[dict[str, Any]]
+_PLAN_STEPS = 64  # steps whose sample ids are computed in one vectorised call
 
 
 class StreamingDataset:
@@ -170,37 +171,48 @@ class StreamingDataset:
         self.position = epoch * self.num_samples
 
     # -- reading -------------------------------------------------------------------------------
+    def _positions(self, position: int, steps: list[int]) -> np.ndarray:
+        """This rank's stream positions for the given steps, one row per step."""
+        starts = np.array([rank_slice(position, k, batch_size=self.batch_size, topology=self.topology)[0]
+                           for k in steps], dtype=np.int64)
+        return starts[:, None] + np.arange(self.batch_size, dtype=np.int64)[None, :]
+
+    def _plan(self, position: int, steps: range) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(sources, samples) of each step, computed ``_PLAN_STEPS`` steps at a time (amortises the order)."""
+        todo = list(steps)
+        for i in range(0, len(todo), _PLAN_STEPS):
+            chunk = todo[i : i + _PLAN_STEPS]
+            source, samples = self.stream.locate(self._positions(position, chunk).ravel())
+            yield from zip(source.reshape(len(chunk), -1), samples.reshape(len(chunk), -1), strict=True)
+
     def batch_at(self, position: int, step: int) -> Batch:
         """This rank's batch at ``step`` of the pass starting at ``position`` (a pure function of them)."""
-        start, stop = rank_slice(position, step, batch_size=self.batch_size, topology=self.topology)
-        located = self.stream.locate(np.arange(start, stop, dtype=np.int64))
-        if self.kind == "documents":
-            return self._records(located)
-        return self._tokens(located)
+        source, samples = next(self._plan(position, range(step, step + 1)))
+        return self._batch(source, samples)
 
     def sample_ids(self, position: int, step: int) -> list[tuple[int, int]]:
         """``(source, sample)`` of each row of the batch at ``step`` (for tests and audits)."""
-        start, stop = rank_slice(position, step, batch_size=self.batch_size, topology=self.topology)
-        rows = [(0, 0)] * (stop - start)
-        for k, where, samples in self.stream.locate(np.arange(start, stop, dtype=np.int64)):
-            for r, s in zip(where.tolist(), samples.tolist(), strict=True):
-                rows[r] = (k, s)
-        return rows
+        source, samples = next(self._plan(position, range(step, step + 1)))
+        return list(zip(source.tolist(), samples.tolist(), strict=True))
 
-    def _tokens(self, located: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    def _batch(self, source: np.ndarray, samples: np.ndarray) -> Batch:
+        groups = [(0, np.arange(len(samples)), samples)] if len(self.sources) == 1 else [
+            (k, np.flatnonzero(source == k), samples[source == k]) for k in np.unique(source).tolist()]
+        return self._records(groups) if self.kind == "documents" else self._tokens(groups)
+
+    def _tokens(self, groups: list[tuple[int, np.ndarray, np.ndarray]]) -> dict[str, Any]:
         first = self.sources[0]
         assert isinstance(first, TokenSource)
-        out = np.empty((self.batch_size, first.seq_len), dtype=first.dtype)
+        if len(groups) == 1:
+            out = first.gather(groups[0][2])
+        else:
+            out = np.empty((self.batch_size, first.seq_len), dtype=first.dtype)
         segs = np.empty(out.shape, dtype=np.int32) if self.with_segment_ids else None
-        for k, rows, samples in located:
+        for k, rows, samples in groups:
             source = self.sources[k]
             assert isinstance(source, TokenSource)
-            if len(located) == 1:
-                source.gather(samples, out)
-            else:
-                part = np.empty((len(rows), first.seq_len), dtype=first.dtype)
-                source.gather(samples, part)
-                out[rows] = part
+            if len(groups) > 1:
+                out[rows] = source.gather(samples)
             if segs is not None:
                 segs[rows] = source.segment_ids(samples)
         batch: dict[str, Any] = {"tokens": out if self.token_dtype == "native" else out.astype(self.token_dtype)}
@@ -208,9 +220,9 @@ class StreamingDataset:
             batch["segment_ids"] = segs
         return _to_torch(batch) if self.output == "torch" else batch
 
-    def _records(self, located: list[tuple[int, np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
+    def _records(self, groups: list[tuple[int, np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = [{} for _ in range(self.batch_size)]
-        for k, rows, samples in located:
+        for k, rows, samples in groups:
             source = self.sources[k]
             assert isinstance(source, RecordSource)
             for r, record in zip(rows.tolist(), source.gather(samples), strict=True):
@@ -221,12 +233,12 @@ class StreamingDataset:
         worker_id, num_workers = detect_worker()
         start = self.position
         steps = self.steps_per_pass(start)
-        mine = worker_steps(steps, worker_id, num_workers)
+        plan = self._plan(start, worker_steps(steps, worker_id, num_workers))
         if num_workers > 1 or self.num_threads == 0:
-            batches: Iterator[Batch] = (self.batch_at(start, k) for k in mine)
+            batches: Iterator[Batch] = (self._batch(src, smp) for src, smp in plan)
         else:
-            batches = ordered_threads(lambda k: self.batch_at(start, k), list(mine),
-                                      num_threads=self.num_threads, depth=self.prefetch)
+            batches = ordered_map(lambda item: self._batch(*item), plan, num_threads=self.num_threads,
+                                      depth=self.prefetch)
         for i, batch in enumerate(batches):
             if num_workers == 1:
                 self.position = start + (i + 1) * self.global_batch

@@ -58,13 +58,13 @@ class MixedStream:
         self.fractions = list(fractions)
         self.seed = seed
 
-    def locate(self, positions: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        """For each source present: (source index, rows of the batch, sample ids of that source)."""
+    def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Source index and sample id (in that source) of each position of the mixed stream."""
         if len(self.streams) == 1:
-            return [(0, np.arange(len(positions)), self.streams[0].samples(positions))]
+            return np.zeros(len(positions), dtype=np.int64), self.streams[0].samples(positions)
         source, local = assign(positions, self.fractions, self.seed)
-        out = []
+        samples = np.empty_like(local)
         for k in np.unique(source).tolist():
-            rows = np.flatnonzero(source == k)
-            out.append((k, rows, self.streams[k].samples(local[rows])))
-        return out
+            rows = source == k
+            samples[rows] = self.streams[k].samples(local[rows])
+        return source, samples

@@ -1,54 +1,80 @@
-"""Reader threads: produce items of a fixed list of tasks ahead of the consumer, delivered in task order."""
+"""Reader threads: compute ``fn(item)`` for a stream of items ahead of the consumer, delivered in order."""
 
 from __future__ import annotations
 
-import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
-def ordered_threads(produce: Callable[[int], T], tasks: Sequence[int], *, num_threads: int,
-                    depth: int) -> Iterator[T]:
-    """Yield ``produce(t)`` for each task in order; thread ``i`` computes tasks ``i, i + n, ...``.
 
-    Each thread has its own bounded queue (``depth`` items), so memory stays at ``num_threads * depth`` items.
-    An exception in a thread is re-raised in the consumer at that task's turn. Closing the generator early
-    stops the threads (they are daemons and never block on a full queue for longer than 0.1 s at a time).
+class _Shared:
+    """State shared by the reader threads and the consumer (guarded by ``cond``)."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self.source = iter(items)
+        self.take_lock = threading.Lock()
+        self.cond = threading.Condition()
+        self.results: dict[int, tuple[bool, Any]] = {}
+        self.taken = 0
+        self.exhausted = False
+        self.stop = False
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, num_threads: int, depth: int) -> Iterator[R]:
+    """Yield ``fn(item)`` for each item, in order, computed by ``num_threads`` threads.
+
+    At most about ``depth`` results wait ahead of the consumer (bounded memory). An exception raised by ``fn``
+    is re-raised in the consumer at that item's turn. Closing the generator early stops the threads.
     """
-    stop = threading.Event()
-    queues: list[queue.Queue[object]] = [queue.Queue(maxsize=depth) for _ in range(num_threads)]
-
-    def run(i: int) -> None:
-        for t in tasks[i::num_threads]:
-            try:
-                item: object = produce(t)
-            except BaseException as exc:  # delivered to the consumer, which re-raises it
-                item = _Failure(exc)
-            while not stop.is_set():
-                try:
-                    queues[i].put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if stop.is_set() or isinstance(item, _Failure):
-                return
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True, name=f"granary-reader-{i}")
+    shared = _Shared(items)
+    threads = [threading.Thread(target=_run, args=(fn, shared, depth), daemon=True, name=f"granary-reader-{i}")
                for i in range(num_threads)]
     for th in threads:
         th.start()
     try:
-        for n in range(len(tasks)):
-            item = queues[n % num_threads].get()
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item  # type: ignore[misc]
+        n = 0
+        while True:
+            with shared.cond:
+                while n not in shared.results and not (shared.exhausted and n >= shared.taken):
+                    shared.cond.wait(0.1)
+                if n not in shared.results:
+                    return
+                ok, value = shared.results.pop(n)
+                shared.cond.notify_all()
+            if not ok:
+                raise value
+            yield value
+            n += 1
     finally:
-        stop.set()
+        with shared.cond:
+            shared.stop = True
+            shared.cond.notify_all()
 
 
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
+def _run(fn: Callable[[Any], Any], shared: _Shared, depth: int) -> None:
+    while True:
+        with shared.cond:
+            while not shared.stop and len(shared.results) >= depth:
+                shared.cond.wait(0.1)
+            if shared.stop:
+                return
+        with shared.take_lock:
+            try:
+                item = next(shared.source)
+            except StopIteration:
+                with shared.cond:
+                    shared.exhausted = True
+                    shared.cond.notify_all()
+                return
+            seq = shared.taken
+            shared.taken += 1
+        try:
+            result: tuple[bool, Any] = (True, fn(item))
+        except BaseException as exc:  # delivered to the consumer, which re-raises it at this item's turn
+            result = (False, exc)
+        with shared.cond:
+            shared.results[seq] = result
+            shared.cond.notify_all()

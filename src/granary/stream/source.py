@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import mmap
+import sys
+import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import xxhash
+from numpy.lib.stride_tricks import as_strided
 
 from granary.errors import StreamError
 from granary.store.formats.tokens import TokenShardReader
@@ -70,6 +75,32 @@ class LocalTokenShard:
         self.verify_range(start, stop)
         return self.tokens[start:stop]
 
+    def warm(self, *, verify: bool) -> None:
+        """Map every page (MADV_POPULATE_READ, no GIL held) and verify every block; failures are left for the
+        reading path to raise when it touches the block."""
+        populate(self.tokens)
+        if not verify:
+            return
+        for block in range(len(self.verified)):
+            try:
+                self.verify_block(block)
+            except CorruptBlockError:
+                log.warning("shard %s block %d failed its checksum in the background check", self.key, block)
+
+
+_MADV_POPULATE_READ = 22  # Linux >= 5.14; older kernels return EINVAL and pages fault in on first touch
+
+
+def populate(array: np.ndarray) -> None:
+    """Pre-fault the page tables of a memory-mapped array so the first reads do not take page faults."""
+    if not sys.platform.startswith("linux") or array.nbytes == 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page = mmap.PAGESIZE
+    start = array.ctypes.data // page * page
+    libc.madvise(start, array.ctypes.data + array.nbytes - start, _MADV_POPULATE_READ)
+
 
 class TokenSource:
     """Fixed-length packed samples of a tokens version (see :class:`PackedLayout`).
@@ -79,11 +110,12 @@ class TokenSource:
         manifest: the version's manifest.
         seq_len: tokens per sample.
         verify: check block checksums the first time each block is read.
+        warm: map and verify all local blocks in a background thread (the reading path never waits for it).
         cache: block cache for remote stores (required when shards have no local path).
     """
 
     def __init__(self, store: Store, manifest: Manifest, *, seq_len: int, verify: bool = True,
-                 cache: BlockCache | None = None) -> None:
+                 warm: bool = True, cache: BlockCache | None = None) -> None:
         if manifest.kind != "tokens":
             raise StreamError(f"{manifest.dataset}@{manifest.version_id[:12]} is a {manifest.kind} version",
                               hint="tokenize it first: granary tokenize REF --tokenizer PATH --output NAME")
@@ -100,9 +132,26 @@ class TokenSource:
                               f"fewer than one sample of seq_len={seq_len}", hint="use a smaller --seq-len")
         self._verify = verify
         self._local = all(isinstance(s, LocalTokenShard) for s in self.shards)
-        self._views = [self._view(i) for i in range(len(self.shards))] if self._local else []
         self._doc_starts: np.ndarray | None = None
-        self._all_verified = False
+        self._virtual: np.ndarray | None = None
+        self._elem_base = np.zeros(len(self.shards), dtype=np.int64)
+        nblocks = [-(-s.num_tokens // s.block_tokens) for s in self.shards]
+        self._block_base = np.concatenate([[0], np.cumsum(nblocks)[:-1]]).astype(np.int64)
+        self._block_tokens = np.array([s.block_tokens for s in self.shards], dtype=np.int64)
+        self._verified = np.zeros(int(sum(nblocks)), dtype=bool)
+        for s, base, count in zip(self.shards, self._block_base.tolist(), nblocks, strict=True):
+            if isinstance(s, LocalTokenShard):
+                s.verified = self._verified[base : base + count]  # one flag array for the whole version
+        self._all_verified = not verify or not self._local or bool(self._verified.all())
+        if self._local:
+            self._build_local_index()
+            if warm:
+                threading.Thread(target=self._warm, daemon=True, name="granary-warm").start()
+
+    def _warm(self) -> None:
+        for shard in self.shards:
+            if isinstance(shard, LocalTokenShard):
+                shard.warm(verify=self._verify)
 
     @staticmethod
     def _open(store: Store, entry: ShardEntry, cache: BlockCache | None) -> TokenShard:
@@ -115,43 +164,65 @@ class TokenSource:
             cache = BlockCache.default(store)
         return cache.shard(entry)
 
-    def _view(self, i: int) -> np.ndarray:
-        shard = self.shards[i]
-        assert isinstance(shard, LocalTokenShard)
-        lo = int(self.layout.phase[i])
-        n = int(self.layout.full[i])
-        return shard.tokens[lo : lo + n * self.seq_len].reshape(n, self.seq_len)
+    def _build_local_index(self) -> None:
+        """One strided view over all memory-mapped shards, so a batch is a single vectorised gather.
+
+        Row ``e`` of ``self._virtual`` is the ``seq_len`` tokens starting at element ``e`` counted from the
+        lowest shard mapping; shard ``s`` starts at element ``self._elem_base[s]``. Only rows of samples that
+        lie wholly inside one shard are ever indexed (``PackedLayout.locate`` says which), so every read stays
+        inside a live mapping; the shard arrays are kept referenced by ``self.shards``.
+        """
+        arrays = [s.tokens for s in self.shards if isinstance(s, LocalTokenShard)]
+        itemsize = self.dtype.itemsize
+        addrs = np.array([a.ctypes.data for a in arrays], dtype=np.int64)
+        lowest = int(np.argmin(addrs))
+        offsets = addrs - addrs[lowest]
+        if (offsets % itemsize).any():  # mappings are page aligned, so this does not happen on Linux
+            self._virtual = None
+            return
+        end = max(int(a.ctypes.data) + a.nbytes for a in arrays)
+        rows = (end - int(addrs[lowest])) // itemsize - self.seq_len + 1
+        self._virtual = as_strided(arrays[lowest], shape=(max(rows, 1), self.seq_len),
+                                   strides=(itemsize, itemsize), writeable=False)
+        self._elem_base = offsets // itemsize
 
     @property
     def num_samples(self) -> int:
         """Samples per epoch."""
         return self.layout.num_samples
 
-    def gather(self, samples: np.ndarray, out: np.ndarray) -> None:
-        """Copy the given samples, in order, into ``out`` (shape ``(len(samples), seq_len)``)."""
+    def gather(self, samples: np.ndarray) -> np.ndarray:
+        """The given samples, in order, as a new ``(len(samples), seq_len)`` array."""
         shard, local, aligned = self.layout.locate(samples)
         if self._verify and self._local and not self._all_verified:
             self._verify_local(shard, local, aligned)
-        if not self._local:
-            for j, sample in enumerate(samples.tolist()):
-                self._copy_pieces(sample, out[j])
-            return
-        rows = (samples - self.layout.first_sample[shard]).tolist()
-        views = self._views
-        for j, (s, r, a) in enumerate(zip(shard.tolist(), rows, aligned.tolist(), strict=True)):
-            if a:
-                out[j] = views[s][r]
-            else:
-                self._copy_pieces(int(samples[j]), out[j])
+        if self._virtual is not None and aligned.all():
+            return self._virtual[self._elem_base[shard] + local]
+        out = np.empty((len(samples), self.seq_len), dtype=self.dtype)
+        if self._virtual is not None:
+            ok = np.flatnonzero(aligned)
+            out[ok] = self._virtual[self._elem_base[shard[ok]] + local[ok]]
+            rest = np.flatnonzero(~aligned).tolist()
+        else:
+            rest = list(range(len(samples)))
+        for j in rest:
+            self._copy_pieces(int(samples[j]), out[j])
+        return out
 
     def _verify_local(self, shard: np.ndarray, local: np.ndarray, aligned: np.ndarray) -> None:
+        block_tokens = self._block_tokens[shard]
+        first = self._block_base[shard] + local // block_tokens
+        last = self._block_base[shard] + (local + self.seq_len - 1) // block_tokens
+        if self._verified[first].all() and self._verified[np.minimum(last, len(self._verified) - 1)].all() \
+                and ((last - first) <= 1).all():
+            return
         for s, lo, a in zip(shard.tolist(), local.tolist(), aligned.tolist(), strict=True):
             handle = self.shards[s]
             assert isinstance(handle, LocalTokenShard)
             if a:
                 handle.verify_range(lo, lo + self.seq_len)
             # samples spanning shards are verified piece by piece in _copy_pieces
-        self._all_verified = all(bool(h.verified.all()) for h in self.shards if isinstance(h, LocalTokenShard))
+        self._all_verified = bool(self._verified.all())
 
     def _copy_pieces(self, sample: int, row: np.ndarray) -> None:
         pos = 0

@@ -1,0 +1,94 @@
+"""Loader measurements shared by ``granary stream-bench`` and ``benchmarks/stream_bench.py``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from granary.store import Store
+from granary.stream.dataset import StreamingDataset
+
+
+def build_synthetic(store: Store, name: str, *, samples: int, seq_len: int, shards: int = 16) -> str:
+    """Commit ``samples`` documents of ``seq_len`` uint16 tokens; sample ``i`` holds ``i`` in its first two
+    tokens (low, high 16 bits), so any loader's output can be traced back to sample ids."""
+    store.create_dataset(name, kind="tokens", description="synthetic stream benchmark data")
+    rng = np.random.default_rng(0)
+
+    def docs() -> Any:
+        for lo in range(0, samples, 4096):
+            block = rng.integers(0, 65535, size=(min(4096, samples - lo), seq_len), dtype=np.uint16)
+            ids = np.arange(lo, lo + len(block))
+            block[:, 0], block[:, 1] = ids & 0xFFFF, ids >> 16
+            yield from block
+
+    with store.transaction(name, mode="overwrite") as txn:
+        txn.write_tokens(docs(), dtype="uint16", shard_tokens=samples * seq_len // shards)
+        return txn.commit(message=f"synthetic {samples} x {seq_len}").id
+
+
+def sample_ids(tokens: np.ndarray) -> np.ndarray:
+    """Sample ids carried by synthetic samples (see :func:`build_synthetic`)."""
+    t = tokens.astype(np.int64)
+    return t[:, 0] | (t[:, 1] << 16)
+
+
+def measure_loader(store: Store, ref: str, *, seq_len: int, batch_size: int = 64, max_batches: int | None = None,
+                   verify: bool = True, num_threads: int = 0, shards: int = 16, seed: int = 0) -> dict[str, Any]:
+    """Samples/s, GB/s and shards drawn per batch of one pass (or ``max_batches``) of a fresh loader."""
+    ds = StreamingDataset(ref, batch_size=batch_size, seq_len=seq_len, seed=seed, store=store, output="numpy",
+                          token_dtype="native", verify=verify, num_threads=num_threads)
+    per_shard = ds.num_samples // shards
+    ids: list[np.ndarray] = []
+    count = 0
+    t0 = time.perf_counter()
+    for batch in ds:
+        ids.append(batch["tokens"][:, :2].copy())
+        count += len(batch["tokens"])
+        if max_batches is not None and len(ids) >= max_batches:
+            break
+    seconds = time.perf_counter() - t0
+    drawn = [len(np.unique(sample_ids(b) // per_shard)) for b in ids]
+    return {"samples": count, "seconds": seconds, "samples_per_s": count / seconds,
+            "gb_per_s": count * seq_len * ds.sources[0].dtype.itemsize / seconds / 1e9,
+            "shards_per_batch": float(np.mean(drawn))}
+
+
+def measure_memmap_gather(path: Path, *, num_samples: int, seq_len: int, batch_size: int = 64,
+                          max_batches: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """The plain anchor: one flat uint16 memmap, a random permutation, one sorted gather per batch."""
+    mm = np.memmap(path, dtype=np.uint16, mode="r", shape=(num_samples, seq_len))
+    perm = np.random.default_rng(seed).permutation(num_samples)
+    stop = num_samples if max_batches is None else min(num_samples, max_batches * batch_size)
+    t0 = time.perf_counter()
+    for lo in range(0, stop, batch_size):
+        _ = mm[np.sort(perm[lo : lo + batch_size])]
+    seconds = time.perf_counter() - t0
+    del mm
+    return {"samples": stop, "seconds": seconds, "samples_per_s": stop / seconds,
+            "gb_per_s": stop * seq_len * 2 / seconds / 1e9}
+
+
+def measure_resume(store: Store, ref: str, *, seq_len: int, batch_size: int = 64, trials: int = 5,
+                   seed: int = 0) -> dict[str, Any]:
+    """Seconds from ``load_state_dict`` at random positions to the first batch (store already open)."""
+    ds = StreamingDataset(ref, batch_size=batch_size, seq_len=seq_len, seed=seed, store=store, output="numpy",
+                          token_dtype="native", num_threads=0)
+    state = ds.state_dict()
+    rng = np.random.default_rng(seed)
+    times, opens = [], []
+    for _ in range(trials):
+        state["position"] = int(rng.integers(0, ds.num_samples * 3))
+        t0 = time.perf_counter()
+        fresh = StreamingDataset(ref, batch_size=batch_size, seq_len=seq_len, seed=seed, store=store,
+                                 output="numpy", token_dtype="native", num_threads=0)
+        t1 = time.perf_counter()
+        fresh.load_state_dict(state)
+        next(iter(fresh))
+        times.append(time.perf_counter() - t1)
+        opens.append(t1 - t0)
+    return {"resume_to_first_batch_s_max": max(times), "resume_to_first_batch_s_mean": float(np.mean(times)),
+            "open_dataset_s_mean": float(np.mean(opens))}
