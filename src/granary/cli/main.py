@@ -29,6 +29,7 @@ _GROUPS = (
     "granary.cli.demo",
     "granary.cli.curate",
     "granary.cli.sched",
+    "granary.cli.stream",
 )
 
 for _module in _GROUPS:
