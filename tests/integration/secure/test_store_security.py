@@ -203,3 +203,37 @@ def test_no_data_key_without_read_permission(store: Store, hooks: SecureHooks, s
         assert f.read(4) == b"PAR1"
     refused = hooks.guard.audit.query(principal="bob", outcome="denied")
     assert [r.object for r in refused] == [entry.key]
+
+
+def test_encrypted_token_shard_random_access(store: Store, hooks: SecureHooks) -> None:
+    from granary.secure.tokenshard import EncryptedTokenShard
+
+    store.create_dataset("toks", kind="tokens")
+    hooks.guard.set_policy("toks", Policy(encrypt=True))
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(0, 60_000, int(n), dtype=np.uint16) for n in rng.integers(1, 200_000, 30)]
+    with store.transaction("toks") as txn:
+        txn.write_tokens(docs, dtype="uint16")
+        txn.commit(message="toks")
+    entry = store.manifest("toks").shards[0]
+    flat = np.concatenate(docs)
+    shard = EncryptedTokenShard.open(store, entry, cache_bytes=1)  # one block cached at a time
+    assert shard.num_tokens == len(flat) and shard.num_blocks >= 2
+    assert np.array_equal(shard.doc_offsets, np.concatenate([[0], np.cumsum([len(d) for d in docs])]))
+    for start in [0, shard.block_tokens - 5, len(flat) - 7, *rng.integers(0, len(flat) - 3000, 20).tolist()]:
+        assert np.array_equal(shard.read(start, start + 3000 if start + 3000 <= len(flat) else len(flat)),
+                              flat[start:start + 3000])
+    with pytest.raises(IndexError):
+        shard.read(0, len(flat) + 1)
+    shard.close()
+    # damage block 1 only: block 0 still reads, block 1 fails authentication
+    path = _path(store, entry.key)
+    data = bytearray(path.read_bytes())
+    layout_off = 64 + 64 + 16 + entry.meta["block_tokens"] * 2 + 16 + 100  # inside chunk 2 = token block 1
+    data[layout_off] ^= 1
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    shard = EncryptedTokenShard.open(store, entry)
+    assert np.array_equal(shard.read(0, 10), flat[:10])
+    with pytest.raises(CryptoError, match="chunk 2"):
+        shard.read(shard.block_tokens, shard.block_tokens + 10)
