@@ -30,8 +30,14 @@ def _stub_torchvision() -> None:
                  "torchvision.io"):
         mod = types.ModuleType(name)
         mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
-        mod.__getattr__ = lambda attr: type(attr, (), {})  # type: ignore[method-assign]
+        mod.__getattr__ = _stub_attr  # type: ignore[method-assign]
         sys.modules[name] = mod
+
+
+def _stub_attr(attr: str) -> type:
+    if attr.startswith("__"):
+        raise AttributeError(attr)
+    return type(attr, (), {})
 
 
 def _ids(batch: np.ndarray) -> np.ndarray:

@@ -178,12 +178,30 @@ class StreamingDataset:
         return starts[:, None] + np.arange(self.batch_size, dtype=np.int64)[None, :]
 
     def _plan(self, position: int, steps: range) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(sources, samples) of each step, computed ``_PLAN_STEPS`` steps at a time (amortises the order)."""
+        """(sources, samples) of each step, computed ``_PLAN_STEPS`` steps at a time (amortises the order); the
+        samples of the next chunk are announced to remote sources so their blocks are fetched ahead of use."""
         todo = list(steps)
-        for i in range(0, len(todo), _PLAN_STEPS):
-            chunk = todo[i : i + _PLAN_STEPS]
-            source, samples = self.stream.locate(self._positions(position, chunk).ravel())
+        chunks = [todo[i : i + _PLAN_STEPS] for i in range(0, len(todo), _PLAN_STEPS)]
+        ahead = self._locate(position, chunks[0]) if chunks else None
+        for i, chunk in enumerate(chunks):
+            current = ahead
+            assert current is not None
+            if i == 0:
+                self._prefetch(current)
+            ahead = self._locate(position, chunks[i + 1]) if i + 1 < len(chunks) else None
+            if ahead is not None:
+                self._prefetch(ahead)
+            source, samples = current
             yield from zip(source.reshape(len(chunk), -1), samples.reshape(len(chunk), -1), strict=True)
+
+    def _locate(self, position: int, chunk: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        return self.stream.locate(self._positions(position, chunk).ravel())
+
+    def _prefetch(self, located: tuple[np.ndarray, np.ndarray]) -> None:
+        source, samples = located
+        for k, src in enumerate(self.sources):
+            if isinstance(src, TokenSource):
+                src.prefetch(samples[source == k])
 
     def batch_at(self, position: int, step: int) -> Batch:
         """This rank's batch at ``step`` of the pass starting at ``position`` (a pure function of them)."""

@@ -111,7 +111,8 @@ class TokenSource:
         seq_len: tokens per sample.
         verify: check block checksums the first time each block is read.
         warm: map and verify all local blocks in a background thread (the reading path never waits for it).
-        cache: block cache for remote stores (required when shards have no local path).
+        cache: block cache; shards without a local path always go through one (default under GRANARY_HOME),
+            and passing one stages local shards through it too (e.g. from a slow network file system).
     """
 
     def __init__(self, store: Store, manifest: Manifest, *, seq_len: int, verify: bool = True,
@@ -121,7 +122,8 @@ class TokenSource:
                               hint="tokenize it first: granary tokenize REF --tokenizer PATH --output NAME")
         self.version_id = manifest.version_id
         self.seq_len = seq_len
-        self.shards: list[TokenShard] = [self._open(store, e, cache) for e in manifest.shards]
+        self._cache = cache
+        self.shards: list[TokenShard] = [self._open(store, e) for e in manifest.shards]
         dtypes = {str(e.meta.get("dtype", "uint16")) for e in manifest.shards}
         if len(dtypes) > 1:
             raise StreamError(f"version {manifest.version_id[:12]} mixes token dtypes {sorted(dtypes)}")
@@ -153,16 +155,28 @@ class TokenSource:
             if isinstance(shard, LocalTokenShard):
                 shard.warm(verify=self._verify)
 
-    @staticmethod
-    def _open(store: Store, entry: ShardEntry, cache: BlockCache | None) -> TokenShard:
+    def _open(self, store: Store, entry: ShardEntry) -> TokenShard:
+        """A memory-mapped local shard, or a cached remote one (always cached when a cache was passed)."""
         path = store.local_path(entry)
-        if path is not None:
+        if path is not None and self._cache is None:
             return LocalTokenShard(path, entry.key)
-        if cache is None:
+        if self._cache is None:
             from granary.stream.cache import BlockCache
 
-            cache = BlockCache.default(store)
-        return cache.shard(entry)
+            self._cache = BlockCache.default(store)
+        return self._cache.shard(entry)
+
+    def prefetch(self, samples: np.ndarray) -> None:
+        """Tell the block cache which blocks the coming samples need, in order (no-op for local shards)."""
+        if self._local or self._cache is None:
+            return
+        wanted = []
+        for sample in samples.tolist():
+            for s, lo, hi in self.layout.pieces(sample):
+                shard = self.shards[s]
+                for b in shard.blocks_of(lo, hi):  # type: ignore[attr-defined]
+                    wanted.append((shard.entry, b, shard.span(b)))  # type: ignore[attr-defined]
+        self._cache.prefetch(wanted)
 
     def _build_local_index(self) -> None:
         """One strided view over all memory-mapped shards, so a batch is a single vectorised gather.

@@ -1,0 +1,134 @@
+"""Stream benchmark: Granary's loader against a plain numpy memmap gather, LitData, MosaicML Streaming, WebDataset.
+
+Dataset: 262,144 samples x 2,048 uint16 tokens (1 GiB) in the page cache, shuffled, batch 64, one process.
+All loaders run in the same invocation, so the printed ratios compare figures taken under the same load.
+
+Setup of the anchors (their own virtualenv; torch pinned first so nothing pulls CUDA wheels):
+    python3.11 -m venv benchmarks/.venv-stream-anchors
+    benchmarks/.venv-stream-anchors/bin/pip install torch==2.13.0 numpy      # the CPU wheel
+    benchmarks/.venv-stream-anchors/bin/pip install -c <(echo torch==2.13.0) litdata mosaicml-streaming webdataset
+    benchmarks/.venv-stream-anchors/bin/pip uninstall -y torchvision          # its CUDA build does not load here
+
+Run:  .venv/bin/python benchmarks/stream_bench.py [--rounds 2] [--no-anchors] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from granary.config import Settings
+from granary.store import open_store
+from granary.stream import StreamingDataset, bench
+
+ROOT = Path(__file__).resolve().parent
+OUT = ROOT / "out"
+ANCHOR_PY = ROOT / ".venv-stream-anchors" / "bin" / "python"
+SAMPLES, SEQ, BATCH = 262_144, 2048, 64
+
+FIRST_BATCH = """
+import time, sys
+t0 = time.perf_counter()
+import granary.stream
+t1 = time.perf_counter()
+from granary.config import Settings
+from granary.store import open_store
+store = open_store(Settings.from_env(home=sys.argv[1]))
+t2 = time.perf_counter()
+ds = granary.stream.StreamingDataset("bench", batch_size=64, seq_len=2048, store=store, output="numpy")
+next(iter(ds))
+t3 = time.perf_counter()
+print(t1 - t0, t2 - t0, t3 - t0, t3 - t2)
+"""
+
+
+def build(home: Path) -> None:
+    store = open_store(Settings.from_env(home=home))
+    if not any(d.name == "bench" for d in store.datasets()):
+        t0 = time.perf_counter()
+        bench.build_synthetic(store, "bench", samples=SAMPLES, seq_len=SEQ)
+        print(f"built 1 GiB tokens version in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    flat = OUT / "anchors" / "flat.u16"
+    if not flat.exists():
+        flat.parent.mkdir(parents=True, exist_ok=True)
+        ds = StreamingDataset("bench", batch_size=4096, seq_len=SEQ, store=store, shuffle=False, output="numpy",
+                              token_dtype="native", num_threads=0)
+        with open(flat, "wb") as f:
+            for batch in ds:
+                f.write(batch["tokens"].tobytes())
+
+
+def first_batch(home: Path) -> dict[str, float]:
+    """Fresh interpreter: import, open the store, build the dataset, get the first batch (median of 3)."""
+    runs = []
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", FIRST_BATCH, str(home)], capture_output=True, text=True, check=True)
+        runs.append([float(x) for x in out.stdout.split()])
+    med = np.median(np.array(runs), axis=0)
+    return {"import_granary_stream_s": med[0], "import_and_open_store_s": med[1],
+            "import_to_first_batch_s": med[2], "open_store_to_first_batch_s": med[3]}
+
+
+def anchors(names: list[str]) -> list[dict[str, Any]]:
+    if not ANCHOR_PY.exists():
+        print(f"no anchor venv at {ANCHOR_PY}; see this file's docstring", file=sys.stderr)
+        return []
+    out = subprocess.run([str(ANCHOR_PY), str(ROOT / "stream_anchors.py"), str(OUT / "anchors"), ",".join(names)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        print(out.stderr[-3000:], file=sys.stderr)
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of Granary and the numpy anchor")
+    parser.add_argument("--no-anchors", action="store_true", help="skip LitData, Streaming and WebDataset")
+    parser.add_argument("--anchors", default="litdata,mosaic,webdataset")
+    parser.add_argument("--keep", action="store_true", help="keep the anchors' converted copies")
+    args = parser.parse_args()
+    home = OUT / "home"
+    build(home)
+    store = open_store(Settings.from_env(home=home))
+    flat = OUT / "anchors" / "flat.u16"
+    rows: dict[str, list[dict[str, Any]]] = {"granary": [], "granary_noverify": [], "granary_thread": [], "numpy": []}
+    for _ in range(args.rounds):
+        rows["numpy"].append(bench.measure_memmap_gather(flat, num_samples=SAMPLES, seq_len=SEQ, batch_size=BATCH))
+        rows["granary"].append(bench.measure_loader(store, "bench", seq_len=SEQ, batch_size=BATCH, verify=True))
+        rows["granary_noverify"].append(bench.measure_loader(store, "bench", seq_len=SEQ, batch_size=BATCH,
+                                                             verify=False))
+        rows["granary_thread"].append(bench.measure_loader(store, "bench", seq_len=SEQ, batch_size=BATCH,
+                                                           num_threads=1))
+    result: dict[str, Any] = {k: {"samples_per_s": float(np.median([r["samples_per_s"] for r in v])),
+                                  "gb_per_s": float(np.median([r["gb_per_s"] for r in v])),
+                                  "shards_per_batch": v[0].get("shards_per_batch"),
+                                  "runs_samples_per_s": [round(r["samples_per_s"]) for r in v]}
+                              for k, v in rows.items()}
+    result.update(bench.measure_resume(store, "bench", seq_len=SEQ, batch_size=BATCH, trials=7))
+    result.update(first_batch(home))
+    if not args.no_anchors:
+        for a in anchors(args.anchors.split(",")):
+            result[a["anchor"]] = a
+    g = result["granary"]["samples_per_s"]
+    ratios = {f"granary_vs_{k}": g / v["samples_per_s"] for k, v in result.items()
+              if isinstance(v, dict) and k != "granary" and "samples_per_s" in v}
+    ratios["checksum_cost"] = 1 - g / result["granary_noverify"]["samples_per_s"]
+    result["ratios"] = ratios
+    OUT.mkdir(exist_ok=True)
+    (OUT / "stream_bench.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    if not args.keep:
+        for name in ("litdata", "mosaic", "wds"):
+            shutil.rmtree(OUT / "anchors" / name, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
