@@ -322,7 +322,9 @@ def forget_cmd(
         ("versions expired", len(receipt.affected_versions)),
         ("new heads", ", ".join(f"{b}@{v[:12]}" for b, v in receipt.new_versions.items())),
         ("keys shredded", receipt.shredded_keys), ("deleted after gc grace", len(receipt.pending_deletion)),
-        ("readers of expired versions", len(receipt.readers)), ("signed by", receipt.public_key[:16] + "...")]))
+        ("readers of expired versions", len(receipt.readers)),
+        ("derived datasets to check", ", ".join(receipt.derived_datasets) or "none"),
+        ("signed by", receipt.public_key[:16] + "...")]))
 
 
 # -- policies and private statistics ---------------------------------------------------------------

@@ -48,6 +48,7 @@ class ForgetReceipt:
     shredded_keys: int
     pending_deletion: list[str]
     readers: list[dict[str, Any]]
+    derived_datasets: list[str]
     at: float
     public_key: str = ""
     signature: str = ""
@@ -140,7 +141,7 @@ def forget(store: Store, guard: Guard, dataset: str, subject: str, *, by: MatchB
         id=request, dataset=dataset, subject_digest=digest, match=f"{by}:{column}", rows_removed=rows,
         affected_versions=affected, new_versions=new_versions, shredded_keys=shredded,
         pending_deletion=affected if plain_left else [], readers=_readers(guard, dataset, set(affected)),
-        at=time.time())
+        derived_datasets=_derived(guard, dataset), at=time.time())
     return _sign_and_store(guard, receipt)
 
 
@@ -152,6 +153,12 @@ def _readers(guard: Guard, dataset: str, versions: set[str]) -> list[dict[str, A
             out.append({"principal": rec.principal, "at": rec.at, "origin": rec.origin, "version": version,
                         "job": rec.details.get("job")})
     return out
+
+
+def _derived(guard: Guard, dataset: str) -> list[str]:
+    """Datasets whose policy records ``dataset`` as a source: they may hold the subject too and need
+    their own forget request (or re-derivation)."""
+    return sorted(name for name, policy in guard.policies.all().items() if dataset in policy.sources)
 
 
 def _sign_and_store(guard: Guard, receipt: ForgetReceipt) -> ForgetReceipt:

@@ -10,6 +10,7 @@ import getpass
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,7 @@ from granary.secure.tokens import IssuedToken, Principal, PrincipalKind, Princip
 
 log = logging.getLogger(__name__)
 
+REAUTH_S = 60.0
 READ_ACTIONS = frozenset({"read", "export"})  # DP "stats" releases are governed by the budget instead
 
 
@@ -56,13 +58,20 @@ class Guard:
         self.policies = PolicyBook(catalog)
         self.roles = RoleBook(catalog, tenant_of=lambda d: self.policies.get(d).tenant)
         self._principal = principal
+        self._fixed = principal
+        self._auth_at = time.monotonic()
         self._keys: DataKeyStore | None = None
 
     # -- identity -------------------------------------------------------------------------------
     @property
     def principal(self) -> Principal:
-        """The calling principal (authenticated once, on first use)."""
+        """The calling principal (authenticated on first use, and again every REAUTH_S in tokens mode so a
+        revoked or expired token stops working in long-running processes too)."""
+        if self._principal is not None and self._fixed is None and self.settings.auth == "tokens" \
+                and time.monotonic() - self._auth_at > REAUTH_S:
+            self._principal = None
         if self._principal is None:
+            self._auth_at = time.monotonic()
             if self.settings.auth == "local":
                 self._principal = local_principal(self.settings)
             else:

@@ -33,7 +33,9 @@ def test_forget_by_subject_column(store: Store, hooks: SecureHooks, encrypted: b
     v2 = store.commit_table("web", _docs(100, start=100), message="v2")
     store.branch("web", "dev", from_ref=f"web@{v1.id[:12]}")
     store.read_table("web")  # a reader of v2, listed in the receipt
+    hooks.guard.propagate("web-tokens", ["web"])  # a derived dataset: flagged in the receipt
     receipt = forget(store, hooks.guard, "web", "s3")
+    assert receipt.derived_datasets == ["web-tokens"]
     assert set(receipt.affected_versions) == {v1.id, v2.id}
     assert set(receipt.new_versions) == {"main", "dev"}
     assert receipt.rows_removed == 20

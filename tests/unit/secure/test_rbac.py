@@ -93,6 +93,23 @@ def test_token_scopes_cap_roles(tmp_path: Path, catalog: Catalog) -> None:
         g.issue_token("alice", scopes=("admin",))  # cannot widen its own token
 
 
+def test_revocation_reaches_long_running_processes(tmp_path: Path, catalog: Catalog,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import granary.secure.guard as guard_module
+
+    admin, _ = _guards(tmp_path, catalog)
+    admin.grant("bob", "reader", dataset="web")
+    issued = admin.issue_token("bob")
+    g = Guard(catalog, SecureSettings.from_env(tmp_path, environ={"GRANARY_AUTH": "tokens",
+                                                                  "GRANARY_TOKEN": issued.secret}))
+    g.authorize("read", "web")
+    admin.revoke_token(issued.token_id)
+    g.authorize("read", "web")  # within REAUTH_S the authenticated principal is reused
+    monkeypatch.setattr(guard_module, "REAUTH_S", 0.0)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        g.authorize("read", "web")
+
+
 def test_failed_authentication_is_audited(tmp_path: Path, catalog: Catalog) -> None:
     admin, _ = _guards(tmp_path, catalog)
     issued = admin.issue_token("bob")
