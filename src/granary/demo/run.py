@@ -59,11 +59,19 @@ def curate_step(store: Store, console: Console) -> dict[str, Any]:
     return curate_demo.run(store, console)
 
 
+def stream_step(store: Store, console: Console) -> dict[str, Any]:
+    """Train a tokenizer, tokenize the curated corpus into `demo-tokens` and stream a few batches."""
+    from granary.stream import demo as stream_demo
+
+    return stream_demo.run(store, console)
+
+
 def steps() -> list[Step]:
     """The demo's steps, in order."""
     return [
         Step("Ingest a synthetic corpus into the store", ingest_step),
         Step("Curate it: clean, quality-filter, deduplicate, redact PII, report", curate_step),
+        Step("Tokenize it and stream training batches", stream_step),
     ]
 
 
