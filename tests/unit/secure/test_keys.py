@@ -11,7 +11,7 @@ import pytest
 from granary.catalog import Catalog
 from granary.errors import ConfigError
 from granary.secure.errors import CryptoError, KeyMissingError, ShreddedKeyError
-from granary.secure.keys import EnvKeyProvider, LocalKeyring, get_key_provider
+from granary.secure.keys import KEY_PROVIDERS, EnvKeyProvider, KeyProvider, LocalKeyring, get_key_provider
 from granary.secure.keystore import DataKeyStore
 from granary.secure.settings import SecureSettings
 
@@ -92,3 +92,52 @@ def test_data_keys_rotate_without_rewrapping_data_and_shred(tmp_path: Path, cata
     with pytest.raises(KeyMissingError, match="no data key"):
         fresh.get("00" * 16)
     assert sorted(store.refs("web")) == sorted(r for r, _ in refs[2:])
+
+
+class FakeKms(KeyProvider):
+    """An external KMS stand-in: keys never leave it, only wrap/unwrap calls cross the boundary."""
+
+    name = "fake-kms"
+
+    def __init__(self) -> None:
+        self.keys: dict[str, bytes] = {}
+        self.calls = 0
+
+    def current_key_id(self, tenant: str) -> str:
+        ids = sorted(k for k in self.keys if k.startswith(f"kms/{tenant}/"))
+        return ids[-1] if ids else self.new_master_key(tenant)
+
+    def new_master_key(self, tenant: str) -> str:
+        key_id = f"kms/{tenant}/{len(self.keys) + 1:04d}"
+        self.keys[key_id] = os.urandom(32)
+        return key_id
+
+    def wrap(self, key_id: str, dek: bytes, aad: bytes) -> bytes:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self.calls += 1
+        nonce = os.urandom(12)
+        return nonce + AESGCM(self.keys[key_id]).encrypt(nonce, dek, aad)
+
+    def unwrap(self, key_id: str, wrapped: bytes, aad: bytes) -> bytes:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self.calls += 1
+        return AESGCM(self.keys[key_id]).decrypt(wrapped[:12], wrapped[12:], aad)
+
+
+def test_plugin_provider_through_the_registry(tmp_path: Path, catalog: Catalog,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    kms = FakeKms()
+    monkeypatch.setitem(KEY_PROVIDERS, "fake-kms", lambda _settings: kms)
+    provider = get_key_provider(SecureSettings.from_env(tmp_path, environ={"GRANARY_KEY_PROVIDER": "fake-kms"}))
+    assert provider is kms
+    store = DataKeyStore(catalog, provider)
+    ref, dek = store.create("web", "default")
+    assert DataKeyStore(catalog, provider).get(ref) == dek
+    report = store.rotate("default")
+    assert report.new_key_id == "kms/default/0002" and report.rewrapped == 1
+    assert DataKeyStore(catalog, provider).get(ref) == dek
+    assert kms.calls == 5  # wrap, unwrap, rotate (unwrap + wrap), unwrap
+    with pytest.raises(KeyMissingError, match="cannot destroy"):
+        kms.retire("kms/default/0001")
