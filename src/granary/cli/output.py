@@ -30,11 +30,12 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
-    """Build a rich table from column names and rows."""
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
+          no_wrap: Sequence[str] = ()) -> Table:
+    """Build a rich table from column names and rows (columns named in ``no_wrap`` are never folded)."""
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(c, overflow="fold")
+        t.add_column(c, overflow="fold", no_wrap=c in no_wrap)
     for r in rows:
         t.add_row(*("" if v is None else str(v) for v in r))
     return t

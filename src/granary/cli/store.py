@@ -128,9 +128,10 @@ def ls(json_out: JsonOpt = False) -> None:
     if json_out:
         print_json(rows)
         return
-    console.print(table("Datasets", ["name", "kind", "branch", "head", "rows", "size", "tokens", "updated"],
-                        [(r["name"], r["kind"], r["branch"], (r["head"] or "")[:12], f"{r['rows']:,}",
-                          _size(r["bytes"]), r["tokens"] or "", r["updated"]) for r in rows]))
+    console.print(table("Datasets", ["name", "kind", "head", "rows", "size", "tokens", "updated"],
+                        [(r["name"], r["kind"], f"{r['branch']}@{(r['head'] or '')[:8]}", f"{r['rows']:,}",
+                          _size(r["bytes"]), f"{r['tokens']:,}" if r["tokens"] else "", r["updated"][5:16])
+                         for r in rows], no_wrap=("name", "kind", "head", "rows", "size", "updated")))
 
 
 def log(ref: Annotated[str, typer.Argument(help="NAME[@BRANCH|TAG|VERSION]")],
