@@ -131,7 +131,7 @@ def ls(json_out: JsonOpt = False) -> None:
     console.print(table("Datasets", ["name", "kind", "head", "rows", "size", "tokens", "updated"],
                         [(r["name"], r["kind"], f"{r['branch']}@{(r['head'] or '')[:8]}", f"{r['rows']:,}",
                           _size(r["bytes"]), f"{r['tokens']:,}" if r["tokens"] else "", r["updated"][5:16])
-                         for r in rows], no_wrap=("name", "kind", "head", "rows", "size", "updated")))
+                         for r in rows], no_wrap=("name", "kind", "head", "rows", "size", "tokens")))
 
 
 def log(ref: Annotated[str, typer.Argument(help="NAME[@BRANCH|TAG|VERSION]")],
