@@ -167,9 +167,10 @@ class _TaskRun:
     def _process(self, table: pa.Table) -> DocBatch:
         batch = DocBatch(table, text_column=self.task.spec.text_column)
         if self.prev is not None:
-            self._run(self.prev, batch, lambda: self.prev.apply(batch, self._decision))  # type: ignore[union-attr]
+            prev = self.prev
+            self._run(prev, batch, lambda: prev.apply(batch, self._decision))
         for step in self.steps:
-            self._run(step, batch, lambda s=step: s.process(batch))  # type: ignore[misc]
+            self._run(step, batch, lambda s=step: s.process(batch))
         return batch
 
     def _run(self, step: Step, batch: DocBatch, fn: Any) -> None:
@@ -206,7 +207,7 @@ def _save_npz(path: Path, parts: list[dict[str, np.ndarray]]) -> None:
     keys = parts[0].keys() if parts else []
     merged = {k: np.concatenate([p[k] for p in parts]) for k in keys}
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **merged)
+    np.savez(tmp, **merged)  # type: ignore[arg-type]
     tmp.replace(path)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 
@@ -46,6 +48,7 @@ def string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """The (offsets int64, data uint8) views of a string/large_string array; nulls read as empty strings."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    off_type: type[np.signedinteger[Any]]
     if pa.types.is_string(arr.type):
         off_type = np.int32
     elif pa.types.is_large_string(arr.type):

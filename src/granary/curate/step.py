@@ -146,8 +146,8 @@ class StepConfig:
         out: dict[str, Any] = {"step": self.name}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value != f.default and not (f.default_factory is not dataclasses.MISSING  # type: ignore[misc]
-                                           and value == f.default_factory()):  # type: ignore[misc]
+            if value != f.default and not (f.default_factory is not dataclasses.MISSING
+                                           and value == f.default_factory()):
                 out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 

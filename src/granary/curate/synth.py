@@ -85,7 +85,8 @@ class _Gen:
 
     # -- PII values, every one valid for its validator -------------------------------------------
     def pii(self, kind: str) -> str:
-        return getattr(self, f"_pii_{kind.lower()}")()  # type: ignore[no-any-return]
+        value: str = getattr(self, f"_pii_{kind.lower()}")()
+        return value
 
     def _digits(self, n: int) -> str:
         return "".join(self.rng.choices(string.digits, k=n))

@@ -62,7 +62,8 @@ class RunDir:
     def read_json(self, path: Path) -> dict[str, Any] | None:
         """A record, or None if it was never (completely) written."""
         try:
-            return json.loads(path.read_text())  # type: ignore[no-any-return]
+            data: dict[str, Any] = json.loads(path.read_text())
+            return data
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 

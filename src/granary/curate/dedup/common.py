@@ -45,8 +45,9 @@ def write_decisions(workdir: Path, starts: np.ndarray, drop_gids: np.ndarray, re
         lo, hi = np.searchsorted(drop_gids, [starts[s], starts[s + 1]])
         path = workdir / f"decision-{s:06d}.npz"
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, rows=drop_gids[lo:hi] - starts[s], reasons=np.asarray(reasons[lo:hi], dtype=str),
-                 **{k: v[lo:hi] for k, v in extra.items()})
+        arrays = {"rows": drop_gids[lo:hi] - starts[s], "reasons": np.asarray(reasons[lo:hi], dtype=str)}
+        arrays.update({k: v[lo:hi] for k, v in extra.items()})
+        np.savez(tmp, **arrays)
         tmp.replace(path)
         paths.append(path)
     return paths

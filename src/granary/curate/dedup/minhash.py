@@ -70,10 +70,9 @@ def oph_signatures(sh: Shingles, num_perm: int, seed: int) -> np.ndarray:
     x = mix64(sh.hashes ^ np.uint64(seed * 0x9E3779B1 + 1))
     bins = ((x >> np.uint64(32)) * np.uint64(num_perm)) >> np.uint64(32)
     vals = (x & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    sig = np.full(sh.num_docs * num_perm, EMPTY, dtype=np.uint32)
-    np.minimum.at(sig, sh.doc * num_perm + bins.astype(np.int64), vals)
-    sig = sig.reshape(sh.num_docs, num_perm)
-    return _densify(sig)
+    flat = np.full(sh.num_docs * num_perm, EMPTY, dtype=np.uint32)
+    np.minimum.at(flat, sh.doc * num_perm + bins.astype(np.int64), vals)
+    return _densify(flat.reshape(sh.num_docs, num_perm))
 
 
 def _densify(sig: np.ndarray) -> np.ndarray:

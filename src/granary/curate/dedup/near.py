@@ -79,7 +79,9 @@ class MinHashDeduplicator(GlobalStep):
         (workdir / "summary.json").write_text(json.dumps(summary))
         if c.write_clusters:
             members = np.flatnonzero(np.isin(roots, roots[drop]))
-            pa.parquet.write_table(pa.table({  # type: ignore[attr-defined]
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.table({
                 "cluster": pa.array(ids_of(collected, roots[members], starts).tolist(), pa.string()),
                 "id": pa.array(ids_of(collected, members, starts).tolist(), pa.string()),
                 "kept": pa.array(roots[members] == members)}), workdir / "clusters.parquet")

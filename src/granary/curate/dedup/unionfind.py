@@ -20,6 +20,7 @@ class UnionFind:
 
     def __init__(self, n: int, *, memory_limit_bytes: int = 1 << 30, spill_dir: Path | None = None) -> None:
         self.n = n
+        self.parent: np.ndarray
         self.spilled = n * 8 > memory_limit_bytes and spill_dir is not None
         if self.spilled:
             assert spill_dir is not None

@@ -19,7 +19,7 @@ from granary.curate.textops import (
     spans_containing,
     words_per_span,
 )
-from granary.curate.textview import is_token_sep, split_spans
+from granary.curate.textview import Spans, TextView, is_token_sep, split_spans
 
 POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
                   "use cookies")
@@ -68,7 +68,7 @@ class C4QualityFilter(Step):
             batch.set_text(gather_spans(v, kept))
 
 
-def _sentences_per_doc(v, kept, n: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _sentences_per_doc(v: TextView, kept: Spans, n: int) -> np.ndarray:
     """Terminal punctuation followed by whitespace or a line end, inside kept lines."""
     ends = np.zeros(0, np.int64)
     for b in (b".", b"!", b"?"):
@@ -83,7 +83,7 @@ def _sentences_per_doc(v, kept, n: int) -> np.ndarray:  # type: ignore[no-untype
     return np.bincount(kept.doc[k[ok]], minlength=n)[:n].astype(np.float64)
 
 
-def _whole_word_hits(v, word: bytes) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _whole_word_hits(v: TextView, word: bytes) -> np.ndarray:
     pos = find_all(v.lower_data, word)
     if len(pos) == 0:
         return np.zeros(v.num_docs)

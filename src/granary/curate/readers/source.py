@@ -76,8 +76,8 @@ def plan_units(config: ReaderConfig, store: Store | None) -> tuple[list[Unit], d
             raise PipelineSpecError("reader", "reading a dataset version needs a store")
         version = store.resolve(config.ref or "")
         manifest = store.manifest(version)
-        units = [Unit(i, "shard", e, label=e.key) for i, e in enumerate(manifest.shards)]
-        return units, {"input": version.ref if hasattr(version, "ref") else f"{version.dataset}@{version.id}",
+        shard_units = [Unit(i, "shard", e, label=e.key) for i, e in enumerate(manifest.shards)]
+        return shard_units, {"input": version.ref if hasattr(version, "ref") else f"{version.dataset}@{version.id}",
                        "input_version": version.id, "input_dataset": version.dataset}
     from granary.store.ingest.ingest import discover
 
@@ -94,8 +94,10 @@ def plan_units(config: ReaderConfig, store: Store | None) -> tuple[list[Unit], d
                 text_group = []
             text_root = str(root)
             text_group.append(str(path))
-        elif kind in ("jsonl", "parquet"):
-            units.append(Unit(len(units), kind, str(path), root=str(root), label=str(path)))
+        elif kind == "jsonl":
+            units.append(Unit(len(units), "jsonl", str(path), root=str(root), label=str(path)))
+        elif kind == "parquet":
+            units.append(Unit(len(units), "parquet", str(path), root=str(root), label=str(path)))
     if text_group:
         units.append(Unit(len(units), "text", tuple(text_group), root=text_root, label=text_root))
     return units, {"input": list(config.paths)}
