@@ -131,6 +131,10 @@ class JobSpec:
                 raise InvalidJobError(key, "is not a job field", source=source)
         try:
             return cls(**data)
+        except InvalidJobError as exc:
+            if source is None or exc.source is not None:
+                raise
+            raise InvalidJobError(exc.field, exc.reason, source=source) from exc
         except TypeError as exc:
             raise InvalidJobError("?", str(exc), source=source) from exc
 

@@ -362,8 +362,8 @@ class SchedulerState:
 
     def _schedule_review(self, job: Job, now: float) -> None:
         at = self.policy.review_at(self, job, now)
-        if at is not None:
-            self._timer(at, "review", job)
+        if at is not None:  # strictly later than now, or float rounding could fire it forever
+            self._timer(max(at, now + 1e-6 + abs(now) * 1e-12), "review", job)
 
     def _timer(self, at: float, kind: str, job: Job) -> None:
         heapq.heappush(self._timers, (at, next(self._seq), kind, job.id, self._stamp(job, kind)))

@@ -66,7 +66,7 @@ class MlfqPolicy(Policy):
         attained = job.attained_gpu_s
         if job.started_at is not None:
             attained += (now - job.started_at) * job.gpus
-        return (float(self.level(attained)), job.submit_time)
+        return (float(self.level(attained + 1e-6)), job.submit_time)
 
     def pick(self, state: SchedulerState, candidates: list[Job]) -> Job:
         if not self.tenant_fair:
@@ -78,7 +78,7 @@ class MlfqPolicy(Policy):
         if job.state in ACTIVE:
             if job.started_at is None or not job.gpus:
                 return None
-            attained = state.attained(job, now)
+            attained = state.attained(job, now) + 1e-6  # a job at a threshold has crossed it
             lvl = self.level(attained)
             if lvl >= len(self.thresholds):
                 return None
