@@ -1,0 +1,127 @@
+"""Block verification for memory-mapped token shards: once per process, shared by the reading thread and a
+background thread that works through the blocks in the order the loader will first touch them."""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import logging
+import mmap
+import sys
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import xxhash
+
+from granary.stream.errors import CorruptBlockError
+
+log = logging.getLogger(__name__)
+
+_TODO, _BUSY, _OK, _BAD = 0, 1, 2, 3
+_MADV_POPULATE_READ = 22  # Linux >= 5.14; older kernels answer EINVAL and pages fault in on first touch
+
+
+def populate(array: np.ndarray) -> None:
+    """Pre-fault the page tables of a memory-mapped array range (one syscall, no GIL held)."""
+    if not sys.platform.startswith("linux") or array.nbytes == 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page = mmap.PAGESIZE
+    start = array.ctypes.data // page * page
+    libc.madvise(start, array.ctypes.data + array.nbytes - start, _MADV_POPULATE_READ)
+
+
+class BlockVerifier:
+    """Checks every block's xxh3-64 at most once per process (hashing releases the GIL, so two threads hash
+    in parallel); a block that fails is never served: ``ensure`` raises CorruptBlockError naming shard and block.
+
+    Args:
+        keys: object key of each shard.
+        tokens: token array of each shard (memory-mapped).
+        block_tokens: tokens per block of each shard.
+        expected: recorded xxh3-64 of each shard's blocks.
+    """
+
+    def __init__(self, keys: Sequence[str], tokens: Sequence[np.ndarray], block_tokens: Sequence[int],
+                 expected: Sequence[np.ndarray]) -> None:
+        self._keys = list(keys)
+        self._tokens = list(tokens)
+        self._block_tokens = list(block_tokens)
+        self._expected = [np.asarray(e, dtype=np.uint64) for e in expected]
+        counts = [len(e) for e in self._expected]
+        self.base = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._shard_of = np.repeat(np.arange(len(counts)), counts)
+        self.state = np.zeros(int(self.base[-1]), dtype=np.int8)
+        self.all_ok = len(self.state) == 0
+        self._cond = threading.Condition()
+        self._errors: dict[int, CorruptBlockError] = {}
+        self._queue: collections.deque[int] = collections.deque()
+        self._thread: threading.Thread | None = None
+
+    def ensure(self, blocks: np.ndarray) -> None:
+        """Verify (or wait for) the given global block ids; raise CorruptBlockError for a bad one."""
+        if self.all_ok:
+            return
+        need = blocks[self.state[blocks] != _OK]
+        for g in dict.fromkeys(need.tolist()):
+            self._check(g, wait=True)
+        if not (self.state != _OK).any():
+            self.all_ok = True
+
+    def announce(self, blocks: np.ndarray) -> None:
+        """Blocks the loader will touch soon, in order: the background thread verifies them ahead of use."""
+        if self.all_ok:
+            return
+        todo = [g for g in dict.fromkeys(blocks.tolist()) if self.state[g] == _TODO]
+        if not todo:
+            return
+        with self._cond:
+            self._queue.extend(todo)
+            self._cond.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._background, daemon=True, name="granary-verify")
+                self._thread.start()
+
+    def _background(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                g = self._queue.popleft()
+            self._check(g, wait=False)
+
+    def _check(self, g: int, *, wait: bool) -> None:
+        with self._cond:
+            while self.state[g] == _BUSY:
+                if not wait:
+                    return
+                self._cond.wait()
+            if self.state[g] == _OK or (self.state[g] == _BAD and not wait):
+                return
+            if self.state[g] == _BAD:
+                raise self._errors[g]
+            self.state[g] = _BUSY
+        error = self._hash(g)
+        with self._cond:
+            self.state[g] = _OK if error is None else _BAD
+            if error is not None:
+                self._errors[g] = error
+            self._cond.notify_all()
+        if error is not None:
+            if wait:
+                raise error
+            log.warning("%s", error)
+
+    def _hash(self, g: int) -> CorruptBlockError | None:
+        s = int(self._shard_of[g])
+        block = g - int(self.base[s])
+        bt = self._block_tokens[s]
+        data = self._tokens[s][block * bt : (block + 1) * bt]
+        populate(data)
+        actual = xxhash.xxh3_64_intdigest(data)
+        expected = int(self._expected[s][block])
+        if actual == expected:
+            return None
+        return CorruptBlockError(self._keys[s], block, expected=f"{expected:016x}", actual=f"{actual:016x}")
