@@ -95,9 +95,9 @@ def peek(
                           shuffle=shuffle, store=store, output="numpy", num_threads=0, rank=0, world_size=1)
     batch = next(iter(ds))
     if kind == "documents":
-        rows = [dict(r) for r in batch]  # type: ignore[union-attr]
+        rows = [dict(r) for r in batch]
     else:
-        rows = _token_rows(store, ref, batch["tokens"], tokenizer)  # type: ignore[call-overload]
+        rows = _token_rows(store, ref, batch["tokens"], tokenizer)
     if json_out:
         print_json({"ref": ref, "kind": kind, "samples_per_epoch": ds.num_samples, "samples": rows})
         return

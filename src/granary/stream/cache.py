@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -109,7 +109,13 @@ class BlockCache:
                     continue
                 fut = self._pool.submit(self._fill, entry, block, span)
                 self._pending[path] = fut
-                fut.add_done_callback(lambda _f, p=path: self._pending.pop(p, None))
+                fut.add_done_callback(self._done_callback(path))
+
+    def _done_callback(self, path: Path) -> Callable[[Future[None]], None]:
+        def done(_: Future[None]) -> None:
+            self._pending.pop(path, None)
+
+        return done
 
     def _fill(self, entry: ShardEntry, block: int, span: tuple[int, int, int]) -> None:
         offset, length, expected = span

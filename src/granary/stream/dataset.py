@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Batch = dict[str, Any] | list[dict[str, Any]]
+Batch = Any  # tokens: dict of arrays/tensors; documents: list of record dicts
 _PLAN_STEPS = 64  # steps whose sample ids are computed in one vectorised call
 _PLAN_FIELDS = ("samples", "elements", "aligned", "first_block", "last_block")
 

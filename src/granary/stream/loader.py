@@ -45,7 +45,9 @@ class StreamingLoader:
         ds = self.dataset
         start = ds.position
         steps = ds.steps_per_pass(start)
-        loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers, **self.dataloader_kwargs)
+        # StreamingDataset is registered as a virtual IterableDataset subclass (see register_with_torch).
+        loader: DataLoader[Any] = DataLoader(ds, batch_size=None, num_workers=self.num_workers,  # type: ignore[arg-type]
+                                             **self.dataloader_kwargs)
         for i, batch in enumerate(loader):
             ds.position = start + (i + 1) * ds.global_batch
             yield batch

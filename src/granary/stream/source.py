@@ -105,7 +105,7 @@ class TokenSource:
         if self._local:
             self._build_local_index()
             if not verify:  # without hashing, still map the pages ahead of the reader
-                threading.Thread(target=lambda: [populate(s.tokens) for s in local], daemon=True,
+                threading.Thread(target=_populate_all, args=([s.tokens for s in local],), daemon=True,
                                  name="granary-populate").start()
 
     def _open(self, store: Store, entry: ShardEntry) -> TokenShard:
@@ -213,3 +213,8 @@ class TokenSource:
     def segment_ids(self, samples: np.ndarray) -> np.ndarray:
         """Document index of every token inside each sample (for block-diagonal attention masks)."""
         return segment_ids(self.doc_starts(), samples.astype(np.int64) * self.seq_len, self.seq_len)
+
+
+def _populate_all(arrays: list[np.ndarray]) -> None:
+    for a in arrays:
+        populate(a)

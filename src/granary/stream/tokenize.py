@@ -93,9 +93,10 @@ def tokenize(store: Store, ref: str, config: TokenizeConfig,
     for i in done:
         if on_shard:
             on_shard(int(done[i][1]["docs"]))
-    _run_shards(store.settings, config, manifest.shards, todo, done, journal, on_shard)
+    _run_shards(store.settings, config, list(manifest.shards), todo, done, journal, on_shard)
     entries = [done[i][0] for i in range(len(manifest.shards))]
-    lengths = np.concatenate([np.asarray(done[i][1]["lengths"], dtype=np.int64) for i in done] or [np.empty(0)])
+    lengths = np.concatenate([np.asarray(done[i][1]["lengths"], dtype=np.int64) for i in sorted(done)]
+                             or [np.empty(0, dtype=np.int64)])
     version = _commit(store, ref, source, config, tok, entries, lengths)
     journal.remove()
     return _report(version, entries, lengths, resumed, config.seq_len)

@@ -120,7 +120,7 @@ class BlockVerifier:
         bt = self._block_tokens[s]
         data = self._tokens[s][block * bt : (block + 1) * bt]
         populate(data)
-        actual = xxhash.xxh3_64_intdigest(data)
+        actual = xxhash.xxh3_64_intdigest(data.data)
         expected = int(self._expected[s][block])
         if actual == expected:
             return None
