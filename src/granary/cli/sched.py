@@ -34,6 +34,7 @@ def up(
     gpus: int = typer.Option(None, help="GPUs of the local agent (default: detected)."),
     tick_s: float = typer.Option(0.5, help="Controller tick."),
     heartbeat_timeout_s: float = typer.Option(10.0, help="Mark a node down after this much silence."),
+    backoff_s: float = typer.Option(5.0, help="First retry delay (doubles per retry)."),
 ) -> None:
     """Run the controller (and a local agent) until interrupted."""
     import threading
@@ -46,7 +47,8 @@ def up(
     try:
         catalog = _catalog()
         cfg = ControllerConfig(tick_s=tick_s, scheduler=SchedulerConfig(
-            policy=policy, placement=placement, heartbeat_timeout_s=heartbeat_timeout_s))
+            policy=policy, placement=placement, heartbeat_timeout_s=heartbeat_timeout_s,
+            backoff_base_s=backoff_s, backoff_max_s=max(600.0, backoff_s)))
         controller = Controller(catalog, cfg)
         stop = threading.Event()
         threads = []

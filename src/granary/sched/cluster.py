@@ -86,7 +86,7 @@ class Cluster:
         if up:
             self.by_free[node.free_gpus].discard(node.index)
         g = spec.gpus_per_replica
-        if g and g < len(node.free_gpu_ids):
+        if g > 1:
             node.free_gpu_ids.sort()
         ids = tuple(node.free_gpu_ids[:g])
         del node.free_gpu_ids[:g]

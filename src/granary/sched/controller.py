@@ -80,10 +80,14 @@ class Controller:
                 node = st.cluster.node(row.name)
                 if row.status != "up":
                     st.cluster.set_status(node, row.status)
-            open_rows = conn.execute(sa.select(t.attempts).where(t.attempts.c.state.in_(t.ATTEMPT_OPEN))).all()
             live = conn.execute(sa.select(t.jobs).where(t.jobs.c.accepted.is_(True),
                                                         t.jobs.c.state.not_in(TERMINAL))
                                 .order_by(t.jobs.c.submit_time)).all()
+            # every attempt row of an active job, open or not: an exit the agent reported but this
+            # controller never applied must be applied now, not mistaken for a lost attempt
+            open_rows = conn.execute(sa.select(t.attempts).join(t.jobs, sa.and_(
+                t.jobs.c.id == t.attempts.c.job_id, t.jobs.c.attempt == t.attempts.c.attempt))
+                .where(t.jobs.c.state.in_(ACTIVE))).all()
             deps = {d for r in live for d in json.loads(r.spec).get("depends_on", [])}
             done = conn.execute(sa.select(t.jobs).where(t.jobs.c.id.in_(deps), t.jobs.c.state.in_(TERMINAL))).all()
         placements: dict[tuple[str, int], list[Any]] = defaultdict(list)
@@ -92,8 +96,9 @@ class Controller:
         for row in [*done, *live]:
             job = job_from_row(row)
             rows = sorted(placements.get((job.id, job.attempt), []), key=lambda a: a.replica)
-            if job.state in ACTIVE and not rows:
-                job.state = "pending"  # the attempt was never written (cannot happen) or already closed
+            if job.state in ACTIVE and not rows:  # cannot happen: attempts commit with the job row
+                log.error("job %s is %s without attempt rows; requeueing it", job.id, job.state)
+                job.state = "pending"
             starts = [a.started_at for a in rows if a.started_at is not None]
             st.restore(job, [(a.node, tuple(json.loads(a.gpu_ids))) for a in rows],
                        started_at=max(starts) if starts and job.state == "running" else None, now=now)
