@@ -88,9 +88,52 @@ def anchors(names: list[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
+def _loader(store: Any, **kw: Any) -> dict[str, Any]:
+    return bench.measure_loader(store, "bench", seq_len=SEQ, batch_size=BATCH, **kw)
+
+
+def paired_rounds(store: Any, flat: Path, rounds: int) -> dict[str, Any]:
+    """Each round measures the numpy anchor and Granary's variants back to back; ratios are taken per round
+    (the machine is shared, so only figures taken seconds apart are compared) and summarised by the median."""
+    runs: dict[str, list[float]] = {"numpy": [], "granary": [], "granary_noverify": [], "granary_thread": []}
+    ratios: dict[str, list[float]] = {"vs_numpy": [], "checksum_cost": [], "thread_vs_inline": []}
+    shards = 0.0
+    for _ in range(rounds):
+        numpy_run = bench.measure_memmap_gather(flat, num_samples=SAMPLES, seq_len=SEQ, batch_size=BATCH)
+        g = _loader(store, verify=True)
+        g_nov = _loader(store, verify=False)
+        g_thr = _loader(store, num_threads=1)
+        shards = g["shards_per_batch"]
+        for name, run in (("numpy", numpy_run), ("granary", g), ("granary_noverify", g_nov), ("granary_thread", g_thr)):
+            runs[name].append(run["samples_per_s"])
+        ratios["vs_numpy"].append(g["samples_per_s"] / numpy_run["samples_per_s"])
+        ratios["checksum_cost"].append(1 - g["samples_per_s"] / g_nov["samples_per_s"])
+        ratios["thread_vs_inline"].append(g_thr["samples_per_s"] / g["samples_per_s"])
+    return {"samples_per_s": {k: [round(x) for x in v] for k, v in runs.items()},
+            "median_samples_per_s": {k: float(np.median(v)) for k, v in runs.items()},
+            "median_gb_per_s": {k: float(np.median(v)) * SEQ * 2 / 1e9 for k, v in runs.items()},
+            "ratios_per_round": {k: [round(x, 3) for x in v] for k, v in ratios.items()},
+            "median_ratios": {k: float(np.median(v)) for k, v in ratios.items()},
+            "granary_shards_per_batch": shards}
+
+
+def anchor_rounds(store: Any, names: list[str]) -> dict[str, Any]:
+    """Each anchor runs in its own process between two Granary measurements; the ratio uses their mean."""
+    out: dict[str, Any] = {}
+    for name in names:
+        before = _loader(store)["samples_per_s"]
+        found = anchors([name])
+        after = _loader(store)["samples_per_s"]
+        for a in found:
+            granary = (before + after) / 2
+            out[a["anchor"]] = {**a, "granary_samples_per_s": granary,
+                                "granary_ratio": granary / a["samples_per_s"]}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of Granary and the numpy anchor")
+    parser.add_argument("--rounds", type=int, default=5, help="paired rounds of Granary and the numpy anchor")
     parser.add_argument("--no-anchors", action="store_true", help="skip LitData, Streaming and WebDataset")
     parser.add_argument("--anchors", default="litdata,mosaic,webdataset")
     parser.add_argument("--keep", action="store_true", help="keep the anchors' converted copies")
@@ -99,29 +142,11 @@ def main() -> None:
     build(home)
     store = open_store(Settings.from_env(home=home))
     flat = OUT / "anchors" / "flat.u16"
-    rows: dict[str, list[dict[str, Any]]] = {"granary": [], "granary_noverify": [], "granary_thread": [], "numpy": []}
-    for _ in range(args.rounds):
-        rows["numpy"].append(bench.measure_memmap_gather(flat, num_samples=SAMPLES, seq_len=SEQ, batch_size=BATCH))
-        rows["granary"].append(bench.measure_loader(store, "bench", seq_len=SEQ, batch_size=BATCH, verify=True))
-        rows["granary_noverify"].append(bench.measure_loader(store, "bench", seq_len=SEQ, batch_size=BATCH,
-                                                             verify=False))
-        rows["granary_thread"].append(bench.measure_loader(store, "bench", seq_len=SEQ, batch_size=BATCH,
-                                                           num_threads=1))
-    result: dict[str, Any] = {k: {"samples_per_s": float(np.median([r["samples_per_s"] for r in v])),
-                                  "gb_per_s": float(np.median([r["gb_per_s"] for r in v])),
-                                  "shards_per_batch": v[0].get("shards_per_batch"),
-                                  "runs_samples_per_s": [round(r["samples_per_s"]) for r in v]}
-                              for k, v in rows.items()}
-    result.update(bench.measure_resume(store, "bench", seq_len=SEQ, batch_size=BATCH, trials=7))
-    result.update(first_batch(home))
+    result: dict[str, Any] = {"paired": paired_rounds(store, flat, args.rounds)}
+    result["resume"] = bench.measure_resume(store, "bench", seq_len=SEQ, batch_size=BATCH, trials=7)
+    result["first_batch"] = first_batch(home)
     if not args.no_anchors:
-        for a in anchors(args.anchors.split(",")):
-            result[a["anchor"]] = a
-    g = result["granary"]["samples_per_s"]
-    ratios = {f"granary_vs_{k}": g / v["samples_per_s"] for k, v in result.items()
-              if isinstance(v, dict) and k != "granary" and "samples_per_s" in v}
-    ratios["checksum_cost"] = 1 - g / result["granary_noverify"]["samples_per_s"]
-    result["ratios"] = ratios
+        result["anchors"] = anchor_rounds(store, args.anchors.split(","))
     OUT.mkdir(exist_ok=True)
     (OUT / "stream_bench.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
