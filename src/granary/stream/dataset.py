@@ -97,17 +97,40 @@ class StreamingDataset:
         self.num_threads = num_threads
         self.prefetch = prefetch
         self.position = 0
+        self._columns = columns
+        self._cache_given = cache is not None
         self._open(store, columns, cache)
         register_with_torch()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle the recipe, not the mappings: a spawned worker reopens the same pinned versions."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("sources", "stream", "_store")}
+        pinned = [f"{m.dataset}@{m.version_id}" for m in self._manifests]
+        state["mix"] = Mix(pinned, weights=list(self.mix.weights))
+        state["_settings"] = self._store.settings
+        state.pop("_manifests", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from granary.store import open_store
+
+        settings = state.pop("_settings")
+        self.__dict__.update(state)
+        if self._cache_given:
+            log.info("a pickled StreamingDataset uses the default block cache instead of the one it was given")
+        self._open(open_store(settings), self._columns, None)
 
     def _open(self, store: Store | None, columns: list[str] | None, cache: BlockCache | None) -> None:
         if store is None:
             from granary.store import open_store
 
             store = open_store()
+        self._store = store
+        self._manifests = []
         sources: list[TokenSource | RecordSource] = []
         for ref in self.mix.sources:
             manifest = store.manifest(ref)
+            self._manifests.append(manifest)
             if manifest.kind == "tokens":
                 if self.seq_len is None:
                     raise StreamError(f"{ref} is a tokens version: pass seq_len", hint="e.g. seq_len=2048")

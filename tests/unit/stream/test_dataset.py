@@ -174,3 +174,20 @@ def test_torch_output_and_int64_default(tokens_store: tuple[Store, np.ndarray]) 
     assert batch["tokens"].dtype == torch.int64 and batch["tokens"].shape == (2, SEQ)
     assert batch["tokens"][1].tolist() == flat[SEQ : 2 * SEQ].tolist()
     assert isinstance(ds, torch.utils.data.IterableDataset)
+
+
+def test_pickled_dataset_reopens_the_pinned_version(tokens_store: tuple[Store, np.ndarray]) -> None:
+    import pickle
+
+    store, _ = tokens_store
+    ds = _ds(store)
+    it = iter(ds)
+    next(it)
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone.position == ds.position == 4
+    with store.transaction("toks") as txn:  # a newer version must not leak into the clone
+        txn.write_tokens([np.arange(500, dtype=np.uint16)], dtype="uint16")
+        txn.commit(message="newer")
+    again = pickle.loads(pickle.dumps(clone))
+    assert np.array_equal(next(iter(again))["tokens"], next(it)["tokens"])
+    assert again.state_dict()["versions"] == ds.state_dict()["versions"]
