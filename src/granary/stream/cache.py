@@ -187,12 +187,14 @@ class RemoteTokenShard:
         else:
             with self.cache.store.open_object(self.entry) as f:
                 head = f.read(HEADER_SIZE)
-                f.seek(self.entry.bytes - TRAILER.size)
+                size = f.seek(0, 2)
+                f.seek(size - TRAILER.size)
                 footer_offset, magic = TRAILER.unpack(f.read(TRAILER.size))
                 if magic != MAGIC:
-                    raise CorruptBlockError(self.key, -1, expected=MAGIC.hex(), actual=magic.hex())
+                    raise StreamError(f"token shard {self.key} has a bad trailer (truncated or not a token shard)",
+                                      hint="run `granary verify REF` and restore the shard from a replica")
                 f.seek(footer_offset)
-                raw = head + f.read(self.entry.bytes - footer_offset)
+                raw = head + f.read(size - footer_offset)
             meta.parent.mkdir(parents=True, exist_ok=True)
             tmp = meta.with_name(f".footer.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
             tmp.write_bytes(raw)

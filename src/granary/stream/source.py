@@ -109,6 +109,10 @@ class TokenSource:
                                  name="granary-populate").start()
 
     def _open(self, store: Store, entry: ShardEntry) -> TokenShard:
+        if "enc" in entry.meta:  # decrypted in memory by the security layer, never cached on disk in plaintext
+            from granary.secure.tokenshard import EncryptedTokenShard
+
+            return EncryptedTokenShard.open(store, entry)
         path = store.local_path(entry)
         if path is not None and self._cache is None:
             return LocalTokenShard(path, entry.key)
@@ -195,12 +199,15 @@ class TokenSource:
 
     def _prefetch(self, samples: np.ndarray) -> None:
         assert self._cache is not None
-        wanted = []
+        from granary.stream.cache import RemoteTokenShard
+
+        wanted: list[tuple[ShardEntry, int, tuple[int, int, int]]] = []
+
         for sample in samples.tolist():
             for s, lo, hi in self.layout.pieces(sample):
                 shard = self.shards[s]
-                for b in shard.blocks_of(lo, hi):  # type: ignore[attr-defined]
-                    wanted.append((shard.entry, b, shard.span(b)))  # type: ignore[attr-defined]
+                if isinstance(shard, RemoteTokenShard):
+                    wanted.extend((shard.entry, b, shard.span(b)) for b in shard.blocks_of(lo, hi))
         self._cache.prefetch(wanted)
 
     def doc_starts(self) -> np.ndarray:
