@@ -52,12 +52,28 @@ def mb(docs: list[dict[str, str]]) -> float:
 
 def near_pr(removed_near: set[str], removed_exact: set[str], docs: list[dict[str, str]], truth: Truth,
             n: int) -> tuple[float, float]:
-    """Precision of near removals (a planted near/exact copy) and recall of planted near dups (any dedup)."""
-    copies = {docs[i]["id"] for i in truth.indices("near_dup") + truth.indices("exact_dup") if i < n}
-    near = {docs[i]["id"] for i in truth.indices("near_dup") if i < n}
-    precision = len(removed_near & copies) / max(len(removed_near), 1)
-    recall = len(near & (removed_near | removed_exact)) / max(len(near), 1)
-    return precision, recall
+    """Group-aware precision of near-dup removals and recall of planted near duplicates.
+
+    A planted group is an original plus its copies; deduplication should remove all but one member, whichever
+    it keeps (Granary keeps the first, datatrove may keep another). Precision: removals that fall in a planted
+    group, at most |group| - 1 per group, over all near-dup removals. Recall: near-dup copies resolved (the
+    group's removals, capped at |group| - 1, counted against its near copies first) over planted near copies.
+    """
+    groups: dict[int, list[int]] = {}
+    for i, o in truth.original.items():
+        if i < n and o < n:
+            groups.setdefault(o, [o]).append(i)
+    removed = removed_near | removed_exact
+    good_near = resolved = planted = 0
+    for members in groups.values():
+        ids = {docs[m]["id"] for m in members}
+        near_copies = sum(1 for m in members[1:] if truth.kind[m] == "near_dup")
+        cap = len(members) - 1
+        good_near += min(len(ids & removed_near), cap)
+        exact_copies = cap - near_copies
+        resolved += max(0, min(len(ids & removed), cap) - exact_copies) if near_copies else 0
+        planted += near_copies
+    return good_near / max(len(removed_near), 1), resolved / max(planted, 1)
 
 
 def granary_pipeline(docs: list[dict[str, str]], workers: int, tmp: Path, name: str) -> dict:
@@ -82,18 +98,16 @@ def granary_pipeline(docs: list[dict[str, str]], workers: int, tmp: Path, name: 
 
 
 def signature_speed(docs: list[dict[str, str]]) -> dict[str, float]:
-    from granary.curate.dedup.minhash import SCHEMES, band_hashes, word_shingles
-    from granary.curate.textview import TextView
+    from granary.curate.dedup.minhash import band_hashes, signatures
 
     out = {}
     for scheme, n in (("oph", len(docs)), ("permutation", len(docs) // 20)):
         sub = docs[:n]
         arrays = [pa.array([d["text"] for d in sub[i : i + 8192]]) for i in range(0, n, 8192)]
-        SCHEMES[scheme](word_shingles(TextView(arrays[0]), 5), 128, 1)  # warm-up: page faults, hash powers
+        signatures(arrays[0], scheme=scheme)  # warm-up: hash powers, allocator
         t0 = time.perf_counter()
-        for arr in arrays:
-            sig = SCHEMES[scheme](word_shingles(TextView(arr), 5), 128, 1)
-            band_hashes(sig, 32, 4)
+        for arr in arrays:  # the batches the pipeline hands to minhash_dedup's collect
+            band_hashes(signatures(arr, scheme=scheme), 32, 4)
         out[scheme] = mb(sub) / (time.perf_counter() - t0)
     return out
 

@@ -90,9 +90,11 @@ class _TaskRun:
         out_tmp = self.rd.out(k, unit).with_suffix(".tmp")
         rows_in = rows_out = 0
         try:
-            for table in self._input():
+            for table in _by_bytes(self._input(), t.spec.batch_bytes, t.spec.text_column):
+                if self._full_decision is not None:  # rows of the previous segment's output, in order
+                    self._decision = _slice_decision(self._full_decision, rows_in, table.num_rows)
                 rows_in += table.num_rows
-                batch = self._process(table)
+                batch = self._process(table, rows_in - table.num_rows)
                 rejected.append(batch.rejected())
                 batch.compact()
                 rows_out += batch.num_rows
@@ -120,7 +122,7 @@ class _TaskRun:
                 empty = pa.table({"id": pa.array([], pa.string()), t.spec.text_column: pa.array([], pa.string())})
                 collected.append(self.boundary.collect(DocBatch(empty, text_column=t.spec.text_column)))
             _save_npz(self.rd.collect(k, unit), collected)
-        rej = _concat(rejected) if rejected else empty_rejected()
+        rej = _ordered(_concat(rejected), self._step_order()) if rejected else empty_rejected()
         if rej.num_rows:
             pq.write_table(rej, self.rd.rejected(k, unit))
         reasons = _reason_counts(rej)
@@ -153,19 +155,15 @@ class _TaskRun:
         src = self.rd.out(t.segment - 1, t.unit.index)
         if not src.exists():
             return
-        decision = dict(np.load(self.rd.decision(t.segment - 1, t.unit.index)))
-        offset = 0
+        self._full_decision = dict(np.load(self.rd.decision(t.segment - 1, t.unit.index)))
         for rb in pq.ParquetFile(src).iter_batches(batch_size=t.spec.batch_rows):
-            table = pa.Table.from_batches([rb])
-            n = table.num_rows
-            self._decision = _slice_decision(decision, offset, n)
-            offset += n
-            yield table
+            yield pa.Table.from_batches([rb])
 
     _decision: dict[str, np.ndarray] = {}
+    _full_decision: dict[str, np.ndarray] | None = None
 
-    def _process(self, table: pa.Table) -> DocBatch:
-        batch = DocBatch(table, text_column=self.task.spec.text_column)
+    def _process(self, table: pa.Table, row_offset: int) -> DocBatch:
+        batch = DocBatch(table, text_column=self.task.spec.text_column, row_offset=row_offset)
         if self.prev is not None:
             prev = self.prev
             self._run(prev, batch, lambda: prev.apply(batch, self._decision))
@@ -182,6 +180,9 @@ class _TaskRun:
             for key, v in take().items():
                 stats.counters[key] = stats.counters.get(key, 0) + v
 
+    def _step_order(self) -> dict[str, int]:
+        return {c.display: i for i, c in enumerate(self.task.spec.steps)}
+
     def _collect(self, batch: DocBatch) -> dict[str, np.ndarray]:
         assert self.boundary is not None
         self.current = self.boundary.name
@@ -190,6 +191,33 @@ class _TaskRun:
         out = self.boundary.collect(batch)
         stats.seconds += time.perf_counter() - t0
         return out
+
+
+def _ordered(rej: pa.Table, order: dict[str, int]) -> pa.Table:
+    """Rejected rows by step (pipeline order), then input position: independent of batch boundaries."""
+    if rej.num_rows == 0:
+        return rej.drop_columns(["_pos"]) if "_pos" in rej.column_names else rej
+    rank = pa.array([order.get(s, len(order)) for s in rej.column("step").to_pylist()], pa.int32())
+    keyed = rej.append_column("_rank", rank)
+    idx = pc.sort_indices(keyed, sort_keys=[("_rank", "ascending"), ("_pos", "ascending")])
+    return rej.take(idx).drop_columns(["_pos"])
+
+
+def _by_bytes(tables: Iterator[pa.Table], limit: int, text_column: str) -> Iterator[pa.Table]:
+    """Cut tables into slices of about `limit` bytes of text (at least one row each)."""
+    for table in tables:
+        if table.num_rows <= 1 or table.nbytes <= limit:
+            yield table
+            continue
+        sizes = pc.binary_length(table.column(text_column)).to_numpy(zero_copy_only=False)
+        ends = np.cumsum(np.nan_to_num(sizes.astype(np.float64)))
+        cuts = np.searchsorted(ends, np.arange(limit, ends[-1], limit), side="right")
+        start = 0
+        for cut in [*np.unique(cuts).tolist(), table.num_rows]:
+            cut = max(cut, start + 1)
+            if cut > start and start < table.num_rows:
+                yield table.slice(start, min(cut, table.num_rows) - start)
+                start = min(cut, table.num_rows)
 
 
 def _append(writer: pq.ParquetWriter | None, path: Path, table: pa.Table) -> pq.ParquetWriter:

@@ -58,6 +58,10 @@ def string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     bufs = arr.buffers()
     offsets = np.frombuffer(bufs[1], dtype=off_type)[arr.offset : arr.offset + len(arr) + 1].astype(np.int64)
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    if len(offsets) and (offsets[0] != 0 or offsets[-1] != len(data)):
+        # a slice (or a buffer with slack): keep exactly this array's bytes, offsets from 0
+        data = data[offsets[0] : offsets[-1]]
+        offsets = offsets - offsets[0]
     if arr.null_count:
         valid = np.asarray(arr.is_valid())
         ends = offsets[1:].copy()

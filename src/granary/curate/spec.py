@@ -36,7 +36,8 @@ class PipelineSpec:
         name: a short name recorded in lineage.
         steps: the step configs, in order.
         reader: where documents come from when the caller gives no input.
-        batch_rows: documents per batch inside a task.
+        batch_rows: at most this many documents per batch inside a task.
+        batch_bytes: at most about this many bytes of text per batch (cache-sized batches run faster).
         text_column: the column holding the text.
     """
 
@@ -44,6 +45,7 @@ class PipelineSpec:
     steps: tuple[StepConfig, ...] = ()
     reader: ReaderConfig | None = None
     batch_rows: int = 8192
+    batch_bytes: int = 1 << 20
     text_column: str = "text"
     description: str = ""
 
@@ -52,6 +54,8 @@ class PipelineSpec:
             raise PipelineSpecError(self.name, "a pipeline needs at least one step")
         if self.batch_rows < 1:
             raise PipelineSpecError(f"{self.name}.batch_rows", "must be >= 1")
+        if self.batch_bytes < 1024:
+            raise PipelineSpecError(f"{self.name}.batch_bytes", "must be >= 1024")
         labels = [s.display for s in self.steps]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
@@ -63,7 +67,7 @@ class PipelineSpec:
         """Build from a mapping shaped like the YAML file."""
         if not isinstance(data, dict):
             raise PipelineSpecError(where, f"expected a mapping, got {type(data).__name__}")
-        unknown = set(data) - {"name", "steps", "reader", "batch_rows", "text_column", "description"}
+        unknown = set(data) - {"name", "steps", "reader", "batch_rows", "batch_bytes", "text_column", "description"}
         if unknown:
             raise PipelineSpecError(where, f"unknown keys {sorted(unknown)}")
         raw_steps = data.get("steps") or []
@@ -74,7 +78,8 @@ class PipelineSpec:
         if data.get("reader") is not None:
             reader = _build(ReaderConfig, dict(data["reader"]), f"{where}.reader")
         return cls(name=str(data.get("name", "pipeline")), steps=steps, reader=reader,
-                   batch_rows=int(data.get("batch_rows", 8192)), text_column=str(data.get("text_column", "text")),
+                   batch_rows=int(data.get("batch_rows", 8192)), batch_bytes=int(data.get("batch_bytes", 1 << 20)),
+                   text_column=str(data.get("text_column", "text")),
                    description=str(data.get("description", "")))
 
     @classmethod
@@ -91,7 +96,8 @@ class PipelineSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """A YAML/JSON-ready mapping (what lineage records)."""
-        out: dict[str, Any] = {"name": self.name, "batch_rows": self.batch_rows, "text_column": self.text_column,
+        out: dict[str, Any] = {"name": self.name, "batch_rows": self.batch_rows, "batch_bytes": self.batch_bytes,
+                               "text_column": self.text_column,
                                "steps": [_plain(s.to_dict()) for s in self.steps]}
         if self.description:
             out["description"] = self.description

@@ -24,11 +24,12 @@ class DocBatch:
     compacted only when a step rewrites the text, so consecutive filters share one TextView split.
     """
 
-    def __init__(self, table: pa.Table, *, text_column: str = "text") -> None:
+    def __init__(self, table: pa.Table, *, text_column: str = "text", row_offset: int = 0) -> None:
         if text_column not in table.column_names:
             raise ValueError(f"batch has no {text_column!r} column (columns: {table.column_names})")
         self.table = table
         self.text_column = text_column
+        self.row_offset = row_offset  # position of row 0 in the task's input (orders rejected rows)
         self.alive = np.ones(table.num_rows, dtype=bool)
         self._view: TextView | None = None
         self._rejected: list[pa.Table] = []
@@ -69,6 +70,7 @@ class DocBatch:
                     "text": rows.column(self.text_column),
                     "step": pa.array([step] * len(idx), pa.string()),
                     "reason": pa.array([r[:REJECT_REASON_MAX] for r in reasons], pa.string()),
+                    "_pos": pa.array(idx + self.row_offset, pa.int64()),
                 }
             )
         )
@@ -112,9 +114,9 @@ class DocBatch:
         self.set_column(self.text_column, values.cast(pa.string()))
 
     def rejected(self) -> pa.Table:
-        """All rejected rows so far (id, text, step, reason)."""
+        """All rejected rows so far (id, text, step, reason, and `_pos`: the row's input position)."""
         if not self._rejected:
-            return empty_rejected()
+            return empty_rejected().append_column("_pos", pa.array([], pa.int64()))
         return pa.concat_tables(self._rejected)
 
 

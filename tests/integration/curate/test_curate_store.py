@@ -45,10 +45,12 @@ def test_curate_commits_version_with_rejected_and_lineage(store, web) -> None:  
     assert result.rows_out == out.num_rows
 
 
-def test_process_pool_matches_inline(store, web) -> None:  # type: ignore[no-untyped-def]
+def test_process_pool_and_small_batches_match_inline(store, web) -> None:  # type: ignore[no-untyped-def]
     spec = PipelineSpec.from_dict(SPEC)
     curate(store, "web@main", spec, "a", executor="inline", report=False)
-    curate(store, "web@main", spec, "b", executor="local", num_workers=2, report=False)
+    # two worker processes, and batches of ~4 KiB (decisions of global steps applied across many batches)
+    small = PipelineSpec.from_dict(dict(SPEC, batch_bytes=4096))
+    curate(store, "web@main", small, "b", executor="local", num_workers=2, report=False)
     a, b = store.read_table("a@main"), store.read_table("b@main")
     assert a.equals(b)
     assert store.read_side_table("a@main", "rejected").equals(store.read_side_table("b@main", "rejected"))

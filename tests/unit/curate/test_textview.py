@@ -63,3 +63,11 @@ def test_hashes_do_not_depend_on_chunking() -> None:
     # the same span content at a different offset must hash the same
     shifted = span_hashes(np.concatenate([np.zeros(3, np.uint8), data]), starts + 3, starts + 8)
     assert np.array_equal(a, b) and np.array_equal(a, shifted)
+
+
+def test_sliced_arrays_see_only_their_rows() -> None:
+    arr = pa.array(["one two", "three four five", "six", "seven eight"])
+    part = arr.slice(1, 2)
+    view = TextView(part)
+    assert _spans(view, view.words) == [["three", "four", "five"], ["six"]]
+    assert view.doc_bytes.tolist() == [15, 3]

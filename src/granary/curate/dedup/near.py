@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from granary.curate.dedup.common import ids_array, ids_of, write_decisions
-from granary.curate.dedup.minhash import EMPTY, SCHEMES, band_hashes, char_shingles, word_shingles
+from granary.curate.dedup.minhash import EMPTY, SCHEMES, band_hashes, signatures
 from granary.curate.dedup.unionfind import UnionFind
 from granary.curate.errors import PipelineSpecError
 from granary.curate.step import DocBatch, GlobalStep, StepConfig, register_step
@@ -32,9 +32,9 @@ class MinHashDeduplicator(GlobalStep):
 
     def collect(self, batch: DocBatch) -> dict[str, np.ndarray]:
         c = self.config
-        view = batch.view
-        sh = word_shingles(view, c.ngram) if c.shingle == "word" else char_shingles(view, c.ngram)
-        sig = SCHEMES[c.scheme](sh, c.num_perm, c.seed)
+        text = batch.table.column(batch.text_column).combine_chunks()
+        sig = signatures(text, shingle=c.shingle, ngram=c.ngram, scheme=c.scheme, num_perm=c.num_perm,
+                         seed=c.seed)
         has = (sig != EMPTY).any(axis=1)
         bands = band_hashes(sig, c.bands, c.rows)
         ids = batch.table.column("id").to_pylist() if "id" in batch.table.column_names else [None] * len(sig)
