@@ -19,6 +19,7 @@ from granary.curate.step import STEPS, StepConfig
 def _load_steps() -> None:
     """Import every step module so the registry is complete."""
     import granary.curate.balance
+    import granary.curate.cleaners.repeated
     import granary.curate.cleaners.text
     import granary.curate.dedup.exact
     import granary.curate.dedup.near

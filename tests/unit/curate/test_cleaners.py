@@ -50,3 +50,27 @@ def test_length_filter_drops_emptied_documents() -> None:
     T.WhitespaceConfig().build().process(batch)
     T.LengthConfig(min_chars=1).build().process(batch)
     assert batch.rejected().column("reason").to_pylist() == ["too_short"]
+
+
+def test_repeated_lines_are_found_across_shards_and_removed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from granary.curate.cleaners.repeated import RepeatedLinesConfig
+
+    footer = "Copyright Example Corp. Terms apply."
+    texts = [f"Story number {i} is about the sea.\n\n{footer}\n  short  " for i in range(30)] + ["Unique text only."]
+    tables = [pa.table({"id": [str(i) for i in range(k, k + 10)], "text": texts[k : k + 10]}) for k in (0, 10, 20)]
+    tables.append(pa.table({"id": ["30"], "text": texts[30:]}))
+    step = RepeatedLinesConfig(min_docs=5, min_fraction=0.1, memory_limit_bytes=64).build()
+    batches = [DocBatch(t) for t in tables]
+    paths = []
+    for i, b in enumerate(batches):
+        np.savez(tmp_path / f"{i}.npz", **step.collect(b))  # type: ignore[attr-defined]
+        paths.append(tmp_path / f"{i}.npz")
+    for b, d in zip(batches, step.decide(paths, tmp_path), strict=True):  # type: ignore[attr-defined]
+        step.apply(b, dict(np.load(d)))  # type: ignore[attr-defined]
+    out = [t for b in batches for t in b.table.column("text").to_pylist()]
+    assert out[0] == "Story number 0 is about the sea.\n\n  short  "
+    assert out[30] == "Unique text only."
+    assert step.summary(tmp_path)["boilerplate_lines"] == 1  # type: ignore[attr-defined]
+    assert step.take_counters() == {"lines_removed": 30}  # type: ignore[attr-defined]

@@ -66,4 +66,4 @@ def test_registry_lists_every_step() -> None:
     assert set(all_steps()) == {
         "normalize_unicode", "remove_control_chars", "normalize_whitespace", "strip_html", "strip_markdown",
         "boilerplate_patterns", "length", "gopher_quality", "gopher_repetition", "c4_quality", "fineweb_quality",
-        "language", "exact_dedup", "minhash_dedup", "pii", "balance"}
+        "language", "exact_dedup", "minhash_dedup", "pii", "balance", "repeated_lines"}
