@@ -22,11 +22,11 @@ def _e(x: Any) -> str:
     return html.escape(str(x))
 
 
-def bar_chart(items: list[tuple[str, float]], *, title: str, width: int = 640, color: str = "#4c78a8") -> str:
+def bar_chart(items: list[tuple[str, float]], *, title: str, width: int = 760, color: str = "#4c78a8") -> str:
     """A horizontal bar chart as inline SVG."""
     if not items:
         return "<p><i>none</i></p>"
-    row, label_w = 20, 200
+    row, label_w = 20, 290
     top = max(v for _, v in items) or 1.0
     h = row * len(items) + 30
     parts = [f'<svg role="img" aria-label="{_e(title)}" width="{width}" height="{h}" '
@@ -34,7 +34,7 @@ def bar_chart(items: list[tuple[str, float]], *, title: str, width: int = 640, c
     for i, (label, v) in enumerate(items):
         y = 10 + i * row
         w = (width - label_w - 80) * (v / top)
-        parts.append(f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end">{_e(label[:32])}</text>'
+        parts.append(f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end">{_e(label[:46])}</text>'
                      f'<rect x="{label_w}" y="{y + 2}" width="{w:.1f}" height="{row - 6}" fill="{color}"/>'
                      f'<text x="{label_w + w + 4:.1f}" y="{y + 13}">{v:,.0f}</text>')
     parts.append("</svg>")

@@ -203,6 +203,9 @@ def outliers(docs: pa.Table, chars: np.ndarray, words: np.ndarray) -> list[dict[
 def pipeline_summary(lineage: dict[str, Any]) -> list[dict[str, Any]]:
     """Per step of the pipeline that produced the version: documents and bytes in/out, seconds."""
     steps = lineage.get("steps") or {}
+    spec_steps = (lineage.get("pipeline") or {}).get("steps") or []
+    order = [s.get("label") or s.get("step") for s in spec_steps if isinstance(s, dict)]
+    names = [n for n in order if n in steps] + [n for n in steps if n not in order]  # pipeline order
     return [{"step": name, "docs_in": s.get("docs_in", 0), "docs_out": s.get("docs_out", 0),
              "bytes_in": s.get("bytes_in", 0), "bytes_out": s.get("bytes_out", 0),
-             "seconds": round(float(s.get("seconds", 0.0)), 3)} for name, s in steps.items()]
+             "seconds": round(float(s.get("seconds", 0.0)), 3)} for name in names for s in [steps[name]]]
