@@ -22,6 +22,7 @@ import xxhash
 from granary.errors import StreamError
 from granary.store.formats.tokens.layout import BLOCK_ENTRY, DTYPES, FOOTER_HEAD, HEADER, HEADER_SIZE, MAGIC, TRAILER
 from granary.stream.errors import CorruptBlockError
+from granary.stream.verify import reset_after_fork
 
 if TYPE_CHECKING:
     from granary.store import ShardEntry, Store
@@ -58,6 +59,14 @@ class BlockCache:
         self._hot: OrderedDict[Path, np.ndarray] = OrderedDict()
         self._hot_blocks = hot_blocks
         self.stats = {"hits": 0, "fills": 0, "evictions": 0, "fill_bytes": 0}
+        self._prefetch_threads = prefetch_threads
+        reset_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """A forked child has none of the parent's prefetch threads: new pool, no pending fills, fresh lock."""
+        self._pool = ThreadPoolExecutor(max_workers=self._prefetch_threads, thread_name_prefix="granary-prefetch")
+        self._pending = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def default(cls, store: Store) -> BlockCache:

@@ -7,9 +7,12 @@ import collections
 import ctypes
 import logging
 import mmap
+import os
 import sys
 import threading
+import weakref
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import xxhash
@@ -31,6 +34,22 @@ def populate(array: np.ndarray) -> None:
     page = mmap.PAGESIZE
     start = array.ctypes.data // page * page
     libc.madvise(start, array.ctypes.data + array.nbytes - start, _MADV_POPULATE_READ)
+
+
+class _ForkSafe(Protocol):
+    def _after_fork(self) -> None: ...
+
+
+def reset_after_fork(obj: _ForkSafe) -> None:
+    """Call ``obj._after_fork()`` in every forked child while ``obj`` is alive (threads do not survive a fork)."""
+    ref = weakref.ref(obj)
+
+    def hook() -> None:
+        alive = ref()
+        if alive is not None:
+            alive._after_fork()
+
+    os.register_at_fork(after_in_child=hook)
 
 
 class BlockVerifier:
@@ -59,6 +78,15 @@ class BlockVerifier:
         self._errors: dict[int, CorruptBlockError] = {}
         self._queue: collections.deque[int] = collections.deque()
         self._thread: threading.Thread | None = None
+        reset_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child (DataLoader worker) the background thread does not exist and its lock may be held:
+        start afresh, keeping only the verdicts already reached."""
+        self._cond = threading.Condition()
+        self._queue = collections.deque()
+        self._thread = None
+        self.state[self.state == _BUSY] = _TODO
 
     def ensure(self, blocks: np.ndarray) -> None:
         """Verify (or wait for) the given global block ids; raise CorruptBlockError for a bad one."""

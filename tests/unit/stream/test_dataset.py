@@ -191,3 +191,14 @@ def test_pickled_dataset_reopens_the_pinned_version(tokens_store: tuple[Store, n
     again = pickle.loads(pickle.dumps(clone))
     assert np.array_equal(next(iter(again))["tokens"], next(it)["tokens"])
     assert again.state_dict()["versions"] == ds.state_dict()["versions"]
+
+
+def test_dataloader_workers_after_an_in_process_pass(tokens_store: tuple[Store, np.ndarray]) -> None:
+    """Forked workers must not inherit a half-finished background verifier (its lock, its thread)."""
+    store, _ = tokens_store
+    ds = _ds(store, batch=8)
+    first = [b["tokens"] for b in ds]  # starts the verifier thread in this process
+    ds.set_epoch(0)
+    loader = StreamingLoader(ds, num_workers=2)
+    again = [b["tokens"] for b in loader]
+    assert len(first) == len(again) and all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
