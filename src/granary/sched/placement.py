@@ -118,7 +118,12 @@ def topology(cluster: Cluster, spec: JobSpec) -> list[int] | None:
     if cluster.gpu_only(spec) and not cluster.fits(spec):
         return None
     room: dict[str, list[tuple[int, Node]]] = defaultdict(list)
-    for node in cluster.up_nodes():
+    if cluster.gpu_only(spec):  # only nodes with enough free GPUs can matter
+        candidates = [cluster.nodes[i] for f in range(spec.gpus_per_replica, len(cluster.by_free))
+                      for i in cluster.by_free[f]]
+    else:
+        candidates = list(cluster.up_nodes())
+    for node in candidates:
         n = cluster.replicas_on(node, spec)
         if n:
             room[node.spec.labels.get("rack", "")].append((n, node))

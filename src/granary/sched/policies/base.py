@@ -67,6 +67,7 @@ class Policy:
     def schedule(self, state: SchedulerState, now: float) -> list[Decision]:
         """Start jobs that fit in policy order; then, if preemptive, make room for the head."""
         out: list[Decision] = []
+        self._pass = object()  # identifies this pass (policies may cache per pass)
         budget = self.max_preemptions_per_pass
         while True:
             self._start_fitting(state, now, out)
@@ -79,21 +80,19 @@ class Policy:
 
     def _start_fitting(self, state: SchedulerState, now: float, out: list[Decision]) -> None:
         queue, cluster = state.queue, state.cluster
-        dead: set[Hashable] = set()
-        while queue:
-            if cluster.free_gpus == 0 and not state.zero_gpu_pending():
-                return
-            heads = [(g, j) for g, j in queue.heads() if g not in dead]
-            if not heads:
-                return
-            head = min(heads, key=lambda gj: gj[1].key)[1]
-            fits: dict[Hashable, bool] = {}
+        if not queue or (cluster.free_gpus == 0 and not state.zero_gpu_pending()):
+            return
+        heads = dict(queue.heads())
+        fits: dict[Hashable, bool] = {}
+        while heads:
+            head = min(heads.values(), key=lambda j: j.key)
             fitting = []
-            for _, job in heads:
+            for job in heads.values():
                 shape = job.spec.shape
-                if shape not in fits:
-                    fits[shape] = cluster.fits(job.spec)
-                if fits[shape] and self.admissible(state, job):
+                ok = fits.get(shape)
+                if ok is None:
+                    ok = fits[shape] = cluster.fits(job.spec)
+                if ok and self.admissible(state, job):
                     fitting.append(job)
             if not fitting:
                 return
@@ -104,11 +103,18 @@ class Policy:
                 if self.reserve:
                     self._backfill_reserved(state, now, out, head)
                     return
+            group = self.group_of(job)
             decision = state.start(job, now)
             if decision is None:
-                dead.add(self.group_of(job))
+                del heads[group]  # fits() said yes but placement found no nodes (labels, CPUs): skip the group
                 continue
             out.append(decision)
+            fits = {k: v for k, v in fits.items() if not v}  # resources shrank: re-check what fitted
+            nxt = queue.head(group) if group in queue.groups else None
+            if nxt is None:
+                del heads[group]
+            else:
+                heads[group] = nxt
 
     def _shadow(self, state: SchedulerState, head: Job, now: float) -> tuple[float, int]:
         """EASY: when enough GPUs free up for the head (by running jobs' estimates), and the spare GPUs then."""

@@ -46,6 +46,7 @@ class FairSharePolicy(Policy):
         self.preemptive = reclaim
         self.tenants: set[str] = set(self.quotas)
         self._weight_sum = 0.0
+        self._quota_sum = 0.0
 
     def group_of(self, job: Job) -> Hashable:
         return (job.spec.tenant, job.spec.shape)
@@ -63,7 +64,8 @@ class FairSharePolicy(Policy):
             return self.quotas[tenant]
         if not self._weight_sum:
             self._weight_sum = sum(self.weights.get(t, 1.0) for t in self.tenants if t not in self.quotas)
-        spare = max(0.0, state.cluster.total_gpus - sum(self.quotas.values()))
+            self._quota_sum = sum(self.quotas.values())
+        spare = max(0.0, state.cluster.total_gpus - self._quota_sum)
         return spare * self.weights.get(tenant, 1.0) / max(self._weight_sum, 1e-9)
 
     def admissible(self, state: SchedulerState, job: Job) -> bool:
@@ -87,13 +89,27 @@ class FairSharePolicy(Policy):
             return None
         head = self.pick(state, entitled)
         usage = Counter(state.usage)
-        borrowers = {t for t in usage if usage[t] > self.guaranteed(state, t) and t != head.spec.tenant}
-        pool = sorted((j for j in state.active.values() if j.spec.tenant in borrowers),
-                      key=lambda j: (-(j.started_at or j.submit_time), j.id))
-        victims = []
+        quota = {t: self.guaranteed(state, t) for t in usage}
+        borrowers = {t for t in usage if usage[t] > quota[t] and t != head.spec.tenant}
+        borrowed = sum(usage[t] - quota[t] for t in borrowers)
+        if borrowed + state.cluster.free_gpus < head.gpus:
+            return None
+        # newest first; per-tenant orders are built once per pass, and a bounded number is looked at
+        if self.__dict__.get("_pool_pass") is not self._pass:
+            self._pool: dict[str, list[Job]] = {}
+            for job in sorted(state.active.values(), key=lambda j: (j.started_at or j.submit_time, j.id),
+                              reverse=True):
+                self._pool.setdefault(job.spec.tenant, []).append(job)
+            self._pool_pass = self._pass
+        limit, victims = 4 * head.gpus + 32, []
+        pool: list[Job] = []
+        for t in borrowers:
+            live = [j for j in self._pool.get(t, ())[: 4 * limit] if j.id in state.active]
+            pool.extend(live[:limit])
+        pool.sort(key=lambda j: (j.started_at or j.submit_time, j.id), reverse=True)
         for job in pool:
             t = job.spec.tenant
-            if usage[t] <= self.guaranteed(state, t) or not self.may_preempt(state, head, job, now):
+            if usage[t] <= quota[t] or not self.may_preempt(state, head, job, now):
                 continue  # only borrowed GPUs are reclaimed
             victims.append(job)
             usage[t] -= job.gpus
