@@ -119,7 +119,10 @@ def test_killed_appender_leaves_a_valid_chain(tmp_path: Path) -> None:
     open_catalog(url).dispose()
     proc = subprocess.Popen([sys.executable, "-c", KILLED, url], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    time.sleep(0.5)
+    watcher = AuditLog(open_catalog(url))
+    deadline = time.monotonic() + 60
+    while watcher.head()[0] < 200 and time.monotonic() < deadline:  # kill it mid-stream, however slow it is
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     log = AuditLog(open_catalog(url))
