@@ -25,8 +25,8 @@ from granary.catalog import Catalog
 from granary.sched import tables as t
 from granary.sched.errors import SchedError
 from granary.sched.executors import Executor, get_executor
-from granary.sched.journal import job_from_row, job_values, node_spec
-from granary.sched.model import ACTIVE, TERMINAL, Decision, JobSpec, PreemptDecision, StartDecision
+from granary.sched.journal import job_from_row, job_values, node_spec, register_node
+from granary.sched.model import ACTIVE, TERMINAL, Decision, JobSpec, NodeSpec, PreemptDecision, StartDecision
 from granary.sched.state import SchedulerConfig, SchedulerState
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,15 @@ class ControllerConfig:
         scheduler: the state machine's knobs (policy, placement, heartbeat timeout, backoff).
         tick_s: seconds between ticks.
         executor_options: options per remote executor name (``slurm``, ``ray``, ``k8s``).
+        remote_nodes: capacity that a remote executor provides, as nodes labelled ``executor=<name>``
+            (e.g. ``NodeSpec(name="slurm", cpus=64, gpus=16, labels={"executor": "slurm"})``); the
+            controller heartbeats them itself.
     """
 
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     tick_s: float = 0.5
     executor_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    remote_nodes: tuple[NodeSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if self.tick_s <= 0:
@@ -112,6 +116,8 @@ class Controller:
         decisions: list[Decision] = []
         failed_submits: list[tuple[str, str]] = []
         with self.catalog.write() as conn:
+            for spec in self.config.remote_nodes:  # the controller is the agent of remote capacity
+                register_node(conn, spec, now)
             self._read_nodes(conn, now)
             failed_submits = self._read_new_jobs(conn)
             decisions += self._read_cancels(conn, now)
