@@ -3,11 +3,13 @@
 :class:`EncryptedTokenShard` offers what the loader's token source needs from a shard (``key``,
 ``num_tokens``, ``block_tokens``, ``doc_offsets``, ``read(start, stop)``). Token block ``b`` is chunk
 ``b + 1`` of the encrypted object, so a read decrypts exactly the blocks it spans; decrypted blocks are
-kept in a cache (bounded in bytes, first in first out) so shuffled samples from the same blocks cost one decryption.
+kept in a cache (bounded in bytes, first in first out) so shuffled samples from the same blocks cost one
+decryption; the memory of evicted blocks and closed shards is reused for the next blocks.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import IO, TYPE_CHECKING
 
@@ -20,6 +22,55 @@ if TYPE_CHECKING:
     from granary.store import ShardEntry, Store
 
 DEFAULT_CACHE_BYTES = 256 << 20
+POOL_BYTES = 256 << 20
+
+
+class _BufferPool:
+    """Block buffers of evicted blocks and closed shards, reused for the next blocks decrypted: fresh memory
+    costs a page fault per 4 KiB, which on a cold epoch weighs more than the decryption itself."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self._free: dict[int, list[np.ndarray]] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> np.ndarray:
+        with self._lock:
+            free = self._free.get(nbytes)
+            if free:
+                self._bytes -= nbytes
+                return free.pop()
+        return np.empty(nbytes, dtype=np.uint8)
+
+    def give(self, buf: np.ndarray) -> None:
+        with self._lock:
+            if self._bytes + buf.nbytes <= self.limit_bytes:
+                self._free.setdefault(buf.nbytes, []).append(buf)
+                self._bytes += buf.nbytes
+
+    def clear(self) -> None:
+        """Return the pooled memory to the allocator."""
+        with self._lock:
+            self._free.clear()
+            self._bytes = 0
+
+
+POOL = _BufferPool(POOL_BYTES)
+
+
+def _recycle(tokens: np.ndarray) -> int:
+    """Give a dropped block's buffer to the pool unless something still refers to it; returns its size.
+
+    Callers pass the block without keeping a reference (``_recycle(cache.pop(key))``).
+    """
+    nbytes = tokens.nbytes
+    buf = tokens.base
+    del tokens
+    # references now: `buf` here and getrefcount's argument; a live view or holder of the block adds one
+    if isinstance(buf, np.ndarray) and sys.getrefcount(buf) == 2:
+        POOL.give(buf)
+    return nbytes
 
 
 class EncryptedTokenShard:
@@ -69,41 +120,49 @@ class EncryptedTokenShard:
             raise IntegrityError(f"token shard {self.key} ended early at byte {offset + len(data)}", key=self.key)
         return data
 
-    def block(self, b: int) -> np.ndarray:
-        """Tokens of block ``b`` (decrypted and authenticated once, then cached)."""
-        hit = self._cache.get(b)  # lock-free hit path: dict reads are atomic; eviction is first-in first-out
+    def _block(self, b: int) -> np.ndarray:
+        """Tokens of block ``b``, decrypted and authenticated once, then cached (call with the lock held)."""
+        hit = self._cache.get(b)
         if hit is not None:
             return hit
-        with self._lock:
-            hit = self._cache.get(b)
-            if hit is not None:
-                return hit
-            lo = b * self.block_tokens
-            tokens = np.empty(min(self.block_tokens, self.num_tokens - lo), dtype=self.dtype)
-            self._raw.seek(HEADER_SIZE + lo * self.dtype.itemsize)
-            got = self._raw.readinto(tokens.view(np.uint8).data)  # type: ignore[attr-defined]
-            if got != tokens.nbytes:
-                raise IntegrityError(f"token shard {self.key}: block {b} is short", key=self.key)
-            self._cache[b] = tokens
-            self._cached_bytes += tokens.nbytes
-            while self._cached_bytes > self._cache_bytes and len(self._cache) > 1:
-                self._cached_bytes -= self._cache.pop(next(iter(self._cache))).nbytes
-            return tokens
+        lo = b * self.block_tokens
+        n = min(self.block_tokens, self.num_tokens - lo)
+        buf = POOL.take(n * self.dtype.itemsize)
+        self._raw.seek(HEADER_SIZE + lo * self.dtype.itemsize)
+        got = self._raw.readinto(buf.data)  # type: ignore[attr-defined]
+        if got != buf.nbytes:
+            raise IntegrityError(f"token shard {self.key}: block {b} is short", key=self.key)
+        tokens = buf.view(self.dtype)
+        self._cache[b] = tokens
+        self._cached_bytes += buf.nbytes
+        while self._cached_bytes > self._cache_bytes and len(self._cache) > 1:
+            self._cached_bytes -= _recycle(self._cache.pop(next(iter(self._cache))))  # first in, first out
+        return tokens
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Tokens ``[start, stop)``; blocks are authenticated by AES-GCM as they are decrypted."""
+        """Tokens ``[start, stop)`` (a read-only view when they lie in one block); blocks are authenticated by
+        AES-GCM as they are decrypted. Returned arrays stay valid: a block's memory is only reused once
+        nothing refers to it any more."""
         if not 0 <= start <= stop <= self.num_tokens:
             raise IndexError(f"token range [{start}, {stop}) outside shard {self.key} of {self.num_tokens} tokens")
         bt = self.block_tokens
         first = start // bt
         base = first * bt
         if stop <= base + bt:
-            return self.block(first)[start - base:stop - base]
-        parts = [self.block(b) for b in range(first, (stop - 1) // bt + 1)]
+            hit = self._cache.get(first)  # lock-free hit path: dict reads are atomic
+            if hit is None:
+                with self._lock:
+                    hit = self._block(first)
+            return hit[start - base:stop - base]
+        with self._lock:
+            parts = [self._block(b) for b in range(first, (stop - 1) // bt + 1)]
         return np.concatenate(parts)[start - base:stop - base]
 
     def close(self) -> None:
-        """Close the underlying file and drop the cached blocks (arrays already returned stay valid)."""
-        self._raw.close()
-        self._cache = {}
-        self._cached_bytes = 0
+        """Close the underlying file; unreferenced cached blocks go to the pool for the next shard."""
+        with self._lock:
+            self._raw.close()
+            cached, self._cache = list(self._cache.values()), {}
+            self._cached_bytes = 0
+        while cached:
+            _recycle(cached.pop())

@@ -218,13 +218,18 @@ def test_encrypted_token_shard_random_access(store: Store, hooks: SecureHooks) -
     entry = store.manifest("toks").shards[0]
     flat = np.concatenate(docs)
     shard = EncryptedTokenShard.open(store, entry, cache_bytes=1)  # one block cached at a time
-    assert shard.num_tokens == len(flat) and shard.num_blocks >= 2
+    assert shard.num_tokens == len(flat) and shard.num_blocks >= 3
     assert np.array_equal(shard.doc_offsets, np.concatenate([[0], np.cumsum([len(d) for d in docs])]))
     for start in [0, shard.block_tokens - 5, len(flat) - 7, *rng.integers(0, len(flat) - 3000, 20).tolist()]:
         assert np.array_equal(shard.read(start, start + 3000 if start + 3000 <= len(flat) else len(flat)),
                               flat[start:start + 3000])
     with pytest.raises(IndexError):
         shard.read(0, len(flat) + 1)
+    kept = shard.read(5, 105)  # a view into block 0
+    shard.read(shard.block_tokens, shard.block_tokens + 10)  # evicts block 0 (one block cached)
+    shard.read(0, 10)  # reloads block 0 into other memory: the live view's buffer is never reused
+    shard.read(2 * shard.block_tokens, 2 * shard.block_tokens + 10)
+    assert np.array_equal(kept, flat[5:105])
     shard.close()
     # damage block 1 only: block 0 still reads, block 1 fails authentication
     path = _path(store, entry.key)
