@@ -101,6 +101,14 @@ class StreamingDataset:
         self._cache_given = cache is not None
         self._open(store, columns, cache)
         register_with_torch()
+        self._warm()
+
+    def _warm(self) -> None:
+        """Announce the blocks of the next steps now, so checking (or fetching) them overlaps the model setup."""
+        first = self.sources[0]
+        if len(self.sources) == 1 and isinstance(first, TokenSource):
+            steps = list(range(min(_PLAN_STEPS, self.steps_per_pass())))
+            first.plan(self.stream.locate(self._positions(self.position, steps).ravel())[1])
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the recipe, not the mappings: a spawned worker reopens the same pinned versions."""
@@ -191,10 +199,12 @@ class StreamingDataset:
         saved = StreamState.from_dict(state)
         saved.check_matches(self._state(saved.position))
         self.position = saved.position
+        self._warm()
 
     def set_epoch(self, epoch: int) -> None:
         """Jump to the start of ``epoch`` (a fresh order is drawn per epoch)."""
         self.position = epoch * self.num_samples
+        self._warm()
 
     # -- reading -------------------------------------------------------------------------------
     def _positions(self, position: int, steps: list[int]) -> np.ndarray:

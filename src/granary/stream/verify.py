@@ -99,26 +99,20 @@ class BlockVerifier:
             self.all_ok = True
 
     def announce(self, blocks: np.ndarray) -> None:
-        """Blocks the loader will touch soon, in order: the background thread verifies them ahead of use."""
+        """Blocks the loader will touch soon, in order: the background thread verifies them ahead of use, the
+        latest announcement first."""
         if self.all_ok:
             return
         todo = [g for g in dict.fromkeys(blocks.tolist()) if self.state[g] == _TODO]
         if not todo:
             return
         with self._cond:
-            self._queue.extend(todo)
+            self._queue.extendleft(reversed(todo))  # the latest announcement is the most urgent
             self._cond.notify_all()
             if self._thread is None:
-                self._thread = threading.Thread(target=self._background, daemon=True, name="granary-verify")
+                self._thread = threading.Thread(target=_background, args=(weakref.ref(self),), daemon=True,
+                                                name="granary-verify")
                 self._thread.start()
-
-    def _background(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue:
-                    self._cond.wait()
-                g = self._queue.popleft()
-            self._check(g, wait=False)
 
     def _check(self, g: int, *, wait: bool) -> None:
         with self._cond:
@@ -153,3 +147,18 @@ class BlockVerifier:
         if actual == expected:
             return None
         return CorruptBlockError(self._keys[s], block, expected=f"{expected:016x}", actual=f"{actual:016x}")
+
+
+def _background(ref: weakref.ref[BlockVerifier]) -> None:
+    """Verify announced blocks until the queue is empty or the verifier (its dataset) is gone."""
+    while True:
+        verifier = ref()
+        if verifier is None:
+            return
+        with verifier._cond:
+            if not verifier._queue:
+                verifier._thread = None
+                return
+            g = verifier._queue.popleft()
+        verifier._check(g, wait=False)
+        del verifier
