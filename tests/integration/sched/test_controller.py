@@ -84,3 +84,16 @@ def test_dag_retry_cancel_and_drain(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "granary.cli.main", "job", "nope"], env=env,
                          capture_output=True, text=True)
     assert res.returncode == 1 and "no job 'nope'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_demo_runs_its_dag_quickly(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from granary.config import Settings
+    from granary.sched import demo
+
+    console = Console(quiet=True)
+    summary = demo.run(Settings.from_env(home=tmp_path), console)
+    assert summary["succeeded"] == 3 and summary["failed"] == 0
+    assert [j["name"] for j in summary["jobs"]] == ["prepare", "train", "evaluate"]
+    assert summary["seconds"] < 15
