@@ -151,11 +151,31 @@ def bench_streaming(mib: int, repeats: int) -> dict[str, float]:
         plain_s = best_of(repeats, lambda: stream("plain"))
         enc_s = best_of(repeats, lambda: stream("enc"))
         samples = _sample_reads(store, entries, tokens.size, repeats)
+        loader = _loader_epochs(store, repeats)
         docs_plain = _docs_stream(store, hooks, "dplain", False, repeats)
         docs_enc = _docs_stream(store, hooks, "denc", True, repeats)
     gb = tokens.nbytes / 1e9
     return {"token_stream_plain_GBps": gb / plain_s, "token_stream_encrypted_GBps": gb / enc_s,
-            "doc_stream_plain_rows_per_s": docs_plain, "doc_stream_encrypted_rows_per_s": docs_enc, **samples}
+            "doc_stream_plain_rows_per_s": docs_plain, "doc_stream_encrypted_rows_per_s": docs_enc, **samples,
+            **loader}
+
+
+def _loader_epochs(store: object, repeats: int) -> dict[str, float]:
+    """One epoch of the real streaming loader (granary.stream.StreamingDataset, global shuffle, numpy
+    batches of 32 x 2048 tokens) over the plain and the encrypted copy of the same tokens."""
+    try:
+        from granary.stream import StreamingDataset
+    except ImportError:  # the stream package is not installed in this checkout
+        return {}
+    out: dict[str, float] = {}
+    for name in ("plain", "enc"):
+        def epoch(name: str = name) -> int:
+            ds = StreamingDataset(name, batch_size=32, seq_len=2048, seed=1, store=store,  # type: ignore[arg-type]
+                                  output="numpy", token_dtype="native")
+            return sum(int(b["tokens"].shape[0]) for b in ds)
+        samples = epoch()
+        out[f"loader_{name}_samples_per_s"] = samples / best_of(repeats, epoch)
+    return out
 
 
 def _sample_reads(store: object, entries: dict[str, list[object]], num_tokens: int, repeats: int
@@ -238,6 +258,10 @@ def main() -> None:
         p, e = stream[f"samples_{name}_plain_per_s"], stream[f"samples_{name}_encrypted_per_s"]
         print(f"loader-level {name} 2048-token samples (+ a sum each): plain mmap {p:,.0f}/s, encrypted {e:,.0f}/s,"
               f" ratio {e / p:.2f}")
+    if "loader_plain_samples_per_s" in stream:
+        p, e = stream["loader_plain_samples_per_s"], stream["loader_enc_samples_per_s"]
+        print(f"streaming loader epoch (StreamingDataset, shuffled, 32 x 2048 tokens): plain {p:,.0f} samples/s, "
+              f"encrypted {e:,.0f} samples/s, ratio {e / p:.2f}")
     print(f"document streaming (iter_batches, 200k docs): plain {stream['doc_stream_plain_rows_per_s']:,.0f} rows/s,"
           f" encrypted {stream['doc_stream_encrypted_rows_per_s']:,.0f} rows/s, ratio "
           f"{stream['doc_stream_encrypted_rows_per_s'] / stream['doc_stream_plain_rows_per_s']:.2f}")
