@@ -20,6 +20,7 @@ from granary.config import Settings
 from granary.errors import IntegrityError, NotFoundError, StoreError
 from granary.store import refs as R
 from granary.store.formats.tokens import TokenShardWriter
+from granary.store.formats.tokens.layout import DEFAULT_BLOCK_BYTES
 from granary.store.hooks import NullHooks, StoreHooks
 from granary.store.manifest import (
     Manifest,
@@ -340,12 +341,12 @@ class Store:
                 self.objects.remove_staging(staging.name)
 
     def write_token_shard(self, dataset: str, documents: Iterable[np.ndarray], *, dtype: str = "uint16",
-                          _staging: Path | None = None) -> ShardEntry:
-        """Write one token shard from documents (1-D arrays) and publish it."""
+                          block_bytes: int = DEFAULT_BLOCK_BYTES, _staging: Path | None = None) -> ShardEntry:
+        """Write one token shard from documents (1-D arrays) in blocks of ``block_bytes`` (1-4 MiB) and publish it."""
         staging = _staging or self.objects.staging_dir(f"shard-{uuid.uuid4().hex}")
         path = staging / f"{uuid.uuid4().hex}.tok"
         try:
-            with TokenShardWriter(path, dtype=dtype) as w:
+            with TokenShardWriter(path, dtype=dtype, block_bytes=block_bytes) as w:
                 for doc in documents:
                     w.add(doc)
                 facts = w.close()

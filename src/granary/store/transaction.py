@@ -94,7 +94,7 @@ class Transaction:
         self._add(entry)
 
     def write_tokens(self, documents: Iterable[np.ndarray], *, dtype: str = "uint16",
-                     shard_tokens: int | None = None) -> None:
+                     shard_tokens: int | None = None, block_bytes: int | None = None) -> None:
         """Add token documents (one 1-D integer array each), cut into shards of about ``shard_tokens``."""
         self._require_kind("tokens")
         limit = shard_tokens or max(1, self.store.settings.shard_size_bytes // np.dtype(dtype).itemsize)
@@ -104,10 +104,12 @@ class Transaction:
             batch.append(doc)
             count += len(doc)
             if count >= limit:
-                self.add_shards([self.store.write_token_shard(self.dataset, batch, dtype=dtype, _staging=self.staging)])
+                self.add_shards([self.store.write_token_shard(self.dataset, batch, dtype=dtype, _staging=self.staging,
+                                                         **({"block_bytes": block_bytes} if block_bytes else {}))])
                 batch, count = [], 0
         if batch:
-            self.add_shards([self.store.write_token_shard(self.dataset, batch, dtype=dtype, _staging=self.staging)])
+            self.add_shards([self.store.write_token_shard(self.dataset, batch, dtype=dtype, _staging=self.staging,
+                                                         **({"block_bytes": block_bytes} if block_bytes else {}))])
 
     def add_shards(self, entries: Iterable[ShardEntry]) -> None:
         """Reference shards already published by ``Store.write_shard`` / ``write_token_shard``."""
