@@ -391,6 +391,14 @@ class Store:
             return None
         return pa.concat_tables([self.read_shard(e) for e in entries], promote_options="default")
 
+    def open_version(self, ref: str | VersionInfo, *, purpose: str | None = None) -> Manifest:
+        """The manifest of a version that is about to be read: authorized (with the declared purpose) and audited.
+
+        Readers that fetch shards themselves (the streaming loader, tokenization) start here rather than at
+        :meth:`manifest`, which only describes a version.
+        """
+        return self._readable(ref, purpose)
+
     def _readable(self, ref: str | VersionInfo, purpose: str | None) -> Manifest:
         version = self.resolve(ref)
         self.hooks.authorize("read", version.dataset, purpose=purpose)

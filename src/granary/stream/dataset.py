@@ -55,6 +55,8 @@ class StreamingDataset:
         prefetch: batches each reader thread may have ready.
         columns: columns of a documents version to read (default all).
         cache: block cache for remote (``s3://``) stores; default one under ``GRANARY_HOME/cache``.
+        purpose: the declared purpose of this read (e.g. ``pretraining``); with the security layer on, a dataset
+            whose allowed purposes exclude it is refused, and every open is audited.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class StreamingDataset:
         prefetch: int = 4,
         columns: list[str] | None = None,
         cache: BlockCache | None = None,
+        purpose: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -83,6 +86,7 @@ class StreamingDataset:
             raise ValueError(f"bad output={output!r} or token_dtype={token_dtype!r}")
         if num_threads < 0 or prefetch < 1:
             raise ValueError(f"num_threads must be >= 0 and prefetch >= 1, got {num_threads}, {prefetch}")
+        self.purpose = purpose
         self.mix = ref if isinstance(ref, Mix) else Mix([ref], weights=[1.0])
         self.batch_size = batch_size
         self.seq_len = seq_len
@@ -137,7 +141,7 @@ class StreamingDataset:
         self._manifests = []
         sources: list[TokenSource | RecordSource] = []
         for ref in self.mix.sources:
-            manifest = store.manifest(ref)
+            manifest = store.open_version(ref, purpose=getattr(self, "purpose", None))  # authorized and audited
             self._manifests.append(manifest)
             if manifest.kind == "tokens":
                 if self.seq_len is None:

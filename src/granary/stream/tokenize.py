@@ -81,7 +81,7 @@ def tokenize(store: Store, ref: str, config: TokenizeConfig,
     """
     tok = Tokenizer(config.tokenizer, eot_token=config.eot_token)
     source = store.resolve(ref)
-    manifest = store.manifest(source)
+    manifest = store.open_version(source)
     if manifest.kind != "documents":
         raise StreamError(f"{ref} is a {manifest.kind} version; tokenize takes a documents version")
     _ensure_output(store, config.output)

@@ -179,3 +179,27 @@ def test_commit_of_1000_shards_is_fast(store: Store) -> None:
         took = time.perf_counter() - start
     assert v.num_shards == 1000 and len(store.manifest(v).shards) == 1000
     assert took < 1.0, f"commit took {took:.3f}s"
+
+
+def test_open_version_authorizes_and_records_reads(store: Store) -> None:
+    calls: list[tuple[str, str, object]] = []
+
+    class Recording:
+        def authorize(self, action, dataset, *, purpose=None):  # type: ignore[no-untyped-def]
+            calls.append(("authorize", action, purpose))
+
+        def record(self, action, dataset, *, version=None, outcome="ok", details=None):  # type: ignore[no-untyped-def]
+            calls.append(("record", action, version))
+
+        def encrypts(self, dataset):  # type: ignore[no-untyped-def]
+            return False
+
+        def prepare_gc(self, store, *, dry_run=False):  # type: ignore[no-untyped-def]
+            return {}
+
+    store.create_dataset("web")
+    v = store.commit_table("web", docs(3))
+    store.hooks = Recording()  # type: ignore[assignment]
+    m = store.open_version("web", purpose="pretraining")
+    assert m.version_id == v.id
+    assert calls == [("authorize", "read", "pretraining"), ("record", "read", v.id)]
