@@ -32,6 +32,7 @@ class PendingQueue:
         self.groups: dict[Hashable, list[Entry]] = {}
         self.ids: set[str] = set()
         self._seq = itertools.count()
+        self._entries = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -45,6 +46,18 @@ class PendingQueue:
         self.ids.add(job.id)
         heap = self.groups.setdefault(self.group_of(job), [])
         heapq.heappush(heap, (job.key, next(self._seq), job.token, job))
+        self._entries += 1
+        if self._entries > 2 * len(self.ids) + 1024:
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop dead entries from every heap (keeps walks and pops proportional to live jobs)."""
+        for group, heap in list(self.groups.items()):
+            heap[:] = [e for e in heap if e[2] == e[3].token and e[3].id in self.ids]
+            heapq.heapify(heap)
+            if not heap:
+                del self.groups[group]
+        self._entries = sum(len(h) for h in self.groups.values())
 
     def discard(self, job: Job) -> None:
         """Remove a job (lazily)."""

@@ -331,7 +331,7 @@ class SchedulerState:
     def victims(self) -> Iterator[Job]:
         """Active jobs from the worst key to the best (lazy walk of a max-heap)."""
         heap = self._victims
-        if len(heap) > 4 * len(self.active) + 64:
+        if len(heap) > 2 * len(self.active) + 64:
             heap[:] = [e for e in heap if e[2] == e[3].token and e[3].id in self.active]
             heapq.heapify(heap)
         if not heap:

@@ -118,16 +118,22 @@ class Policy:
 
     def _shadow(self, state: SchedulerState, head: Job, now: float) -> tuple[float, int]:
         """EASY: when enough GPUs free up for the head (by running jobs' estimates), and the spare GPUs then."""
-        ends = []
-        for job in state.active.values():
-            est = job.spec.duration_estimate_s
-            if est is None:
-                continue
-            ran = job.run_s + ((now - job.started_at) if job.started_at is not None else 0.0)
-            ends.append((now + max(0.0, est - ran), job.gpus))
-        ends.sort()
+        memo = self.__dict__.get("_shadow_memo")
+        if memo is not None and memo[0] == state.changes:
+            ends = memo[1]
+        else:  # absolute end times do not move while the set of running jobs stays the same
+            ends = []
+            for job in state.active.values():
+                est = job.spec.duration_estimate_s
+                if est is None:
+                    continue
+                began = job.started_at if job.started_at is not None else now
+                ends.append((began + est - job.run_s, job.gpus))
+            ends.sort()
+            self._shadow_memo = (state.changes, ends)
         avail = state.cluster.free_gpus
         for t, g in ends:
+            t = max(t, now)
             avail += g
             if avail >= head.gpus:
                 return t, avail - head.gpus
