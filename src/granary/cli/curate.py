@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from granary.cli.common import EncryptOpt, apply_encrypt
 from granary.cli.output import console, fail, print_json, progress, table
 
 
@@ -18,6 +19,7 @@ def curate_cmd(
     executor: Annotated[str, typer.Option(help="Where tasks run: local (processes) or ray.")] = "local",
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
     branch: Annotated[str, typer.Option(help="Branch of the output dataset.")] = "main",
+    encrypt: EncryptOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Run a curation pipeline; an interrupted run resumes when the same command is run again."""
@@ -29,6 +31,7 @@ def curate_cmd(
     if workers is not None and workers < 1:
         fail(f"--workers must be >= 1, got {workers}")
     spec = PipelineSpec.from_yaml(pipeline)
+    apply_encrypt(encrypt)
     store = open_store()
     with progress(disable=json_out) as bar:
         result, rep = curate(store, ref, spec, output, executor=executor, num_workers=workers, branch=branch,

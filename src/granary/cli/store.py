@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from granary.cli.common import EncryptOpt, apply_encrypt
 from granary.cli.output import console, err_console, fail, print_json, progress, table
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ def ingest(
     overwrite: Annotated[bool, typer.Option(help="Replace the branch contents instead of appending.")] = False,
     license: Annotated[str | None, typer.Option(help="SPDX license id recorded in the version.")] = None,
     source: Annotated[str | None, typer.Option(help="Source description recorded in the version.")] = None,
+    encrypt: EncryptOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Ingest raw files into a new version of a dataset."""
@@ -66,6 +68,7 @@ def ingest(
 
     if on_error not in ("fail", "quarantine"):
         fail("--on-error must be 'fail' or 'quarantine'")
+    apply_encrypt(encrypt)
     store = _store()
     files = discover(list(paths))
     total = sum(f.stat().st_size for f, _, _ in files)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from granary.cli.common import EncryptOpt, apply_encrypt
 from granary.cli.output import console, print_json, progress, table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -20,6 +21,7 @@ def tokenize(
     workers: Annotated[int, typer.Option(help="Worker processes (one documents shard each at a time).")] = 1,
     eot_token: Annotated[str | None, typer.Option(help="End-of-document token (default: found).")] = None,
     text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    encrypt: EncryptOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Tokenize a documents version into a tokens version (parallel, resumable: rerun after a crash)."""
@@ -27,6 +29,7 @@ def tokenize(
     from granary.stream.tokenize import TokenizeConfig
     from granary.stream.tokenize import tokenize as run
 
+    apply_encrypt(encrypt)
     store = open_store()
     config = TokenizeConfig(tokenizer=str(tokenizer), output=output, seq_len=seq_len, workers=workers,
                             eot_token=eot_token, text_column=text_column)

@@ -104,3 +104,17 @@ def test_delete_where(corpus: Path) -> None:
     assert out["rows_deleted"] == 2 + 11 and out["rows"] == 200 - 13
     bad = run("delete", "web", "--where", "nosuchcol == 1", ok=False)
     assert bad.exit_code == 1 and "unknown column 'nosuchcol'" in bad.output
+
+
+def test_ingest_encrypt_writes_ciphertext_that_reads_back(corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRANARY_ENCRYPT", "")  # recorded, so the flag's setting is undone after the test
+    run("ingest", str(corpus), "-d", "web", "--on-error", "quarantine", "--encrypt")
+    monkeypatch.setenv("GRANARY_SECURE", "1")  # readers open the key provider
+    shown = json.loads(run("show", "web", "--json").stdout)
+    assert all("enc" in s["meta"] for s in shown["shards"])
+    from granary.store import open_store
+
+    store = open_store()
+    raw = Path(store.objects.local_path(shown["shards"][0]["key"])).read_bytes()
+    assert b"text number 1" not in raw  # ciphertext on disk
+    assert store.read_table("web").num_rows == 200
