@@ -6,7 +6,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class InlineExecutor(Executor):
 
 
 class LocalExecutor(Executor):
-    """A pool of spawned worker processes on this machine (default: one per core)."""
+    """A pool of worker processes on this machine (default: one per core), forked from a preloaded server."""
 
     name = "local"
 
@@ -55,7 +55,10 @@ class LocalExecutor(Executor):
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            ctx = multiprocessing.get_context("spawn")
+            # forkserver: one clean server process imports Granary once, workers fork from it (no per-worker
+            # re-import; safe with Arrow's threads, unlike forking this process)
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["granary.curate.engine", "granary.curate.spec", "granary.store"])
             self._pool = ProcessPoolExecutor(max_workers=self.num_workers, mp_context=ctx)
         return self._pool
 
@@ -65,7 +68,7 @@ class LocalExecutor(Executor):
         pool = self._get_pool()
         pending: set[Future[dict[str, Any]]] = {pool.submit(fn, t) for t in tasks}
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             failed = [f for f in done if f.exception() is not None]
             for f in done:
                 if f.exception() is None:
