@@ -158,6 +158,26 @@ class EncryptedTokenShard:
             parts = [self._block(b) for b in range(first, (stop - 1) // bt + 1)]
         return np.concatenate(parts)[start - base:stop - base]
 
+    def materialize(self) -> np.ndarray:
+        """Decrypt (and authenticate) every block into one in-memory array of all the shard's tokens.
+
+        The plaintext lives only in this process's memory, never on disk. The streaming loader uses this when
+        the encrypted shards of a version fit its memory budget, so a batch is one vectorised gather as for
+        plain memory-mapped shards.
+        """
+        out = np.empty(self.num_tokens, dtype=self.dtype)
+        view = memoryview(out).cast("B")
+        with self._lock:
+            self._raw.seek(HEADER_SIZE)
+            done = 0
+            while done < len(view):
+                got = self._raw.readinto(view[done : done + (64 << 20)])  # type: ignore[attr-defined]
+                if not got:
+                    raise IntegrityError(f"token shard {self.key} ended early at token {done // out.itemsize}",
+                                         key=self.key)
+                done += got
+        return out
+
     def close(self) -> None:
         """Close the underlying file; unreferenced cached blocks go to the pool for the next shard."""
         with self._lock:

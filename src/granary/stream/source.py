@@ -52,6 +52,33 @@ class LocalTokenShard:
         return self.tokens[start:stop]
 
 
+class DecryptedTokenShard:
+    """An encrypted token shard decrypted whole into memory (AES-GCM authenticated every block on the way)."""
+
+    def __init__(self, key: str, tokens: np.ndarray, block_tokens: int, doc_offsets: np.ndarray) -> None:
+        self.key = key
+        self.tokens = tokens
+        self.num_tokens = int(tokens.size)
+        self.block_tokens = block_tokens
+        self.doc_offsets = doc_offsets
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens ``[start, stop)`` (a view)."""
+        return self.tokens[start:stop]
+
+
+def decrypt_memory_budget() -> int:
+    """Bytes of decrypted tokens a source may hold in memory (``GRANARY_DECRYPT_MEMORY_BYTES``, default 1/4 of RAM)."""
+    import os
+
+    raw = os.environ.get("GRANARY_DECRYPT_MEMORY_BYTES")
+    if raw:
+        return int(raw)
+    import psutil
+
+    return int(psutil.virtual_memory().total // 4)
+
+
 @dataclass(frozen=True)
 class TokenPlan:
     """Precomputed addresses of a chunk of samples (so a batch costs one fancy index): element index in the
@@ -89,6 +116,7 @@ class TokenSource:
         if len(dtypes) > 1:
             raise StreamError(f"version {manifest.version_id[:12]} mixes token dtypes {sorted(dtypes)}")
         self.dtype = np.dtype(dtypes.pop() if dtypes else "uint16")
+        self._decrypt_in_memory()
         self.layout = PackedLayout.build([s.num_tokens for s in self.shards], seq_len)
         if self.layout.num_samples == 0:
             raise StreamError(f"version {manifest.version_id[:12]} has {self.layout.shard_starts[-1]} tokens, "
@@ -102,6 +130,8 @@ class TokenSource:
                                       [s.block_tokens for s in local], [s.expected for s in local])
         self.verifier.all_ok = self.verifier.all_ok or not verify or not self._local
         self._block_tokens = np.array([s.block_tokens for s in self.shards], dtype=np.int64)
+        if self._decrypted:
+            self._build_local_index()
         if self._local:
             self._build_local_index()
             if not verify:  # without hashing, still map the pages ahead of the reader
@@ -122,6 +152,24 @@ class TokenSource:
             self._cache = BlockCache.default(store)
         return self._cache.shard(entry)
 
+    def _decrypt_in_memory(self) -> None:
+        """Decrypt a wholly encrypted version into memory when it fits the budget (one gather per batch after)."""
+        from granary.secure.tokenshard import EncryptedTokenShard
+
+        self._decrypted = False
+        if not self.shards or not all(isinstance(s, EncryptedTokenShard) for s in self.shards):
+            return
+        need = sum(s.num_tokens * s.dtype.itemsize for s in self.shards)  # type: ignore[attr-defined]
+        if need > decrypt_memory_budget():
+            log.info("encrypted version needs %d bytes decrypted; reading it block by block instead", need)
+            return
+        opened = self.shards
+        self.shards = [DecryptedTokenShard(s.key, s.materialize(), s.block_tokens, s.doc_offsets)  # type: ignore[attr-defined]
+                       for s in opened]
+        for s in opened:
+            s.close()  # type: ignore[attr-defined]
+        self._decrypted = True
+
     def _build_local_index(self) -> None:
         """One strided view over all memory-mapped shards, so a batch is a single vectorised gather.
 
@@ -130,7 +178,7 @@ class TokenSource:
         lie wholly inside one shard are ever indexed (``PackedLayout.locate`` says which), so every read stays
         inside a live mapping; the shard arrays are kept referenced by ``self.shards``.
         """
-        arrays = [s.tokens for s in self.shards if isinstance(s, LocalTokenShard)]
+        arrays = [s.tokens for s in self.shards if isinstance(s, (LocalTokenShard, DecryptedTokenShard))]
         itemsize = self.dtype.itemsize
         addrs = np.array([a.ctypes.data for a in arrays], dtype=np.int64)
         lowest = int(np.argmin(addrs))
