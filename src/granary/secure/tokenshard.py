@@ -166,7 +166,7 @@ class EncryptedTokenShard:
         plain memory-mapped shards.
         """
         out = np.empty(self.num_tokens, dtype=self.dtype)
-        view = memoryview(out).cast("B")
+        view = memoryview(out.data).cast("B")
         with self._lock:
             self._raw.seek(HEADER_SIZE)
             done = 0
