@@ -195,7 +195,7 @@ def encode_segment(entries: Sequence[ShardEntry]) -> tuple[str, bytes]:
 def decode_segment(data: bytes, *, key: str, expected_sha256: str) -> list[ShardEntry]:
     """Parse a segment and check it against the hash the manifest recorded."""
     try:
-        cols = pq.read_table(io.BytesIO(data)).to_pydict()
+        cols = pq.ParquetFile(io.BytesIO(data)).read().to_pydict()  # not read_table: it imports pyarrow.dataset
     except (pa.ArrowInvalid, OSError) as exc:
         raise IntegrityError(f"manifest segment {key} is unreadable: {exc}", key=key) from exc
     entries = [
