@@ -16,7 +16,7 @@ BLOCK_ENTRY = np.dtype([("offset", "<u8"), ("length", "<u8"), ("xxh3", "<u8")])
 
 DTYPES: dict[int, np.dtype] = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
 DTYPE_CODES: dict[str, int] = {"uint16": 1, "uint32": 2}
-DEFAULT_BLOCK_BYTES = 2 * 1024 * 1024
+DEFAULT_BLOCK_BYTES = 1024 * 1024  # smallest allowed: a fresh reader verifies less before its first batch
 MIN_BLOCK_BYTES = 1024 * 1024
 MAX_BLOCK_BYTES = 4 * 1024 * 1024
 
