@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,postgres,s3,tokenize,curate,torch,hf
+EXTRAS ?= dev,postgres,s3,tokenize,curate,torch,hf,ray,k8s,dp
+TEST_WORKERS ?= 2
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install demo test lint typecheck clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +21,7 @@ demo: install
 	$(BIN)/granary demo
 
 test: install
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -p no:cacheprovider
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
