@@ -154,6 +154,11 @@ def register(app: typer.Typer) -> None:
                                  checkpoint_dir=checkpoint_dir, max_restarts=max_restarts, executor=executor)]
             else:
                 fail("give a command after `--` or a spec with --file")
+            import dataclasses
+            import os
+
+            # like sbatch: a job without a working directory runs where it was submitted
+            specs = [s if s.workdir else dataclasses.replace(s, workdir=os.getcwd()) for s in specs]
             ids = submit_specs(_catalog(), specs)
         except GranaryError as exc:
             fail(exc)
