@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from granary.cli.output import console, fail, print_json, table
 from granary.errors import GranaryError
 
+if TYPE_CHECKING:
+    from granary.catalog import Catalog
+
 sched_app = typer.Typer(help="Run the scheduler (controller, agent) and its simulator.", no_args_is_help=True)
 
 
-def _catalog():  # type: ignore[no-untyped-def]
+def _catalog() -> Catalog:
     from granary.catalog import open_catalog
     from granary.config import Settings
 

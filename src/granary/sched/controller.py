@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,7 +192,7 @@ class Controller:
                     t.attempts.c.replica == r.replica).values(acked=r.state))
         return out
 
-    def _apply_attempt(self, job_id: str, attempt: int, rows: list[Any], now: float) -> list[Decision]:
+    def _apply_attempt(self, job_id: str, attempt: int, rows: Sequence[Any], now: float) -> list[Decision]:
         st, cid = self.state, f"{job_id}.{attempt}"
         states = [r.state for r in rows]
         steps = [r.resumed_step for r in rows if r.resumed_step is not None]

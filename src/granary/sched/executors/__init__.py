@@ -22,7 +22,7 @@ def get_executor(name: str, **options: Any) -> Executor:
     if name not in EXECUTORS:
         raise UnknownNameError("executor", name, list(EXECUTORS))
     module, cls = EXECUTORS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(**options)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), cls)(**options)
 
 
 __all__ = ["EXECUTORS", "Executor", "get_executor"]

@@ -55,7 +55,7 @@ def build_manifest(name: str, spec: JobSpec, env: dict[str, str], *, image: str 
     template = job_template(name, spec, env, image=image)
     if spec.replicas == 1 or not spec.gang:
         job = k.V1Job(api_version="batch/v1", kind="Job", metadata=meta, spec=template)
-        return api.sanitize_for_serialization(job)  # type: ignore[no-any-return]
+        return api.sanitize_for_serialization(job)
     group, version, _ = JOBSET_API
     return {
         "apiVersion": f"{group}/{version}", "kind": "JobSet", "metadata": api.sanitize_for_serialization(meta),
