@@ -97,3 +97,31 @@ def test_demo_runs_its_dag_quickly(tmp_path: Path) -> None:
     assert summary["succeeded"] == 3 and summary["failed"] == 0
     assert [j["name"] for j in summary["jobs"]] == ["prepare", "train", "evaluate"]
     assert summary["seconds"] < 15
+
+
+def test_agent_fences_attempts_the_controller_declared_lost(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from granary.sched import tables as t
+
+    catalog = open_catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    controller = Controller(catalog, ControllerConfig(tick_s=0.05))
+    agent = Agent(catalog, AgentConfig(node=NodeSpec(name="n1", gpus=1, cpus=2), work_dir=tmp_path / "a"))
+    agent.register()
+    job_id = submit_job(catalog, JobSpec(name="long", command="sleep 60", gpus_per_replica=1))
+    controller.recover()
+    controller.step()  # admits: an attempt row for n1
+    agent.step()  # launches it
+    pid = get_job(catalog, job_id)[2][0]["pid"]
+    assert Path(f"/proc/{pid}").exists()
+    with catalog.write() as conn:  # what the controller writes when n1 misses its heartbeats
+        conn.execute(t.attempts.update().where(t.attempts.c.job_id == job_id).values(state="lost", acked="lost"))
+    agent.step()  # the agent comes back and finds an attempt it must not run any more
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the stale attempt was not killed"
+        time.sleep(0.05)
+    agent.step()  # reaps it
+    assert not agent.executor.procs
+    with catalog.read() as conn:
+        assert conn.execute(sa.select(t.attempts.c.state)).scalar() == "lost"
