@@ -89,29 +89,23 @@ print(json.dumps({"wall_s": time.perf_counter() - t0, "steps": {k: v.to_dict() f
 """
 
 
-def cpu_children() -> float:
-    """User + system CPU seconds of every finished child process (and their waited-for descendants)."""
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def granary_pipeline(docs: list[dict[str, str]], workers: int, tmp: Path, name: str) -> dict:
-    """The full pipeline in a child process (so its CPU time, workers included, can be measured)."""
+    """The full pipeline in a fresh child process (imports and worker start-up included, as for datatrove)."""
     home = tmp / f"g-{name}"
     settings = Settings.from_env(home=home, shard_size_bytes=2 * 1024 * 1024, row_group_bytes=512 * 1024)
     store = open_store(settings)
     store.create_dataset("bench")
     store.commit_table("bench", pa.Table.from_pylist(docs))
     spec = {"name": "bench", "steps": STEPS}
-    cpu0, t0 = cpu_children(), time.perf_counter()
+    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", GRANARY_CHILD, str(home), json.dumps(spec), str(workers)],
                           capture_output=True, text=True, check=True)
-    wall, cpu = time.perf_counter() - t0, cpu_children() - cpu0
+    wall = time.perf_counter() - t0
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     rej = store.read_side_table("out@main", "rejected")
     reasons = rej.column("reason").to_pylist()
     ids = rej.column("id").to_pylist()
-    return {"wall_s": wall, "cpu_s": cpu, "steps": res["steps"],
+    return {"wall_s": wall, "steps": res["steps"],
             "near": {i for i, r in zip(ids, reasons, strict=True) if r.startswith("near_duplicate_of")},
             "exact": {i for i, r in zip(ids, reasons, strict=True) if r.startswith("exact_duplicate_of")},
             "rows_out": res["rows_out"]}
@@ -166,13 +160,11 @@ def run_datatrove(docs: list[dict[str, str]], workers: int, tmp: Path) -> dict:
         with open(inp / f"part{f}.jsonl", "w") as fh:
             for d in docs[f::files]:
                 fh.write(json.dumps({"id": d["id"], "text": d["text"]}) + "\n")
-    cpu0, t0 = cpu_children(), time.perf_counter()
+    t0 = time.perf_counter()
     proc = subprocess.run([str(py), str(ROOT / "curate_datatrove_runner.py"), str(inp), str(tmp / "dt-work"),
                            str(workers)], capture_output=True, text=True, check=True)
-    wall, cpu = time.perf_counter() - t0, cpu_children() - cpu0
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["wall_s"] = wall
-    out["cpu_s"] = cpu
+    out["wall_s"] = time.perf_counter() - t0
     return out
 
 
@@ -216,8 +208,7 @@ def main() -> None:
         print(f"MinHash signatures per core: {res['signature_mb_s_per_core']}")
         full = granary_pipeline(docs, args.workers, tmp, "full")
         per_core = res["corpus_mb"] / full["wall_s"] / args.workers
-        res["granary_full"] = {"wall_s": full["wall_s"], "mb_s_per_core": per_core, "cpu_s": full["cpu_s"],
-                               "mb_per_cpu_s": res["corpus_mb"] / full["cpu_s"],
+        res["granary_full"] = {"wall_s": full["wall_s"], "mb_s_per_core": per_core,
                                "near_pr": near_pr(full["near"], full["exact"], docs, truth, len(docs)),
                                "steps": full["steps"]}
         print(f"granary full corpus: {full['wall_s']:.1f}s, {res['granary_full']['mb_s_per_core']:.2f} MB/s/core, "
@@ -226,7 +217,6 @@ def main() -> None:
         sub_mb = mb(sub)
         g_sub = granary_pipeline(sub, args.workers, tmp, "sub")
         res["granary_sub"] = {"wall_s": g_sub["wall_s"], "mb_s_per_core": sub_mb / g_sub["wall_s"] / args.workers,
-                              "cpu_s": g_sub["cpu_s"], "mb_per_cpu_s": sub_mb / g_sub["cpu_s"],
                               "near_pr": near_pr(g_sub["near"], g_sub["exact"], docs, truth, len(sub))}
         res["pii"] = pii_accuracy(docs, truth)
         print("PII:", {k: (round(v["precision"], 4), round(v["recall"], 4)) for k, v in res["pii"].items()
@@ -235,16 +225,13 @@ def main() -> None:
             dt = run_datatrove(sub, args.workers, tmp)
             total = sum(dt["stages"].values())
             sig_mb = dt["minhash_input_bytes"] / 1e6
-            res["datatrove"] = {"wall_s": dt["wall_s"], "stages_s": dt["stages"], "cpu_s": dt["cpu_s"],
-                                "mb_per_cpu_s": sub_mb / dt["cpu_s"],
+            res["datatrove"] = {"wall_s": dt["wall_s"], "stages_s": dt["stages"],
                                 "mb_s_per_core": sub_mb / total / args.workers,
                                 "signature_mb_s_per_core": sig_mb / dt["stages"]["minhash_signature"] / args.workers,
                                 "near_pr": near_pr(set(dt["near_removed"]), set(dt["exact_removed"]), docs, truth,
                                                    len(sub))}
             res["ratio_full_pipeline_per_core"] = (res["granary_sub"]["mb_s_per_core"]
                                                    / res["datatrove"]["mb_s_per_core"])
-            res["ratio_full_pipeline_per_cpu_s"] = (res["granary_sub"]["mb_per_cpu_s"]
-                                                    / res["datatrove"]["mb_per_cpu_s"])
             res["ratio_signature_per_core"] = res["signature_mb_s_per_core"]["oph"] / res["datatrove"][
                 "signature_mb_s_per_core"]
         if not args.skip_real and REAL.exists():
@@ -263,16 +250,13 @@ def _print_summary(res: dict) -> None:
     print(f"workers: {res['workers']}; synthetic corpus {res['docs']:,} docs / {res['corpus_mb']:.1f} MB; "
           f"datatrove subsample {res['dt_docs']:,} docs")
     g, gs = res["granary_full"], res["granary_sub"]
-    print(f"full pipeline, Granary (all docs):   {g['mb_s_per_core']:.2f} MB/s/core (wall), "
-          f"{g['mb_per_cpu_s']:.2f} MB per CPU-second, near P/R {g['near_pr']}")
-    print(f"full pipeline, Granary (subsample):  {gs['mb_s_per_core']:.2f} MB/s/core (wall), "
-          f"{gs['mb_per_cpu_s']:.2f} MB per CPU-second, near P/R {gs['near_pr']}")
+    print(f"full pipeline, Granary (all docs):   {g['mb_s_per_core']:.2f} MB/s/core, near P/R {g['near_pr']}")
+    print(f"full pipeline, Granary (subsample):  {gs['mb_s_per_core']:.2f} MB/s/core, near P/R {gs['near_pr']}")
     if "datatrove" in res:
         d = res["datatrove"]
-        print(f"full pipeline, datatrove (subsample): {d['mb_s_per_core']:.3f} MB/s/core (wall), "
-              f"{d['mb_per_cpu_s']:.3f} MB per CPU-second, near P/R {d['near_pr']}")
-        print(f"  ratio Granary/datatrove on the same subsample: {res['ratio_full_pipeline_per_core']:.1f}x per core "
-              f"(wall), {res['ratio_full_pipeline_per_cpu_s']:.1f}x per CPU-second")
+        print(f"full pipeline, datatrove (subsample): {d['mb_s_per_core']:.3f} MB/s/core, near P/R {d['near_pr']}")
+        print(f"  ratio Granary/datatrove per core: {res['ratio_full_pipeline_per_core']:.1f}x on the same subsample, "
+              f"{g['mb_s_per_core'] / d['mb_s_per_core']:.0f}x Granary's full corpus vs datatrove's subsample")
         print(f"MinHash signatures per core: Granary oph {res['signature_mb_s_per_core']['oph']:.1f} MB/s, "
               f"permutation {res['signature_mb_s_per_core']['permutation']:.2f} MB/s, "
               f"datatrove {d['signature_mb_s_per_core']:.2f} MB/s -> {res['ratio_signature_per_core']:.0f}x")
