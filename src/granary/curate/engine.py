@@ -110,7 +110,8 @@ class _TaskRun:
         except StepFailedError:
             raise
         except Exception as exc:  # task boundary: name the step and the unit, keep completed units
-            log.exception("step %s failed on unit %d (%s)", self.current, unit, t.unit.label)
+            # re-raised with its facts; the traceback is for debugging only (users see message + hint)
+            log.debug("step %s failed on unit %d (%s)", self.current, unit, t.unit.label, exc_info=True)
             raise StepFailedError(self.current, unit, f"{type(exc).__name__}: {exc}") from exc
         if buffer:
             entries.append(t.sink.write(_concat(buffer)))

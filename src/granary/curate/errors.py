@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from granary.errors import CurateError
 
 
@@ -19,6 +21,10 @@ class PipelineSpecError(CurateError, ValueError):
             f"invalid pipeline at {where}: {reason}",
             hint=hint or "see docs/curate.md for every step and its options; `granary curate --help` lists them",
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # errors raised in worker processes travel back pickled: rebuild from the fields, keep the hint
+        return (type(self), (self.where, self.reason), self.__dict__)
 
 
 class StepFailedError(CurateError):
@@ -38,3 +44,6 @@ class StepFailedError(CurateError):
             f"step {step!r} failed on input shard {shard}: {reason}",
             hint="fix the step configuration or the input; completed shards are kept, so rerunning resumes",
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.shard, self.reason), self.__dict__)

@@ -89,3 +89,22 @@ def test_cli_curate_and_report(tmp_path: Path) -> None:
     assert res.exit_code == 0 and html.exists() and "Report clean@" in res.stdout
     res = runner.invoke(app, ["curate", "web@main", "--pipeline", str(tmp_path / "missing.yaml"), "--output", "x"])
     assert res.exit_code == 1 and "file not found" in res.output
+
+
+def test_a_step_failing_in_a_worker_names_the_step_and_unit(tmp_path: Path) -> None:
+    import pickle
+
+    from granary.curate import ParquetDirSink, ReaderConfig, run_pipeline
+    from granary.curate.errors import PipelineSpecError, StepFailedError
+
+    for i in range(2):
+        (tmp_path / f"in{i}.jsonl").write_text("".join(json.dumps({"id": f"{i}-{j}", "text": "hello"}) + "\n"
+                                                       for j in range(3)))
+    spec = PipelineSpec.from_dict({"steps": [{"step": "balance", "column": "label"}]})
+    with pytest.raises(StepFailedError) as info:
+        run_pipeline(spec, sink=ParquetDirSink(str(tmp_path / "out")), executor="local", num_workers=2,
+                     reader=ReaderConfig(type="files", paths=(str(tmp_path),)), work_root=tmp_path / "w")
+    assert info.value.step == "balance" and info.value.shard in (0, 1)
+    assert "no column 'label'" in info.value.reason and info.value.hint
+    again = pickle.loads(pickle.dumps(PipelineSpecError("x.y", "bad", hint="do z")))
+    assert (again.where, again.reason, again.hint) == ("x.y", "bad", "do z")
