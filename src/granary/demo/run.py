@@ -66,12 +66,31 @@ def stream_step(store: Store, console: Console) -> dict[str, Any]:
     return stream_demo.run(store, console)
 
 
+def sched_step(store: Store, console: Console) -> dict[str, Any]:
+    """Submit the demo's data jobs (verify -> stream -> report) as a DAG through the scheduler's local executor."""
+    import sys
+
+    from granary.sched import demo as sched_demo
+
+    cli = f"{sys.executable} -m granary.cli.main"
+    dag = [
+        ("verify-curated", f"{cli} verify demo-curated", ()),
+        ("peek-tokens", f"{cli} peek demo-tokens --seq-len 32 -n 2", ("verify-curated",)),
+        ("report-curated", f"{cli} report demo-curated --json", ("peek-tokens",)),
+    ]
+    out = sched_demo.run(store.settings, console, commands=dag)
+    out["jobs"] = {j["name"]: f"{j['state']} ({j['attempts']} attempt)" for j in out["jobs"]}
+    out["seconds"] = round(out["seconds"], 2)
+    return out
+
+
 def steps() -> list[Step]:
     """The demo's steps, in order."""
     return [
         Step("Ingest a synthetic corpus into the store", ingest_step),
         Step("Curate it: clean, quality-filter, deduplicate, redact PII, report", curate_step),
         Step("Tokenize it and stream training batches", stream_step),
+        Step("Run the data jobs through the scheduler (a DAG on the local executor)", sched_step),
     ]
 
 
