@@ -84,6 +84,13 @@ def sched_step(store: Store, console: Console) -> dict[str, Any]:
     return out
 
 
+def secure_step(store: Store, console: Console) -> dict[str, Any]:
+    """Purpose enforcement, a differentially private statistic and the tamper-evident audit log."""
+    from granary.secure import demo as secure_demo
+
+    return secure_demo.run(store, console)
+
+
 def steps() -> list[Step]:
     """The demo's steps, in order."""
     return [
@@ -91,6 +98,7 @@ def steps() -> list[Step]:
         Step("Curate it: clean, quality-filter, deduplicate, redact PII, report", curate_step),
         Step("Tokenize it and stream training batches", stream_step),
         Step("Run the data jobs through the scheduler (a DAG on the local executor)", sched_step),
+        Step("Govern it: license and purposes, a private statistic, the audit chain", secure_step),
     ]
 
 
