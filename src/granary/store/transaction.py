@@ -130,13 +130,29 @@ class Transaction:
         self._require_kind("documents")
         self.deletes.append(expression)
 
-    def write_side_table(self, name: str, table: pa.Table) -> None:
-        """Attach a side table (``quarantine``, ``rejected``, ...) of any schema to the version."""
-        if table.num_rows == 0:
-            return
+    def write_side_table(self, name: str, data: pa.Table | Iterable[pa.RecordBatch]) -> None:
+        """Attach rows to a side table (``quarantine``, ``rejected``, ...) of any schema.
+
+        ``data`` may be a table or an iterable of record batches, which is written as it streams (bounded
+        memory); calling this again for the same name adds another shard to that side table.
+        """
+        batches = data.to_batches() if isinstance(data, pa.Table) else data
         path = self.staging / f"side-{name}-{uuid.uuid4().hex}.parquet"
-        pq.write_table(table, path, compression="zstd")
-        entry = publish(self.store.objects, self.store.hooks, self.dataset, path, fmt="parquet", rows=table.num_rows)
+        writer: pq.ParquetWriter | None = None
+        rows = 0
+        try:
+            for batch in batches:
+                if writer is None:
+                    writer = pq.ParquetWriter(path, batch.schema, compression="zstd")
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None or rows == 0:
+            path.unlink(missing_ok=True)
+            return
+        entry = publish(self.store.objects, self.store.hooks, self.dataset, path, fmt="parquet", rows=rows)
         self.side.setdefault(name, []).append(entry)
 
     # -- commit ---------------------------------------------------------------------------------

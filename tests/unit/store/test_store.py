@@ -203,3 +203,18 @@ def test_open_version_authorizes_and_records_reads(store: Store) -> None:
     m = store.open_version("web", purpose="pretraining")
     assert m.version_id == v.id
     assert calls == [("authorize", "read", "pretraining"), ("record", "read", v.id)]
+
+
+def test_side_table_streams_batches_and_small_shards_split(store: Store) -> None:
+    from granary.config import Settings
+    from granary.store import open_store
+
+    small = open_store(Settings.from_env(home=store.settings.home, shard_size_bytes=4096, row_group_bytes=1 << 20))
+    small.create_dataset("web")
+    with small.transaction("web") as txn:
+        txn.write(docs(200))  # ~40 KB: must become many shards even though row groups default larger
+        batches = (pa.record_batch({"id": [f"r{i}"], "reason": ["x"]}) for i in range(5))
+        txn.write_side_table("rejected", batches)
+        v = txn.commit()
+    assert v.num_shards >= 5
+    assert small.read_side_table(v.ref, "rejected").column("id").to_pylist() == [f"r{i}" for i in range(5)]

@@ -65,7 +65,8 @@ class DocumentShardWriter:
         self.directory = directory
         self.schema = schema
         self.shard_size_bytes = shard_size_bytes
-        self.row_group_bytes = row_group_bytes
+        # a row group never spans shards: with small shards, row groups shrink so shards keep their size
+        self.row_group_bytes = min(row_group_bytes, shard_size_bytes)
         self.on_shard = on_shard
         self._writer: pq.ParquetWriter | None = None
         self._path: Path | None = None
