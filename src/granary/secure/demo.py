@@ -44,7 +44,7 @@ def run(store: Store, console: Console) -> dict[str, Any]:
     chain = guard.audit.verify()
     console.print(f"  purpose 'advertising' refused: {refused}", highlight=False)
     return {
-        "policy": {"licenses": sorted(policy.licenses), "purposes": sorted(policy.purposes)},
+        "policy": {"licenses": sorted(policy.licenses), "purposes": sorted(policy.purposes or ())},
         "private_source_histogram": {k: round(v) for k, v in dict(release.value).items()},
         "privacy_budget": stats.budget(DATASET),
         "audit_chain": f"ok, {chain.records} records" if chain.ok else f"broken at {chain.first_bad}",
