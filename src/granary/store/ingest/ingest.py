@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -127,7 +129,8 @@ def ingest(
     with store.transaction(dataset, branch=branch, mode=mode) as txn:  # type: ignore[arg-type]
         fixed: list[pa.Schema] = [txn.schema] if txn.schema is not None else []
         ignored: set[str] = set()
-        for table in _tables(files, sink, counted, ignored, lambda: fixed[0] if fixed else None):
+        tables = _tables(files, sink, counted, ignored, txn.schema)
+        for table in _prefetched(tables):
             table = fill_ids(table)
             if not fixed:
                 fixed.append(table.schema)
@@ -155,6 +158,48 @@ def ingest(
     return report
 
 
+_DONE = object()
+
+
+def _prefetched(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
+    """Produce ``items`` in a background thread, ``depth`` ahead, so that parsing the next block (pyarrow's
+    JSON reader releases the GIL) overlaps writing the current one; errors are re-raised here, in order."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(x: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(exc)
+
+    thread = threading.Thread(target=work, name="granary-ingest-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _counter(report: IngestReport, on_bytes: Callable[[int], None] | None) -> Callable[[int], None]:
     def count(n: int) -> None:
         report.bytes_in += n
@@ -165,12 +210,14 @@ def _counter(report: IngestReport, on_bytes: Callable[[int], None] | None) -> Ca
 
 
 def _tables(files: list[tuple[Path, str, Path]], sink: BadRecordSink, on_bytes: Callable[[int], None],
-            ignored: set[str], current_schema: Callable[[], pa.Schema | None]) -> Iterator[pa.Table]:
+            ignored: set[str], schema: pa.Schema | None) -> Iterator[pa.Table]:
+    """Tables from every input in order; JSONL files hold to the schema the first one fixed."""
     text_files: list[tuple[Path, Path]] = []
     for path, kind, root in files:
         if kind == "jsonl":
-            reader = JsonlReader(path, sink, schema=current_schema(), on_bytes=on_bytes)
+            reader = JsonlReader(path, sink, schema=schema, on_bytes=on_bytes)
             yield from reader
+            schema = reader.schema or schema
             ignored |= reader.ignored_fields
         elif kind == "parquet":
             yield from read_parquet(path, sink, on_bytes)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -19,6 +19,7 @@ from granary.store.ingest.sink import BadRecordSink
 log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 32 * 1024 * 1024
+_NON_SPACE = re.compile(rb"\S")
 
 
 def open_text_stream(path: Path) -> tuple[IO[bytes], IO[bytes]]:
@@ -66,46 +67,56 @@ class JsonlReader:
             raw.close()
 
     def _blocks(self, stream: IO[bytes], raw: IO[bytes]) -> Iterator[pa.Table]:
-        carry = b""
+        # One reusable buffer: read into it, parse everything up to the last newline straight from it (no
+        # copy), then move the partial last line to the front. Copying 32 MiB blocks around cost as much as
+        # parsing them.
+        buf = bytearray(self.block_bytes)
+        fill = pos = 0
         line_no = 1
-        pos = 0
         while True:
-            data = stream.read(self.block_bytes)
-            if data:
-                block = carry + data if carry else data
-                cut = block.rfind(b"\n")
+            if fill == len(buf):  # a single line longer than the buffer: grow (a new buffer, no views alive)
+                bigger = bytearray(2 * len(buf))
+                bigger[:fill] = buf
+                buf = bigger
+            n = stream.readinto(memoryview(buf)[fill:])  # type: ignore[attr-defined]
+            end = fill + (n or 0)
+            if n:
+                cut = buf.rfind(b"\n", 0, end)
                 if cut < 0:
-                    carry = block
+                    fill = end
                     continue
-                carry, block = block[cut + 1 :], block[: cut + 1]
+                stop = cut + 1
             else:
-                block, carry = carry, b""
-            if block.strip():
-                table = self._parse(block, line_no)
+                stop = end
+            if _NON_SPACE.search(buf, 0, stop):
+                table = self._parse(memoryview(buf)[:stop], line_no)
                 if table is not None and table.num_rows:
                     yield table
-            line_no += block.count(b"\n")
+            line_no += buf.count(b"\n", 0, stop)
+            rest = end - stop
+            buf[:rest] = buf[stop:end]
+            fill = rest
             if self.on_bytes is not None:
                 now = raw.tell()
                 self.on_bytes(now - pos)
                 pos = now
-            if not data:
+            if not n:
                 return
 
-    def _parse(self, block: bytes, first_line: int) -> pa.Table | None:
+    def _parse(self, block: memoryview, first_line: int) -> pa.Table | None:
         table = self._fast(block)
         if table is None:
-            return self._slow(block, first_line)
+            return self._slow(block.tobytes(), first_line)
         return table
 
-    def _fast(self, block: bytes) -> pa.Table | None:
+    def _fast(self, block: memoryview) -> pa.Table | None:
         parse = pajson.ParseOptions(
             explicit_schema=self.schema or pa.schema([("id", pa.string()), ("text", pa.string())]),
             unexpected_field_behavior="infer",
         )
         try:
-            table = pajson.read_json(io.BytesIO(block), read_options=pajson.ReadOptions(block_size=1 << 22),
-                                     parse_options=parse)
+            table = pajson.read_json(pa.BufferReader(pa.py_buffer(block)),
+                                     read_options=pajson.ReadOptions(block_size=1 << 22), parse_options=parse)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
         if "text" not in table.column_names or table.column("text").null_count or not _valid_utf8(table):
