@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,3 +96,20 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[n
         s = open_store(Settings.from_env(home=tmp_path / "g", shard_size_bytes=64 * 1024, row_group_bytes=16 * 1024))
     yield s
     s.catalog.dispose()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A local S3-compatible server (moto) with a bucket named ``granary``; no real S3 is reachable from tests."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is needed for the S3 tests (granary[dev])")
+    boto3 = pytest.importorskip("boto3", reason="boto3 is needed for the S3 tests (granary[dev])")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
+                 aws_secret_access_key="test").create_bucket(Bucket="granary")
+    yield url
+    server.stop()

@@ -6,8 +6,6 @@ talks to it over HTTP through s3fs exactly as it would to AWS or MinIO.
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,24 +15,8 @@ import pytest
 from granary.config import Settings
 from granary.store import open_store
 
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is needed for the S3 tests (granary[dev])")
+pytest.importorskip("moto.server", reason="moto[server] is needed for the S3 tests (granary[dev])")
 pytest.importorskip("s3fs", reason="s3fs is needed for s3:// stores (granary[s3])")
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    import boto3
-
-    boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test").create_bucket(Bucket="granary")
-    yield url
-    server.stop()
 
 
 def test_commit_read_verify_gc_on_s3(tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
