@@ -40,13 +40,6 @@ def compile_filter(text: str, columns: list[str] | None = None) -> pc.Expression
     return _Compiler(text, columns).expr(tree.body)
 
 
-def columns_of(text: str) -> set[str]:
-    """The column names a filter expression refers to."""
-    tree = ast.parse(text.strip(), mode="eval")
-    funcs = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in funcs | {"None", "True", "False"}}
-
-
 def matches(table: pa.Table, text: str) -> pa.ChunkedArray:
     """Boolean mask of the rows of ``table`` that match (nulls count as no match)."""
     import pyarrow.dataset as pads  # pulls in pandas glue (~0.5 s): only when a filter actually runs

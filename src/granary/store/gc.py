@@ -29,7 +29,7 @@ class GcReport:
     kept_young: int = 0
     staging_removed: list[str] = field(default_factory=list)
     unreadable_manifests: list[str] = field(default_factory=list)
-    retention: dict[str, Any] = field(default_factory=dict)  # secure: what retention expired/deleted (issue 6)
+    retention: dict[str, Any] = field(default_factory=dict)  # what retention policies expired or deleted
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -71,7 +71,7 @@ def collect(store: Store, *, dry_run: bool = False, grace_s: float | None = None
                          hint="a grace period protects commits in progress; use 0 only when no writer runs")
     store.hooks.authorize("gc", "*")
     report = GcReport(dry_run=dry_run, grace_s=grace)
-    report.retention = store.hooks.prepare_gc(store, dry_run=dry_run)  # secure: retention + expiry (issue 6)
+    report.retention = store.hooks.prepare_gc(store, dry_run=dry_run)  # retention policies, expiry
     keys, unreadable = referenced_keys(store)
     report.referenced = len(keys)
     report.unreadable_manifests = unreadable

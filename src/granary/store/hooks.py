@@ -40,7 +40,6 @@ class StoreHooks(Protocol):
     def open_decrypted(self, meta: dict[str, Any], raw: IO[bytes], *, key: str) -> IO[bytes]:
         """Wrap a raw encrypted object in a seekable file that yields plaintext."""
 
-    # -- secure: added by the governance work (issue 6) ------------------------------------------
     def prepare_gc(self, store: Any, *, dry_run: bool = False) -> dict[str, Any]:
         """Before gc collects: apply retention policies and finish expired versions; returns a summary."""
 
@@ -80,7 +79,6 @@ class NullHooks:
         )
 
 
-# -- secure: added by the governance work (issue 6) ----------------------------------------------
 def default_hooks(settings: Any) -> StoreHooks:
     """The hooks :func:`granary.store.open_store` installs: the security layer when the environment asks
     for it (``GRANARY_SECURE=1``, ``GRANARY_AUTH=tokens`` or ``GRANARY_ENCRYPT=1``), else :class:`NullHooks`."""

@@ -102,5 +102,4 @@ class CommitStats:
     shards_written: int = 0
     rows_written: int = 0
     bytes_written: int = 0
-    shards_reused: int = 0
     extra: dict[str, Any] = field(default_factory=dict)

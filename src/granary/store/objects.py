@@ -16,7 +16,7 @@ from typing import IO, Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from granary.errors import MissingDependencyError, NotFoundError, StoreError
+from granary.errors import MissingDependencyError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,3 @@ class ObjectStore:
         """Remove a transaction's staging directory and everything in it."""
         shutil.rmtree(self._staging_root / txn_id, ignore_errors=True)
 
-
-def raise_missing(key: str, what: str = "object") -> StoreError:
-    """Build the error for a missing object."""
-    return NotFoundError(f"{what} {key} is missing", hint="run `granary verify` to list missing objects")

@@ -101,8 +101,8 @@ def read_shard(
     """Read a whole document shard, checking its checksum first."""
     if verify:
         check_object(objects, entry)
-    source = _parquet_source(objects, hooks, entry)  # secure: outside the try, so a refused key (a PermissionError)
-    try:                                              # is not reported as unreadable Parquet (issue 6)
+    source = _parquet_source(objects, hooks, entry)  # outside the try: a refused data key is not "unreadable Parquet"
+    try:
         pf = pq.ParquetFile(source if isinstance(source, str) else pa.BufferReader(source))
         return pf.read(columns=columns)  # not pq.read_table: it imports pyarrow.dataset (and pandas), ~0.4 s
     except (pa.ArrowInvalid, OSError) as exc:

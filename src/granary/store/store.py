@@ -446,7 +446,7 @@ class Store:
 def open_store(settings: Settings | None = None, *, hooks: StoreHooks | None = None) -> Store:
     """Open the store described by ``settings`` (default: from the environment)."""
     settings = settings or Settings.from_env()
-    if hooks is None:  # secure: the security layer when the environment asks for it (issue 6)
+    if hooks is None:  # the security layer when the environment asks for it
         from granary.store.hooks import default_hooks
 
         hooks = default_hooks(settings)

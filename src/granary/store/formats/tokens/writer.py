@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +112,3 @@ class TokenShardWriter:
             self._f.close()
             self._closed = True
 
-
-def pack_trailer(offset: int) -> bytes:
-    """The 16-byte trailer for a footer at ``offset`` (exposed for tests of damaged files)."""
-    return struct.pack("<Q8s", offset, MAGIC)
