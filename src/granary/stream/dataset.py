@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 Batch = Any  # tokens: dict of arrays/tensors; documents: list of record dicts
 _PLAN_STEPS = 64  # steps whose sample ids are computed in one vectorised call
-_PLAN_FIELDS = ("samples", "elements", "aligned", "first_block", "last_block")
 
 
 class StreamingDataset:
@@ -111,7 +110,7 @@ class StreamingDataset:
         """Announce the blocks of the next steps now, so checking (or fetching) them overlaps the model setup."""
         first = self.sources[0]
         if len(self.sources) == 1 and isinstance(first, TokenSource):
-            steps = list(range(min(_PLAN_STEPS, self.steps_per_pass())))
+            steps = range(min(_PLAN_STEPS, self.steps_per_pass()))
             first.plan(self.stream.locate(self._positions(self.position, steps).ravel())[1])
 
     def __getstate__(self) -> dict[str, Any]:
@@ -211,29 +210,41 @@ class StreamingDataset:
         self._warm()
 
     # -- reading -------------------------------------------------------------------------------
-    def _positions(self, position: int, steps: list[int]) -> np.ndarray:
-        """This rank's stream positions for the given steps, one row per step."""
-        starts = np.array([rank_slice(position, k, batch_size=self.batch_size, topology=self.topology)[0]
-                           for k in steps], dtype=np.int64)
+    def _positions(self, position: int, steps: range) -> np.ndarray:
+        """This rank's stream positions for the given steps, one row per step (see ``partition.rank_slice``)."""
+        first = rank_slice(position, 0, batch_size=self.batch_size, topology=self.topology)[0]
+        starts = first + np.arange(steps.start, steps.stop, steps.step, dtype=np.int64) * self.global_batch
         return starts[:, None] + np.arange(self.batch_size, dtype=np.int64)[None, :]
 
-    def _plan(self, position: int, steps: range) -> Iterator[tuple[np.ndarray, np.ndarray, TokenPlan | None]]:
-        """(sources, samples, token plan) of each step, computed ``_PLAN_STEPS`` steps at a time: the order and
-        the sample addresses are vectorised per chunk, and planning a chunk announces its blocks (background
-        verification of local shards, prefetch of remote ones) before they are read."""
-        todo = list(steps)
-        for i in range(0, len(todo), _PLAN_STEPS):
-            chunk = todo[i : i + _PLAN_STEPS]
+    def _chunks(self, position: int, steps: range) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(sources, samples) of ``_PLAN_STEPS`` steps at a time, each of shape ``(steps, batch_size)``: the
+        order and the mix are computed for a whole chunk in one vectorised call."""
+        for i in range(0, len(steps), _PLAN_STEPS):
+            chunk = steps[i : i + _PLAN_STEPS]
             source, samples = self.stream.locate(self._positions(position, chunk).ravel())
-            rows = len(chunk)
-            first = self.sources[0]
-            if len(self.sources) == 1 and isinstance(first, TokenSource):
-                plan = first.plan(samples)
-                fields = [getattr(plan, f).reshape(rows, -1) for f in _PLAN_FIELDS]
-                plans: list[TokenPlan | None] = [TokenPlan(*(f[r] for f in fields)) for r in range(rows)]
+            yield source.reshape(len(chunk), -1), samples.reshape(len(chunk), -1)
+
+    def _plan(self, position: int, steps: range) -> Iterator[tuple[np.ndarray, np.ndarray, TokenPlan | None]]:
+        """(sources, samples, token plan) of each step; planning a chunk announces its blocks (background
+        verification of local shards, prefetch of remote ones) before they are read."""
+        first = self.sources[0]
+        single = len(self.sources) == 1 and isinstance(first, TokenSource)
+        for source, samples in self._chunks(position, steps):
+            if single:
+                assert isinstance(first, TokenSource)
+                plans: list[TokenPlan | None] = list(first.plan_rows(samples))
             else:
-                plans = [None] * rows
-            yield from zip(source.reshape(rows, -1), samples.reshape(rows, -1), plans, strict=True)
+                plans = [None] * len(samples)
+            yield from zip(source, samples, plans, strict=True)
+
+    def _direct(self, position: int, steps: range) -> Iterator[Batch]:
+        """The hot path of a single tokens source: one plan per chunk, then one gather per batch."""
+        source = self.sources[0]
+        assert isinstance(source, TokenSource)
+        for _, samples in self._chunks(position, steps):
+            for r, tokens in enumerate(source.gather_rows(samples)):
+                segs = source.segment_ids(samples[r]) if self.with_segment_ids else None
+                yield self._finish(tokens, segs)
 
     def batch_at(self, position: int, step: int) -> Batch:
         """This rank's batch at ``step`` of the pass starting at ``position`` (a pure function of them)."""
@@ -265,7 +276,10 @@ class StreamingDataset:
                 out[rows] = source.gather(samples)
             if segs is not None:
                 segs[rows] = source.segment_ids(samples)
-        batch: dict[str, Any] = {"tokens": out if self.token_dtype == "native" else out.astype(self.token_dtype)}
+        return self._finish(out, segs)
+
+    def _finish(self, tokens: np.ndarray, segs: np.ndarray | None) -> dict[str, Any]:
+        batch: dict[str, Any] = {"tokens": tokens if self.token_dtype == "native" else tokens.astype(self.token_dtype)}
         if segs is not None:
             batch["segment_ids"] = segs
         return _to_torch(batch) if self.output == "torch" else batch
@@ -283,12 +297,15 @@ class StreamingDataset:
         worker_id, num_workers = detect_worker()
         start = self.position
         steps = self.steps_per_pass(start)
-        plan = self._plan(start, worker_steps(steps, worker_id, num_workers))
-        if num_workers > 1 or self.num_threads == 0:
-            batches: Iterator[Batch] = (self._batch(*item) for item in plan)
+        mine = worker_steps(steps, worker_id, num_workers)
+        batches: Iterator[Batch]
+        if num_workers == 1 and self.num_threads > 0:
+            batches = ordered_map(lambda item: self._batch(*item), self._plan(start, mine),
+                                  num_threads=self.num_threads, depth=self.prefetch)
+        elif len(self.sources) == 1 and self.kind == "tokens":
+            batches = self._direct(start, mine)
         else:
-            batches = ordered_map(lambda item: self._batch(*item), plan, num_threads=self.num_threads,
-                                      depth=self.prefetch)
+            batches = (self._batch(*item) for item in self._plan(start, mine))
         for i, batch in enumerate(batches):
             if num_workers == 1:
                 self.position = start + (i + 1) * self.global_batch
