@@ -95,17 +95,22 @@ def _loader(store: Any, **kw: Any) -> dict[str, Any]:
 def paired_rounds(store: Any, flat: Path, rounds: int) -> dict[str, Any]:
     """Each round measures the numpy anchor and Granary's variants back to back; ratios are taken per round
     (the machine is shared, so only figures taken seconds apart are compared) and summarised by the median."""
-    runs: dict[str, list[float]] = {"numpy": [], "granary": [], "granary_noverify": [], "granary_thread": []}
-    ratios: dict[str, list[float]] = {"vs_numpy": [], "checksum_cost": [], "thread_vs_inline": []}
+    runs: dict[str, list[float]] = {"numpy": [], "granary": [], "granary_noverify": [], "granary_thread": [],
+                                    "granary_pass2": [], "numpy_pass2": []}
+    ratios: dict[str, list[float]] = {"vs_numpy": [], "checksum_cost": [], "thread_vs_inline": [],
+                                      "pass2_vs_numpy_pass2": []}
     shards = 0.0
     for _ in range(rounds):
-        numpy_run = bench.measure_memmap_gather(flat, num_samples=SAMPLES, seq_len=SEQ, batch_size=BATCH)
-        g = _loader(store, verify=True)
+        numpy_run = bench.measure_memmap_gather(flat, num_samples=SAMPLES, seq_len=SEQ, batch_size=BATCH, passes=2)
+        g = _loader(store, verify=True, passes=2)
         g_nov = _loader(store, verify=False)
         g_thr = _loader(store, num_threads=1)
         shards = g["shards_per_batch"]
         for name, run in (("numpy", numpy_run), ("granary", g), ("granary_noverify", g_nov), ("granary_thread", g_thr)):
             runs[name].append(run["samples_per_s"])
+        runs["granary_pass2"].append(g["later_passes_samples_per_s"][0])
+        runs["numpy_pass2"].append(numpy_run["later_passes_samples_per_s"][0])
+        ratios["pass2_vs_numpy_pass2"].append(runs["granary_pass2"][-1] / runs["numpy_pass2"][-1])
         ratios["vs_numpy"].append(g["samples_per_s"] / numpy_run["samples_per_s"])
         ratios["checksum_cost"].append(1 - g["samples_per_s"] / g_nov["samples_per_s"])
         ratios["thread_vs_inline"].append(g_thr["samples_per_s"] / g["samples_per_s"])

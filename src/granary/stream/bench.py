@@ -37,8 +37,10 @@ def sample_ids(tokens: np.ndarray) -> np.ndarray:
 
 
 def measure_loader(store: Store, ref: str, *, seq_len: int, batch_size: int = 64, max_batches: int | None = None,
-                   verify: bool = True, num_threads: int = 0, shards: int = 16, seed: int = 0) -> dict[str, Any]:
-    """Samples/s, GB/s and shards drawn per batch of one pass (or ``max_batches``) of a fresh loader."""
+                   verify: bool = True, num_threads: int = 0, shards: int = 16, seed: int = 0,
+                   passes: int = 1) -> dict[str, Any]:
+    """Samples/s, GB/s and shards drawn per batch of the first pass (or ``max_batches``) of a fresh loader;
+    with ``passes`` > 1, also the samples/s of each later pass (blocks already verified, pages mapped)."""
     ds = StreamingDataset(ref, batch_size=batch_size, seq_len=seq_len, seed=seed, store=store, output="numpy",
                           token_dtype="native", verify=verify, num_threads=num_threads)
     per_shard = ds.num_samples // shards
@@ -51,25 +53,36 @@ def measure_loader(store: Store, ref: str, *, seq_len: int, batch_size: int = 64
         if max_batches is not None and len(ids) >= max_batches:
             break
     seconds = time.perf_counter() - t0
+    later = []
+    for _ in range(passes - 1):
+        n, t1 = 0, time.perf_counter()
+        for batch in ds:
+            n += len(batch["tokens"])
+        later.append(n / (time.perf_counter() - t1))
     drawn = [len(np.unique(sample_ids(b) // per_shard)) for b in ids]
     return {"samples": count, "seconds": seconds, "samples_per_s": count / seconds,
             "gb_per_s": count * seq_len * 2 / seconds / 1e9,  # build_synthetic writes uint16
-            "shards_per_batch": float(np.mean(drawn))}
+            "shards_per_batch": float(np.mean(drawn)), "later_passes_samples_per_s": later}
 
 
 def measure_memmap_gather(path: Path, *, num_samples: int, seq_len: int, batch_size: int = 64,
-                          max_batches: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """The plain anchor: one flat uint16 memmap, a random permutation, one sorted gather per batch."""
+                          max_batches: int | None = None, seed: int = 0, passes: int = 1) -> dict[str, Any]:
+    """The plain anchor: one flat uint16 memmap, a random permutation, one sorted gather per batch (a fresh
+    mapping, like a fresh loader); with ``passes`` > 1 the same mapping is read again with a new permutation."""
     mm = np.memmap(path, dtype=np.uint16, mode="r", shape=(num_samples, seq_len))
-    perm = np.random.default_rng(seed).permutation(num_samples)
     stop = num_samples if max_batches is None else min(num_samples, max_batches * batch_size)
-    t0 = time.perf_counter()
-    for lo in range(0, stop, batch_size):
-        _ = mm[np.sort(perm[lo : lo + batch_size])]
-    seconds = time.perf_counter() - t0
+    rates = []
+    for p in range(passes):
+        perm = np.random.default_rng([seed, p]).permutation(num_samples)
+        t0 = time.perf_counter()
+        for lo in range(0, stop, batch_size):
+            _ = mm[np.sort(perm[lo : lo + batch_size])]
+        rates.append((stop, time.perf_counter() - t0))
     del mm
+    stop, seconds = rates[0]
     return {"samples": stop, "seconds": seconds, "samples_per_s": stop / seconds,
-            "gb_per_s": stop * seq_len * 2 / seconds / 1e9}
+            "gb_per_s": stop * seq_len * 2 / seconds / 1e9,
+            "later_passes_samples_per_s": [n / s for n, s in rates[1:]]}
 
 
 def measure_resume(store: Store, ref: str, *, seq_len: int, batch_size: int = 64, trials: int = 5,
