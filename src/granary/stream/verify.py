@@ -22,7 +22,7 @@ from granary.stream.errors import CorruptBlockError
 
 log = logging.getLogger(__name__)
 
-_TODO, _BUSY, _OK, _BAD = 0, 1, 2, 3
+_TODO, _OK, _BAD = 0, 2, 3  # verdicts
 _MADV_POPULATE_READ = 22  # Linux >= 5.14; older kernels answer EINVAL and pages fault in on first touch
 
 
@@ -77,8 +77,9 @@ def reset_after_fork(obj: _ForkSafe) -> None:
 
 
 class BlockVerifier:
-    """Checks every block's xxh3-64 at most once per process (hashing releases the GIL, so two threads hash
-    in parallel); a block that fails is never served: ``ensure`` raises CorruptBlockError naming shard and block.
+    """Checks every block's xxh3-64 at most once per process, and about once across the DataLoader workers
+    forked from it (hashing releases the GIL, so threads hash in parallel); a block that fails is never served:
+    ``ensure`` raises CorruptBlockError naming shard and block.
 
     Args:
         keys: object key of each shard.
@@ -96,9 +97,17 @@ class BlockVerifier:
         counts = [len(e) for e in self._expected]
         self.base = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._shard_of = np.repeat(np.arange(len(counts)), counts)
-        self.state = np.zeros(int(self.base[-1]), dtype=np.int8)
-        self.all_ok = len(self.state) == 0
-        self._ok = 0
+        total = int(self.base[-1])
+        # Verdicts live in anonymous shared memory: DataLoader workers forked from this process read and write
+        # the same bytes, so a block is hashed about once per rank instead of once per worker. It has no name
+        # and vanishes with the last process that maps it. Claims (who is hashing what) stay per process, so a
+        # worker that dies mid-hash leaves nothing for the others to wait on.
+        self._shared = mmap.mmap(-1, max(total, 1))
+        self.state = np.frombuffer(self._shared, dtype=np.int8, count=total)
+        self._busy = np.zeros(total, dtype=bool)
+        self.all_ok = total == 0
+        self._ok = 0  # verdicts this process reached
+        self._quiet = 0  # ensure() calls that found nothing to do since the last full look
         self._cond = threading.Condition()
         self._errors: dict[int, CorruptBlockError] = {}
         self._queue: collections.deque[int] = collections.deque()
@@ -112,7 +121,7 @@ class BlockVerifier:
         self._cond = threading.Condition()
         self._queue = collections.deque()
         self._running = 0
-        self.state[self.state == _BUSY] = _TODO
+        self._busy = np.zeros_like(self._busy)
 
     def ensure(self, blocks: np.ndarray) -> None:
         """Verify (or wait for) the given global block ids; raise CorruptBlockError for a bad one.
@@ -124,6 +133,9 @@ class BlockVerifier:
             return
         need = blocks[self.state[blocks] != _OK]
         if need.size == 0:
+            self._quiet += 1
+            if self._quiet % 64 == 0:  # other processes may have verified the rest
+                self.refresh()
             return
         need = list(dict.fromkeys(need.tolist()))
         for g in reversed(need):
@@ -147,25 +159,35 @@ class BlockVerifier:
                 threading.Thread(target=_background, args=(weakref.ref(self),), daemon=True,
                                  name=f"granary-verify-{self._running}").start()
 
+    def refresh(self) -> bool:
+        """Whether every block is verified, by this process or another one sharing the verdicts."""
+        self.all_ok = bool((self.state == _OK).all())
+        return self.all_ok
+
     def _check(self, g: int, *, wait: bool) -> None:
-        """Hash block ``g`` unless it is done or being hashed; with ``wait``, also wait for another thread's
-        verdict and raise if the block is bad (without, a bad block is only logged: its reader will raise)."""
+        """Hash block ``g`` unless it is verified or being hashed here; with ``wait``, also wait for this
+        process's other thread and raise if the block is bad (without, a bad block is only logged: its reader
+        will raise). A block found bad by another process is hashed again here to name what was found."""
         with self._cond:
-            while self.state[g] == _BUSY:
+            while self._busy[g]:
                 if not wait:
                     return
                 self._cond.wait()
-            if self.state[g] == _OK or (self.state[g] == _BAD and not wait):
+            if self.state[g] == _OK:
                 return
-            if self.state[g] == _BAD:
-                raise self._errors[g]
-            self.state[g] = _BUSY
+            if g in self._errors:
+                if wait:
+                    raise self._errors[g]
+                return
+            self._busy[g] = True
         error = self._hash(g)
         with self._cond:
+            self._busy[g] = False
             if error is None:
                 self.state[g] = _OK
                 self._ok += 1
-                self.all_ok = self._ok == len(self.state)
+                if self._ok == len(self.state):
+                    self.all_ok = True
             else:
                 self.state[g] = _BAD
                 self._errors[g] = error

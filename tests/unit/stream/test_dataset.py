@@ -202,3 +202,21 @@ def test_dataloader_workers_after_an_in_process_pass(tokens_store: tuple[Store, 
     loader = StreamingLoader(ds, num_workers=2)
     again = [b["tokens"] for b in loader]
     assert len(first) == len(again) and all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_dataloader_workers_share_block_verdicts_with_the_parent(tokens_store: tuple[Store, np.ndarray],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks verified by forked workers count for every process of the rank: the parent hashed nothing."""
+    import torch.multiprocessing
+
+    from granary.stream.verify import BlockVerifier
+
+    monkeypatch.setattr(BlockVerifier, "announce", lambda self, blocks: None)  # no background hashing anywhere
+    store, _ = tokens_store
+    ds = _ds(store, batch=8)
+    verifier = ds.sources[0].verifier  # type: ignore[union-attr]
+    assert not verifier.all_ok
+    loader = StreamingLoader(ds, num_workers=2, multiprocessing_context=torch.multiprocessing.get_context("fork"))
+    batches = [b["tokens"] for b in loader]
+    assert len(batches) == ds.steps_per_pass(0)
+    assert verifier._ok == 0 and verifier.refresh()

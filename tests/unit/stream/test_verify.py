@@ -79,3 +79,15 @@ def test_background_threads_finish_the_announced_blocks_alone() -> None:
     while not v.all_ok and time.monotonic() < deadline:
         time.sleep(0.01)
     assert v.all_ok and v._running == 0
+
+
+def test_verdicts_reached_in_a_forked_worker_are_seen_by_the_parent() -> None:
+    import multiprocessing
+
+    tokens, expected = _shards(2, 20)
+    v = _verifier(tokens, expected, 1)
+    child = multiprocessing.get_context("fork").Process(target=v.ensure, args=(np.arange(len(v.state)),))
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert v._ok == 0 and v.refresh()  # the parent hashed nothing, yet knows every block is good
