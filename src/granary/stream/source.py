@@ -199,13 +199,20 @@ class TokenSource:
         return self.layout.num_samples
 
     def plan(self, samples: np.ndarray) -> TokenPlan:
-        """Addresses of many samples at once (vectorised); announces their blocks for background checking."""
+        """Addresses of many samples at once (vectorised); announces their blocks for background checking.
+
+        Block ids are computed only while some block is unverified (local shards) or for remote shards; once
+        every block is verified the plan carries the shard ids in their place (nothing reads them then).
+        """
         shard, local, aligned = self.layout.locate(samples)
+        elements = self._elem_base[shard] + local
+        if self._local and self.verifier.all_ok:
+            return TokenPlan(samples=samples, elements=elements, aligned=aligned, first_block=shard, last_block=shard)
         first = self.verifier.base[shard] + local // self._block_tokens[shard] if self._local else shard
         end = np.minimum(local + self.seq_len, self.layout.shard_tokens[shard]) - 1
         last = self.verifier.base[shard] + end // self._block_tokens[shard] if self._local else shard
-        plan = TokenPlan(samples=samples, elements=self._elem_base[shard] + local, aligned=aligned,
-                         first_block=first, last_block=np.minimum(last, len(self.verifier.state) - 1))
+        plan = TokenPlan(samples=samples, elements=elements, aligned=aligned, first_block=first,
+                         last_block=np.minimum(last, len(self.verifier.state) - 1))
         if self._local and not self.verifier.all_ok:
             self.verifier.announce(np.column_stack([first, plan.last_block]).ravel())
         elif not self._local and self._cache is not None:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from granary.config import Settings
 from granary.errors import StreamError
@@ -61,6 +63,21 @@ def test_layout_pieces_match_a_naive_concatenation() -> None:
     assert np.array_equal(starts[shard] + local, np.arange(layout.num_samples) * 8)
     ids = segment_ids(np.array([0, 3, 10]), np.array([0, 8]), 8)
     assert ids.tolist() == [[0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1, 1]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 60), min_size=1, max_size=12).filter(lambda t: sum(t) > 0),
+       st.integers(1, 1 << 21))
+def test_shard_of_matches_a_binary_search(tokens: list[int], max_buckets: int) -> None:
+    """The bucket lookup finds the same shard as a binary search, with empty shards and any bucket count."""
+    PackedLayout.MAX_BUCKETS, saved = max_buckets, PackedLayout.MAX_BUCKETS
+    try:
+        layout = PackedLayout.build(tokens, 1)
+    finally:
+        PackedLayout.MAX_BUCKETS = saved
+    offsets = np.arange(sum(tokens))
+    expected = np.searchsorted(layout.shard_starts, offsets, side="right") - 1
+    assert np.array_equal(layout.shard_of(offsets), expected)
 
 
 def test_records_stream_exactly_once_per_epoch_across_ranks(docs_store: Store) -> None:
