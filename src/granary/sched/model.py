@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -104,9 +105,10 @@ class JobSpec:
         """Total GPUs of the job (all replicas)."""
         return self.gpus_per_replica * self.replicas
 
-    @property
+    @functools.cached_property
     def shape(self) -> tuple[int, float, int, int, tuple[tuple[str, str], ...]]:
-        """Resource shape: jobs with the same shape fit exactly the same places."""
+        """Resource shape: jobs with the same shape fit exactly the same places (computed once: a spec is
+        immutable, and policies ask for it in every pass)."""
         return (
             self.gpus_per_replica,
             self.cpus_per_replica,

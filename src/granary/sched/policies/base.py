@@ -59,6 +59,10 @@ class Policy:
         """Whether quotas allow the job to start now."""
         return True
 
+    def admits_all(self) -> bool:
+        """True when :meth:`admissible` cannot refuse a job (a pass then skips asking, job by job)."""
+        return type(self).admissible is Policy.admissible
+
     def pick(self, state: SchedulerState, candidates: list[Job]) -> Job:
         """Choose which of the fitting group heads starts next."""
         return min(candidates, key=lambda j: j.key)
@@ -84,6 +88,7 @@ class Policy:
             return
         heads = dict(queue.heads())
         fits: dict[Hashable, bool] = {}
+        admit = None if self.admits_all() else self.admissible
         while heads:
             head = min(heads.values(), key=lambda j: j.key)
             fitting = []
@@ -92,7 +97,7 @@ class Policy:
                 ok = fits.get(shape)
                 if ok is None:
                     ok = fits[shape] = cluster.fits(job.spec)
-                if ok and self.admissible(state, job):
+                if ok and (admit is None or admit(state, job)):
                     fitting.append(job)
             if not fitting:
                 return

@@ -47,6 +47,8 @@ class FairSharePolicy(Policy):
         self.tenants: set[str] = set(self.quotas)
         self._weight_sum = 0.0
         self._quota_sum = 0.0
+        self._guarantees_total = -1
+        self._guarantees: dict[str, float] = {}
 
     def group_of(self, job: Job) -> Hashable:
         return (job.spec.tenant, job.spec.shape)
@@ -59,14 +61,23 @@ class FairSharePolicy(Policy):
         return (job.submit_time,)
 
     def guaranteed(self, state: SchedulerState, tenant: str) -> float:
-        """GPUs guaranteed to ``tenant`` now."""
+        """GPUs guaranteed to ``tenant`` now (memoised until the tenants or the cluster's size change)."""
         if tenant in self.quotas:
             return self.quotas[tenant]
-        if not self._weight_sum:
+        total = state.cluster.total_gpus
+        if not self._weight_sum or self._guarantees_total != total:
             self._weight_sum = sum(self.weights.get(t, 1.0) for t in self.tenants if t not in self.quotas)
             self._quota_sum = sum(self.quotas.values())
-        spare = max(0.0, state.cluster.total_gpus - self._quota_sum)
-        return spare * self.weights.get(tenant, 1.0) / max(self._weight_sum, 1e-9)
+            self._guarantees_total = total
+            self._guarantees = {}
+        share = self._guarantees.get(tenant)
+        if share is None:
+            spare = max(0.0, total - self._quota_sum)
+            share = self._guarantees[tenant] = spare * self.weights.get(tenant, 1.0) / max(self._weight_sum, 1e-9)
+        return share
+
+    def admits_all(self) -> bool:
+        return not self.borrow_limit
 
     def admissible(self, state: SchedulerState, job: Job) -> bool:
         limit = self.borrow_limit.get(job.spec.tenant)
@@ -78,11 +89,22 @@ class FairSharePolicy(Policy):
         return state.usage[tenant] / max(self.guaranteed(state, tenant), 1e-9)
 
     def pick(self, state: SchedulerState, candidates: list[Job]) -> Job:
-        return min(candidates, key=lambda j: (self._share(state, j.spec.tenant), j.key))
+        shares: dict[str, float] = {}  # one share per tenant, not per candidate
+
+        def rank(job: Job) -> tuple[float, tuple[float, ...]]:
+            tenant = job.spec.tenant
+            share = shares.get(tenant)
+            if share is None:
+                share = shares[tenant] = self._share(state, tenant)
+            return share, job.key
+
+        return min(candidates, key=rank)
 
     def preemption_target(self, state: SchedulerState, now: float) -> tuple[Job, list[Job]] | None:
         """The most deprived tenant's head, if it is within its guarantee; victims: borrowers, newest first."""
-        heads = [j for _, j in state.queue.heads() if self.admissible(state, j)]
+        heads = [j for _, j in state.queue.heads()]
+        if not self.admits_all():
+            heads = [j for j in heads if self.admissible(state, j)]
         entitled = [j for j in heads
                     if state.usage[j.spec.tenant] + j.gpus <= self.guaranteed(state, j.spec.tenant)]
         if not entitled:
