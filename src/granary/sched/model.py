@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from granary.sched.errors import InvalidJobError
 
@@ -78,6 +77,9 @@ class JobSpec:
     executor: str = "local"
     grace_s: float = 10.0
     gang_timeout_s: float = 300.0
+    # Set once in __post_init__; not a field. Read as a plain attribute: touching ``__dict__`` (as
+    # functools.cached_property does) turns off CPython's fast attribute access for the instance.
+    _shape: ClassVar[tuple[int, float, int, int, tuple[tuple[str, str], ...]]]
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 128:
@@ -99,23 +101,21 @@ class JobSpec:
             raise InvalidJobError("duration_estimate_s", f"must be > 0, got {self.duration_estimate_s}")
         if self.grace_s < 0 or self.gang_timeout_s <= 0:
             raise InvalidJobError("grace_s", "grace_s must be >= 0 and gang_timeout_s > 0")
+        # Computed once (a spec is immutable; policies ask for it in every pass) and set here, in every instance
+        # in the same order, so instances keep sharing their attribute layout (fast attribute access).
+        object.__setattr__(self, "_shape", (self.gpus_per_replica, self.cpus_per_replica,
+                                            self.memory_bytes_per_replica, self.replicas,
+                                            tuple(sorted(self.node_selector.items()))))
 
     @property
     def gpus(self) -> int:
         """Total GPUs of the job (all replicas)."""
         return self.gpus_per_replica * self.replicas
 
-    @functools.cached_property
+    @property
     def shape(self) -> tuple[int, float, int, int, tuple[tuple[str, str], ...]]:
-        """Resource shape: jobs with the same shape fit exactly the same places (computed once: a spec is
-        immutable, and policies ask for it in every pass)."""
-        return (
-            self.gpus_per_replica,
-            self.cpus_per_replica,
-            self.memory_bytes_per_replica,
-            self.replicas,
-            tuple(sorted(self.node_selector.items())),
-        )
+        """Resource shape: jobs with the same shape fit exactly the same places."""
+        return self._shape
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (the inverse of :meth:`from_dict`)."""
