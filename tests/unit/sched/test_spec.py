@@ -49,3 +49,12 @@ def test_latest_complete_checkpoint_and_env(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("GRANARY_REPORT_FILE", env["GRANARY_REPORT_FILE"])
     report_resumed(10)
     assert read_report(tmp_path / "r.json") == {"resumed_step": 10}
+
+
+def test_spec_round_trips_through_dicts_with_its_shape() -> None:
+    import dataclasses
+
+    spec = JobSpec(name="t", tenant="a", command=["x"], gpus_per_replica=2, replicas=3, node_selector={"gpu": "h100"})
+    assert set(spec.to_dict()) == {f.name for f in dataclasses.fields(JobSpec)}  # the cached shape is no field
+    again = JobSpec.from_dict(spec.to_dict())
+    assert again == spec and again.shape == spec.shape == (2, 1.0, 0, 3, (("gpu", "h100"),))
