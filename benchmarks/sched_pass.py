@@ -1,6 +1,8 @@
 """Time one scheduling pass over 10,000 pending jobs on 1,000 nodes, for every policy.
 
-Usage: python benchmarks/sched_pass.py [--nodes 1000] [--pending 10000] [--busy 0.95] [--repeat 5]
+Usage: python benchmarks/sched_pass.py [--nodes 1000] [--pending 10000] [--busy 0.95] [--repeat 5] [--policies a,b]
+
+To compare two versions of the code on the same states, run it with PYTHONPATH pointing at a worktree of each.
 
 Anchor: a textbook pass (sort every pending job, scan every node for each) over the same state,
 measured in the same run. Times are process CPU time.
@@ -79,11 +81,12 @@ def main() -> None:
     p.add_argument("--pending", type=int, default=10_000)
     p.add_argument("--busy", type=float, default=0.95)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--policies", default=",".join(sorted(POLICIES)), help="comma-separated policies to time")
     a = p.parse_args()
     print(f"{a.nodes} nodes x 8 GPUs, {a.busy:.0%} busy, {a.pending} pending; median of {a.repeat} passes (CPU ms)")
     print("| policy | pass ms | started | preempted | anchor (naive) ms | anchor / granary |")
     print("|---|---|---|---|---|---|")
-    for policy in sorted(POLICIES):
+    for policy in a.policies.split(","):
         times, anchor = [], []
         for rep in range(a.repeat):
             st = build(policy, nodes=a.nodes, pending=a.pending, busy=a.busy, seed=rep)
