@@ -331,7 +331,9 @@ class SchedulerState:
     def victims(self) -> Iterator[Job]:
         """Active jobs from the worst key to the best (lazy walk of a max-heap)."""
         heap = self._victims
-        if len(heap) > 2 * len(self.active) + 64:
+        # Compact once a fifth of the entries are stale: a stale entry still costs the walk below a push and a
+        # pop (compacting only at 2x the live entries made tiresias replays ~30% slower).
+        if len(heap) > len(self.active) + len(self.active) // 4 + 64:
             heap[:] = [e for e in heap if e[2] == e[3].token and e[3].id in self.active]
             heapq.heapify(heap)
         if not heap:
