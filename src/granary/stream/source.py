@@ -68,16 +68,27 @@ class DecryptedTokenShard:
         return self.tokens[start:stop]
 
 
-def decrypt_memory_budget() -> int:
-    """Bytes of decrypted tokens a source may hold in memory (``GRANARY_DECRYPT_MEMORY_BYTES``, default 1/4 of RAM)."""
+def _quarter_of_ram_or(env: str) -> int:
+    """Bytes from the environment variable ``env``, else a quarter of the machine's RAM."""
     import os
 
-    raw = os.environ.get("GRANARY_DECRYPT_MEMORY_BYTES")
+    raw = os.environ.get(env)
     if raw:
         return int(raw)
     import psutil
 
     return int(psutil.virtual_memory().total // 4)
+
+
+def populate_budget() -> int:
+    """Largest version (bytes) whose pages are all mapped when it opens (``GRANARY_POPULATE_BYTES``, default 1/4
+    of RAM); larger versions are mapped page by page as they are read."""
+    return _quarter_of_ram_or("GRANARY_POPULATE_BYTES")
+
+
+def decrypt_memory_budget() -> int:
+    """Bytes of decrypted tokens a source may hold in memory (``GRANARY_DECRYPT_MEMORY_BYTES``, default 1/4 of RAM)."""
+    return _quarter_of_ram_or("GRANARY_DECRYPT_MEMORY_BYTES")
 
 
 @dataclass(frozen=True)
@@ -136,9 +147,11 @@ class TokenSource:
         if self._local:
             self._build_local_index()
             # Map every page ahead of the reader and the verifier: one madvise per shard maps the page cache
-            # several times faster than page faults (or per-block madvise calls) racing from two threads.
-            threading.Thread(target=_populate_all, args=([s.tokens for s in local],), daemon=True,
-                             name="granary-populate").start()
+            # several times faster than page faults (or per-block madvise calls) racing from two threads. Only
+            # for versions that fit the budget: on a larger one it would read the whole version from disk.
+            arrays = [s.tokens for s in local]
+            if sum(a.nbytes for a in arrays) <= populate_budget():
+                threading.Thread(target=_populate_all, args=(arrays,), daemon=True, name="granary-populate").start()
 
     def _open(self, store: Store, entry: ShardEntry) -> TokenShard:
         if "enc" in entry.meta:  # decrypted in memory by the security layer, never cached on disk in plaintext

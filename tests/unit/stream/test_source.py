@@ -114,3 +114,19 @@ def test_mixed_tokens_follow_weights_and_resume_exactly(tstore: Store) -> None:
     resumed.load_state_dict(state)
     tail = [b["tokens"][:, 0] for b in resumed]
     assert np.array_equal(np.concatenate(head + tail), stream)
+
+
+@pytest.mark.parametrize(("budget", "mapped"), [("0", False), (str(1 << 40), True)])
+def test_pages_are_mapped_ahead_only_for_versions_within_the_budget(
+        tokens_store: tuple[Store, np.ndarray], monkeypatch: pytest.MonkeyPatch, budget: str, mapped: bool) -> None:
+    """Mapping every page of a version larger than memory would read all of it from disk at open."""
+    import granary.stream.source as source
+
+    store, flat = tokens_store
+    calls: list[int] = []
+    monkeypatch.setattr(source, "_populate_all", lambda arrays: calls.append(len(arrays)))
+    monkeypatch.setenv("GRANARY_POPULATE_BYTES", budget)
+    ds = StreamingDataset("toks", batch_size=2, seq_len=8, store=store, output="numpy", shuffle=False,
+                          token_dtype="native")
+    assert np.array_equal(next(iter(ds))["tokens"].ravel(), flat[:16])  # reads right either way
+    assert calls == ([6] if mapped else [])
