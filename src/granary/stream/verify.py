@@ -22,7 +22,7 @@ from granary.stream.errors import CorruptBlockError
 
 log = logging.getLogger(__name__)
 
-_TODO, _OK, _BAD = 0, 2, 3  # verdicts
+_TODO, _OK, _BAD = 0, 1, 2  # verdicts (shared with forked workers)
 _MADV_POPULATE_READ = 22  # Linux >= 5.14; older kernels answer EINVAL and pages fault in on first touch
 
 
@@ -126,8 +126,8 @@ class BlockVerifier:
     def ensure(self, blocks: np.ndarray) -> None:
         """Verify (or wait for) the given global block ids; raise CorruptBlockError for a bad one.
 
-        The calling thread first hashes the blocks nobody has claimed, last first (the background thread
-        works from the front of the same order), then waits for those the background thread is hashing.
+        The calling thread first hashes the blocks nobody has claimed, last first (the background threads
+        work from the front of the same order), then waits for those the background threads are hashing.
         """
         if self.all_ok:
             return
