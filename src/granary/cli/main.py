@@ -30,6 +30,7 @@ _GROUPS = (
     "granary.cli.curate",
     "granary.cli.sched",
     "granary.cli.stream",
+    "granary.cli.gateway",
 )
 
 for _module in _GROUPS:
