@@ -9,7 +9,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from granary.serve.errors import BackendNotFoundError, GatewayUnreachableError
+from granary.errors import ServeError
+from granary.serve.errors import GatewayUnreachableError
 
 
 def read_state(name: str = "default") -> dict[str, Any]:
@@ -66,10 +67,10 @@ class GatewayClient:
             except ValueError:
                 detail = {"error": exc.reason}
             message = str(detail.get("error", exc.reason))
-            if exc.code == 404 and "no backend" in message:
-                raise BackendNotFoundError(path.rsplit("/", 1)[-1]) from None
-            raise GatewayUnreachableError(self.admin_url, f"{exc.code}: {message}",
-                                          hint=detail.get("hint") or "check the arguments") from None
+            if exc.code in (401, 403):
+                raise GatewayUnreachableError(self.admin_url, f"refused ({exc.code}): {message}",
+                                              hint=detail.get("hint") or "check GRANARY_TOKEN") from None
+            raise ServeError(message, hint=detail.get("hint") or "check the arguments") from None
         except (urllib.error.URLError, OSError) as exc:
             raise GatewayUnreachableError(self.admin_url, f"cannot connect ({exc})") from None
 

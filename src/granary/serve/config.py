@@ -261,6 +261,7 @@ class GatewayConfig:
         admin_host: address of the admin and metrics listener (keep it on a private network).
         admin_port: its port (0 picks a free one).
         max_body_bytes: larger request bodies get 413.
+        client_idle_s: a client that sends no body bytes for this long gets 408.
         access_log: a file for the JSON access log, ``-`` for stderr, or None.
         discovery_interval_s: how often serving jobs registered in the catalog are picked up (0: off).
         uvloop: use uvloop's event loop when installed.
@@ -274,6 +275,7 @@ class GatewayConfig:
     admin_host: str = "127.0.0.1"
     admin_port: int = 0
     max_body_bytes: int = 4 * 1024 * 1024
+    client_idle_s: float = 30.0
     access_log: str | None = None
     discovery_interval_s: float = 0.0
     uvloop: bool = True
@@ -288,7 +290,7 @@ class GatewayConfig:
                 raise GatewayConfigError(attr, f"must be in [0, 65535], got {getattr(self, attr)}")
         if self.workers < 0:
             raise GatewayConfigError("workers", f"must be >= 0 (0: one per core), got {self.workers}")
-        _positive(self, "max_body_bytes")
+        _positive(self, "max_body_bytes", "client_idle_s")
         if self.discovery_interval_s < 0:
             raise GatewayConfigError("discovery_interval_s", "must be >= 0")
         names = [r.name for r in self.routes]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 from granary.errors import ServeError
 
 
@@ -20,7 +18,8 @@ class GatewayConfigError(ServeError, ValueError):
 
     def located(self, source: str) -> GatewayConfigError:
         """The same error, naming the file it came from."""
-        new = copy.copy(self)
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
         new.source = source
         new.args = (f"{source}: {self.field} {self.reason}",)
         return new

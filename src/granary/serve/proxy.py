@@ -37,7 +37,6 @@ from granary.serve.pool import RoutePool
 log = logging.getLogger(__name__)
 
 OPENAI_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/embeddings"})
-CLIENT_IDLE_S = 30.0
 clock = time.monotonic
 
 
@@ -187,7 +186,7 @@ class Proxy:
         size = 0
         try:
             while True:
-                async with asyncio.timeout(CLIENT_IDLE_S):
+                async with asyncio.timeout(self.config.client_idle_s):
                     chunk = await request.content.readany()
                 if not chunk:
                     break
@@ -196,7 +195,7 @@ class Proxy:
                     raise Reject(413, "body_too_large", f"the request body exceeds the limit of {limit} bytes")
                 parts.append(chunk)
         except TimeoutError as exc:
-            raise Reject(408, "client_gone", f"the client sent no body bytes for {CLIENT_IDLE_S:g} s") from exc
+            raise Reject(408, "client_gone", f"the client sent no body bytes for {self.config.client_idle_s:g} s") from exc
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     # -- admission and forwarding -------------------------------------------------------------------------

@@ -58,10 +58,12 @@ class PrefixAwareBalancer(Balancer):
     Each worker keeps an approximate index: for every backend, an LRU set of the chained block hashes of the
     prompts it sent there (what the engine's prefix cache will hold, give or take evictions). A pick:
 
-    1. finds the available backends sharing the longest run of leading blocks with the prompt;
-    2. among them takes the one the prompt's affinity key (the conversation's start, or its first
-       ``affinity_blocks`` blocks) ranks first by rendezvous hashing, so worker processes that never saw the
-       conversation agree on where it goes without sharing state;
+    1. finds the available backends sharing the longest run of leading blocks with the prompt; if that run
+       covers the conversation's own start (its affinity key: the messages up to the first user message, or the
+       first ``affinity_blocks`` blocks of a plain prompt), those backends are the candidates, else all are
+       (a shared system prompt alone says nothing about where a conversation lives);
+    2. among the candidates takes the one the affinity key ranks first by rendezvous hashing, so worker
+       processes that never saw the conversation agree on where it goes without sharing state;
     3. falls back to the least loaded backend when the chosen one has ``busy_threshold`` more requests in flight
        than the least loaded (the load fallback), and records the prompt's blocks under the final choice.
 
@@ -118,15 +120,23 @@ class PrefixAwareBalancer(Balancer):
     def pick(self, req: RequestInfo, backends: Sequence[Backend], now: float) -> Backend:
         """The backend with the longest cached prefix, unless it is busy."""
         hashes = block_hashes(req.prompt, self.block_chars) if req.prompt else []
-        matched, candidates = self.match(hashes, backends)
-        affinity = req.key if req.key is not None else (req.prompt or "")[:self.affinity_blocks * self.block_chars]
+        matched, holders = self.match(hashes, backends)
+        if req.key is not None:
+            affinity = req.key
+            own = max(1, len(affinity.encode("utf-8", "surrogatepass")) // self.block_chars)
+        else:
+            affinity = (req.prompt or "")[:self.affinity_blocks * self.block_chars]
+            own = max(1, min(self.affinity_blocks, len(hashes)))
+        # Only a match that covers the conversation's own start says where *this* conversation lives; a match
+        # of a shared system prompt alone would pull every new conversation onto one backend.
+        candidates = holders if matched >= own else backends
         akey = hash64(affinity)
         chosen = max(candidates, key=lambda b: hash64(b.name, seed=akey))
         least = min(backends, key=lambda b: (b.in_flight, hash64(b.name, seed=akey)))
         if chosen.in_flight > least.in_flight + self.busy_threshold:
             chosen = least
             self.fallbacks += 1
-        elif matched:
+        elif matched >= own:
             self.hits += 1
         if hashes:
             self.record(chosen.name, hashes)
