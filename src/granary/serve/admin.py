@@ -54,8 +54,9 @@ class AdminAuth:
         secure = SecureSettings.from_env(settings.home, auth="tokens", token=token, origin="gateway-admin")
         return Guard(self._catalog, secure, principal=principal)
 
-    def check(self, header: str | None, *, write: bool, what: str, details: dict[str, Any] | None = None) -> str:
-        """Authenticate and authorize a call (blocking: run it in a thread); returns the principal's name.
+    def check(self, header: str | None, *, write: bool, what: str) -> Any:
+        """Authenticate and authorize a call (blocking: run it in a thread); returns the Guard (None in local
+        mode) with which a change is audited once it succeeded.
 
         Raises:
             AuthorizationError: no, a bad, or an insufficient credential.
@@ -65,15 +66,13 @@ class AdminAuth:
             if not token or not hmac.compare_digest(token, self.local_secret):
                 raise AuthorizationError("the gateway admin API needs its secret",
                                          hint="run the CLI as the gateway's user (it reads the state file)")
-            return "local"
+            return None
         if not token:
             raise AuthorizationError("the gateway admin API needs a token (Authorization: Bearer gry_...)",
                                      hint="set GRANARY_TOKEN to a token from `granary token issue`")
         guard = self._guard(token)
         guard.authorize("gateway" if write else "list", "*", obj=f"gateway:{what}")
-        if write:
-            guard.record("gateway", "*", obj=f"gateway:{what}", details=details or {})
-        return str(guard.principal.name)
+        return guard
 
 
 def _json_error(status: int, message: str, hint: str | None = None) -> web.Response:
@@ -83,18 +82,17 @@ def _json_error(status: int, message: str, hint: str | None = None) -> web.Respo
 def admin_app(gateway: Gateway, auth: AdminAuth) -> web.Application:
     """The admin application: ``/admin/...`` (authenticated), ``/metrics`` and ``/healthz`` (open)."""
 
-    async def authorized(request: web.Request, *, write: bool, what: str, details: dict[str, Any] | None = None
-                         ) -> web.Response | None:
+    async def authorized(request: web.Request, *, write: bool, what: str) -> tuple[web.Response | None, Any]:
         try:
-            await asyncio.to_thread(auth.check, request.headers.get("Authorization"), write=write, what=what,
-                                    details=details)
+            guard = await asyncio.to_thread(auth.check, request.headers.get("Authorization"), write=write, what=what)
         except AuthorizationError as exc:
             gateway.metrics_reject_admin()
-            return _json_error(403 if request.headers.get("Authorization") else 401, Exception.__str__(exc), exc.hint)
+            status = 403 if request.headers.get("Authorization") else 401
+            return _json_error(status, Exception.__str__(exc), exc.hint), None
         except GranaryError as exc:  # authentication errors and catalog trouble
             gateway.metrics_reject_admin()
-            return _json_error(401, Exception.__str__(exc), exc.hint)
-        return None
+            return _json_error(401, Exception.__str__(exc), exc.hint), None
+        return None, guard
 
     async def body_of(request: web.Request) -> dict[str, Any]:
         try:
@@ -108,7 +106,7 @@ def admin_app(gateway: Gateway, auth: AdminAuth) -> web.Application:
         return data
 
     async def change(request: web.Request, what: str, details: dict[str, Any], fn: Any) -> web.Response:
-        denied = await authorized(request, write=True, what=what, details=details)
+        denied, guard = await authorized(request, write=True, what=what)
         if denied is not None:
             return denied
         try:
@@ -117,15 +115,17 @@ def admin_app(gateway: Gateway, auth: AdminAuth) -> web.Application:
             return _json_error(404, Exception.__str__(exc), exc.hint)
         except (GranaryError, ValueError, TypeError) as exc:
             return _json_error(400, Exception.__str__(exc), getattr(exc, "hint", None))
+        if guard is not None:
+            await asyncio.to_thread(guard.record, "gateway", "*", obj=f"gateway:{what}", details=details)
         await gateway.broadcast_and_wait()
         return web.json_response({"ok": True, "backend": result, "version": gateway.table.version})
 
     async def list_backends(request: web.Request) -> web.Response:
-        denied = await authorized(request, write=False, what="list")
+        denied, _ = await authorized(request, write=False, what="list")
         return denied or web.json_response(await gateway.backends())
 
     async def status(request: web.Request) -> web.Response:
-        denied = await authorized(request, write=False, what="status")
+        denied, _ = await authorized(request, write=False, what="status")
         return denied or web.json_response(await gateway.status())
 
     async def add(request: web.Request) -> web.Response:
