@@ -46,7 +46,7 @@ def up(
     from granary.serve.gateway import Gateway
 
     cfg = load_config(config)
-    overrides = {k: v for k, v in (("port", port), ("workers", workers), ("admin_port", admin_port)) if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in (("port", port), ("workers", workers), ("admin_port", admin_port)) if v is not None}
     cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
     gw = Gateway(cfg)
     _announce(gw)
@@ -89,7 +89,8 @@ def status(name: str = NameOpt, admin_url: str = AdminOpt, as_json: bool = JsonO
              sum(int(b["ejected"]) for r in w["routes"] for b in r["backends"])) for w in st["workers"]]
     console.print(table("workers", ["pid", "in flight", "queued", "ejected backends"], rows))
     console.print(table("routes", ["route", "policy", "models", "path prefix"],
-                        [(r["name"], r["policy"], ", ".join(r["models"]), r["path_prefix"] or "") for r in st["routes"]]))
+                        [(r["name"], r["policy"], ", ".join(r["models"]), r["path_prefix"] or "")
+                         for r in st["routes"]]))
 
 
 @backend_app.command("list")
@@ -197,7 +198,7 @@ def sim(
 @gateway_app.command("endpoint")
 def endpoint(
     model: str = typer.Option(..., help="The model the server serves (the gateway routes it by this name)."),
-    port: int = typer.Option(None, help="The server's port; omit it and write {port} in the command to get a free one."),
+    port: int = typer.Option(None, help="The server's port; omit it and write {port} in the command for a free one."),
     backend: str = typer.Option(None, "--backend-name", help="Backend name (default: job id and replica)."),
     advertise_host: str = typer.Option(None, help="Address gateways reach the server at "
                                                   "(default: GRANARY_ADVERTISE_HOST or 127.0.0.1)."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from typing import Literal
 
@@ -64,10 +65,8 @@ class WaitRoom:
         finally:
             if not fut.done():
                 fut.cancel()
-            try:
+            with contextlib.suppress(ValueError):
                 self.waiters.remove(fut)
-            except ValueError:
-                pass
         return "ok"
 
     def leave(self) -> None:

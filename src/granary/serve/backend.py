@@ -35,7 +35,8 @@ class Backend:
     """
 
     __slots__ = ("active_healthy", "added_at", "consecutive_failures", "draining", "ejected_until", "ejections",
-                 "ewma_at", "ewma_s", "in_flight", "last_ejected_at", "load", "name", "requests", "slow_start_s", "url", "weight")
+                 "ewma_at", "ewma_s", "in_flight", "last_ejected_at", "load", "name", "requests", "slow_start_s",
+                 "url", "weight")
 
     def __init__(self, name: str, url: str, weight: float = 1.0, *, now: float = 0.0,
                  slow_start_s: float = 0.0) -> None:

@@ -214,7 +214,8 @@ class RouteConfig:
         if not self.models and not self.path_prefix:
             raise GatewayConfigError(f"route {self.name}", "needs `models` or a `path_prefix`")
         if self.path_prefix is not None and not self.path_prefix.startswith("/"):
-            raise GatewayConfigError(f"route {self.name}: path_prefix", f"must start with '/', got {self.path_prefix!r}")
+            raise GatewayConfigError(f"route {self.name}: path_prefix",
+                                     f"must start with '/', got {self.path_prefix!r}")
         if self.policy not in POLICIES:
             raise UnknownPolicyError(self.policy, sorted(POLICIES), field=f"route {self.name}: policy")
         try:
@@ -360,7 +361,7 @@ def route_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> Ro
     item["backends"] = tuple(_build(BackendConfig, b, f"{where}: backend", source) for b in backends)
     item["models"] = tuple(item.get("models") or ())
     item["policy_params"] = dict(item.get("policy_params") or {})
-    return _build(RouteConfig, item, where, source)  # type: ignore[no-any-return]
+    return _build(RouteConfig, item, where, source)
 
 
 def config_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> GatewayConfig:
@@ -374,7 +375,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str | None = None) -> G
     if not isinstance(routes, list):
         raise GatewayConfigError("routes", "must be a list", source=source)
     item["routes"] = tuple(route_from_dict(r, source=source) for r in routes)
-    return _build(GatewayConfig, item, "config", source)  # type: ignore[no-any-return]
+    return _build(GatewayConfig, item, "config", source)
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -43,7 +43,7 @@ async def discovery_loop(gateway: Gateway) -> None:
     while True:
         try:
             endpoints = await asyncio.to_thread(book.live)
-        except (GranaryError, SQLAlchemyError, OSError) as exc:  # the catalog is briefly unreachable: keep the last known table
+        except (GranaryError, SQLAlchemyError, OSError) as exc:  # catalog briefly unreachable: keep the table
             if not warned:
                 log.warning("endpoint discovery failed (keeping the current backends): %s", exc)
                 warned = True

@@ -12,6 +12,7 @@ What is shared and what is per process (see docs/serve.md, "Processes"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -128,10 +129,8 @@ class Gateway:
         if self.local is not None:
             await self.local.stop(drain)
         for conn in self.conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.send({"op": "stop", "drain_s": drain})
-            except OSError:
-                pass
         deadline = time.monotonic() + drain + 5.0
         for proc in self.procs:
             await asyncio.to_thread(proc.join, max(0.1, deadline - time.monotonic()))

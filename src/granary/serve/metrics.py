@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -96,10 +97,8 @@ class GatewayMetrics:
     def forget_backend(self, route: str, backend: str) -> None:
         """A backend left the route: drop its gauges (counters stay, as Prometheus expects)."""
         for metric in (self.healthy, self.in_flight):
-            try:
+            with contextlib.suppress(KeyError):
                 metric.remove(route, backend)
-            except KeyError:
-                pass
             self._cache.pop((id(metric), route, backend), None)
 
     def ejected(self, route: str, backend: str) -> None:

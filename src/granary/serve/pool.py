@@ -10,7 +10,7 @@ from granary.serve.backend import Backend, LoadReport
 from granary.serve.balancers import Balancer, RequestInfo, make_balancer
 from granary.serve.budget import RetryBudget
 from granary.serve.config import BackendConfig, RouteConfig
-from granary.serve.outlier import OutlierDetector, Outcome, available
+from granary.serve.outlier import Outcome, OutlierDetector, available
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -72,11 +72,11 @@ class Proxy:
         self.pools = {r.name: RoutePool(r, now=now, seed=seed) for r in config.routes}
         self.by_model = {m: r for r in config.routes for m in r.models}
         self.prefixes = sorted(((r.path_prefix, r) for r in config.routes if r.path_prefix),
-                               key=lambda p: -len(p[0]))  # type: ignore[arg-type]
+                               key=lambda p: -len(p[0]))
         adm = config.admission
         self.admission = WaitRoom(adm.max_in_flight, max_waiting=adm.max_queue, timeout_s=adm.queue_timeout_s)
-        self.pending = {r.name: WaitRoom(None, max_waiting=r.circuit.max_pending, timeout_s=r.circuit.pending_timeout_s)
-                        for r in config.routes}
+        self.pending = {r.name: WaitRoom(None, max_waiting=r.circuit.max_pending,
+                                         timeout_s=r.circuit.pending_timeout_s) for r in config.routes}
         self.session: aiohttp.ClientSession | None = None
         self.ids = itertools.count(1)
         self.prefix_id = f"{os.getpid():x}"
@@ -195,7 +195,8 @@ class Proxy:
                     raise Reject(413, "body_too_large", f"the request body exceeds the limit of {limit} bytes")
                 parts.append(chunk)
         except TimeoutError as exc:
-            raise Reject(408, "client_gone", f"the client sent no body bytes for {self.config.client_idle_s:g} s") from exc
+            idle = self.config.client_idle_s
+            raise Reject(408, "client_gone", f"the client sent no body bytes for {idle:g} s") from exc
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     # -- admission and forwarding -------------------------------------------------------------------------
@@ -318,7 +319,10 @@ class Proxy:
             relay.client_gone = True
             raise
         finally:
-            resp.close() if (relay.client_gone or relay.broken) else resp.release()
+            if relay.client_gone or relay.broken:
+                resp.close()
+            else:
+                resp.release()
             latency = relay.first_chunk_s if relay.first_chunk_s is not None else clock() - sent
             self._finished(pool, backend, info, outcome, latency)
             if recorded:
@@ -347,7 +351,7 @@ class Proxy:
         code = 499 if relay.client_gone else status
         m = self.metrics
         m.request(route, backend, code, now - t0)
-        if relay.first_chunk_s is not None and relay.chunks > 1 or relay.gaps:
+        if (relay.first_chunk_s is not None and relay.chunks > 1) or relay.gaps:
             m.stream_first(route, backend, (sent - t0) + (relay.first_chunk_s or 0.0))
             for gap in relay.gaps:
                 m.stream_gap(route, backend, gap)
@@ -357,7 +361,8 @@ class Proxy:
             m.reject(route, "stream_broken")
         if self.access_log is not None:
             self._log(request, request_id, route, backend, code, t0, attempts=attempt + 1, bytes=relay.bytes_out,
-                      ttft_ms=None if relay.first_chunk_s is None else round((sent - t0 + relay.first_chunk_s) * 1e3, 3),
+                      ttft_ms=None if relay.first_chunk_s is None
+                      else round((sent - t0 + relay.first_chunk_s) * 1e3, 3),
                       error="client_gone" if relay.client_gone else "stream_broken" if relay.broken else None)
 
     def _log(self, request: web.BaseRequest, request_id: str, route: str, backend: str, status: int, t0: float,

@@ -73,7 +73,7 @@ class ServingEndpoint:
 
     def _ready(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url + self.health_path, timeout=2) as resp:  # noqa: S310 (our child)
+            with urllib.request.urlopen(self.url + self.health_path, timeout=2) as resp:
                 return 200 <= int(resp.status) < 300
         except (urllib.error.URLError, OSError):
             return False

@@ -146,7 +146,11 @@ async def _worker_async(config: GatewayConfig, port: int, conn: Any) -> None:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[float] = loop.create_future()
     signal_drain = config.routes[0].drain_s if config.routes else 5.0
-    loop.add_signal_handler(signal.SIGTERM, lambda: done.done() or done.set_result(signal_drain))
+    def on_term() -> None:
+        if not done.done():
+            done.set_result(signal_drain)
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
 
     def on_message() -> None:
         try:

@@ -26,7 +26,7 @@ def test_admin_api_takes_granary_tokens(sim: Callable[..., Proc], gateway: Calla
     reg = PrincipalRegistry(catalog)
     me = local_principal(SecureSettings.from_env(Path(env["GRANARY_HOME"])))
     roles = RoleBook(catalog)
-    for name, role, scopes in (("ops", "admin", ("read", "write", "admin")), ("viewer", "reader", ("read",))):
+    for name, role in (("ops", "admin"), ("viewer", "reader")):
         reg.add(name)
         roles.grant(me, name, role, tenant="default")
     ops = reg.issue("ops", scopes=("read", "write", "admin")).secret

@@ -115,7 +115,7 @@ def test_killed_backend_is_ejected_retried_around_and_rejoins(sim: Callable[...,
         assert restarted.info["url"] == sims[2].info["url"]
         deadline = time.monotonic() + 30
         while True:  # health checks see it again; ejection ends; it takes traffic again (slow start)
-            status, body = http("GET", f"{admin}/admin/backends", headers={"Authorization": "Bearer x"})
+            status, _ = http("GET", f"{admin}/admin/backends", headers={"Authorization": "Bearer x"})
             back = metric(_metrics(gw), "granary_gateway_requests_total", backend="s2", code="200")
             if back > served_before + 20:
                 break

@@ -7,6 +7,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from tests.integration.serve.conftest import Proc, http, metric
@@ -98,7 +99,7 @@ def test_workers_share_the_port_and_apply_admin_changes(sim: Callable[..., Proc]
     assert listing["workers"] == 2 and counts["s1"] > 0 and counts["s0"] > 0
     served = {}
     time.sleep(0.3)  # the access log is flushed every 0.1 s
-    for line in open(log):
+    for line in Path(log).read_text().splitlines():
         rec = json.loads(line)
         served[rec["pid"]] = served.get(rec["pid"], 0) + 1
         assert rec["route"] == "chat" and rec["status"] == 200 and rec["duration_ms"] > 0

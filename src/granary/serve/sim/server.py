@@ -180,7 +180,7 @@ def sim_app(config: SimConfig) -> web.Application:
         try:
             data = []
             for i, item in enumerate(items):
-                tokens, _ = await engine.prefill(str(item))
+                await engine.prefill(str(item))
                 rng = random.Random(str(item))
                 data.append({"object": "embedding", "index": i, "embedding": [rng.uniform(-1, 1) for _ in range(8)]})
         finally:

@@ -1,0 +1,411 @@
+"""Gateway benchmark: proxy overhead against nginx and a plain aiohttp proxy, 1,000 SSE streams, routing quality
+on 8 simulated LLM servers, and failover when a backend is killed. Real processes on 127.0.0.1, one run.
+
+Usage: .venv/bin/python benchmarks/gateway_bench.py [--parts overhead,sse,routing,failover] [--seconds 4]
+Needs nginx and wrk from Debian (`apt-get install -y nginx wrk`); the overhead part is skipped without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+PY = sys.executable
+TMP = Path(tempfile.mkdtemp(prefix="gwbench-"))
+PROCS: list[subprocess.Popen[bytes]] = []
+
+
+def start(args: list[str], name: str) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start a child that prints one JSON line once ready."""
+    log = open(TMP / f"{name}.log", "wb")  # noqa: SIM115
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+                         env={**os.environ, "GRANARY_HOME": str(TMP / "home")})
+    PROCS.append(p)
+    line = p.stdout.readline() if p.stdout else b""
+    if not line:
+        raise SystemExit(f"{name} did not start: {(TMP / f'{name}.log').read_text()}")
+    return p, json.loads(line)
+
+
+def sim(name: str, **opts: Any) -> tuple[subprocess.Popen[bytes], str]:
+    args = [PY, "-m", "granary.serve.sim"]
+    for k, v in {"port": 0, **opts}.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    p, info = start(args, name)
+    return p, info["url"]
+
+
+def gateway(name: str, config: dict[str, Any]) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    path = TMP / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "port": 0, "admin_port": 0, **config}))
+    return start([PY, "-m", "granary.cli.main", "gateway", "up", "--config", str(path)], name)
+
+
+def stop(p: subprocess.Popen[bytes]) -> None:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# -- overhead -----------------------------------------------------------------------------------------
+NGINX_BACKEND = """worker_processes 1; daemon off; pid {d}/b.pid; error_log {d}/b.err;
+events {{ worker_connections 4096; }}
+http {{ access_log off; server {{ listen 127.0.0.1:{port}; location / {{ default_type application/json;
+return 200 '{{"id":"cmpl-1","object":"text_completion","choices":[{{"text":"ok"}}]}}'; }} }} }}"""
+NGINX_PROXY = """worker_processes 2; daemon off; pid {d}/p.pid; error_log {d}/p.err;
+events {{ worker_connections 4096; }}
+http {{ access_log off; upstream be {{ server 127.0.0.1:{backend}; keepalive 256; }}
+server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://be; proxy_http_version 1.1;
+proxy_set_header Connection ""; proxy_buffering off; }} }} }}"""
+PLAIN_PROXY = '''
+import asyncio, sys, aiohttp, uvloop
+from aiohttp import web
+BACKEND = sys.argv[1]
+async def main():
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
+    async def handle(request):
+        async with session.request(request.method, BACKEND + request.raw_path, data=await request.read()) as r:
+            return web.Response(status=r.status, body=await r.read(), content_type=r.content_type)
+    runner = web.ServerRunner(web.Server(handle), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print('{"url": "http://127.0.0.1:%d"}' % runner.addresses[0][1], flush=True)
+    await asyncio.Event().wait()
+uvloop.run(main())
+'''
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wrk(url: str, conns: int, seconds: float) -> dict[str, float]:
+    cmd = ["wrk", "-t1" if conns < 64 else "-t2", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--latency",
+           "--timeout", "5s", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p50.group(2)]  # type: ignore[union-attr]
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50_ms": float(p50.group(1)) * unit,  # type: ignore[union-attr]
+            "timeouts": float(errors.group(4)) if errors else 0.0,
+            "errors": (sum(float(errors.group(i)) for i in (1, 2, 3)) if errors else 0.0)
+            + (float(non2xx.group(1)) if non2xx else 0.0)}
+
+
+def overhead(seconds: float) -> dict[str, Any]:
+    if not (shutil.which("nginx") and shutil.which("wrk")):
+        print("overhead: skipped (needs nginx and wrk: apt-get install -y nginx wrk)")
+        return {}
+    bport, pport = free_port(), free_port()
+    (TMP / "b.conf").write_text(NGINX_BACKEND.format(d=TMP, port=bport))
+    (TMP / "p.conf").write_text(NGINX_PROXY.format(d=TMP, port=pport, backend=bport))
+    backend = subprocess.Popen(["nginx", "-c", str(TMP / "b.conf")])
+    nginx = subprocess.Popen(["nginx", "-c", str(TMP / "p.conf")])
+    PROCS.extend([backend, nginx])
+    (TMP / "plain.py").write_text(PLAIN_PROXY)
+    plain, pinfo = start([PY, str(TMP / "plain.py"), f"http://127.0.0.1:{bport}"], "plain")
+    gw, ginfo = gateway("overhead", {"workers": 2, "routes": [{
+        "name": "api", "path_prefix": "/", "policy": "round_robin", "health": {"interval_s": 1},
+        "backends": [{"name": "b0", "url": f"http://127.0.0.1:{bport}"}]}]})
+    time.sleep(1.0)
+    targets = {"direct": f"http://127.0.0.1:{bport}/v1/x", "nginx": f"http://127.0.0.1:{pport}/v1/x",
+               "aiohttp-proxy": f"{pinfo['url']}/v1/x", "granary": f"{ginfo['url']}/v1/x"}
+    res: dict[str, Any] = {}
+    for conns in (1, 64, 256):
+        for name, url in targets.items():
+            res[f"{name}@{conns}"] = r = wrk(url, conns, seconds)
+            print(f"  {name:14s} c={conns:<4d} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
+                  f"timeouts {r['timeouts']:.0f} errors {r['errors']:.0f}   (load {loadavg()})")
+    for p in (gw, plain, nginx, backend):
+        stop(p)
+    g64, n64 = res["granary@64"], res["nginx@64"]
+    summary = {
+        "granary/nginx throughput @64": round(g64["rps"] / n64["rps"], 3),
+        "granary added p50 @1 (ms)": round(res["granary@1"]["p50_ms"] - res["direct@1"]["p50_ms"], 3),
+        "nginx added p50 @1 (ms)": round(res["nginx@1"]["p50_ms"] - res["direct@1"]["p50_ms"], 3),
+        "aiohttp-proxy added p50 @1 (ms)": round(res["aiohttp-proxy@1"]["p50_ms"] - res["direct@1"]["p50_ms"], 3),
+        "granary @256 / @64": round(res["granary@256"]["rps"] / g64["rps"], 3),
+        "granary timeouts @256": res["granary@256"]["timeouts"],
+        "granary/aiohttp-proxy throughput @64": round(g64["rps"] / res["aiohttp-proxy@64"]["rps"], 3),
+    }
+    return {"runs": res, "summary": summary}
+
+
+# -- SSE ------------------------------------------------------------------------------------------------
+async def sse_streams(url: str, model: str, n: int, tokens: int) -> tuple[int, int, int]:
+    """n concurrent streams; returns (streams complete, chunks received, failed streams)."""
+    conn = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as s:
+        async def one() -> tuple[int, bool]:
+            body = {"model": model, "prompt": "hello", "max_tokens": tokens, "stream": True}
+            got, done = 0, False
+            try:
+                async with s.post(f"{url}/v1/completions", json=body) as r:
+                    buf = b""
+                    async for chunk in r.content.iter_any():
+                        buf += chunk
+                        got += chunk.count(b"data: {")
+                        done = done or b"data: [DONE]" in buf[-64:]
+            except aiohttp.ClientError:
+                return got, False
+            return got, done
+
+        results = await asyncio.gather(*(one() for _ in range(n)))
+    return sum(d for _, d in results), sum(g for g, _ in results), sum(not d for _, d in results)
+
+
+def sse(n: int = 1000, tokens: int = 20) -> dict[str, Any]:
+    sims = [sim(f"sse{i}", model="m", per_token_ms=20, max_concurrency=n) for i in range(2)]
+    gw, info = gateway("sse", {"workers": 2, "admission": {"max_in_flight": 4096}, "routes": [{
+        "name": "chat", "models": ["m"], "policy": "least_request",
+        "backends": [{"name": f"s{i}", "url": u} for i, (_, u) in enumerate(sims)]}]})
+    t0 = time.monotonic()
+    complete, chunks, failed = asyncio.run(sse_streams(info["url"], "m", n, tokens))
+    wall = time.monotonic() - t0
+    print(f"  {n} streams x {tokens} chunks: {complete} complete, {chunks}/{n * tokens} chunks, {failed} failed, "
+          f"{wall:.1f} s (load {loadavg()})")
+    stop(gw)
+    for p, _ in sims:
+        stop(p)
+    return {"streams": n, "complete": complete, "chunks": chunks, "expected_chunks": n * tokens, "failed": failed,
+            "lost_chunks": n * tokens - chunks, "wall_s": round(wall, 2)}
+
+
+# -- routing quality ------------------------------------------------------------------------------------
+def conversations(n: int, seed: int = 0) -> list[list[list[dict[str, str]]]]:
+    """n multi-turn chats: 4 shared system prompts, a long per-chat document, 4 turns each."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(500)]
+    systems = [" ".join(rng.choices(words, k=300)) for _ in range(4)]
+    chats = []
+    for c in range(n):
+        msgs = [{"role": "system", "content": systems[c % 4]},
+                {"role": "user", "content": f"chat {c}: " + " ".join(rng.choices(words, k=700))}]
+        turns = []
+        for t in range(4):
+            turns.append([dict(m) for m in msgs])
+            msgs += [{"role": "assistant", "content": " ".join(rng.choices(words, k=30))},
+                     {"role": "user", "content": f"follow-up {t}: " + " ".join(rng.choices(words, k=60))}]
+        chats.append(turns)
+    return chats
+
+
+async def chat_load(url: str, model: str, chats: list[list[list[dict[str, str]]]], clients: int,
+                    stream: bool) -> list[float]:
+    """Clients work through the chats turn by turn; returns TTFT (stream) or latency per request."""
+    queue: asyncio.Queue[list[list[dict[str, str]]]] = asyncio.Queue()
+    for c in chats:
+        queue.put_nowait(c)
+    out: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     timeout=aiohttp.ClientTimeout(total=120)) as s:
+        async def client() -> None:
+            while not queue.empty():
+                chat = queue.get_nowait()
+                for messages in chat:
+                    t0 = time.monotonic()
+                    async with s.post(f"{url}/v1/chat/completions", json={
+                            "model": model, "messages": messages, "max_tokens": 8, "stream": stream}) as r:
+                        if stream:
+                            async for _ in r.content.iter_any():
+                                out.append(time.monotonic() - t0)
+                                break
+                            await r.read()
+                        else:
+                            await r.read()
+                            out.append(time.monotonic() - t0)
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def routing(chats_n: int = 48, clients: int = 12) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    chats = conversations(chats_n)
+    for policy in ("round_robin", "least_request", "prefix_aware"):
+        sims = [sim(f"r{policy}{i}", model="m", per_token_ms=2, prefill_per_token_ms=0.2, max_concurrency=8,
+                    kv_blocks=2048) for i in range(8)]
+        gw, info = gateway(f"route-{policy}", {"workers": 2, "routes": [{
+            "name": "chat", "models": ["m"], "policy": policy,
+            "backends": [{"name": f"s{i}", "url": u} for i, (_, u) in enumerate(sims)]}]})
+        ttft = asyncio.run(chat_load(info["url"], "m", chats, clients, stream=True))
+        res[policy] = {"p50_ms": round(pct(ttft, 0.5) * 1e3, 1), "p90_ms": round(pct(ttft, 0.9) * 1e3, 1),
+                       "requests": len(ttft)}
+        print(f"  TTFT {policy:14s} p50 {res[policy]['p50_ms']:7.1f} ms  p90 {res[policy]['p90_ms']:7.1f} ms  "
+              f"({len(ttft)} requests, load {loadavg()})")
+        stop(gw)
+        for p, _ in sims:
+            stop(p)
+    slow: dict[str, Any] = {}
+    short = conversations(96, seed=1)
+    short = [[turn[:2] for turn in chat[:1]] for chat in short]  # single-turn requests
+    for policy in ("round_robin", "peak_ewma", "p2c"):
+        sims = [sim(f"s{policy}{i}", model="m", per_token_ms=4, prefill_per_token_ms=0.01, max_concurrency=32,
+                    slowdown=5 if i == 0 else 1) for i in range(8)]
+        gw, info = gateway(f"slow-{policy}", {"workers": 2, "routes": [{
+            "name": "chat", "models": ["m"], "policy": policy,
+            "backends": [{"name": f"s{i}", "url": u} for i, (_, u) in enumerate(sims)]}]})
+        lat = asyncio.run(chat_load(info["url"], "m", short * 4, 16, stream=False))
+        slow[policy] = {"p50_ms": round(pct(lat, 0.5) * 1e3, 1), "p99_ms": round(pct(lat, 0.99) * 1e3, 1),
+                        "requests": len(lat)}
+        print(f"  one backend 5x slower, {policy:12s} p50 {slow[policy]['p50_ms']:7.1f} ms  "
+              f"p99 {slow[policy]['p99_ms']:7.1f} ms  (load {loadavg()})")
+        stop(gw)
+        for p, _ in sims:
+            stop(p)
+    return {"ttft": res, "slow_backend": slow,
+            "prefix/rr p90": round(res["prefix_aware"]["p90_ms"] / res["round_robin"]["p90_ms"], 3),
+            "prefix/least p90": round(res["prefix_aware"]["p90_ms"] / res["least_request"]["p90_ms"], 3),
+            "peak_ewma/rr p99": round(slow["peak_ewma"]["p99_ms"] / slow["round_robin"]["p99_ms"], 3),
+            "p2c/rr p99": round(slow["p2c"]["p99_ms"] / slow["round_robin"]["p99_ms"], 3)}
+
+
+# -- failover -------------------------------------------------------------------------------------------
+async def steady(url: str, seconds: float, clients: int, events: list[tuple[float, int]]) -> None:
+    end = time.monotonic() + seconds
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+        async def client() -> None:
+            while time.monotonic() < end:
+                try:
+                    async with s.post(f"{url}/v1/completions", json={"model": "m", "prompt": "x",
+                                                                      "max_tokens": 4}) as r:
+                        await r.read()
+                        events.append((time.monotonic(), r.status))
+                except aiohttp.ClientError:
+                    events.append((time.monotonic(), 0))
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+
+
+async def poll_metric(admin: str, name: str, backend: str, until: float, found: list[float]) -> None:
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < until:
+            async with s.get(f"{admin}/metrics") as r:
+                text = await r.text()
+            val = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                      if line.startswith(name + "{") and f'backend="{backend}"' in line)
+            found.append(val)
+            await asyncio.sleep(0.05)
+
+
+def failover() -> dict[str, Any]:
+    sims = [sim(f"f{i}", model="m", per_token_ms=2, max_concurrency=64) for i in range(4)]
+    victim_port = int(sims[2][1].rsplit(":", 1)[1])
+    gw, info = gateway("failover", {"workers": 2, "routes": [{
+        "name": "chat", "models": ["m"], "policy": "least_request", "slow_start_s": 5,
+        "health": {"interval_s": 0.5, "timeout_s": 1},
+        "outlier": {"consecutive_failures": 1, "base_ejection_s": 2},
+        "backends": [{"name": f"s{i}", "url": u} for i, (_, u) in enumerate(sims)]}]})
+    events: list[tuple[float, int]] = []
+    marks: dict[str, float] = {}
+
+    async def scenario() -> None:
+        load = asyncio.create_task(steady(info["url"], 14.0, 16, events))
+        await asyncio.sleep(3.0)
+        marks["kill"] = time.monotonic()
+        os.killpg(sims[2][0].pid, signal.SIGKILL)
+        ej: list[float] = []
+        await poll_metric(info["admin_url"], "granary_gateway_backend_ejections_total", "s2",
+                          time.monotonic() + 2.0, ej)
+        first = next((i for i, v in enumerate(ej) if v > 0), None)
+        marks["ejected_after_s"] = -1.0 if first is None else first * 0.05
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(sim, "f2b", port=victim_port, model="m", per_token_ms=2,
+                                          max_concurrency=64)
+        marks["restart"] = time.monotonic()
+        back: list[float] = []
+        await poll_metric(info["admin_url"], "granary_gateway_requests_total", "s2", time.monotonic() + 6.0, back)
+        base = back[0]
+        rejoin = next((i for i, v in enumerate(back) if v > base), None)
+        marks["rejoined_after_s"] = -1.0 if rejoin is None else rejoin * 0.05
+        await load
+
+    asyncio.run(scenario())
+    total = len(events)
+    failed = sum(1 for _, code in events if code != 200)
+    res = {"requests": total, "failed": failed, "failed_share": round(failed / max(1, total), 5),
+           "ejected_within_s": marks["ejected_after_s"], "rejoined_within_s_of_restart": marks["rejoined_after_s"]}
+    print(f"  kill 1 of 4 under load: {total} requests, {failed} failed ({res['failed_share']:.3%}), ejected "
+          f"within {res['ejected_within_s']:.2f} s, back in traffic {res['rejoined_within_s_of_restart']:.2f} s "
+          f"after restart (load {loadavg()})")
+    stop(gw)
+    for p, _ in sims:
+        stop(p)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--parts", default="overhead,sse,routing,failover")
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    args = ap.parse_args()
+    parts = args.parts.split(",")
+    out: dict[str, Any] = {"load_before": loadavg(), "cores": os.cpu_count()}
+    try:
+        if "overhead" in parts:
+            print("overhead (small JSON responses; backend: nginx returning a constant):")
+            out["overhead"] = overhead(args.seconds)
+        if "sse" in parts:
+            print("SSE pass-through:")
+            out["sse"] = sse()
+        if "routing" in parts:
+            print("routing quality on 8 simulated LLM servers:")
+            out["routing"] = routing()
+        if "failover" in parts:
+            print("failover:")
+            out["failover"] = failover()
+    finally:
+        for p in PROCS:
+            if p.poll() is None:
+                p.terminate()
+        for p in PROCS:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    out["load_after"] = loadavg()
+    summary = {k: v.get("summary", v) if isinstance(v, dict) else v for k, v in out.items()}
+    print(json.dumps(summary, indent=2, default=str))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
