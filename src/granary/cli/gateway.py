@@ -46,7 +46,8 @@ def up(
     from granary.serve.gateway import Gateway
 
     cfg = load_config(config)
-    overrides: dict[str, Any] = {k: v for k, v in (("port", port), ("workers", workers), ("admin_port", admin_port)) if v is not None}
+    given = (("port", port), ("workers", workers), ("admin_port", admin_port))
+    overrides: dict[str, Any] = {k: v for k, v in given if v is not None}
     cfg = dataclasses.replace(cfg, **overrides) if overrides else cfg
     gw = Gateway(cfg)
     _announce(gw)
