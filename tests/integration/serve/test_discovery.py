@@ -10,7 +10,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.integration.serve.conftest import Proc, http
+
+pytestmark = pytest.mark.slow  # real processes: gateways and simulated servers
 
 
 def test_admin_api_takes_granary_tokens(sim: Callable[..., Proc], gateway: Callable[..., Proc],

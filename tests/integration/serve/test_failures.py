@@ -10,7 +10,11 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+import pytest
+
 from tests.integration.serve.conftest import Proc, http, metric
+
+pytestmark = pytest.mark.slow  # real processes: gateways and simulated servers
 
 
 def _route(sims: list[Proc], **kw: object) -> dict[str, object]:

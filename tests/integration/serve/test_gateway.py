@@ -10,7 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 from tests.integration.serve.conftest import Proc, http, metric
+
+pytestmark = pytest.mark.slow  # real processes: gateways and simulated servers
 
 
 def _route(name: str, sims: list[Proc], **kw: object) -> dict[str, object]:
