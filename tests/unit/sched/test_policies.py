@@ -163,3 +163,27 @@ def test_unknown_policy_names_the_choices() -> None:
     with pytest.raises(UnknownNameError, match="unknown policy 'nope'") as info:
         get_policy("nope")
     assert "mlfq" in (info.value.hint or "")
+
+
+def test_fairshare_reclaim_starts_the_entitled_head_and_never_preempts_a_job_twice() -> None:
+    # found by the random-events test: a 0-GPU job with two replicas on one node was planned twice as a victim
+    # (it frees nothing), and the victim of a reclaim was restarted and preempted again, round after round
+    st = make_state("fairshare", nodes=3, gpus=4, racks=2, quotas={"t0": 4, "t1": 4, "t2": 4},
+                    borrow_limit={"t0": 2, "t1": 2, "t2": 2})
+    now = 0.0
+    specs = [("t0", 0, 1)] * 13 + [("t0", 2, 3), ("t1", 2, 3), ("t0", 0, 2)]
+    for k, (tenant, gpus, replicas) in enumerate(specs):
+        now += 7.0
+        st.submit(JobSpec(name=f"j{k}", tenant=tenant, gpus_per_replica=gpus, replicas=replicas, cpus_per_replica=0,
+                          duration_estimate_s=10.0), now)
+        for d in st.schedule(now):
+            if isinstance(d, StartDecision):
+                st.replica_started(d.job_id, d.attempt, now)
+    assert st.cluster.free_gpus == 0
+    head = st.submit(JobSpec(name="deprived", tenant="t2", gpus_per_replica=1, cpus_per_replica=0), now + 7.0)
+    out = st.schedule(now + 7.0)
+    preempted = [d.job_id for d in out if isinstance(d, PreemptDecision)]
+    assert len(preempted) == len(set(preempted)) == 1
+    assert st.jobs[preempted[0]].spec.tenant == "t1" and st.jobs[preempted[0]].state == "pending"
+    assert _started(out) == [head.id]
+    check_invariants(st)

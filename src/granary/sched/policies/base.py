@@ -183,6 +183,11 @@ class Policy:
         head = target[0]  # type: ignore[index]
         for job in plan:
             out.append(state.preempt(job, now, f"preempted for {head.id} ({self.name})"))
+        # Start the head on the room just made: left to the next round's pick, a policy whose pick differs from
+        # its preemption target (fair share) could restart a victim instead and preempt it again, round after round.
+        decision = state.start(head, now)
+        if decision is not None:
+            out.append(decision)
         return len(plan)
 
     def preemption_target(self, state: SchedulerState, now: float) -> tuple[Job, list[Job]] | None:
@@ -232,8 +237,12 @@ def plan_preemption(state: SchedulerState, head: Job, candidates: list[Job]) -> 
         return []
     on_node: dict[int, list[tuple[Job, int]]] = {}
     for job in candidates:
+        held: dict[int, int] = {}  # a job's replicas can share a node: one entry per node, GPUs summed
         for i, ids in job.placement or ():
-            on_node.setdefault(i, []).append((job, len(ids)))
+            held[i] = held.get(i, 0) + len(ids)
+        for i, n in held.items():
+            if n > 0:  # preempting a job that holds no GPU here frees nothing
+                on_node.setdefault(i, []).append((job, n))
     nodes = cluster.nodes
     free: dict[int, int] = {}
     for f in range(r, len(cluster.by_free)):
