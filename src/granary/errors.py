@@ -134,6 +134,26 @@ class IngestError(StoreError):
         )
 
 
+class SyncError(StoreError):
+    """Push, pull, sync and backup failures (remotes, transfers, restores)."""
+
+
+class DivergedError(SyncError):
+    """The two sides of a push or pull both have commits the other lacks; nothing was moved."""
+
+    def __init__(self, dataset: str, branch: str, local: str | None, remote: str | None, *, direction: str) -> None:
+        self.dataset, self.branch, self.local, self.remote = dataset, branch, local, remote
+        if direction == "push":
+            hint = (f"pull first (`granary pull {dataset}@{branch} REMOTE`), push to a new branch "
+                    f"(`--to-branch NAME`), or overwrite the remote with `--force` (audited)")
+        else:
+            hint = (f"pull into a new branch (`--to-branch NAME`) and reconcile, or replace the local branch "
+                    f"with `--force` (audited)")
+        super().__init__(
+            f"{dataset}@{branch} has diverged: local head {_short(local)}, remote head {_short(remote)}; "
+            f"neither contains the other", hint=hint)
+
+
 class CurateError(GranaryError):
     """Base of curation errors."""
 

@@ -25,6 +25,7 @@ ACTION_ROLE: dict[str, Role] = {
     "write": "writer", "create": "writer", "branch": "writer", "tag": "writer",
     "rollback": "admin", "delete": "admin", "gc": "admin", "grant": "admin", "policy": "admin",
     "forget": "admin", "key": "admin", "principal": "admin", "token": "admin", "audit": "admin",
+    "push": "reader", "pull": "writer", "remote": "admin", "backup": "admin",
 }
 DEFAULT_RULES: dict[str, str] = {"pii:*": "pii"}
 
