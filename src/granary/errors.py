@@ -147,8 +147,8 @@ class DivergedError(SyncError):
             hint = (f"pull first (`granary pull {dataset}@{branch} REMOTE`), push to a new branch "
                     f"(`--to-branch NAME`), or overwrite the remote with `--force` (audited)")
         else:
-            hint = (f"pull into a new branch (`--to-branch NAME`) and reconcile, or replace the local branch "
-                    f"with `--force` (audited)")
+            hint = ("pull into a new branch (`--to-branch NAME`) and reconcile, or replace the local branch "
+                    "with `--force` (audited)")
         super().__init__(
             f"{dataset}@{branch} has diverged: local head {_short(local)}, remote head {_short(remote)}; "
             f"neither contains the other", hint=hint)

@@ -100,9 +100,11 @@ def push(store: Any, ref: str, remote: Remote, *, to_branch: str | None = None, 
                 skipped.add(key)
             else:
                 data[key] = size
-    manifests = [(graph[v].manifest_key, 0) for v in chain]
+    for key in [k for k, size in data.items() if size == 0]:  # segments: small, sized here so progress is exact
+        data[key] = store.objects.size(key) or 0
+    manifests = [(graph[v].manifest_key, store.objects.size(graph[v].manifest_key) or 0) for v in chain]
     if opts.on_plan is not None:
-        opts.on_plan(len(data) + len(manifests), sum(data.values()))
+        opts.on_plan(len(data) + len(manifests), sum(data.values()) + sum(s for _, s in manifests))
     limiter = RateLimiter(opts.bwlimit_bytes_s)
     report.transfer = copy_many(data.items(), store.objects.open, remote.writer, jobs=opts.jobs, limiter=limiter,
                                 on_bytes=opts.on_bytes)
@@ -162,15 +164,18 @@ def pull(store: Any, dataset: str, remote: Remote, *, branch: str | None = None,
             for key, size in entries:
                 if key not in local:
                     data[key] = size
-    manifests = [(f"datasets/{dataset}/manifests/{vid}.json", 0) for vid, *_ in missing]
+    sizes = remote.list_objects(f"datasets/{dataset}")
+    data = {k: size or sizes.get(k, 0) for k, size in data.items()}
+    manifests = [(k, sizes.get(k, 0)) for k in (f"datasets/{dataset}/manifests/{vid}.json" for vid, *_ in missing)
+                 if k not in local]
     if opts.on_plan is not None:
-        opts.on_plan(len(data) + len(manifests), sum(data.values()))
+        opts.on_plan(len(data) + len(manifests), sum(data.values()) + sum(s for _, s in manifests))
     limiter = RateLimiter(opts.bwlimit_bytes_s)
     with _local_writer(store) as writer:
         report.transfer = copy_many(data.items(), remote.open_object, writer, jobs=opts.jobs, limiter=limiter,
                                     on_bytes=opts.on_bytes)
-        _merge(report.transfer, copy_many([m for m in manifests if m[0] not in local], remote.open_object, writer,
-                                          jobs=1, limiter=limiter, on_bytes=opts.on_bytes))
+        _merge(report.transfer, copy_many(manifests, remote.open_object, writer, jobs=1, limiter=limiter,
+                                          on_bytes=opts.on_bytes))
     now_author = store.settings.author
     with store.catalog.write() as conn:
         for vid, body, created, _segments in missing:
@@ -260,10 +265,13 @@ def _object_keys(manifest: Any) -> Iterator[tuple[str, int]]:
             yield e.key, e.bytes
 
 
+Segments = list[tuple[str, list[tuple[str, int]]]]  # (segment key, [(shard key, size)])
+
+
 def _remote_chain(remote: Remote, dataset: str, graph: dict[str, VersionInfo], head: str
-                  ) -> tuple[list[tuple[str, dict[str, Any], float, list[tuple[str, list[tuple[str, int]]]]]], set[str]]:
+                  ) -> tuple[list[tuple[str, dict[str, Any], float, Segments]], set[str]]:
     """Remote versions the local store lacks (parents first, manifests checked) and every ancestor of ``head``."""
-    missing: dict[str, tuple[dict[str, Any], float, list[tuple[str, list[tuple[str, int]]]]]] = {}
+    missing: dict[str, tuple[dict[str, Any], float, Segments]] = {}
     reachable: set[str] = set()
     order: list[str] = []
     stack: list[tuple[str, bool]] = [(head, False)]

@@ -157,7 +157,7 @@ class Remote:
         """The dataset record pushed to the remote, or None."""
         check_dataset_name(dataset)
         try:
-            return json.loads(self.fs.cat_file(f"{self.root}/datasets/{dataset}.json"))  # type: ignore[no-any-return]
+            return json.loads(self.fs.cat_file(f"{self.root}/datasets/{dataset}.json"))
         except FileNotFoundError:
             return None
 
