@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -195,27 +196,73 @@ def encode_segment(entries: Sequence[ShardEntry]) -> tuple[str, bytes]:
 def decode_segment(data: bytes, *, key: str, expected_sha256: str) -> list[ShardEntry]:
     """Parse a segment and check it against the hash the manifest recorded."""
     try:
-        cols = pq.ParquetFile(io.BytesIO(data)).read().to_pydict()  # not read_table: it imports pyarrow.dataset
+        table = pq.ParquetFile(io.BytesIO(data)).read()  # not read_table: it imports pyarrow.dataset
     except (pa.ArrowInvalid, OSError) as exc:
         raise IntegrityError(f"manifest segment {key} is unreadable: {exc}", key=key) from exc
+    cols = table.to_pydict()
+    try:
+        metas = _parse_metas(cols["meta"])
+    except (ValueError, TypeError) as exc:
+        raise IntegrityError(f"manifest segment {key} holds unreadable shard metadata: {exc}", key=key) from exc
     entries = [
-        ShardEntry(
-            key=cols["key"][i],
-            rows=cols["rows"][i],
-            bytes=cols["bytes"][i],
-            checksum=cols["checksum"][i],
-            format=cols["format"][i],
-            tokens=cols["tokens"][i],
-            meta=json.loads(cols["meta"][i]),
-        )
-        for i in range(len(cols["key"]))
+        ShardEntry(key=k, rows=r, bytes=b, checksum=c, format=f, tokens=t, meta=m)
+        for k, r, b, c, f, t, m in zip(cols["key"], cols["rows"], cols["bytes"], cols["checksum"], cols["format"],
+                                       cols["tokens"], metas, strict=True)
     ]
-    actual = sha256_hex(b"\n".join(canonical_json(e.canonical()) for e in entries))
+    canon = _canonical_lines(table)
+    if canon is None:  # a value that JSON must escape: the per-entry path
+        canon = b"\n".join(canonical_json(e.canonical()) for e in entries)
+    actual = sha256_hex(canon)
     if actual != expected_sha256:
         raise IntegrityError(
             f"manifest segment {key} does not match its hash", key=key, expected=expected_sha256, actual=actual
         )
     return entries
+
+
+_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
+
+
+def _parse_metas(metas: list[str]) -> list[dict[str, Any]]:
+    """Every entry's meta JSON in one parser call (one ``json.loads`` per entry cost half of decoding a segment)."""
+    if metas and all(isinstance(m, str) for m in metas):
+        try:
+            parsed = json.loads("[" + ",".join(metas) + "]")
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list) and len(parsed) == len(metas) and all(isinstance(m, dict) for m in parsed):
+            return parsed
+    return [json.loads(m) for m in metas]  # a value that is not one JSON object: parse each to say which
+
+
+def _canonical_lines(table: pa.Table) -> bytes | None:
+    """The canonical JSON lines of a segment's entries, built by Arrow kernels (~20x faster than one json.dumps per
+    entry on a 1,024-shard segment); None when a string needs JSON escaping or a column is null.
+
+    Byte-identical to ``canonical_json(entry.canonical())`` per entry joined by newlines, provided the stored
+    ``meta`` strings are canonical (they are written by :func:`encode_segment`); a non-canonical ``meta`` in a
+    tampered segment changes the bytes hashed here, so it fails the check rather than slipping through.
+    """
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return b""
+    for name in ("key", "checksum", "format", "meta", "rows", "bytes"):
+        if table[name].null_count:
+            return None
+    for name in ("key", "checksum", "format"):
+        if pc.any(pc.match_substring_regex(table[name], _NEEDS_ESCAPE)).as_py():
+            return None
+    text = pa.string()
+    tokens = pc.fill_null(pc.cast(table["tokens"], text), "null")
+    joined = pc.binary_join_element_wise(
+        '{"bytes":', pc.cast(table["bytes"], text), ',"checksum":"', table["checksum"], '","format":"',
+        table["format"], '","key":"', table["key"], '","meta":', table["meta"], ',"rows":',
+        pc.cast(table["rows"], text), ',"tokens":', tokens, "}\n", "")
+    arr = joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset: arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    return data.to_pybytes()[int(offsets[0]): int(offsets[-1]) - 1]  # without the last newline
 
 
 def chunk(entries: Sequence[ShardEntry], size: int = SEGMENT_SHARDS) -> Iterable[Sequence[ShardEntry]]:

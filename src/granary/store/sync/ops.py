@@ -89,15 +89,15 @@ def push(store: Any, ref: str, remote: Remote, *, to_branch: str | None = None, 
         if not force:
             raise DivergedError(info.name, branch, head.id, current.version_id, direction="push")
         report.forced = True
-    present = remote.list_objects(f"datasets/{info.name}")
+    present = remote.object_keys(f"datasets/{info.name}")
     chain = _missing_chain(graph, head.id, lambda v: graph[v].manifest_key in present)
     data: dict[str, int] = {}
-    skipped: set[str] = set()
+    skipped: dict[str, int] = {}
     for vid in chain:
-        manifest = store.load_manifest(graph[vid].manifest_key, expected_id=vid)
+        manifest = store.manifest(graph[vid])  # cached: open_version above already read the head's
         for key, size in _object_keys(manifest):
             if key in present:
-                skipped.add(key)
+                skipped[key] = size
             else:
                 data[key] = size
     for key in [k for k, size in data.items() if size == 0]:  # segments: small, sized here so progress is exact
@@ -112,7 +112,7 @@ def push(store: Any, ref: str, remote: Remote, *, to_branch: str | None = None, 
                                on_bytes=opts.on_bytes)  # oldest first: a manifest there means its history is
     _merge(report.transfer, manifest_stats)
     report.transfer.skipped = len(skipped)
-    report.transfer.skipped_bytes = sum(present[k] for k in skipped)
+    report.transfer.skipped_bytes = sum(skipped.values())
     remote.put_dataset_record(info.name, _record(info))
     remote.cas_ref(info.name, branch, expected=current, new=head.id)
     report.versions = chain
