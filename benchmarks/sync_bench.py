@@ -117,7 +117,7 @@ def main() -> None:
         print(f"round {rnd + 1}: granary {took['granary']:.2f} s ({size / took['granary'] / 1e6:.0f} MB/s), rclone "
               f"{took['rclone']:.2f} s ({size / took['rclone'] / 1e6:.0f} MB/s) -> {ratios[-1]:.2f}x")
     first, _ = granary_push(store, work / "dest-incr", args.jobs)
-    v, changed_bytes = change_one_percent(store, args.objects)
+    _version, changed_bytes = change_one_percent(store, args.objects)
     second, report = granary_push(store, work / "dest-incr", args.jobs)
     sent = report.transfer.bytes  # type: ignore[attr-defined]
     print()
