@@ -16,6 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from granary.config import Settings
 from granary.errors import DivergedError, SyncError
@@ -166,39 +168,43 @@ def test_concurrent_pushes_of_different_heads_leave_exactly_one_winner(tmp_path:
     _remote_is_consistent(remote, "web")
 
 
-def test_random_operations_at_two_sites_keep_the_remote_consistent_and_converge(tmp_path: Path) -> None:
-    """A property over random schedules: commits, pushes and pulls at two sites in any order never leave a ref to a
-    missing object, and after each site syncs (pull, then push), both end at the same head."""
-    rng = random.Random(20261205)
-    for round_ in range(4):
-        base = tmp_path / f"round{round_}"
-        sites = {"a": _store(base, "a"), "b": _store(base, "b")}
-        remote = Remote(str(base / "remote"))
-        _commit(sites["a"], "seed", rows=20)
-        push(sites["a"], "web", remote)
-        pull(sites["b"], "web", remote)
-        for step in range(12):
-            name = rng.choice("ab")
-            op = rng.choice(["commit", "push", "pull"])
-            store = sites[name]
-            try:
-                if op == "commit":
-                    _commit(store, f"{name}{step}", rows=rng.randint(1, 30))
-                elif op == "push":
-                    push(store, "web", remote)
-                else:
-                    pull(store, "web", remote)
-            except DivergedError:
-                pass  # expected when both sides committed; the invariant must hold regardless
-            _remote_is_consistent(remote, "web")
-        for name in "ab":  # reconcile: the side that diverged takes the remote's head
-            try:
-                sync(sites[name], "web", remote)
-            except DivergedError:
-                pull(sites[name], "web", remote, force=True)
-        assert sites["a"].resolve("web").id == sites["b"].resolve("web").id == \
-            remote.read_ref("web", "main").version_id
-        assert sites["a"].verify().ok and sites["b"].verify().ok
+_ops = st.lists(st.tuples(st.sampled_from("ab"), st.sampled_from(["commit", "push", "pull"]), st.integers(1, 30)),
+               min_size=1, max_size=14)
+
+
+@given(ops=_ops)
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_random_operations_at_two_sites_keep_the_remote_consistent_and_converge(
+        tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, str, int]]) -> None:
+    """Any schedule of commits, pushes and pulls at two sites never leaves a ref to a missing object, and after each
+    site syncs (pull, then push; a diverged site takes the remote's head), both end at the same head."""
+    base = tmp_path_factory.mktemp("sites")
+    sites = {"a": _store(base, "a"), "b": _store(base, "b")}
+    remote = Remote(str(base / "remote"))
+    _commit(sites["a"], "seed", rows=20)
+    push(sites["a"], "web", remote)
+    pull(sites["b"], "web", remote)
+    for step, (name, op, rows) in enumerate(ops):
+        store = sites[name]
+        try:
+            if op == "commit":
+                _commit(store, f"{name}{step}", rows=rows)
+            elif op == "push":
+                push(store, "web", remote)
+            else:
+                pull(store, "web", remote)
+        except DivergedError:
+            pass  # expected when both sides committed; the invariant must hold regardless
+        _remote_is_consistent(remote, "web")
+    for name in "ab":
+        try:
+            sync(sites[name], "web", remote)
+        except DivergedError:
+            pull(sites[name], "web", remote, force=True)
+    assert sites["a"].resolve("web").id == sites["b"].resolve("web").id == remote.read_ref("web", "main").version_id
+    assert sites["a"].verify().ok and sites["b"].verify().ok
+    for s in sites.values():
+        s.catalog.dispose()
 
 
 def test_push_and_pull_through_an_s3_remote(tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
