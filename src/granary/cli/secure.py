@@ -330,8 +330,11 @@ def forget_cmd(
 # -- policies and private statistics ---------------------------------------------------------------
 @policy_app.command("show")
 def policy_show(dataset: str, json_out: JsonOpt = False) -> None:
-    """Show a dataset's policy."""
-    policy = _guard().policies.get(dataset).to_dict()
+    """Show a dataset's policy (needs a role on it; audited)."""
+    guard = _guard()
+    guard.authorize("list", dataset, obj=f"policy:{dataset}")
+    policy = guard.policies.get(dataset).to_dict()
+    guard.record("list", dataset, obj=f"policy:{dataset}")
     if json_out:
         print_json(policy)
         return

@@ -83,7 +83,7 @@ def build_filter(subject: str, *, by: MatchBy, column: str) -> str:
 def _hits(store: Store, entry: ShardEntry, expression: str, column: str) -> int:
     from granary.store.filter import matches
 
-    table = store.read_shard(entry, columns=[column])
+    table = store._read_shard(entry, columns=[column])  # under the forget decision (admin)
     return int(pc.sum(matches(table, expression)).as_py() or 0)
 
 
@@ -108,10 +108,10 @@ def forget(store: Store, guard: Guard, dataset: str, subject: str, *, by: MatchB
     affected: list[str] = []
     checked: dict[str, int] = {}
     rows = 0
-    for version in store.versions(dataset):
+    for version in store._versions(dataset):
         if version.state != "live":
             continue
-        manifest = store.manifest(version.id)
+        manifest = store._manifest(version.id)
         if manifest.schema is None or column not in manifest.schema.names:
             continue
         found = False
@@ -124,7 +124,7 @@ def forget(store: Store, guard: Guard, dataset: str, subject: str, *, by: MatchB
         if found:
             affected.append(version.id)
     new_versions: dict[str, str] = {}
-    for ref in store.refs(dataset, "branch"):
+    for ref in store._refs(dataset, "branch"):
         if ref.version_id in affected:
             with store.transaction(dataset, branch=ref.name, mode="append") as txn:
                 txn.delete_where(expression)

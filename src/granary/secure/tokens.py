@@ -125,6 +125,12 @@ class PrincipalRegistry:
         return Principal(name=row.name, kind=row.kind, tenant=row.tenant,
                          clearances=frozenset(json.loads(row.clearances)))
 
+    def is_disabled(self, name: str) -> bool:
+        """Whether the principal ``name`` is disabled (an unknown name counts as disabled)."""
+        with self.catalog.read() as conn:
+            row = conn.execute(sa.select(t.principals.c.disabled).where(t.principals.c.name == name)).first()
+        return row is None or bool(row.disabled)
+
     def principals(self) -> list[dict[str, object]]:
         """All principals as dicts."""
         with self.catalog.read() as conn:

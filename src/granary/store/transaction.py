@@ -49,7 +49,7 @@ class Transaction:
         if mode not in ("append", "overwrite"):
             raise ValueError(f"mode must be 'append' or 'overwrite', got {mode!r}")
         self.store = store
-        self.info = store.dataset(dataset)
+        self.info = store._dataset(dataset)
         self.dataset = dataset
         self.branch = branch or self.info.default_branch
         self.mode = mode
@@ -61,7 +61,7 @@ class Transaction:
             raise StoreError(f"branch {dataset}@{self.branch} does not exist",
                              hint=f"create it with `granary branch {dataset} {self.branch}`")
         self.parent_id = ref.version_id
-        self.parent = store.manifest(self.parent_id) if self.parent_id else None
+        self.parent = store._manifest(self.parent_id) if self.parent_id else None
         self.new_shards: list[ShardEntry] = []
         self.side: dict[str, list[ShardEntry]] = {}
         self.deletes: list[str] = []
@@ -202,7 +202,7 @@ class Transaction:
         with self.store.catalog.read() as conn:
             ref = R.get_ref(conn, self.dataset, "branch", self.branch)
         self.parent_id = ref.version_id if ref else None
-        self.parent = self.store.manifest(self.parent_id) if self.parent_id else None
+        self.parent = self.store._manifest(self.parent_id) if self.parent_id else None
 
     def _final_shards(self) -> list[ShardEntry]:
         base = list(self.parent.shards) if (self.parent and self.mode == "append") else []
