@@ -323,7 +323,13 @@ def forget_cmd(
         ("new heads", ", ".join(f"{b}@{v[:12]}" for b, v in receipt.new_versions.items())),
         ("keys shredded", receipt.shredded_keys), ("deleted after gc grace", len(receipt.pending_deletion)),
         ("readers of expired versions", len(receipt.readers)),
-        ("derived datasets to check", ", ".join(receipt.derived_datasets) or "none"),
+        ("tags on expired versions", ", ".join(receipt.tags) or "none"),
+        ("derived datasets changed", ", ".join(
+            f"{name} ({info['rows_removed']} rows, {info['versions_expired']} versions)"
+            for name, info in receipt.derived_changed.items() if info.get("changed")) or "none"),
+        ("derived datasets to re-derive", "; ".join(
+            f"{name}: {info['reason']}" for name, info in receipt.derived_changed.items()
+            if not info.get("changed") and info.get("reason")) or "none"),
         ("signed by", receipt.public_key[:16] + "...")]))
 
 

@@ -268,6 +268,9 @@ def verify(ref: Annotated[str | None, typer.Argument(help="Reference to check (d
             ("versions", report.versions), ("shards", report.shards), ("bytes", _size(report.bytes)),
             ("throughput", f"{report.throughput_bytes_s / 1e9:.2f} GB/s"),
             ("result", "[green]ok[/]" if report.ok else f"[red]{len(report.problems)} problem(s)[/]")]))
+        for note in report.expired_refs:
+            err_console.print(f"[yellow]note[/] {note}: a ref kept on an expired version (forget or retention); "
+                              "expected, not damage", highlight=False)
         for p in report.problems:
             err_console.print(f"[red]{p.kind}[/] {p.key} (version {p.version[:12]}"
                               f"{'' if p.shard is None else f', shard {p.shard}'}): {p.message}", highlight=False)
