@@ -166,8 +166,10 @@ def principal_add(
 
 @principal_app.command("list")
 def principal_list(json_out: JsonOpt = False) -> None:
-    """List principals."""
-    rows = _guard().registry.principals()
+    """List principals (tenant admins only)."""
+    guard = _guard()
+    guard.authorize("principal", "*")
+    rows = guard.registry.principals()
     if json_out:
         print_json(rows)
         return
@@ -256,8 +258,10 @@ def role_revoke(principal: str, dataset: Annotated[str | None, typer.Option()] =
 
 @role_app.command("list")
 def role_list(principal: Annotated[str | None, typer.Argument()] = None, json_out: JsonOpt = False) -> None:
-    """List grants and attribute rules."""
+    """List grants and attribute rules (yours, or everyone's for a tenant admin)."""
     guard = _guard()
+    if principal != guard.principal.name:
+        guard.authorize("grant", "*")
     grants = [g.__dict__ for g in guard.roles.grants(principal)]
     if json_out:
         print_json({"grants": grants, "rules": guard.roles.rules()})

@@ -204,7 +204,8 @@ CLI_WRITES = {"init", "ingest", "delete", "branch", "tag", "rollback", "gc", "fo
               "policy budget"}
 # Commands that read no dataset rows (governance listings are admin-only or the caller's own; schedulers and
 # gateways handle jobs and endpoints, whose data reads go through the loader and so through the gate).
-CLI_NO_DATA = {"principal list", "token list", "role list", "submit", "jobs", "job", "cancel", "nodes", "drain",
+CLI_NO_DATA = {"audit public-key", "principal list", "token list", "role list", "submit", "jobs", "job", "cancel",
+               "nodes", "drain",
                "sched up", "sched agent", "sched simulate", "gateway up", "gateway check", "gateway status",
                "gateway sim", "gateway endpoint", "gateway backend list", "gateway backend add",
                "gateway backend remove", "gateway backend weight", "gateway backend drain"}
