@@ -245,7 +245,8 @@ class EnvKeyProvider(KeyProvider):
         return key
 
     def holds(self, key_id: str) -> bool:
-        return key_id in self._load()["master_keys"]
+        parts = key_id.split(":", 2)
+        return len(parts) == 3 and parts[0] == "env" and key_id in self._keys(parts[1])
 
     def wrap(self, key_id: str, dek: bytes, aad: bytes) -> bytes:
         return _aes_wrap(self._master(key_id), dek, aad)
