@@ -21,6 +21,8 @@ def curate_cmd(
     branch: Annotated[str, typer.Option(help="Branch of the output dataset.")] = "main",
     encrypt: EncryptOpt = False,
     purpose: PurposeOpt = None,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Commit a new version even when the output "
+                                              "equals the current head (default: the head is kept).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Run a curation pipeline; an interrupted run resumes when the same command is run again."""
@@ -35,7 +37,7 @@ def curate_cmd(
     store = read_store(purpose)
     with progress(disable=json_out) as bar:
         result, rep = curate(store, ref, spec, output, executor=executor, num_workers=workers, branch=branch,
-                             on_stage=_stages(bar))
+                             on_stage=_stages(bar), allow_empty=allow_empty)
     if json_out:
         print_json(result.to_dict() | {"report": rep["paths"]})
         return

@@ -104,16 +104,22 @@ def delete(dataset: Annotated[str, typer.Argument(help="Dataset.")],
            where: Annotated[str, typer.Option("--where", "-w", help="Filter, e.g. \"len(text) < 50\".")],
            branch: Annotated[str | None, typer.Option(help="Branch (default: the dataset's default).")] = None,
            message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
+           allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Commit a new version even when no "
+                                                     "row matches (default: the head is kept).")] = False,
            json_out: JsonOpt = False) -> None:
     """Commit a new version without the rows matching a filter expression."""
     store = _store()
     with store.transaction(dataset, branch=branch) as txn:
         txn.delete_where(where)
-        v = txn.commit(message=message or f"delete where {where}", allow_empty=True,
+        v = txn.commit(message=message or f"delete where {where}", allow_empty=allow_empty,
                        lineage={"command": "delete", "params": {"where": where}})
         deleted = txn.stats.extra.get("rows_deleted", 0)
+        unchanged = bool(txn.stats.extra.get("unchanged"))
     if json_out:
-        print_json({"version": v.id, "rows_deleted": deleted, "rows": v.num_rows})
+        print_json({"version": v.id, "rows_deleted": deleted, "rows": v.num_rows, "unchanged": unchanged})
+        return
+    if unchanged:
+        console.print(f"no row matched; {dataset}@{v.short_id} is unchanged (no new version)")
         return
     console.print(f"deleted {deleted:,} row(s); {dataset}@{v.short_id} has {v.num_rows:,} rows")
 
