@@ -7,6 +7,7 @@ classified (and, if it reads, until a principal without a role is refused and au
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,22 +33,30 @@ def _docs(n: int, start: int = 0) -> pa.Table:
 
 
 class World:
-    """An admin store with two datasets, and a principal (mallory) who holds no role."""
+    """An admin store with two datasets, and a principal (mallory) who holds no role.
 
-    def __init__(self, tmp: Path) -> None:
+    Built once per module in a template home and copied per test (building it is the slow part).
+    """
+
+    def __init__(self, tmp: Path, template: Path | None = None) -> None:
         self.tmp = tmp
-        self.settings = Settings.from_env(environ={}, home=tmp / "home", gc_grace_s=0.0)
+        home = tmp / "home"
+        if template is not None:
+            shutil.copytree(template / "home", home)
+        self.settings = Settings.from_env(environ={}, home=home, gc_grace_s=0.0)
         self.hooks = SecureHooks.from_settings(self.settings, environ={})
         self.admin = Store(self.settings, hooks=self.hooks, catalog=self.hooks.guard.catalog)
-        self.admin.create_dataset("web")
-        self.v1 = self.admin.commit_table("web", _docs(20), message="v1")
-        self.v2 = self.admin.commit_table("web", _docs(5, start=20), message="v2")
-        self.admin.create_dataset("toks", kind="tokens")
-        with self.admin.transaction("toks") as txn:
-            txn.write_tokens([np.arange(100, dtype=np.uint32)], dtype="uint16")
-            txn.commit(message="toks")
+        if template is None:
+            self.admin.create_dataset("web")
+            self.admin.commit_table("web", _docs(20), message="v1")
+            self.admin.commit_table("web", _docs(5, start=20), message="v2")
+            self.admin.create_dataset("toks", kind="tokens")
+            with self.admin.transaction("toks") as txn:
+                txn.write_tokens([np.arange(100, dtype=np.uint32)], dtype="uint16")
+                txn.commit(message="toks")
+            self.hooks.guard.add_principal("mallory")
+        self.v1 = self.admin.log("web")[-1]
         self.entry = self.admin._manifest("web").shards[0]
-        self.hooks.guard.add_principal("mallory")
         self.mallory = self.admin.bind(principal="mallory")
 
     def denied(self, principal: str = "mallory") -> int:
@@ -57,9 +66,17 @@ class World:
         return self.hooks.guard.audit.query(principal=principal, outcome="ok", limit=None)
 
 
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("gate-template")
+    world = World(root)
+    world.hooks.guard.catalog.dispose()
+    return root
+
+
 @pytest.fixture
-def world(tmp_path: Path) -> World:
-    return World(tmp_path)
+def world(tmp_path: Path, template: Path) -> World:
+    return World(tmp_path, template)
 
 
 def _drain(it: Any) -> Any:
