@@ -101,7 +101,8 @@ class Store:
             if binder is None:
                 from granary.secure.hooks import SecureHooks
 
-                view.hooks = SecureHooks.from_settings(self.settings).bind(principal=principal, token=token)
+                secure = SecureHooks.from_settings(self.settings, catalog=self.catalog)
+                view.hooks = secure.bind(principal=principal, token=token)
             else:
                 view.hooks = binder(principal=principal, token=token)
         view.gate = ReadGate(view.hooks, purpose=purpose if purpose is not None else self.gate.purpose)
