@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from granary.cli.common import EncryptOpt, apply_encrypt
+from granary.cli.common import EncryptOpt, PurposeOpt, apply_encrypt, read_store
 from granary.cli.output import console, fail, print_json, progress, table
 
 
@@ -20,11 +20,13 @@ def curate_cmd(
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
     branch: Annotated[str, typer.Option(help="Branch of the output dataset.")] = "main",
     encrypt: EncryptOpt = False,
+    purpose: PurposeOpt = None,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Commit a new version even when the output "
+                                              "equals the current head (default: the head is kept).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Run a curation pipeline; an interrupted run resumes when the same command is run again."""
     from granary.curate import PipelineSpec, curate
-    from granary.store import open_store
 
     if executor not in ("local", "ray"):
         fail(f"--executor must be local or ray, got {executor!r}")
@@ -32,10 +34,10 @@ def curate_cmd(
         fail(f"--workers must be >= 1, got {workers}")
     spec = PipelineSpec.from_yaml(pipeline)
     apply_encrypt(encrypt)
-    store = open_store()
+    store = read_store(purpose)
     with progress(disable=json_out) as bar:
         result, rep = curate(store, ref, spec, output, executor=executor, num_workers=workers, branch=branch,
-                             on_stage=_stages(bar))
+                             on_stage=_stages(bar), allow_empty=allow_empty)
     if json_out:
         print_json(result.to_dict() | {"report": rep["paths"]})
         return
@@ -63,12 +65,12 @@ def report_cmd(
     ref: Annotated[str, typer.Argument(help="A dataset ref, e.g. web-clean@main.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     html: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML page here.")] = None,
+    purpose: PurposeOpt = None,
 ) -> None:
     """Quality report of a version: completeness, duplicates, lengths, languages, drops, PII, sources, outliers."""
     from granary.curate.report import render_html, report_for_version
-    from granary.store import open_store
 
-    rep = report_for_version(open_store(), ref)
+    rep = report_for_version(read_store(purpose), ref)
     if html is not None:
         html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(render_html(rep))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from granary.cli.output import console, fail, print_json, table
+from granary.cli.output import console, err_console, fail, print_json, table
 
 if TYPE_CHECKING:
     from granary.secure.guard import Guard
@@ -62,23 +62,31 @@ def _time(text: str | None) -> float | None:
 # -- audit ---------------------------------------------------------------------------------------
 @audit_app.command("verify")
 def audit_verify(
-    checkpoints: Annotated[Path | None, typer.Option(help="Folder of exported signed checkpoints.")] = None,
+    checkpoints: Annotated[Path | None, typer.Option(
+        help="Folder of exported signed checkpoints (default GRANARY_AUDIT_CHECKPOINTS); the checkpoints "
+             "stored in the catalog are always checked.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Recompute the hash chain; exit 1 at the first edited, deleted, inserted or reordered record."""
+    """Recompute the hash chain and check every signed checkpoint against the trusted key; exit 1 at the first
+    edited, deleted, inserted or reordered record, or a log cut back below a checkpoint."""
     from dataclasses import asdict
 
-    from granary.secure.checkpoint import load_checkpoints
+    from granary.secure.checkpoint import all_checkpoints, trusted_public_key
 
     guard = _guard()
     guard.authorize("audit", "*")
-    report = guard.audit.verify(checkpoints=list(load_checkpoints(checkpoints)) if checkpoints else ())
+    found = all_checkpoints(guard.audit, checkpoints or guard.settings.checkpoint_dir)
+    trusted = trusted_public_key(guard.settings, guard.key_provider())
+    report = guard.audit.verify(checkpoints=found, trusted_key=trusted)
     if json_out:
-        print_json(asdict(report))
+        print_json(asdict(report) | {"trusted_key": trusted})
     elif report.ok:
         rate = report.records / report.elapsed_s if report.elapsed_s else 0
         console.print(f"audit chain ok: {report.records} records, {report.checkpoints} checkpoints "
                       f"({rate:,.0f} records/s)")
+    if not json_out:
+        for warning in report.warnings:
+            err_console.print(f"[yellow]warning[/] {warning}", highlight=False)
     if not report.ok:
         fail(f"audit chain broken at record {report.first_bad}: {report.reason}")
 
@@ -109,7 +117,8 @@ def audit_log(
 
 @audit_app.command("checkpoint")
 def audit_checkpoint(
-    export: Annotated[Path | None, typer.Option(help="Also write it, once and read-only, into this folder.")] = None,
+    export: Annotated[Path | None, typer.Option(help="Also write it, once and read-only, into this folder "
+                                                     "(default GRANARY_AUDIT_CHECKPOINTS).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Sign the current head of the chain (Ed25519) and optionally export it write-once."""
@@ -119,6 +128,7 @@ def audit_checkpoint(
 
     guard = _guard()
     guard.authorize("audit", "*")
+    export = export or guard.settings.checkpoint_dir
     cp = make_checkpoint(guard.audit, guard.key_provider().signing_key())
     path = export_checkpoint(cp, export) if export else None
     guard.record("audit.checkpoint", "*", obj=f"audit:{cp.seq}", details={"exported": str(path) if path else None})
@@ -127,6 +137,17 @@ def audit_checkpoint(
         return
     console.print(f"checkpoint at record {cp.seq} ({cp.hash[:16]}...) signed by {cp.public_key[:16]}..."
                   + (f", exported to {path}" if path else ""))
+
+
+@audit_app.command("public-key")
+def audit_public_key() -> None:
+    """Print the public key that signs checkpoints, to configure as GRANARY_AUDIT_PUBLIC_KEY where logs are
+    verified."""
+    from granary.secure.checkpoint import public_hex
+
+    guard = _guard()
+    guard.authorize("audit", "*")
+    console.print(public_hex(guard.key_provider().signing_key()), highlight=False)
 
 
 # -- principals and tokens -------------------------------------------------------------------------
@@ -145,8 +166,10 @@ def principal_add(
 
 @principal_app.command("list")
 def principal_list(json_out: JsonOpt = False) -> None:
-    """List principals."""
-    rows = _guard().registry.principals()
+    """List principals (tenant admins only)."""
+    guard = _guard()
+    guard.authorize("principal", "*")
+    rows = guard.registry.principals()
     if json_out:
         print_json(rows)
         return
@@ -235,8 +258,10 @@ def role_revoke(principal: str, dataset: Annotated[str | None, typer.Option()] =
 
 @role_app.command("list")
 def role_list(principal: Annotated[str | None, typer.Argument()] = None, json_out: JsonOpt = False) -> None:
-    """List grants and attribute rules."""
+    """List grants and attribute rules (yours, or everyone's for a tenant admin)."""
     guard = _guard()
+    if principal != guard.principal.name:
+        guard.authorize("grant", "*")
     grants = [g.__dict__ for g in guard.roles.grants(principal)]
     if json_out:
         print_json({"grants": grants, "rules": guard.roles.rules()})
@@ -323,15 +348,24 @@ def forget_cmd(
         ("new heads", ", ".join(f"{b}@{v[:12]}" for b, v in receipt.new_versions.items())),
         ("keys shredded", receipt.shredded_keys), ("deleted after gc grace", len(receipt.pending_deletion)),
         ("readers of expired versions", len(receipt.readers)),
-        ("derived datasets to check", ", ".join(receipt.derived_datasets) or "none"),
+        ("tags on expired versions", ", ".join(receipt.tags) or "none"),
+        ("derived datasets changed", ", ".join(
+            f"{name} ({info['rows_removed']} rows, {info['versions_expired']} versions)"
+            for name, info in receipt.derived_changed.items() if info.get("changed")) or "none"),
+        ("derived datasets to re-derive", "; ".join(
+            f"{name}: {info['reason']}" for name, info in receipt.derived_changed.items()
+            if not info.get("changed") and info.get("reason")) or "none"),
         ("signed by", receipt.public_key[:16] + "...")]))
 
 
 # -- policies and private statistics ---------------------------------------------------------------
 @policy_app.command("show")
 def policy_show(dataset: str, json_out: JsonOpt = False) -> None:
-    """Show a dataset's policy."""
-    policy = _guard().policies.get(dataset).to_dict()
+    """Show a dataset's policy (needs a role on it; audited)."""
+    guard = _guard()
+    guard.authorize("list", dataset, obj=f"policy:{dataset}")
+    policy = guard.policies.get(dataset).to_dict()
+    guard.record("list", dataset, obj=f"policy:{dataset}")
     if json_out:
         print_json(policy)
         return

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from granary.cli.common import EncryptOpt, apply_encrypt
+from granary.cli.common import EncryptOpt, PurposeOpt, apply_encrypt, read_store
 from granary.cli.output import console, err_console, fail, print_json, progress, table
 
 if TYPE_CHECKING:
@@ -104,23 +104,29 @@ def delete(dataset: Annotated[str, typer.Argument(help="Dataset.")],
            where: Annotated[str, typer.Option("--where", "-w", help="Filter, e.g. \"len(text) < 50\".")],
            branch: Annotated[str | None, typer.Option(help="Branch (default: the dataset's default).")] = None,
            message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
+           allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Commit a new version even when no "
+                                                     "row matches (default: the head is kept).")] = False,
            json_out: JsonOpt = False) -> None:
     """Commit a new version without the rows matching a filter expression."""
     store = _store()
     with store.transaction(dataset, branch=branch) as txn:
         txn.delete_where(where)
-        v = txn.commit(message=message or f"delete where {where}", allow_empty=True,
+        v = txn.commit(message=message or f"delete where {where}", allow_empty=allow_empty,
                        lineage={"command": "delete", "params": {"where": where}})
         deleted = txn.stats.extra.get("rows_deleted", 0)
+        unchanged = bool(txn.stats.extra.get("unchanged"))
     if json_out:
-        print_json({"version": v.id, "rows_deleted": deleted, "rows": v.num_rows})
+        print_json({"version": v.id, "rows_deleted": deleted, "rows": v.num_rows, "unchanged": unchanged})
+        return
+    if unchanged:
+        console.print(f"no row matched; {dataset}@{v.short_id} is unchanged (no new version)")
         return
     console.print(f"deleted {deleted:,} row(s); {dataset}@{v.short_id} has {v.num_rows:,} rows")
 
 
-def ls(json_out: JsonOpt = False) -> None:
-    """List datasets with their default branch head."""
-    store = _store()
+def ls(purpose: PurposeOpt = None, json_out: JsonOpt = False) -> None:
+    """List the datasets you may see, with their default branch head."""
+    store = read_store(purpose)
     rows: list[dict[str, Any]] = []
     for ds in store.datasets():
         head = next((r.version_id for r in store.refs(ds.name, "branch") if r.name == ds.default_branch), None)
@@ -139,9 +145,9 @@ def ls(json_out: JsonOpt = False) -> None:
 
 def log(ref: Annotated[str, typer.Argument(help="NAME[@BRANCH|TAG|VERSION]")],
         limit: Annotated[int, typer.Option(help="At most this many versions.")] = 20,
-        json_out: JsonOpt = False) -> None:
+        purpose: PurposeOpt = None, json_out: JsonOpt = False) -> None:
     """Show a version and its ancestors, newest first."""
-    versions = _store().log(ref, limit=limit)
+    versions = read_store(purpose).log(ref, limit=limit)
     if json_out:
         print_json([v.to_dict() for v in versions])
         return
@@ -153,9 +159,9 @@ def log(ref: Annotated[str, typer.Argument(help="NAME[@BRANCH|TAG|VERSION]")],
 def show(ref: Annotated[str, typer.Argument(help="NAME[@BRANCH|TAG|VERSION]")],
          shards: Annotated[bool, typer.Option(help="List every shard.")] = False,
          quarantine: Annotated[bool, typer.Option(help="Print the quarantined records.")] = False,
-         json_out: JsonOpt = False) -> None:
+         purpose: PurposeOpt = None, json_out: JsonOpt = False) -> None:
     """Describe one version: counts, schema, lineage, metadata, side tables and shards."""
-    store = _store()
+    store = read_store(purpose)
     v = store.resolve(ref)
     m = store.manifest(v)
     info = v.to_dict() | {"schema": m.body.get("schema", {}) and m.body["schema"]["fields"],
@@ -191,9 +197,9 @@ def show(ref: Annotated[str, typer.Argument(help="NAME[@BRANCH|TAG|VERSION]")],
 def diff(a: Annotated[str, typer.Argument(help="Older reference.")],
          b: Annotated[str, typer.Argument(help="Newer reference.")],
          rows: Annotated[bool, typer.Option("--rows", help="Also print the added and removed rows.")] = False,
-         json_out: JsonOpt = False) -> None:
-    """Shards, rows and schema changes between two versions."""
-    d = _store().diff(a, b)
+         purpose: PurposeOpt = None, json_out: JsonOpt = False) -> None:
+    """Shards, rows and schema changes between two versions (rows are a data read of both)."""
+    d = read_store(purpose).diff(a, b)
     if json_out:
         print_json(d.to_dict(rows=rows))
         return
@@ -255,9 +261,9 @@ def rollback(dataset: Annotated[str, typer.Argument(help="Dataset.")],
 
 def verify(ref: Annotated[str | None, typer.Argument(help="Reference to check (default: every version).")] = None,
            shallow: Annotated[bool, typer.Option(help="Skip per-block checks of token shards.")] = False,
-           json_out: JsonOpt = False) -> None:
+           purpose: PurposeOpt = None, json_out: JsonOpt = False) -> None:
     """Recompute checksums; exit 1 naming every missing or damaged object."""
-    store = _store()
+    store = read_store(purpose)
     with progress(disable=json_out, transient=True) as bar:
         task = bar.add_task("verify", total=None)
         report = store.verify(ref, deep=not shallow, on_shard=lambda n: bar.advance(task, n))
@@ -268,6 +274,9 @@ def verify(ref: Annotated[str | None, typer.Argument(help="Reference to check (d
             ("versions", report.versions), ("shards", report.shards), ("bytes", _size(report.bytes)),
             ("throughput", f"{report.throughput_bytes_s / 1e9:.2f} GB/s"),
             ("result", "[green]ok[/]" if report.ok else f"[red]{len(report.problems)} problem(s)[/]")]))
+        for note in report.expired_refs:
+            err_console.print(f"[yellow]note[/] {note}: a ref kept on an expired version (forget or retention); "
+                              "expected, not damage", highlight=False)
         for p in report.problems:
             err_console.print(f"[red]{p.kind}[/] {p.key} (version {p.version[:12]}"
                               f"{'' if p.shard is None else f', shard {p.shard}'}): {p.message}", highlight=False)
@@ -296,11 +305,11 @@ def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what w
 def export(ref: Annotated[str, typer.Argument(help="Reference to export.")],
            output: Annotated[Path, typer.Option("--output", "-o", help="Output file (or folder for hf).")],
            fmt: Annotated[str, typer.Option("--format", "-f", help="jsonl, parquet or hf.")] = "jsonl",
-           json_out: JsonOpt = False) -> None:
+           purpose: PurposeOpt = None, json_out: JsonOpt = False) -> None:
     """Write a documents version to JSONL, Parquet or a Hugging Face dataset folder."""
     from granary.store.export import export as run_export
 
-    store = _store()
+    store = read_store(purpose)
     v = store.resolve(ref)
     with progress(disable=json_out) as bar:
         task = bar.add_task(f"export {ref}", total=v.num_rows)

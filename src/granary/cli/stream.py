@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from granary.cli.common import EncryptOpt, apply_encrypt
+from granary.cli.common import EncryptOpt, PurposeOpt, apply_encrypt, read_store
 from granary.cli.output import console, print_json, progress, table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -22,15 +22,15 @@ def tokenize(
     eot_token: Annotated[str | None, typer.Option(help="End-of-document token (default: found).")] = None,
     text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
     encrypt: EncryptOpt = False,
+    purpose: PurposeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Tokenize a documents version into a tokens version (parallel, resumable: rerun after a crash)."""
-    from granary.store import open_store
     from granary.stream.tokenize import TokenizeConfig
     from granary.stream.tokenize import tokenize as run
 
     apply_encrypt(encrypt)
-    store = open_store()
+    store = read_store(purpose)
     config = TokenizeConfig(tokenizer=str(tokenizer), output=output, seq_len=seq_len, workers=workers,
                             eot_token=eot_token, text_column=text_column)
     total = store.resolve(ref).num_rows
@@ -55,12 +55,12 @@ def train(
     output: Annotated[Path, typer.Option("--output", "-o", help="Path of the tokenizer.json to write.")],
     max_documents: Annotated[int | None, typer.Option(help="Train on at most this many documents.")] = None,
     text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
+    purpose: PurposeOpt = None,
 ) -> None:
     """Train a byte-level BPE tokenizer on a dataset (offline) and save it as tokenizer.json."""
-    from granary.store import open_store
     from granary.stream.tokenizer import Tokenizer, train_bpe
 
-    store = open_store()
+    store = read_store(purpose)
 
     def texts() -> Any:
         seen = 0
@@ -86,13 +86,13 @@ def peek(
     shuffle: Annotated[bool, typer.Option(help="Show shuffled samples (else the first ones).")] = False,
     tokenizer: Annotated[Path | None, typer.Option(help="Decode with this tokenizer (checked against lineage).")]
     = None,
+    purpose: PurposeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show the first samples a loader would yield (tokens decoded when a tokenizer is given)."""
-    from granary.store import open_store
     from granary.stream import StreamingDataset
 
-    store = open_store()
+    store = read_store(purpose)
     kind = store.resolve(ref).kind
     ds = StreamingDataset(ref, batch_size=count, seq_len=seq_len if kind == "tokens" else None, seed=seed,
                           shuffle=shuffle, store=store, output="numpy", num_threads=0, rank=0, world_size=1)

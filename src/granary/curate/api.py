@@ -31,18 +31,20 @@ def curate(
     report_dir: Path | None = None,
     keep_workdir: bool = False,
     report: bool = True,
+    allow_empty: bool = False,
 ) -> tuple[RunResult, dict[str, Any]]:
     """Run a pipeline from a dataset ref (or a file/directory path) into `output@branch`.
 
     Returns the run result and the quality report of the new version (empty when `report` is False); the
     report is also written as `report.json` and `report.html` under `report_dir` (default
-    `<home>/reports/<output>-<version>`).
+    `<home>/reports/<output>-<version>`). An output identical to the branch head (a finished run repeated)
+    returns the head instead of a new version, unless `allow_empty` is True.
     """
     from granary.curate.report import render_html, report_for_version
 
     spec = pipeline if isinstance(pipeline, PipelineSpec) else PipelineSpec.from_yaml(pipeline)
     reader = reader_for(source) if source else None
-    result = run_pipeline(spec, sink=StoreSink(store.settings, output, branch), reader=reader,
+    result = run_pipeline(spec, sink=StoreSink(store.settings, output, branch, allow_empty), reader=reader,
                           settings=store.settings, executor=executor, num_workers=num_workers,
                           on_stage=on_stage, keep_workdir=keep_workdir,
                           message=f"curate {source or 'pipeline input'} with {spec.name}")

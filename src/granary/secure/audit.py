@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -69,6 +69,11 @@ class VerifyReport:
         reason: what is wrong there.
         checkpoints: signed checkpoints checked.
         elapsed_s: time taken.
+        last_checkpoint: the record the newest checkpoint pins (its sequence number is also the record count
+            and its hash the chain head at that moment), or None without checkpoints.
+        unpinned: records after the last checkpoint: deleting them (truncating the tail) is not detectable
+            until a newer checkpoint pins them.
+        warnings: what the verification could not guarantee.
     """
 
     ok: bool
@@ -77,6 +82,9 @@ class VerifyReport:
     reason: str | None
     checkpoints: int
     elapsed_s: float
+    last_checkpoint: int | None = None
+    unpinned: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
 def canonical(seq: int, at: float, principal: str, action: str, dataset: str, obj: str, outcome: str,
@@ -221,20 +229,28 @@ class AuditLog:
             return [AuditRecord(**{**row._asdict(), "details": json.loads(row.details)})
                     for row in conn.execute(query)]
 
-    def verify(self, *, checkpoints: Iterable[Any] = (), batch_rows: int = 20000) -> VerifyReport:
+    def verify(self, *, checkpoints: Iterable[Any] = (), batch_rows: int = 20000,
+               trusted_key: str | None = None) -> VerifyReport:
         """Recompute the chain; report the first edited, deleted, inserted or reordered record.
 
         Args:
             checkpoints: signed checkpoints (see :mod:`granary.secure.checkpoint`) that pin (seq, hash) pairs;
                 their signatures are checked and a chain shorter than a checkpoint is reported as truncated.
             batch_rows: rows fetched per round trip.
+            trusted_key: hex Ed25519 public key every checkpoint must be signed by (configured outside the
+                catalog; see :func:`granary.secure.checkpoint.trusted_public_key`). Without it a checkpoint is
+                only checked against the key it carries, which proves nothing against a forger.
         """
         from granary.secure.checkpoint import check_signature
 
         start = time.perf_counter()
         pins: dict[int, str] = {}
         for cp in checkpoints:
-            check_signature(cp)
+            check_signature(cp, trusted_key)  # raises CryptoError: a forged or foreign checkpoint
+            if pins.get(cp.seq, cp.hash) != cp.hash:
+                return VerifyReport(ok=False, records=0, first_bad=cp.seq, checkpoints=len(pins),
+                                    reason=f"two signed checkpoints pin different hashes for record {cp.seq}",
+                                    elapsed_s=time.perf_counter() - start)
             pins[cp.seq] = cp.hash
         expected, prev, bad, reason = 1, GENESIS, None, None
         raw = self.catalog.engine.raw_connection()  # plain tuples: 1.5x faster than Row objects
@@ -255,8 +271,21 @@ class AuditLog:
             if beyond:
                 bad, reason = records + 1, (f"the log ends at record {records} but a signed checkpoint "
                                             f"pins record {min(beyond)} (truncated)")
+        last = max(pins) if pins else None
+        warnings: list[str] = []
+        if trusted_key is None and pins:
+            warnings.append("no trusted public key is configured: checkpoint signatures were checked only "
+                            "against the key each carries (set GRANARY_AUDIT_PUBLIC_KEY)")
+        if not pins:
+            warnings.append(f"no signed checkpoint: deleting the last records (or all {records}) cannot be "
+                            "detected; run `granary audit checkpoint` (and export it) regularly")
+        elif records > (last or 0):
+            warnings.append(f"{records - (last or 0)} record(s) after the last checkpoint (record {last}) are not "
+                            "pinned: deleting them cannot be detected until the next checkpoint")
         report = VerifyReport(ok=bad is None, records=records if bad is None else bad - 1, first_bad=bad,
-                              reason=reason, checkpoints=len(pins), elapsed_s=time.perf_counter() - start)
+                              reason=reason, checkpoints=len(pins), elapsed_s=time.perf_counter() - start,
+                              last_checkpoint=last, unpinned=max(0, records - (last or 0)) if bad is None else 0,
+                              warnings=warnings)
         if not report.ok:
             log.error("audit chain broken at %s: %s", bad, reason)
         return report

@@ -1,6 +1,9 @@
 """Signed (Ed25519) checkpoints of the audit chain, exported write-once to a separate place.
 
-A checkpoint pins (seq, hash) of the chain head at a moment. Kept outside the catalog (a WORM bucket, another
+A checkpoint pins (seq, hash) of the chain head at a moment: ``seq`` is also the number of records (sequence
+numbers start at 1 with no gaps), so a log cut back below a checkpoint is detected, and ``hash`` is the head
+hash. Signatures are checked against a trusted key configured outside the catalog (:func:`trusted_public_key`),
+never only against the key a checkpoint carries. Kept outside the catalog (a WORM bucket, another
 host, a printed page), it proves that the records up to ``seq`` were not rewritten or truncated since.
 """
 
@@ -20,7 +23,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from granary.secure import tables as t
 from granary.secure.audit import AuditLog
-from granary.secure.errors import AuditError, CryptoError
+from granary.secure.errors import AuditError, CryptoError, KeyMissingError
+from granary.secure.keys import KeyProvider
+from granary.secure.settings import SecureSettings
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -122,6 +127,28 @@ def load_checkpoints(directory: Path) -> Iterator[Checkpoint]:
     """Every checkpoint exported into ``directory``, in sequence order."""
     for path in sorted(Path(directory).glob("checkpoint-*.json")):
         yield load_checkpoint(path)
+
+
+def trusted_public_key(settings: SecureSettings, provider: KeyProvider | None = None) -> str | None:
+    """The public key checkpoints must be signed by: configured outside the catalog
+    (``GRANARY_AUDIT_PUBLIC_KEY[_FILE]``), else the public half of the key provider's signing key (held in the
+    keyring or KMS, not in the catalog); None when neither is available."""
+    if settings.audit_public_key:
+        return settings.audit_public_key
+    if provider is None:
+        return None
+    try:
+        return public_hex(provider.signing_key())
+    except KeyMissingError:
+        return None
+
+
+def all_checkpoints(audit: AuditLog, directory: Path | None = None) -> list[Checkpoint]:
+    """The checkpoints stored in the catalog plus those exported into ``directory``, in sequence order."""
+    found = stored_checkpoints(audit)
+    if directory is not None and Path(directory).is_dir():
+        found.extend(load_checkpoints(directory))
+    return sorted(found, key=lambda cp: cp.seq)
 
 
 def stored_checkpoints(audit: AuditLog) -> list[Checkpoint]:

@@ -14,12 +14,13 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from granary.errors import AuthorizationError, IntegrityError
 from granary.secure import tables as t
 from granary.secure.checkpoint import sign_bytes, verify_bytes
 from granary.secure.retention import set_state
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from granary.store.manifest import ShardEntry
 
 log = logging.getLogger(__name__)
+_LATER_FIELDS = ("derived_changed", "tags")
 MatchBy = Literal["column", "value"]
 MAX_SUBJECT_CHARS = 1024
 
@@ -50,12 +52,16 @@ class ForgetReceipt:
     readers: list[dict[str, Any]]
     derived_datasets: list[str]
     at: float
+    derived_changed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
     public_key: str = ""
     signature: str = ""
 
     def body(self) -> bytes:
-        """The canonical bytes the signature covers."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("public_key", "signature")}
+        """The canonical bytes the signature covers (fields added later are left out while empty, so receipts
+        signed before they existed still verify)."""
+        data = {k: v for k, v in asdict(self).items() if k not in ("public_key", "signature")
+                and not (k in _LATER_FIELDS and not v)}
         return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
     def verify(self) -> None:
@@ -83,12 +89,12 @@ def build_filter(subject: str, *, by: MatchBy, column: str) -> str:
 def _hits(store: Store, entry: ShardEntry, expression: str, column: str) -> int:
     from granary.store.filter import matches
 
-    table = store.read_shard(entry, columns=[column])
+    table = store._read_shard(entry, columns=[column])  # under the forget decision (admin)
     return int(pc.sum(matches(table, expression)).as_py() or 0)
 
 
 def forget(store: Store, guard: Guard, dataset: str, subject: str, *, by: MatchBy = "column",
-           column: str | None = None) -> ForgetReceipt:
+           column: str | None = None, follow: bool = True) -> ForgetReceipt:
     """Forget ``subject`` in ``dataset``; returns the signed receipt (also stored in the catalog and audited).
 
     Args:
@@ -98,6 +104,11 @@ def forget(store: Store, guard: Guard, dataset: str, subject: str, *, by: MatchB
         subject: the subject id (``by="column"``) or a PII value such as an email (``by="value"``).
         by: match an id column exactly, or find the value inside a text column.
         column: the column to match (default ``subject_id`` for ``column``, ``text`` for ``value``).
+        follow: also forget the subject in every dataset derived from this one (found by lineage and policy
+            sources, transitively); the receipt says what changed in each (``derived_changed``).
+
+    Tags on the versions that held the subject keep pointing at them (tags never move): they now name
+    expired versions, which ``granary verify`` reports as expected state; the receipt lists them (``tags``).
     """
     column = column or ("subject_id" if by == "column" else "text")
     expression = build_filter(subject, by=by, column=column)
@@ -108,10 +119,10 @@ def forget(store: Store, guard: Guard, dataset: str, subject: str, *, by: MatchB
     affected: list[str] = []
     checked: dict[str, int] = {}
     rows = 0
-    for version in store.versions(dataset):
+    for version in store._versions(dataset):
         if version.state != "live":
             continue
-        manifest = store.manifest(version.id)
+        manifest = store._manifest(version.id)
         if manifest.schema is None or column not in manifest.schema.names:
             continue
         found = False
@@ -124,7 +135,8 @@ def forget(store: Store, guard: Guard, dataset: str, subject: str, *, by: MatchB
         if found:
             affected.append(version.id)
     new_versions: dict[str, str] = {}
-    for ref in store.refs(dataset, "branch"):
+    tags = sorted(f"{dataset}@{r.name}" for r in store._refs(dataset, "tag") if r.version_id in affected)
+    for ref in store._refs(dataset, "branch"):
         if ref.version_id in affected:
             with store.transaction(dataset, branch=ref.name, mode="append") as txn:
                 txn.delete_where(expression)
@@ -141,8 +153,42 @@ def forget(store: Store, guard: Guard, dataset: str, subject: str, *, by: MatchB
         id=request, dataset=dataset, subject_digest=digest, match=f"{by}:{column}", rows_removed=rows,
         affected_versions=affected, new_versions=new_versions, shredded_keys=shredded,
         pending_deletion=affected if plain_left else [], readers=_readers(guard, dataset, set(affected)),
-        derived_datasets=_derived(guard, dataset), at=time.time())
+        derived_datasets=_derived(store, guard, dataset), at=time.time(), tags=tags)
+    if follow:
+        receipt = _follow(store, guard, receipt, subject, by=by, column=column)
     return _sign_and_store(guard, receipt)
+
+
+def _follow(store: Store, guard: Guard, receipt: ForgetReceipt, subject: str, *, by: MatchBy,
+            column: str) -> ForgetReceipt:
+    """Forget the subject in every dataset derived from ``receipt.dataset``, transitively."""
+    changed: dict[str, dict[str, Any]] = {}
+    todo = list(receipt.derived_datasets)
+    seen = {receipt.dataset}
+    while todo:
+        name = todo.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            info = store._dataset(name)
+        except LookupError:
+            continue
+        if info.kind != "documents":
+            changed[name] = {"changed": False, "reason": f"a {info.kind} dataset has no {column} column: derive "
+                             "it again from the cleaned source (e.g. granary tokenize)"}
+            continue
+        try:
+            sub = forget(store, guard, name, subject, by=by, column=column, follow=False)
+        except AuthorizationError as exc:
+            changed[name] = {"changed": False, "reason": str(exc)}
+            continue
+        changed[name] = {"changed": bool(sub.affected_versions), "receipt": sub.id, "rows_removed": sub.rows_removed,
+                         "versions_expired": len(sub.affected_versions), "new_versions": sub.new_versions,
+                         "tags": sub.tags}
+        todo.extend(d for d in sub.derived_datasets if d not in seen)
+    return ForgetReceipt(**{**asdict(receipt), "derived_changed": changed,
+                            "derived_datasets": sorted(set(receipt.derived_datasets) | set(changed))})
 
 
 def _readers(guard: Guard, dataset: str, versions: set[str]) -> list[dict[str, Any]]:
@@ -155,10 +201,25 @@ def _readers(guard: Guard, dataset: str, versions: set[str]) -> list[dict[str, A
     return out
 
 
-def _derived(guard: Guard, dataset: str) -> list[str]:
-    """Datasets whose policy records ``dataset`` as a source: they may hold the subject too and need
-    their own forget request (or re-derivation)."""
-    return sorted(name for name, policy in guard.policies.all().items() if dataset in policy.sources)
+def _derived(store: Store, guard: Guard, dataset: str) -> list[str]:
+    """Datasets derived from ``dataset``: its name in their policy's sources, or one of its versions (or its
+    name) in the lineage of one of their live versions."""
+    from granary.store.store import lineage_sources
+
+    out = {name for name, policy in guard.policies.all().items() if dataset in policy.sources}
+    mine = {v.id for v in store._versions(dataset)}
+    for version in store._versions():
+        if version.dataset == dataset or version.dataset in out or version.state != "live":
+            continue
+        try:
+            lineage = store._manifest(version.id).lineage or {}
+        except IntegrityError:
+            continue
+        ids, names = lineage_sources(dict(lineage))
+        if dataset in names or mine.intersection(ids):
+            out.add(version.dataset)
+    out.discard(dataset)
+    return sorted(out)
 
 
 def _sign_and_store(guard: Guard, receipt: ForgetReceipt) -> ForgetReceipt:

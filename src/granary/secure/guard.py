@@ -12,10 +12,11 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from granary.catalog import Catalog
-from granary.errors import AuthorizationError
+from granary.errors import AuthorizationError, NotFoundError
 from granary.secure import tables as t
 from granary.secure.audit import AuditLog
 from granary.secure.errors import AuthenticationError
@@ -83,6 +84,47 @@ class Guard:
                                       object=f"token:{token}" if token else "", details={"reason": str(exc)})
                     raise
         return self._principal
+
+    def bound(self, *, principal: str | None = None, token: str | None = None) -> Guard:
+        """A guard over the same catalog acting for the holder of ``token`` or the registered ``principal``.
+
+        A token is authenticated at once (refusals audited) and again every REAUTH_S; a principal name is
+        trusted (the caller authenticated it) but must exist and not be disabled.
+        """
+        if token is not None:
+            guard = Guard(self.catalog, replace(self.settings, auth="tokens", token=token))
+            guard._keys = self._keys
+            _ = guard.principal  # authenticate now: a bad token never reaches a read
+            return guard
+        if principal is None:
+            return self
+        local = local_principal(self.settings)
+        if principal == local.name and self.settings.auth == "local":
+            found = local
+        else:
+            try:
+                found = self.registry.get(principal)
+            except NotFoundError:
+                found = None
+            if found is None or self.registry.is_disabled(principal):
+                exc = AuthenticationError(f"no enabled principal named {principal}",
+                                          hint="create it with `granary principal add`, or re-enable it")
+                self.audit.append(principal="anonymous", action="authenticate", outcome="denied",
+                                  object=f"principal:{principal}", details={"reason": str(exc)})
+                raise exc
+        guard = Guard(self.catalog, self.settings, principal=found)
+        guard._keys = self._keys
+        return guard
+
+    def allows(self, action: str, dataset: str) -> bool:
+        """Whether the principal holds the role (and clearances) for ``action`` on ``dataset``; not audited."""
+        principal = self.principal
+        policy = self.policies.get(dataset)
+        try:
+            self.roles.check(principal, action, dataset, tenant=policy.tenant, tags=policy.tags)
+        except AuthorizationError:
+            return False
+        return True
 
     @property
     def keys(self) -> DataKeyStore:

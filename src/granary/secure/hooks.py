@@ -11,7 +11,7 @@ import struct
 from pathlib import Path
 from typing import IO, Any
 
-from granary.catalog import open_catalog
+from granary.catalog import Catalog, open_catalog
 from granary.config import Settings
 from granary.secure.crypto import HEADER_BYTES, ChunkLayout, DecryptingReader, encrypt_stream, new_header
 from granary.secure.errors import CryptoError, KeyMissingError
@@ -65,14 +65,31 @@ class SecureHooks:
         self.reads: set[str] = set()
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, principal: Principal | None = None,
+    def from_settings(cls, settings: Settings, *, principal: Principal | None = None, catalog: Catalog | None = None,
                       **overrides: Any) -> SecureHooks:
         """Build the hooks from store settings plus security settings read from the environment."""
         secure = SecureSettings.from_env(settings.home, **overrides)
-        return cls(Guard(open_catalog(settings.catalog_url), secure, principal=principal))
+        return cls(Guard(catalog or open_catalog(settings.catalog_url), secure, principal=principal))
+
+    def bind(self, *, principal: str | None = None, token: str | None = None) -> SecureHooks:
+        """Hooks acting for another principal (see :meth:`granary.store.Store.bind`); a bad token is refused
+        and audited here, before any data is touched."""
+        return SecureHooks(self.guard.bound(principal=principal, token=token))
 
     def authorize(self, action: str, dataset: str, *, purpose: str | None = None) -> None:
         self.guard.authorize(action, dataset, purpose=purpose)
+
+    def derive(self, store: Any, target: str, sources: list[str]) -> None:
+        """Derived data inherits the union of its sources' restrictions (audited as policy.propagate)."""
+        self.guard.propagate(target, sources)
+
+    def authorize_object(self, action: str, dataset: str, obj: str, *, purpose: str | None = None) -> None:
+        """Like :meth:`authorize`, naming the object asked for in a refusal's audit record."""
+        self.guard.authorize(action, dataset, purpose=purpose, obj=obj)
+
+    def allows(self, action: str, dataset: str) -> bool:
+        """Whether the principal may do ``action`` on ``dataset`` (no audit record: for filtering listings)."""
+        return self.guard.allows(action, dataset)
 
     def record(self, action: str, dataset: str, *, version: str | None = None, outcome: str = "ok",
                details: dict[str, Any] | None = None) -> None:

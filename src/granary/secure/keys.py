@@ -67,6 +67,10 @@ class KeyProvider(ABC):
     def new_master_key(self, tenant: str) -> str:
         """Create a new current master key for ``tenant`` (rotation) and return its id."""
 
+    def holds(self, key_id: str) -> bool:
+        """Whether the provider holds master key ``key_id`` (True when it cannot tell, e.g. a remote KMS)."""
+        return True
+
     def retire(self, key_id: str) -> None:
         """Destroy an old master key once no data key is wrapped under it (optional for a provider)."""
         raise KeyMissingError(f"the {self.name} key provider cannot destroy master key {key_id}",
@@ -154,7 +158,7 @@ class LocalKeyring(KeyProvider):
             keys = data["master_keys"]
             assert isinstance(keys, dict) and isinstance(data["current"], dict)
             n = 1 + sum(1 for k in keys.values() if k["tenant"] == tenant)
-            key_id = f"{tenant}-{n}"
+            key_id = f"{tenant}-{n}-{os.urandom(4).hex()}"  # never reused, even by a keyring created anew
             keys[key_id] = {"tenant": tenant, "key": _b64(os.urandom(32)), "created_at": time.time()}
             data["current"][tenant] = key_id
         log.info("created master key %s", key_id)
@@ -166,8 +170,13 @@ class LocalKeyring(KeyProvider):
             entry = data["master_keys"].get(key_id)
             if entry is not None:
                 return base64.b64decode(entry["key"])
-        raise KeyMissingError(f"master key {key_id} is not in the keyring {self.path}",
-                              hint="restore the keyring from its backup, or use the key provider that holds it")
+        missing = "" if self.path.exists() else " (the keyring file is missing)"
+        raise KeyMissingError(f"master key {key_id} is not in the keyring {self.path}{missing}",
+                              hint="restore the keyring from its backup (or point GRANARY_KEYRING at it), or use "
+                              "the key provider that holds it")
+
+    def holds(self, key_id: str) -> bool:
+        return key_id in self._load()["master_keys"]
 
     def wrap(self, key_id: str, dek: bytes, aad: bytes) -> bytes:
         return _aes_wrap(self._master(key_id), dek, aad)
@@ -234,6 +243,10 @@ class EnvKeyProvider(KeyProvider):
             raise KeyMissingError(f"master key {key_id} is not in the environment",
                                   hint=f"set {self._var(tenant)} (or ..._PREVIOUS while rotating) to it")
         return key
+
+    def holds(self, key_id: str) -> bool:
+        parts = key_id.split(":", 2)
+        return len(parts) == 3 and parts[0] == "env" and key_id in self._keys(parts[1])
 
     def wrap(self, key_id: str, dek: bytes, aad: bytes) -> bytes:
         return _aes_wrap(self._master(key_id), dek, aad)

@@ -58,10 +58,32 @@ class DataKeyStore:
         self.catalog = catalog
         self.provider = provider
         self._cache: dict[str, tuple[str, bytes]] = {}  # key_ref -> (master key id, data key)
+        self._checked: set[str] = set()
+
+    def check_provider(self, tenant: str) -> None:
+        """Refuse to go on when the catalog holds live data keys wrapped under master keys the provider lacks
+        (a lost or replaced keyring): creating a new master key then would hide the loss until old data is read."""
+        if tenant in self._checked:
+            return
+        with self.catalog.read() as conn:
+            rows = conn.execute(sa.select(t.data_keys.c.master_key_id, sa.func.count()).where(
+                t.data_keys.c.tenant == tenant, t.data_keys.c.shredded_at.is_(None))
+                .group_by(t.data_keys.c.master_key_id)).all()
+        missing = {str(r[0]): int(r[1]) for r in rows if not self.provider.holds(str(r[0]))}
+        if missing:
+            where = getattr(self.provider, "path", None)
+            raise KeyMissingError(
+                f"the {self.provider.name} key provider{f' (keyring {where})' if where else ''} lacks master "
+                f"key(s) {sorted(missing)} that wrap {sum(missing.values())} data key(s) of tenant {tenant} in "
+                "this catalog; nothing was written",
+                hint="restore the keyring from its backup (or point GRANARY_KEYRING / GRANARY_KEY_PROVIDER at the "
+                     "one that holds these keys); never start a new keyring for a store with encrypted data")
+        self._checked.add(tenant)
 
     def create(self, dataset: str, tenant: str) -> tuple[str, bytes]:
         """A fresh data key for a new object of ``dataset``: returns (key_ref, key)."""
         check_tenant(tenant)
+        self.check_provider(tenant)
         dek = os.urandom(KEY_BYTES)
         key_ref = os.urandom(16).hex()
         key_id = self.provider.current_key_id(tenant)

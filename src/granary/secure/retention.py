@@ -62,8 +62,8 @@ def set_state(catalog: Catalog, version_ids: Iterable[str], state: str, *, datas
 def expiry_candidates(store: Store, dataset: str, *, keep_versions: int | None, retention_days: float | None,
                       now: float) -> list[str]:
     """Live versions of ``dataset`` outside its retention policy (never a branch or tag head)."""
-    heads = {r.version_id for r in store.refs(dataset)}
-    live = sorted((v for v in store.versions(dataset) if v.state == "live"), key=lambda v: -v.created_at)
+    heads = {r.version_id for r in store._refs(dataset)}
+    live = sorted((v for v in store._versions(dataset) if v.state == "live"), key=lambda v: -v.created_at)
     out = []
     for rank, version in enumerate(live):
         too_many = keep_versions is not None and rank >= keep_versions
@@ -77,8 +77,8 @@ def exclusive_key_refs(store: Store, version_ids: set[str], dataset: str) -> lis
     """Data-key refs of encrypted shards used only by ``version_ids`` (not by any other kept version)."""
     kept: set[str] = set()
     mine: dict[str, str] = {}
-    for version in store.versions(dataset):
-        manifest = store.manifest(version.id)
+    for version in store._versions(dataset):
+        manifest = store._manifest(version.id)
         entries = list(manifest.shards) + [e for es in manifest.tables.values() for e in es]
         for entry in entries:
             if version.id in version_ids:

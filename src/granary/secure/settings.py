@@ -25,6 +25,11 @@ class SecureSettings:
         purpose: the purpose readers declare when none is passed (``GRANARY_PURPOSE``).
         encrypt: encrypt new shards by default (``GRANARY_ENCRYPT=1``).
         origin: where calls come from, recorded in audit records (``GRANARY_ORIGIN``, default host:pid).
+        audit_public_key: hex Ed25519 public key audit checkpoints must be signed by, configured outside the
+            catalog (``GRANARY_AUDIT_PUBLIC_KEY``, or the file named by ``GRANARY_AUDIT_PUBLIC_KEY_FILE``;
+            default: the public half of the key provider's signing key).
+        checkpoint_dir: a write-once folder checkpoints are exported to and verified from by default
+            (``GRANARY_AUDIT_CHECKPOINTS``).
     """
 
     auth: AuthMode = "local"
@@ -35,6 +40,8 @@ class SecureSettings:
     purpose: str | None = None
     encrypt: bool = False
     origin: str | None = None
+    audit_public_key: str | None = None
+    checkpoint_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if self.auth not in ("local", "tokens"):
@@ -55,6 +62,26 @@ class SecureSettings:
             "purpose": env.get("GRANARY_PURPOSE") or None,
             "encrypt": (env.get("GRANARY_ENCRYPT") or "").lower() in ("1", "true", "yes", "on"),
             "origin": env.get("GRANARY_ORIGIN") or None,
+            "audit_public_key": _public_key(env),
+            "checkpoint_dir": Path(env["GRANARY_AUDIT_CHECKPOINTS"]).expanduser()
+            if env.get("GRANARY_AUDIT_CHECKPOINTS") else None,
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _public_key(env: os._Environ[str] | dict[str, str]) -> str | None:
+    value = env.get("GRANARY_AUDIT_PUBLIC_KEY") or None
+    path = env.get("GRANARY_AUDIT_PUBLIC_KEY_FILE") or None
+    if value is None and path is not None:
+        try:
+            value = Path(path).expanduser().read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"GRANARY_AUDIT_PUBLIC_KEY_FILE={path} cannot be read: {exc}") from None
+    if value is None:
+        return None
+    value = value.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ConfigError("the trusted audit public key must be 64 hex characters (a raw Ed25519 public key)",
+                          hint="print yours with `granary audit public-key`")
+    return value

@@ -125,6 +125,12 @@ class PrincipalRegistry:
         return Principal(name=row.name, kind=row.kind, tenant=row.tenant,
                          clearances=frozenset(json.loads(row.clearances)))
 
+    def is_disabled(self, name: str) -> bool:
+        """Whether the principal ``name`` is disabled (an unknown name counts as disabled)."""
+        with self.catalog.read() as conn:
+            row = conn.execute(sa.select(t.principals.c.disabled).where(t.principals.c.name == name)).first()
+        return row is None or bool(row.disabled)
+
     def principals(self) -> list[dict[str, object]]:
         """All principals as dicts."""
         with self.catalog.read() as conn:
@@ -139,15 +145,20 @@ class PrincipalRegistry:
 
     def issue(self, principal: str, *, scopes: tuple[str, ...] = ("read",), ttl_s: float | None = 30 * 86400.0
               ) -> IssuedToken:
-        """Issue a token for ``principal``; the returned secret is the only copy."""
+        """Issue a token for ``principal``; the returned secret is the only copy.
+
+        ``ttl_s=None`` asks for the longest lifetime allowed, 366 days: no token lives forever.
+        """
         self.get(principal)
         scopes = _check_scopes(scopes)
-        if ttl_s is not None and not 0 < ttl_s <= MAX_TTL_S:
+        if ttl_s is None:
+            ttl_s = MAX_TTL_S
+        if not 0 < ttl_s <= MAX_TTL_S:
             raise ValueError(f"token lifetime must be in (0, {MAX_TTL_S:.0f}] seconds, got {ttl_s}")
         token_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         now = time.time()
-        expires = None if ttl_s is None else now + ttl_s
+        expires = now + ttl_s
         with self.catalog.write() as conn:
             conn.execute(t.tokens.insert().values(
                 id=token_id, principal=principal, secret_hash=_digest(secret), scopes=json.dumps(scopes),

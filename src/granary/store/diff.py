@@ -85,10 +85,17 @@ def row_fingerprints(table: pa.Table | None) -> list[str]:
     return out
 
 
-def diff(store: Store, a: str, b: str, *, rows: bool = True) -> Diff:
-    """Compare two versions (of the same or different datasets)."""
+def diff(store: Store, a: str, b: str, *, rows: bool = True, purpose: str | None = None) -> Diff:
+    """Compare two versions (of the same or different datasets).
+
+    Comparing rows reads both versions: a data read of each (authorised for ``purpose`` and audited);
+    comparing shards and schemas only describes them.
+    """
     va, vb = store.resolve(a), store.resolve(b)
-    ma, mb = store.manifest(va), store.manifest(vb)
+    if rows and va.kind == "documents" and vb.kind == "documents":
+        ma, mb = store.open_version(va, purpose=purpose), store.open_version(vb, purpose=purpose)
+    else:
+        ma, mb = store.manifest(va), store.manifest(vb)
     keys_a, keys_b = {e.key for e in ma.shards}, {e.key for e in mb.shards}
     out = Diff(a=va.id, b=vb.id)
     out.shards_added = [e.key for e in mb.shards if e.key not in keys_a]

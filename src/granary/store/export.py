@@ -26,8 +26,12 @@ def export(
     *,
     fmt: ExportFormat = "jsonl",
     on_rows: Callable[[int], None] | None = None,
+    purpose: str | None = None,
 ) -> int:
     """Write every row of a documents version to ``path``; returns the number of rows written.
+
+    An export is authorised (``export`` for ``purpose``, default the store view's) and audited before a row
+    is read, and once more when it is done.
 
     ``jsonl`` writes one JSON object per line (UTF-8), ``parquet`` one zstd Parquet file, ``hf`` a
     directory loadable with ``datasets.load_from_disk`` (extra ``hf``). Output is written to a
@@ -36,14 +40,14 @@ def export(
     version = store.resolve(ref)
     if version.kind != "documents":
         raise StoreError(f"{ref} is a tokens dataset; export works on documents versions")
-    store.hooks.authorize("export", version.dataset)
+    store.gate.allow("export", version.dataset, version=version.id, purpose=purpose)  # authorised, audited
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     rows = 0
     if fmt == "jsonl":
         with open(tmp, "w", encoding="utf-8") as f:
-            for batch in store.iter_batches(version):
+            for batch in store.iter_batches(version, purpose=purpose):
                 for row in batch.to_pylist():
                     f.write(json.dumps(row, ensure_ascii=False, default=str))
                     f.write("\n")
@@ -51,28 +55,29 @@ def export(
                 if on_rows:
                     on_rows(batch.num_rows)
     elif fmt == "parquet":
-        schema = store.manifest(version).schema
+        schema = store.open_version(version, purpose=purpose).schema
         with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
-            for batch in store.iter_batches(version):
+            for batch in store.iter_batches(version, purpose=purpose):
                 w.write_batch(batch)
                 rows += batch.num_rows
                 if on_rows:
                     on_rows(batch.num_rows)
     elif fmt == "hf":
-        rows = _export_hf(store, version, tmp)
+        rows = _export_hf(store, version, tmp, purpose)
     else:
         raise StoreError(f"unknown export format {fmt!r}", hint="use jsonl, parquet or hf")
     tmp.replace(path)
-    store.hooks.record("export", version.dataset, version=version.id, details={"format": fmt, "rows": rows})
+    store.hooks.record("export", version.dataset, version=version.id,
+                       details={"format": fmt, "rows": rows, "done": True})
     return rows
 
 
-def _export_hf(store: Store, version: VersionInfo, tmp: Path) -> int:
+def _export_hf(store: Store, version: VersionInfo, tmp: Path, purpose: str | None) -> int:
     try:
         import datasets
     except ImportError as exc:
         raise MissingDependencyError("datasets", "hf") from exc
-    table: pa.Table = store.read_table(version)
+    table: pa.Table = store.read_table(version, purpose=purpose)
     ds = datasets.Dataset(table)
     ds.save_to_disk(str(tmp))
     return table.num_rows

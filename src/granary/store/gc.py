@@ -39,12 +39,12 @@ def referenced_keys(store: Store) -> tuple[set[str], list[str]]:
     """Every object key a recorded version needs: manifests, segments, shards, side tables."""
     keys: set[str] = set()
     unreadable: list[str] = []
-    for version in store.versions():
+    for version in store._versions():
         if version.state not in ("live", "expired"):
             continue  # "shredded"/"deleted" versions give up their objects
         keys.add(version.manifest_key)
         try:
-            manifest = store.load_manifest(version.manifest_key, expected_id=version.id)
+            manifest = store._load_manifest(version.manifest_key, expected_id=version.id)
         except IntegrityError:
             unreadable.append(version.manifest_key)
             continue

@@ -70,6 +70,23 @@ class NullHooks:
     def prepare_gc(self, store: Any, *, dry_run: bool = False) -> dict[str, Any]:
         return {}
 
+    def allows(self, action: Action, dataset: str) -> bool:
+        return True
+
+    def derive(self, store: Any, target: str, sources: list[str]) -> None:
+        """Derived data inherits its sources' restrictions in this mode too: when a source has a policy
+        (set by another process since this store was opened), merge it into the target's."""
+        from granary.secure.policy import PolicyBook, merge
+
+        book = PolicyBook(store.catalog)
+        stored = book.all()
+        if not any(s in stored for s in sources):
+            return
+        own = book.get(target)
+        derived = merge({s: book.get(s) for s in sources}, own)
+        if derived != own:
+            book.set(target, derived)
+
     def open_decrypted(self, meta: dict[str, Any], raw: IO[bytes], *, key: str) -> IO[bytes]:
         from granary.errors import SecurityError
 
@@ -79,15 +96,29 @@ class NullHooks:
         )
 
 
-def default_hooks(settings: Any) -> StoreHooks:
-    """The hooks :func:`granary.store.open_store` installs: the security layer when the environment asks
-    for it (``GRANARY_SECURE=1``, ``GRANARY_AUTH=tokens`` or ``GRANARY_ENCRYPT=1``), else :class:`NullHooks`."""
+def default_hooks(settings: Any, *, catalog: Any = None) -> StoreHooks:
+    """The hooks a :class:`granary.store.Store` gets when none are given: the security layer when the
+    environment asks for it (``GRANARY_SECURE=1``, ``GRANARY_AUTH=tokens`` or ``GRANARY_ENCRYPT=1``) or when
+    the catalog already holds security state (a dataset policy, a principal, a role grant or a wrapped data
+    key), so that policies, purposes, inherited restrictions and encrypted data are honoured in every mode;
+    else :class:`NullHooks` (the single-user store with nothing to enforce)."""
     import os
 
     on = ("1", "true", "yes", "on")
-    if (os.environ.get("GRANARY_SECURE", "").lower() in on or os.environ.get("GRANARY_ENCRYPT", "").lower() in on
-            or os.environ.get("GRANARY_AUTH", "local").lower() == "tokens"):
+    asked = (os.environ.get("GRANARY_SECURE", "").lower() in on or os.environ.get("GRANARY_ENCRYPT", "").lower() in on
+             or os.environ.get("GRANARY_AUTH", "local").lower() == "tokens")
+    if asked or (catalog is not None and security_in_use(catalog)):
         from granary.secure.hooks import SecureHooks
 
-        return SecureHooks.from_settings(settings)
+        return SecureHooks.from_settings(settings, catalog=catalog)
     return NullHooks()
+
+
+def security_in_use(catalog: Any) -> bool:
+    """Whether the catalog holds any policy, principal, grant or wrapped data key (one cheap query)."""
+    import sqlalchemy as sa
+
+    query = sa.text("SELECT 1 FROM secure_policies UNION ALL SELECT 1 FROM secure_principals "
+                    "UNION ALL SELECT 1 FROM secure_grants UNION ALL SELECT 1 FROM secure_data_keys LIMIT 1")
+    with catalog.read() as conn:
+        return conn.execute(query).first() is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -21,7 +22,8 @@ from granary.errors import IntegrityError, NotFoundError, StoreError
 from granary.store import refs as R
 from granary.store.formats.tokens import TokenShardWriter
 from granary.store.formats.tokens.layout import DEFAULT_BLOCK_BYTES
-from granary.store.hooks import NullHooks, StoreHooks
+from granary.store.gate import ReadGate, dataset_of_key
+from granary.store.hooks import StoreHooks
 from granary.store.manifest import (
     Manifest,
     SegmentRef,
@@ -49,8 +51,13 @@ class Store:
 
     Args:
         settings: where the catalog and objects live (see :class:`granary.config.Settings`).
-        hooks: authorization, audit and encryption callbacks (default: single-user, no encryption).
+        hooks: authorization, audit and encryption callbacks (default: :func:`granary.store.hooks.default_hooks`,
+            the security layer when the environment asks for it or the catalog holds policies, principals or
+            wrapped keys; else single-user with no checks).
         catalog: an already-open catalog (default: opened from ``settings.catalog_url``).
+
+    Every public read method passes the view's :class:`granary.store.gate.ReadGate` (authorised and audited);
+    :meth:`bind` returns a view of the same store for another principal or purpose.
     """
 
     def __init__(self, settings: Settings, *, hooks: StoreHooks | None = None, catalog: Catalog | None = None) -> None:
@@ -58,9 +65,53 @@ class Store:
         self.catalog = catalog or open_catalog(settings.catalog_url)
         self.objects = ObjectStore(settings.storage_url, options=settings.storage_options,
                                    local_staging=settings.home / "staging")
-        self.hooks: StoreHooks = hooks or NullHooks()
+        if hooks is None:
+            from granary.store.hooks import default_hooks
+
+            hooks = default_hooks(settings, catalog=self.catalog)
+        self.gate = ReadGate(hooks)
+        self._hooks: StoreHooks = hooks
         self._manifests: OrderedDict[str, Manifest] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def hooks(self) -> StoreHooks:
+        """Authorization, audit and encryption callbacks (replacing them also replaces the read gate)."""
+        return self._hooks
+
+    @hooks.setter
+    def hooks(self, hooks: StoreHooks) -> None:
+        self._hooks = hooks
+        self.gate = ReadGate(hooks, purpose=self.gate.purpose)
+
+    # -- views ----------------------------------------------------------------------------------
+    def bind(self, *, principal: str | None = None, token: str | None = None,
+             purpose: str | None = None) -> Store:
+        """A view of this store acting for ``principal`` (or the holder of ``token``) reading for ``purpose``.
+
+        The view shares the catalog, objects and manifest cache, and has its own read gate: every read through it
+        is authorised for that principal and purpose and audited under its name. ``token`` is authenticated
+        (a bad one is refused and audited); ``principal`` names a registered principal and is for trusted
+        services that authenticated the caller themselves. With neither, the view keeps this store's principal
+        and only changes the purpose. Binding a principal turns the security layer on for the view.
+        """
+        view = copy.copy(self)
+        if principal is not None or token is not None:
+            binder = getattr(self.hooks, "bind", None)
+            if binder is None:
+                from granary.secure.hooks import SecureHooks
+
+                secure = SecureHooks.from_settings(self.settings, catalog=self.catalog)
+                view.hooks = secure.bind(principal=principal, token=token)
+            else:
+                view.hooks = binder(principal=principal, token=token)
+        view.gate = ReadGate(view.hooks, purpose=purpose if purpose is not None else self.gate.purpose)
+        return view
+
+    @property
+    def purpose(self) -> str | None:
+        """The purpose this view declares for data reads (see :meth:`bind`)."""
+        return self.gate.purpose
 
     # -- datasets -------------------------------------------------------------------------------
     def create_dataset(
@@ -96,18 +147,30 @@ class Store:
 
     def dataset(self, name: str) -> DatasetInfo:
         """A dataset's catalog record."""
+        info = self._dataset(name)
+        self.gate.allow("list", name)
+        return info
+
+    def _dataset(self, name: str) -> DatasetInfo:
         check_dataset_name(name)
         with self.catalog.read() as conn:
             return R.get_dataset(conn, name)
 
     def datasets(self) -> list[DatasetInfo]:
-        """Every dataset, by name."""
+        """Every dataset the caller may list, by name."""
         with self.catalog.read() as conn:
-            return R.list_datasets(conn)
+            found = R.list_datasets(conn)
+        visible = self.gate.visible(d.name for d in found)
+        return [d for d in found if d.name in visible]
 
     # -- refs -----------------------------------------------------------------------------------
     def resolve(self, ref: str | VersionInfo) -> VersionInfo:
         """Resolve ``name``, ``name@branch``, ``name@tag`` or ``name@<version-id-prefix>``."""
+        version = self._resolve(ref)
+        self.gate.allow("list", version.dataset)
+        return version
+
+    def _resolve(self, ref: str | VersionInfo) -> VersionInfo:
         if isinstance(ref, VersionInfo):
             return ref
         parsed = parse_ref(ref)
@@ -120,6 +183,11 @@ class Store:
 
     def refs(self, dataset: str, kind: str | None = None) -> list[RefInfo]:
         """Branches and tags of a dataset."""
+        refs = self._refs(dataset, kind)
+        self.gate.allow("list", dataset)
+        return refs
+
+    def _refs(self, dataset: str, kind: str | None = None) -> list[RefInfo]:
         with self.catalog.read() as conn:
             R.get_dataset(conn, dataset)
             return R.list_refs(conn, dataset, kind)
@@ -128,7 +196,7 @@ class Store:
         """Create branch ``name`` at ``from_ref`` (default: the dataset's default branch head)."""
         check_ref_name(name)
         self.hooks.authorize("branch", dataset)
-        version = self.resolve(from_ref or dataset)
+        version = self._resolve(from_ref or dataset)
         with self.catalog.write() as conn:
             R.create_ref(conn, dataset, "branch", name, version.id, self.settings.author)
             ref = R.get_ref(conn, dataset, "branch", name)
@@ -140,7 +208,7 @@ class Store:
         """Create tag ``name`` pointing at ``ref`` (default: the default branch head). Tags never move."""
         check_ref_name(name, "tag")
         self.hooks.authorize("tag", dataset)
-        version = self.resolve(ref or dataset)
+        version = self._resolve(ref or dataset)
         if version.dataset != dataset:
             raise StoreError(f"{ref} is a version of {version.dataset}, not {dataset}")
         with self.catalog.write() as conn:
@@ -152,7 +220,7 @@ class Store:
 
     def delete_ref(self, dataset: str, name: str, *, kind: str = "branch") -> None:
         """Delete a branch or tag (the default branch cannot be deleted)."""
-        if kind == "branch" and name == self.dataset(dataset).default_branch:
+        if kind == "branch" and name == self._dataset(dataset).default_branch:
             raise StoreError(f"cannot delete the default branch {dataset}@{name}")
         self.hooks.authorize(kind, dataset)
         with self.catalog.write() as conn:
@@ -161,11 +229,11 @@ class Store:
 
     def rollback(self, dataset: str, to_ref: str, *, branch: str | None = None) -> VersionInfo:
         """Move a branch head back (or forward) to another version of the dataset; history is kept."""
-        target = self.resolve(to_ref if "@" in to_ref else f"{dataset}@{to_ref}")
+        target = self._resolve(to_ref if "@" in to_ref else f"{dataset}@{to_ref}")
         if target.dataset != dataset:
             raise StoreError(f"{to_ref} is a version of {target.dataset}, not {dataset}")
         self.hooks.authorize("rollback", dataset)
-        branch = branch or self.dataset(dataset).default_branch
+        branch = branch or self._dataset(dataset).default_branch
         with self.catalog.write() as conn:
             current = R.get_ref(conn, dataset, "branch", branch)
             if current is None:
@@ -188,25 +256,48 @@ class Store:
     def history(self, dataset: str, *, limit: int = 100) -> list[dict[str, Any]]:
         """The ref log: every move of a branch or tag (commits, rollbacks, creations), newest first."""
         with self.catalog.read() as conn:
-            return R.history(conn, dataset, limit)
+            R.get_dataset(conn, dataset)
+            out = R.history(conn, dataset, limit)
+        self.gate.allow("list", dataset)
+        return out
 
     def versions(self, dataset: str | None = None) -> list[VersionInfo]:
-        """Every recorded version (of one dataset, or of all), oldest first."""
+        """Every recorded version (of one dataset, or of every dataset the caller may list), oldest first."""
+        found = self._versions(dataset)
+        if dataset is not None:
+            self.gate.allow("list", dataset)
+            return found
+        visible = self.gate.visible({v.dataset for v in found})
+        return [v for v in found if v.dataset in visible]
+
+    def _versions(self, dataset: str | None = None) -> list[VersionInfo]:
         with self.catalog.read() as conn:
             return R.all_versions(conn, dataset)
 
     # -- manifests ------------------------------------------------------------------------------
     def manifest(self, ref: str | VersionInfo) -> Manifest:
-        """The full manifest of a version (shards, schema, lineage, metadata, side tables)."""
+        """The full manifest of a version (shards, schema, lineage, metadata, side tables).
+
+        A description, authorised as listing the dataset; reading the shards it names is a data read
+        (:meth:`open_version`, :meth:`read_shard`), authorised for the view's purpose.
+        """
+        version = self._version_of(ref)
+        self.gate.allow("list", version.dataset)
+        return self._manifest(version)
+
+    def _version_of(self, ref: str | VersionInfo) -> VersionInfo:
         version = self._by_full_id(ref) if isinstance(ref, str) else None
-        if version is None:
-            version = self.resolve(ref)
+        return version if version is not None else self._resolve(ref)
+
+    def _manifest(self, ref: str | VersionInfo) -> Manifest:
+        """The manifest without a read decision: for the store's own write, verify, gc and governance paths."""
+        version = self._version_of(ref)
         with self._lock:
             cached = self._manifests.get(version.id)
             if cached is not None:
                 self._manifests.move_to_end(version.id)
                 return cached
-        manifest = self.load_manifest(version.manifest_key, expected_id=version.id)
+        manifest = self._load_manifest(version.manifest_key, expected_id=version.id)
         with self._lock:
             self._manifests[version.id] = manifest
             while len(self._manifests) > 64:
@@ -224,7 +315,11 @@ class Store:
                 return None
 
     def load_manifest(self, key: str, *, expected_id: str | None = None) -> Manifest:
-        """Read and check a manifest object and its segments."""
+        """Read and check a manifest object and its segments (a description of its dataset: authorised)."""
+        self.gate.allow("list", dataset_of_key(key))
+        return self._load_manifest(key, expected_id=expected_id)
+
+    def _load_manifest(self, key: str, *, expected_id: str | None = None) -> Manifest:
         try:
             data = self.objects.get_bytes(key)
         except NotFoundError:
@@ -304,7 +399,25 @@ class Store:
         with self.catalog.write() as conn:
             R.insert_version(conn, info)
             R.move_ref(conn, dataset, "branch", branch, expected=parent_id, new=vid, action="commit", actor=author)
+        self._inherit(dataset, lineage)
         return info
+
+    def _inherit(self, dataset: str, lineage: dict[str, Any]) -> None:
+        """Derived data inherits its sources' restrictions: merge the policies of the datasets named by the
+        lineage (``inputs``/``input_version`` version ids, ``input_dataset``/``source`` names) into ``dataset``'s."""
+        ids, names = lineage_sources(lineage)
+        sources = set(names)
+        if ids:
+            with self.catalog.read() as conn:
+                for vid in ids:
+                    try:
+                        sources.add(R.get_version(conn, vid).dataset)
+                    except NotFoundError:
+                        continue
+        sources.discard(dataset)
+        derive = getattr(self.hooks, "derive", None)
+        if sources and derive is not None:
+            derive(self, dataset, sorted(sources))
 
     # -- writing --------------------------------------------------------------------------------
     def transaction(self, dataset: str, *, branch: str | None = None, mode: Mode = "append") -> Transaction:
@@ -360,7 +473,8 @@ class Store:
 
     # -- reading --------------------------------------------------------------------------------
     def read_shard(self, entry: ShardEntry, *, columns: list[str] | None = None, verify: bool = True) -> pa.Table:
-        """One document shard, checksum verified."""
+        """One document shard, checksum verified (a data read of its dataset: authorised and audited)."""
+        self.gate.shard(entry.key)
         return read_shard(self.objects, self.hooks, entry, columns=columns, verify=verify)
 
     def iter_batches(self, ref: str | VersionInfo, *, columns: list[str] | None = None, batch_rows: int = 8192,
@@ -375,7 +489,7 @@ class Store:
                    purpose: str | None = None) -> pa.Table:
         """A whole documents version as one table."""
         manifest = self._readable(ref, purpose)
-        tables = [self.read_shard(e, columns=columns) for e in manifest.shards]
+        tables = [read_shard(self.objects, self.hooks, e, columns=columns) for e in manifest.shards]
         if not tables:
             schema = manifest.schema
             if schema is not None and columns:
@@ -383,31 +497,37 @@ class Store:
             return (schema or pa.schema([("id", pa.string()), ("text", pa.string())])).empty_table()
         return pa.concat_tables(tables)
 
-    def read_side_table(self, ref: str | VersionInfo, name: str) -> pa.Table | None:
+    def read_side_table(self, ref: str | VersionInfo, name: str, *, purpose: str | None = None) -> pa.Table | None:
         """A side table (``quarantine``, ``rejected``, ...) of a version, or None if it has none."""
-        manifest = self._readable(ref, None)
+        manifest = self._readable(ref, purpose)
         entries = manifest.tables.get(name)
         if not entries:
             return None
-        return pa.concat_tables([self.read_shard(e) for e in entries], promote_options="default")
+        return pa.concat_tables([read_shard(self.objects, self.hooks, e) for e in entries],
+                                promote_options="default")
 
     def open_version(self, ref: str | VersionInfo, *, purpose: str | None = None) -> Manifest:
         """The manifest of a version that is about to be read: authorized (with the declared purpose) and audited.
 
         Readers that fetch shards themselves (the streaming loader, tokenization) start here rather than at
-        :meth:`manifest`, which only describes a version.
+        :meth:`manifest`, which only describes a version; their shard reads are then not decided again.
         """
         return self._readable(ref, purpose)
 
-    def _readable(self, ref: str | VersionInfo, purpose: str | None) -> Manifest:
-        version = self.resolve(ref)
-        self.hooks.authorize("read", version.dataset, purpose=purpose)
-        manifest = self.manifest(version)
-        self.hooks.record("read", version.dataset, version=version.id)
-        return manifest
+    def _readable(self, ref: str | VersionInfo, purpose: str | None, *, action: str = "read") -> Manifest:
+        version = self._resolve(ref)
+        self.gate.allow(action, version.dataset, version=version.id, purpose=purpose)
+        return self._manifest(version)
+
+    def _read_shard(self, entry: ShardEntry, *, columns: list[str] | None = None) -> pa.Table:
+        """A shard without a read decision: for the store's write paths and governance (forget), which
+        authorise their own action (write, forget) before they open anything."""
+        return read_shard(self.objects, self.hooks, entry, columns=columns)
 
     def open_object(self, entry: ShardEntry | str) -> IO[bytes]:
-        """Open a stored object (a shard entry is decrypted transparently)."""
+        """Open a stored dataset object (a shard entry is decrypted transparently); a data read."""
+        key = entry.key if isinstance(entry, ShardEntry) else entry
+        self.gate.shard(key)
         if isinstance(entry, ShardEntry):
             return open_plain(self.objects, self.hooks, entry)
         return self.objects.open(entry)
@@ -418,7 +538,8 @@ class Store:
             return f.read()
 
     def local_path(self, entry: ShardEntry) -> str | None:
-        """A local filesystem path of an unencrypted shard on a local store (for memory mapping)."""
+        """A local filesystem path of an unencrypted shard on a local store (for memory mapping); a data read."""
+        self.gate.shard(entry.key)
         if "enc" in entry.meta:
             return None
         return self.objects.local_path(entry.key)
@@ -429,6 +550,12 @@ class Store:
         from granary.store.diff import diff
 
         return diff(self, a, b, **kwargs)
+
+    def export(self, ref: str, path: str | Path, **kwargs: Any) -> int:
+        """Write a documents version to a file (see granary.store.export); authorised as an export."""
+        from granary.store.export import export
+
+        return export(self, ref, path, **kwargs)
 
     def verify(self, ref: str | None = None, **kwargs: Any) -> Any:
         """Recompute checksums (see granary.store.verify)."""
@@ -446,8 +573,21 @@ class Store:
 def open_store(settings: Settings | None = None, *, hooks: StoreHooks | None = None) -> Store:
     """Open the store described by ``settings`` (default: from the environment)."""
     settings = settings or Settings.from_env()
-    if hooks is None:  # the security layer when the environment asks for it
-        from granary.store.hooks import default_hooks
+    return Store(settings, hooks=hooks)  # no hooks: the security layer when asked for or in use
 
-        hooks = default_hooks(settings)
-    return Store(settings, hooks=hooks)
+
+def lineage_sources(lineage: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The source version ids and dataset names a lineage record names (tokenize, curate, transforms)."""
+    ids: list[str] = []
+    names: list[str] = []
+    given = lineage.get("input")
+    found: dict[str, Any] = given if isinstance(given, dict) else {}
+    for value in (lineage.get("inputs"), found.get("input_version"), lineage.get("input_version")):
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and len(item) == 64 and looks_like_version_id(item):
+                ids.append(item)
+    for value in (found.get("input_dataset"), lineage.get("input_dataset"), lineage.get("sources")):
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item:
+                names.append(item.partition("@")[0])
+    return ids, names

@@ -49,7 +49,7 @@ class Transaction:
         if mode not in ("append", "overwrite"):
             raise ValueError(f"mode must be 'append' or 'overwrite', got {mode!r}")
         self.store = store
-        self.info = store.dataset(dataset)
+        self.info = store._dataset(dataset)
         self.dataset = dataset
         self.branch = branch or self.info.default_branch
         self.mode = mode
@@ -61,7 +61,7 @@ class Transaction:
             raise StoreError(f"branch {dataset}@{self.branch} does not exist",
                              hint=f"create it with `granary branch {dataset} {self.branch}`")
         self.parent_id = ref.version_id
-        self.parent = store.manifest(self.parent_id) if self.parent_id else None
+        self.parent = store._manifest(self.parent_id) if self.parent_id else None
         self.new_shards: list[ShardEntry] = []
         self.side: dict[str, list[ShardEntry]] = {}
         self.deletes: list[str] = []
@@ -174,7 +174,9 @@ class Transaction:
             lineage: what produced this version (command or pipeline, parameters).
             metadata: source, license and free-form tags; inherited from the parent and updated.
             retries: on a conflict, rebuild an append-only commit on the new head this many times.
-            allow_empty: commit even if nothing changed.
+            allow_empty: commit a new version even if nothing changed. Without it, a commit whose shards, side
+                tables and schema equal the branch head's (re-running a finished pipeline, or writing nothing)
+                returns the existing head and creates no version (``stats.extra["unchanged"]`` is True).
         """
         if self._closed:
             raise StoreError("this transaction is already finished")
@@ -194,15 +196,17 @@ class Transaction:
                 self._rebase()
         self.committed = version
         self._finish()
-        self.store.hooks.record("write", self.dataset, version=version.id,
-                                details={"rows": version.num_rows, "shards": version.num_shards})
+        details: dict[str, Any] = {"rows": version.num_rows, "shards": version.num_shards}
+        if self.stats.extra.get("unchanged"):
+            details["unchanged"] = True
+        self.store.hooks.record("write", self.dataset, version=version.id, details=details)
         return version
 
     def _rebase(self) -> None:
         with self.store.catalog.read() as conn:
             ref = R.get_ref(conn, self.dataset, "branch", self.branch)
         self.parent_id = ref.version_id if ref else None
-        self.parent = self.store.manifest(self.parent_id) if self.parent_id else None
+        self.parent = self.store._manifest(self.parent_id) if self.parent_id else None
 
     def _final_shards(self) -> list[ShardEntry]:
         base = list(self.parent.shards) if (self.parent and self.mode == "append") else []
@@ -229,10 +233,10 @@ class Transaction:
     def _commit_once(self, message: str, author: str | None, lineage: dict[str, Any] | None,
                      metadata: dict[str, Any] | None, allow_empty: bool) -> VersionInfo:
         shards = self._final_shards()
-        if not allow_empty and self.parent is not None and self.mode == "append" and not self.new_shards \
-                and not self.deletes and not self.side:
-            raise StoreError(f"nothing to commit to {self.dataset}@{self.branch}",
-                             hint="write rows first, or pass allow_empty=True")
+        if not allow_empty and self.parent is not None and self._unchanged(shards) \
+                and {**self.parent.metadata, **(metadata or {})} == self.parent.metadata:
+            self.stats.extra["unchanged"] = True
+            return self.store._resolve(f"{self.dataset}@{self.parent.version_id}")
         merged_meta = dict(self.parent.metadata) if self.parent else dict(self.info.metadata)
         merged_meta.update(metadata or {})
         return self.store._publish_version(
@@ -248,6 +252,21 @@ class Transaction:
             lineage=lineage or {},
             metadata=merged_meta,
         )
+
+    def _unchanged(self, shards: list[ShardEntry]) -> bool:
+        """Whether committing ``shards`` (and the staged side tables and schema) would repeat the head."""
+        assert self.parent is not None
+        if [e.key for e in shards] != [e.key for e in self.parent.shards]:
+            return False
+        side = {name: [e.key for e in entries] for name, entries in self.side.items()}
+        if self.mode == "append":
+            if side:
+                return False
+        elif side != {name: [e.key for e in entries] for name, entries in self.parent.tables.items()}:
+            return False
+        kind_docs = self.info.kind == "documents"
+        return not kind_docs or self.schema is None or self.parent.schema is None \
+            or self.schema.equals(self.parent.schema)
 
     def abort(self) -> None:
         """Drop staged files; published-but-unreferenced shards are left for ``gc``."""

@@ -156,7 +156,7 @@ def _commit(store: Store, ref: str, source: VersionInfo, config: TokenizeConfig,
             lineage={"command": "tokenize", "inputs": [source.id], "source": ref, "params": params},
             metadata={"tokenizer": tok.info.to_dict(), "seq_len": config.seq_len, "eot_id": tok.eot_id,
                       "documents": len(lengths)},
-            allow_empty=True,
+            allow_empty=False,  # a finished run repeated returns the existing head
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -19,15 +20,15 @@ from granary.secure.settings import SecureSettings
 def test_local_keyring_is_private_and_persistent(tmp_path: Path) -> None:
     ring = LocalKeyring(tmp_path / "keys" / "keyring.json")
     key_id = ring.current_key_id("default")
-    assert key_id == "default-1"
+    assert re.fullmatch(r"default-1-[0-9a-f]{8}", key_id)
     assert (tmp_path / "keys" / "keyring.json").stat().st_mode & 0o777 == 0o600
     wrapped = ring.wrap(key_id, b"k" * 32, b"aad")
     again = LocalKeyring(tmp_path / "keys" / "keyring.json")
     assert again.unwrap(key_id, wrapped, b"aad") == b"k" * 32
     with pytest.raises(CryptoError, match="failed to unwrap"):
         again.unwrap(key_id, wrapped, b"other aad")
-    assert ring.new_master_key("default") == "default-2"
-    assert ring.current_key_id("acme") == "acme-1"  # per-tenant master keys
+    assert ring.new_master_key("default").startswith("default-2-")
+    assert ring.current_key_id("acme").startswith("acme-1-")  # per-tenant master keys
     sig1 = ring.signing_key().public_key().public_bytes_raw()
     assert LocalKeyring(ring.path).signing_key().public_key().public_bytes_raw() == sig1
 
@@ -81,7 +82,7 @@ def test_data_keys_rotate_without_rewrapping_data_and_shred(tmp_path: Path, cata
     fresh = DataKeyStore(catalog, LocalKeyring(ring.path))  # no cache
     assert all(fresh.get(ref) == dek for ref, dek in refs)
     report = store.rotate("default", retire_old=True)
-    assert report.rewrapped == 7 and report.retired == ("default-1",)
+    assert report.rewrapped == 7 and len(report.retired) == 1 and report.retired[0].startswith("default-1-")
     fresh = DataKeyStore(catalog, LocalKeyring(ring.path))
     assert all(fresh.get(ref) == dek for ref, dek in refs)  # same data keys, new wrapping
     assert fresh.get(other[0]) == other[1]  # another tenant is untouched
@@ -141,3 +142,20 @@ def test_plugin_provider_through_the_registry(tmp_path: Path, catalog: Catalog,
     assert kms.calls == 5  # wrap, unwrap, rotate (unwrap + wrap), unwrap
     with pytest.raises(KeyMissingError, match="cannot destroy"):
         kms.retire("kms/default/0001")
+
+
+def test_a_lost_keyring_is_an_error_and_key_ids_are_never_reused(tmp_path: Path, catalog: Catalog) -> None:
+    ring = LocalKeyring(tmp_path / "keyring.json")
+    store = DataKeyStore(catalog, ring)
+    ref, _ = store.create("web", "default")
+    old_id = ring.current_key_id("default")
+    ring.path.unlink()  # the keyring is lost
+    fresh = DataKeyStore(catalog, LocalKeyring(ring.path))
+    with pytest.raises(KeyMissingError, match="restore the keyring"):
+        fresh.create("web", "default")  # no silent new master key
+    assert not ring.path.exists()
+    with pytest.raises(KeyMissingError, match="keyring file is missing"):
+        fresh.get(ref)  # reading says what is wrong: not "tampered"
+    # a keyring started anew on purpose (another store) never reuses an id
+    other = LocalKeyring(tmp_path / "other.json")
+    assert other.current_key_id("default") != old_id

@@ -23,7 +23,9 @@ def test_issue_and_authenticate(catalog: Catalog) -> None:
         "alice", frozenset({"read", "write"}), issued.token_id, True)
     with catalog.read() as conn:
         stored = conn.execute(sa.select(t.tokens.c.secret_hash)).scalar()
-    assert issued.secret.split("_")[2] not in str(stored)  # only a hash is kept
+    secret = issued.secret.split("_", 2)[2]  # the secret itself may hold "_"
+    assert len(secret) == 43 and secret not in str(stored) and len(str(stored)) == 64  # only a hash is kept
+    assert reg.authenticate(f"gry_{issued.token_id}_{secret}").name == "alice"
     assert [tok["id"] for tok in reg.tokens("alice")] == [issued.token_id]
 
 
@@ -68,3 +70,16 @@ def test_validation(catalog: Catalog) -> None:
         reg.issue("bob", ttl_s=10 * 365 * 86400.0)
     with pytest.raises(ValueError, match="clearance"):
         reg.add("carol", clearances=("PII!",))
+
+
+def test_a_token_without_a_lifetime_expires_after_366_days(catalog: Catalog) -> None:
+    import time
+
+    reg = PrincipalRegistry(catalog)
+    reg.add("bot", kind="service")
+    before = time.time()
+    issued = reg.issue("bot", ttl_s=None)
+    assert issued.expires_at is not None
+    assert before + 366 * 86400 - 5 <= issued.expires_at <= time.time() + 366 * 86400
+    with pytest.raises(AuthenticationError, match="expired"):
+        reg.authenticate(issued.secret, now=issued.expires_at + 1)

@@ -75,7 +75,7 @@ def plan_units(config: ReaderConfig, store: Store | None) -> tuple[list[Unit], d
         if store is None:
             raise PipelineSpecError("reader", "reading a dataset version needs a store")
         version = store.resolve(config.ref or "")
-        manifest = store.manifest(version)
+        manifest = store.open_version(version)  # a data read: authorised for the purpose, audited
         shard_units = [Unit(i, "shard", e, label=e.key) for i, e in enumerate(manifest.shards)]
         return shard_units, {"input": version.ref if hasattr(version, "ref") else f"{version.dataset}@{version.id}",
                        "input_version": version.id, "input_dataset": version.dataset}

@@ -55,6 +55,7 @@ class StoreSink(Sink):
     settings: Settings
     dataset: str
     branch: str = "main"
+    allow_empty: bool = False  # False: an output identical to the head returns the head (no new version)
 
     def prepare(self) -> None:
         store_for(self.settings).create_dataset(self.dataset, kind="documents", exist_ok=True,
@@ -73,7 +74,7 @@ class StoreSink(Sink):
             txn.add_shards([ShardEntry(**e) for e in entries])
             for name, table in side_tables.items():
                 txn.write_side_table(name, table)
-            version = txn.commit(message=message, lineage=lineage, metadata=metadata, allow_empty=True)
+            version = txn.commit(message=message, lineage=lineage, metadata=metadata, allow_empty=self.allow_empty)
         return {"version": version.id, "ref": f"{self.dataset}@{version.id[:12]}", "rows": version.num_rows,
                 "bytes": version.num_bytes, "shards": version.num_shards}
 
