@@ -29,9 +29,15 @@ def test_commit_and_read_back(any_store: Store) -> None:
 
 def test_same_content_same_version_id(any_store: Store) -> None:
     any_store.create_dataset("a")
-    any_store.create_dataset("b")
-    any_store.branch  # noqa: B018 - attribute exists
     va = any_store.commit_table("a", docs(10), message="m", author="x")
+    any_store.branch("a", "twin")
+    # the same change on the same parent is the same version, whichever branch it lands on
+    on_main = any_store.commit_table("a", docs(5, start=10), message="more", author="x")
+    on_twin = any_store.commit_table("a", docs(5, start=10), message="more", author="x", branch="twin")
+    assert on_main.id == on_twin.id and on_main.parents == on_twin.parents == [va.id]
+    assert any_store.resolve("a@twin").id == any_store.resolve("a@main").id == on_main.id
+    other = any_store.commit_table("a", docs(5, start=10), message="other message", author="x", branch="twin")
+    assert other.id != on_main.id  # the message is part of the content
     any_store.create_dataset("a2")
     vb = any_store.commit_table("a2", docs(10), message="m", author="x")
     assert va.id != vb.id  # the dataset name is part of the content
