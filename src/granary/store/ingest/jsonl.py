@@ -108,7 +108,7 @@ class JsonlReader:
         else:
             reason = f"unreadable file: {exc}; {kept}"
         if tail.strip():
-            reason += f", line {line} is incomplete ({len(tail):,} bytes, kept here)"
+            reason += f", line {line} is incomplete ({len(tail):,} bytes)"
         hint = exc.hint if isinstance(exc, DamagedInputError) else "check the disk and copy the file again"
         self.sink.file_problem(str(self.path), line, f"{reason}; {hint}", tail or None)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -103,7 +104,7 @@ class DepthGuard:
             return []
         lines: list[tuple[int, int]] = []
         marks = opens[:: GUARD_STRIDE].tolist()
-        for a, b in zip(marks, marks[1:], strict=False):
+        for a, b in pairwise(marks):
             if lines and a < lines[-1][1]:
                 continue  # inside a line already found
             if buf.find(b"\n", a, b) < 0:
