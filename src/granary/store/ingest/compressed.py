@@ -86,23 +86,31 @@ class InputStream:
         self._error: DamagedInputError | None = None
 
     def readinto(self, view: memoryview) -> int:
-        """Fill ``view`` with decompressed bytes; 0 at the end of the input."""
+        """Fill ``view`` with decompressed bytes (all of it unless the input ends); 0 at the end of the input.
+
+        Filling it whole matters: the JSONL reader parses what one call returns, and pyarrow is fastest on
+        large blocks.
+        """
         if self.codec == "plain":
             n = self._raw.readinto(view)
             self.raw_offset += n
             self.out_offset += n
             return n
-        while not self._pending:
-            if self._eof:
-                if self._error is not None:
-                    raise self._error
-                return 0
-            self._pending = memoryview(self._step())
-        n = min(len(view), len(self._pending))
-        view[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        self.out_offset += n
-        return n
+        done = 0
+        while done < len(view):
+            if not self._pending:
+                if self._eof:
+                    break
+                self._pending = memoryview(self._step())
+                continue
+            n = min(len(view) - done, len(self._pending))
+            view[done:done + n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            done += n
+        self.out_offset += done
+        if done == 0 and self._error is not None:
+            raise self._error
+        return done
 
     def _step(self) -> bytes:
         """Decompress the next raw chunk (or finish at the end of the file)."""
