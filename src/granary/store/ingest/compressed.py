@@ -107,7 +107,7 @@ class InputStream:
             view[done:done + n] = self._pending[:n]
             self._pending = self._pending[n:]
             done += n
-        self.out_offset += done
+            self.out_offset += n
         if done == 0 and self._error is not None:
             raise self._error
         return done
