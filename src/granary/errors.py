@@ -54,6 +54,26 @@ class NotFoundError(StoreError, LookupError):
     """A dataset, version, branch or tag does not exist."""
 
 
+class ExpiredVersionError(NotFoundError):
+    """A version was expired by a retention policy or a forget request and can no longer be read.
+
+    Attributes:
+        dataset: the dataset.
+        version: the version id.
+        state: its state (``expired``, ``deleted`` or ``shredded``).
+    """
+
+    def __init__(self, dataset: str, version: str, state: str) -> None:
+        self.dataset = dataset
+        self.version = version
+        self.state = state
+        super().__init__(
+            f"version {version[:12]} of {dataset} has expired ({state})",
+            hint=f"it was removed by a retention policy or a forget request; read a live version "
+                 f"(`granary log {dataset}`) or restore the data from its source",
+        )
+
+
 class AlreadyExistsError(StoreError):
     """A dataset, branch or tag with this name already exists."""
 

@@ -94,7 +94,14 @@ def ingest(
     ]
     if report.ignored_fields:
         rows.append(("ignored fields", ", ".join(report.ignored_fields)))
+    if report.skipped:
+        rows.append(("skipped (unknown format)", f"{len(report.skipped)}: " + ", ".join(report.skipped[:5])
+                     + (" ..." if len(report.skipped) > 5 else "")))
     console.print(table("Ingest", ["", ""], rows))
+    from rich.markup import escape
+
+    for problem in report.damaged:
+        err_console.print(f"[red]damaged input:[/] {escape(problem)}")
     if report.quarantined:
         err_console.print(f"[yellow]{report.quarantined} bad record(s) kept in the quarantine table; "
                           f"see `granary show {dataset} --quarantine`[/]")

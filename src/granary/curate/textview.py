@@ -76,11 +76,6 @@ def spans_doc(offsets: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(first))
 
 
-def doc_of(offsets: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Document index of each (sorted) byte position."""
-    return (np.searchsorted(offsets, positions, side="right") - 1).astype(np.int64)
-
-
 def line_spans(data: np.ndarray, offsets: np.ndarray) -> Spans:
     """Every line of every document (split on '\\n'; a final newline opens no extra line; '' has none)."""
     nl = np.flatnonzero(data == 10) if len(data) else np.zeros(0, np.int64)

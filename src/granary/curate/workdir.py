@@ -75,8 +75,3 @@ class RunDir:
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
-
-
-def replace_atomic(tmp: Path, final: Path) -> None:
-    """Rename a fully written file into place."""
-    tmp.replace(final)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from granary.errors import AuthorizationError, SecurityError
+from granary.errors import ExpiredVersionError as ExpiredVersionError  # raised by the store; kept importable here
 
 
 class CryptoError(SecurityError):
@@ -68,10 +69,6 @@ class AuditError(SecurityError):
 
 class PurposeError(AuthorizationError):
     """A read was declared for a purpose (or none) that the dataset's policy does not allow."""
-
-
-class ExpiredVersionError(AuthorizationError):
-    """A version was expired by retention or by a forget request and can no longer be read."""
 
 
 class BudgetExhaustedError(SecurityError):

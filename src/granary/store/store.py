@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from granary.catalog import Catalog, open_catalog
 from granary.config import Settings
-from granary.errors import IntegrityError, NotFoundError, StoreError
+from granary.errors import ExpiredVersionError, IntegrityError, NotFoundError, StoreError
 from granary.store import refs as R
 from granary.store.formats.tokens import TokenShardWriter
 from granary.store.formats.tokens.layout import DEFAULT_BLOCK_BYTES
@@ -177,8 +177,7 @@ class Store:
         with self.catalog.read() as conn:
             version = R.resolve(conn, parsed)
         if version.state != "live":
-            raise NotFoundError(f"version {version.short_id} of {version.dataset} has expired ({version.state})",
-                                hint="it was removed by a retention policy or a forget request")
+            raise ExpiredVersionError(version.dataset, version.id, version.state)
         return version
 
     def refs(self, dataset: str, kind: str | None = None) -> list[RefInfo]:

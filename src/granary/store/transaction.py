@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from granary.errors import ConflictError, StoreError
 from granary.store import refs as R
-from granary.store.filter import matches
+from granary.store.filter import check_filter, matches
 from granary.store.formats.parquet import DocumentShardWriter, check_document_schema
 from granary.store.manifest import ShardEntry, schema_to_json
 from granary.store.model import CommitStats, VersionInfo
@@ -126,8 +126,14 @@ class Transaction:
         self.stats.bytes_written += entry.bytes
 
     def delete_where(self, expression: str) -> None:
-        """Delete every row (of the parent and of rows written here) matching a filter expression."""
+        """Delete every row (of the parent and of rows written here) matching a filter expression.
+
+        The expression is checked here, before any shard is read (syntax, size, and with a known schema
+        its columns and types), so a bad filter fails at once and nothing is committed.
+        """
         self._require_kind("documents")
+        schema = self.schema or (self.parent.schema if self.parent else None)
+        check_filter(expression, schema)
         self.deletes.append(expression)
 
     def write_side_table(self, name: str, data: pa.Table | Iterable[pa.RecordBatch]) -> None:

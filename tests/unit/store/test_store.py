@@ -29,9 +29,15 @@ def test_commit_and_read_back(any_store: Store) -> None:
 
 def test_same_content_same_version_id(any_store: Store) -> None:
     any_store.create_dataset("a")
-    any_store.create_dataset("b")
-    any_store.branch  # noqa: B018 - attribute exists
     va = any_store.commit_table("a", docs(10), message="m", author="x")
+    any_store.branch("a", "twin")
+    # the same change on the same parent is the same version, whichever branch it lands on
+    on_main = any_store.commit_table("a", docs(5, start=10), message="more", author="x")
+    on_twin = any_store.commit_table("a", docs(5, start=10), message="more", author="x", branch="twin")
+    assert on_main.id == on_twin.id and on_main.parents == on_twin.parents == [va.id]
+    assert any_store.resolve("a@twin").id == any_store.resolve("a@main").id == on_main.id
+    other = any_store.commit_table("a", docs(5, start=10), message="other message", author="x", branch="twin")
+    assert other.id != on_main.id  # the message is part of the content
     any_store.create_dataset("a2")
     vb = any_store.commit_table("a2", docs(10), message="m", author="x")
     assert va.id != vb.id  # the dataset name is part of the content
@@ -218,3 +224,20 @@ def test_side_table_streams_batches_and_small_shards_split(store: Store) -> None
         v = txn.commit()
     assert v.num_shards >= 5
     assert small.read_side_table(v.ref, "rejected").column("id").to_pylist() == [f"r{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("state", ["expired", "shredded"])
+def test_reading_an_expired_version_raises_expired_version_error(any_store: Store, state: str) -> None:
+    from granary.catalog import tables as store_tables
+    from granary.errors import ExpiredVersionError
+
+    any_store.create_dataset("web")
+    old = any_store.commit_table("web", docs(10), message="v1")
+    any_store.commit_table("web", docs(10, start=10), message="v2")
+    with any_store.catalog.write() as conn:  # what a retention policy or a forget request does
+        conn.execute(store_tables.versions.update().where(store_tables.versions.c.id == old.id).values(state=state))
+    with pytest.raises(ExpiredVersionError, match=f"has expired \\({state}\\)") as info:
+        any_store.read_table(f"web@{old.id[:12]}")
+    assert (info.value.dataset, info.value.version, info.value.state) == ("web", old.id, state)
+    assert isinstance(info.value, NotFoundError)  # callers that catch "not found" keep working
+    assert any_store.read_table("web").num_rows == 20

@@ -43,6 +43,8 @@ class IngestReport:
     seconds: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
     ignored_fields: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "version"}
@@ -70,9 +72,14 @@ def is_hf_dataset(path: Path) -> bool:
     return (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
 
 
-def discover(paths: list[str | Path]) -> list[tuple[Path, str, Path]]:
-    """(file, kind, root) for every readable file under the given paths, in a stable order."""
+def discover(paths: list[str | Path], skipped: list[Path] | None = None) -> list[tuple[Path, str, Path]]:
+    """(file, kind, root) for every readable file under the given paths, in a stable order.
+
+    Files in a folder whose format is not known are not read; they are appended to ``skipped`` (if given) and
+    logged, so the ingest summary can say what was left out.
+    """
     out: list[tuple[Path, str, Path]] = []
+    left_out: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
             raise StoreError(f"input {p} does not exist", hint="check the path")
@@ -83,15 +90,25 @@ def discover(paths: list[str | Path]) -> list[tuple[Path, str, Path]]:
                 kind = file_kind(f)
                 if kind is not None:
                     out.append((f, kind, p))
+                elif not f.name.startswith("."):  # hidden files (.DS_Store, .gitignore) are not data
+                    left_out.append(f)
         else:
             kind = file_kind(p)
             if kind is None:
-                raise StoreError(f"cannot tell the format of {p}",
-                                 hint="use .jsonl/.jsonl.gz/.jsonl.zst, .parquet, .csv, .txt or .md")
+                raise StoreError(f"cannot tell the format of {p}", hint=_FORMATS_HINT)
             out.append((p, kind, p.parent))
+    if left_out:
+        log.warning("skipping %d file(s) of unknown format: %s", len(left_out), ", ".join(map(str, left_out[:5])))
+    if skipped is not None:
+        skipped.extend(left_out)
     if not out:
-        raise StoreError(f"no readable input files under {[str(p) for p in paths]}")
+        raise StoreError(f"no readable input files under {[str(p) for p in paths]}"
+                         + (f" ({len(left_out)} file(s) of unknown format skipped)" if left_out else ""),
+                         hint=_FORMATS_HINT)
     return out
+
+
+_FORMATS_HINT = "use .jsonl/.jsonl.gz/.jsonl.zst, .parquet, .csv, .txt or .md"
 
 
 def ingest(
@@ -120,10 +137,11 @@ def ingest(
         metadata: source, license and tags recorded in the version.
         on_bytes: progress callback with raw input bytes consumed.
     """
-    files = discover(paths)
+    skipped: list[Path] = []
+    files = discover(paths, skipped)
     store.create_dataset(dataset, kind="documents", exist_ok=True)
     sink = BadRecordSink(on_error)
-    report = IngestReport(dataset=dataset, files=len(files))
+    report = IngestReport(dataset=dataset, files=len(files), skipped=[str(p) for p in skipped])
     start = time.perf_counter()
     counted = _counter(report, on_bytes)
     with store.transaction(dataset, branch=branch, mode=mode) as txn:  # type: ignore[arg-type]
@@ -143,6 +161,7 @@ def ingest(
         report.quarantined = sink.count
         report.reasons = dict(sink.reasons)
         report.ignored_fields = sorted(ignored)
+        report.damaged = list(sink.damaged)
         if report.records == 0 and report.quarantined == 0:
             raise StoreError(f"no records found in {len(files)} input file(s)",
                              hint="check that the files are not empty")

@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.json as pajson
-import zstandard
 
+from granary.store.ingest.compressed import DamagedInputError, InputStream
+from granary.store.ingest.nesting import MAX_DEPTH, DepthGuard, json_depth, too_deep, type_depth
 from granary.store.ingest.sink import BadRecordSink
 
 log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 32 * 1024 * 1024
 _NON_SPACE = re.compile(rb"\S")
-
-
-def open_text_stream(path: Path) -> tuple[IO[bytes], IO[bytes]]:
-    """Open a (possibly .gz/.zst compressed) file; returns (decompressed stream, raw file for progress)."""
-    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller through the returned raw handle
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        return gzip.GzipFile(fileobj=raw), raw  # type: ignore[return-value]
-    if name.endswith(".zst") or name.endswith(".zstd"):
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True), raw
-    return raw, raw
 
 
 class JsonlReader:
@@ -57,51 +46,71 @@ class JsonlReader:
         self.ignored_fields: set[str] = set()
 
     def __iter__(self) -> Iterator[pa.Table]:
-        stream, raw = open_text_stream(self.path)
         try:
-            yield from self._blocks(stream, raw)
-        except (OSError, EOFError, zstandard.ZstdError) as exc:
-            self.sink.bad(str(self.path), None, f"unreadable or truncated file: {exc}")
-        finally:
-            stream.close()
-            raw.close()
+            stream = InputStream(self.path)
+        except OSError as exc:
+            self.sink.file_problem(str(self.path), None, f"unreadable file: {exc}")
+            return
+        with stream:
+            yield from self._blocks(stream)
 
-    def _blocks(self, stream: IO[bytes], raw: IO[bytes]) -> Iterator[pa.Table]:
+    def _blocks(self, stream: InputStream) -> Iterator[pa.Table]:
         # One reusable buffer: read into it, parse everything up to the last newline straight from it (no
         # copy), then move the partial last line to the front. Copying 32 MiB blocks around cost as much as
         # parsing them.
         buf = bytearray(self.block_bytes)
+        guard = DepthGuard()
         fill = pos = 0
         line_no = 1
+        damage: DamagedInputError | OSError | None = None
         while True:
             if fill == len(buf):  # a single line longer than the buffer: grow (a new buffer, no views alive)
                 bigger = bytearray(2 * len(buf))
                 bigger[:fill] = buf
                 buf = bigger
-            n = stream.readinto(memoryview(buf)[fill:])  # type: ignore[attr-defined]
-            end = fill + (n or 0)
-            if n:
+            try:
+                n = stream.readinto(memoryview(buf)[fill:])
+            except (DamagedInputError, OSError) as exc:  # what was read before it is still parsed below
+                n, damage = 0, exc
+            end = fill + n
+            if n or damage is not None:
                 cut = buf.rfind(b"\n", 0, end)
-                if cut < 0:
+                if cut < 0 and n:
                     fill = end
                     continue
                 stop = cut + 1
             else:
                 stop = end
             if _NON_SPACE.search(buf, 0, stop):
+                for line, raw in guard.blank_deep_lines(buf, stop):  # before pyarrow, whose parser recurses
+                    self.sink.bad(str(self.path), line_no + line, too_deep(), raw)
                 table = self._parse(memoryview(buf)[:stop], line_no)
                 if table is not None and table.num_rows:
                     yield table
             line_no += buf.count(b"\n", 0, stop)
+            if damage is not None:
+                self._damaged(damage, line_no, bytes(buf[stop:end]))
+                return
             rest = end - stop
             buf[:rest] = buf[stop:end]
             fill = rest
             if self.on_bytes is not None:
-                now = raw.tell()
-                self.on_bytes(now - pos)
-                pos = now
+                self.on_bytes(stream.raw_offset - pos)
+                pos = stream.raw_offset
             if not n:
                 return
+
+    def _damaged(self, exc: DamagedInputError | OSError, line: int, tail: bytes) -> None:
+        """Report a file that could not be read to its end: how far it got, and the incomplete last record."""
+        kept = f"lines 1-{line - 1} were read" if line > 1 else "no complete line was read"
+        if isinstance(exc, DamagedInputError):
+            reason = f"{exc.kind} input: {exc.args[0]}; {kept}"
+        else:
+            reason = f"unreadable file: {exc}; {kept}"
+        if tail.strip():
+            reason += f", line {line} is incomplete ({len(tail):,} bytes)"
+        hint = exc.hint if isinstance(exc, DamagedInputError) else "check the disk and copy the file again"
+        self.sink.file_problem(str(self.path), line, f"{reason}; {hint}", tail or None)
 
     def _parse(self, block: memoryview, first_line: int) -> pa.Table | None:
         table = self._fast(block)
@@ -121,6 +130,8 @@ class JsonlReader:
             return None
         if "text" not in table.column_names or table.column("text").null_count or not _valid_utf8(table):
             return None
+        if 1 + max((type_depth(f.type) for f in table.schema), default=0) > MAX_DEPTH:
+            return None  # some record nests too deeply: the line-by-line pass finds and quarantines it
         if self.schema is None:
             self.schema = _settle(table.schema)
             return table.cast(self.schema)
@@ -143,12 +154,17 @@ class JsonlReader:
             if not raw.strip():
                 continue
             line = first_line + offset
+            if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and json_depth(raw, MAX_DEPTH) > MAX_DEPTH:
+                self.sink.bad(source, line, too_deep(), raw)
+                continue
             try:
                 parsed.append((line, raw, json.loads(raw.decode("utf-8"))))
             except UnicodeDecodeError as exc:
                 self.sink.bad(source, line, f"invalid UTF-8 at byte {exc.start}", raw)
             except json.JSONDecodeError as exc:
                 self.sink.bad(source, line, f"invalid JSON: {exc.msg} at column {exc.colno}", raw)
+            except RecursionError:  # unreachable after the depth check; kept so no record is ever lost silently
+                self.sink.bad(source, line, too_deep(), raw)
         if self.schema is None:
             self.schema = _infer_schema([obj for _, _, obj in parsed if isinstance(obj, dict)])
         rows: list[dict[str, Any]] = []

@@ -34,6 +34,7 @@ class BadRecordSink:
         self._rows: dict[str, list[object]] = {"source": [], "line": [], "reason": [], "raw": []}
         self._bytes = 0
         self.tables: list[pa.Table] = []
+        self.damaged: list[str] = []
 
     def bad(self, source: str, line: int | None, reason: str, raw: bytes | None = None) -> None:
         """Report one bad record."""
@@ -48,6 +49,12 @@ class BadRecordSink:
         self._bytes += len(raw or b"") + len(reason) + 64
         if self._bytes >= FLUSH_BYTES:
             self.flush()
+
+    def file_problem(self, source: str, line: int | None, reason: str, raw: bytes | None = None) -> None:
+        """Report a file that could not be read whole (truncated, corrupt, unreadable): a bad record that is
+        also listed in ``damaged`` for the ingest summary."""
+        self.damaged.append(f"{source}: {reason}")
+        self.bad(source, line, reason, raw)
 
     def flush(self) -> None:
         """Turn buffered records into a table (appended to ``tables``)."""

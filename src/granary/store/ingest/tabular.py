@@ -37,43 +37,78 @@ def _check_text(table: pa.Table, sink: BadRecordSink, source: str, first_row: in
 
 
 def read_parquet(path: Path, sink: BadRecordSink, on_bytes: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
-    """Stream a Parquet file in batches; row numbers are 1-based positions in the file."""
+    """Stream a Parquet file in batches; row numbers are 1-based positions in the file.
+
+    Row groups are read one at a time, so a corrupt one is reported (with its rows) and the others are kept.
+    """
+    source = str(path)
     try:
         pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        sink.bad(str(path), None, f"unreadable Parquet file: {exc}")
+    except (pa.ArrowException, OSError) as exc:
+        sink.file_problem(source, None, f"unreadable Parquet file: {_first_line(exc)}; check that the file is "
+                          "complete (a Parquet file ends with its footer) or write it again")
         return
+    meta = pf.metadata
+    per_row = path.stat().st_size / max(meta.num_rows, 1)
     row = 1
-    per_row = path.stat().st_size / max(pf.metadata.num_rows, 1)
-    for batch in pf.iter_batches(batch_size=BATCH_ROWS):
-        table = _check_text(pa.Table.from_batches([batch]), sink, str(path), row)
-        row += batch.num_rows
+    for group in range(meta.num_row_groups):
+        rows = meta.row_group(group).num_rows
+        try:
+            batches = list(pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[group]))
+        except (pa.ArrowException, OSError) as exc:
+            sink.file_problem(source, row, f"corrupt Parquet data: row group {group} (rows {row:,}-"
+                              f"{row + rows - 1:,}) cannot be read: {_first_line(exc)}; write the file again")
+            batches = []
+        first = row
+        for batch in batches:
+            table = _check_text(pa.Table.from_batches([batch]), sink, source, first)
+            first += batch.num_rows
+            if table is not None and table.num_rows:
+                yield table
+        row += rows
         if on_bytes:
-            on_bytes(int(batch.num_rows * per_row))
-        if table is not None and table.num_rows:
-            yield table
+            on_bytes(int(rows * per_row))
 
 
 def read_csv(path: Path, sink: BadRecordSink, on_bytes: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
     """Stream a CSV file with a header row; malformed rows are reported with their line numbers."""
     source = str(path)
+    ragged: list[pacsv.InvalidRow] = []
 
     def invalid(row: pacsv.InvalidRow) -> str:
-        sink.bad(source, row.number, f"malformed CSV row: expected {row.expected_columns} columns, got "
-                 f"{row.actual_columns}", (row.text or "").encode())
+        ragged.append(row)  # reported after the batch: an exception raised in here would escape as a traceback
         return "skip"
 
+    def report_ragged() -> None:
+        rows, ragged[:] = list(ragged), []
+        for r in rows:
+            where = r.number if r.number is not None and r.number >= 0 else None
+            sink.bad(source, where, f"malformed CSV row: expected {r.expected_columns} columns, got "
+                     f"{r.actual_columns}", (r.text or "").encode())
+
     try:
-        reader = pacsv.open_csv(path, parse_options=pacsv.ParseOptions(invalid_row_handler=invalid,
+        # use_threads=False: only then does pyarrow tell the line number of a malformed row
+        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(use_threads=False),
+                                parse_options=pacsv.ParseOptions(invalid_row_handler=invalid,
                                                                         newlines_in_values=True),
                                 convert_options=pacsv.ConvertOptions(column_types={"text": pa.string(),
                                                                                    "id": pa.string()}))
-    except (pa.ArrowInvalid, OSError) as exc:
-        sink.bad(source, None, f"unreadable CSV file: {exc}")
+    except (pa.ArrowException, OSError) as exc:
+        report_ragged()
+        sink.file_problem(source, None, f"unreadable CSV file: {_first_line(exc)}")
         return
     row = 2
     size, done = path.stat().st_size, 0
-    for batch in reader:
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except (pa.ArrowException, OSError) as exc:
+            report_ragged()
+            sink.file_problem(source, None, f"unreadable CSV data after row {row - 1:,}: {_first_line(exc)}")
+            return
+        report_ragged()
         table = _check_text(pa.Table.from_batches([batch]), sink, source, row)
         row += batch.num_rows
         if on_bytes:
@@ -82,6 +117,12 @@ def read_csv(path: Path, sink: BadRecordSink, on_bytes: Callable[[int], None] | 
             on_bytes(step)
         if table is not None and table.num_rows:
             yield table
+    report_ragged()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_hf_dataset(path: Path, sink: BadRecordSink,
