@@ -232,11 +232,29 @@ class TokenSource:
             self._prefetch(samples)
         return plan
 
-    def _plan_2d(self, samples: np.ndarray) -> list[np.ndarray]:
+    def plan_2d(self, samples: np.ndarray) -> list[np.ndarray]:
         """The fields of :class:`TokenPlan` for a ``(steps, batch)`` array of samples, each of that shape."""
         plan = self.plan(samples.ravel())
         return [f.reshape(samples.shape) for f in (plan.samples, plan.elements, plan.aligned, plan.first_block,
                                                     plan.last_block)]
+
+    _plan_2d = plan_2d
+
+    @property
+    def virtual(self) -> np.ndarray | None:
+        """The strided view over every mapped (or decrypted) shard, row ``e`` = ``seq_len`` tokens from element
+        ``e``; None when the shards are not all in memory (remote, or encrypted and read block by block)."""
+        return self._virtual
+
+    def check(self, fields: list[np.ndarray]) -> None:
+        """Check (verify or decrypt) every block the planned samples touch before any of them is read; the
+        fields are those of :meth:`plan_2d`, flattened."""
+        if not self.verifier.all_ok:
+            self._verify(TokenPlan(*fields))
+
+    def copy_sample(self, sample: int, row: np.ndarray) -> None:
+        """Copy sample ``sample`` into ``row`` piece by piece (samples crossing shards, shards without a view)."""
+        self._copy_pieces(sample, row)
 
     def plan_rows(self, samples: np.ndarray) -> Iterator[TokenPlan]:
         """One :class:`TokenPlan` per row of a ``(steps, batch)`` array of samples, planned in one call."""
