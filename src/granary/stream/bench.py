@@ -109,8 +109,7 @@ def measure_parallel_gather(path: Path, *, num_samples: int, seq_len: int, batch
         out = torch.empty((rows, seq_len), dtype=torch.int16)
         t0 = time.perf_counter()
         for lo in range(0, stop, rows):
-            idx = perm[lo : min(stop, lo + rows)].reshape(-1, batch_size)
-            idx = torch.from_numpy(np.sort(idx, axis=1).ravel())
+            idx = torch.from_numpy(np.sort(perm[lo : min(stop, lo + rows)].reshape(-1, batch_size), axis=1).ravel())
             torch.index_select(src, 0, idx, out=out[: len(idx)])
         seconds = time.perf_counter() - t0
         del src, mm

@@ -110,6 +110,7 @@ class StreamingDataset:
         self.prefetch = prefetch
         self.gather = gather
         self.pin_memory = pin_memory
+        self._pool: BufferPool | None = None
         make_gather(gather)  # fail early on a bad kind or gather="torch" without torch
         self.position = 0
         self._columns = columns
@@ -258,9 +259,10 @@ class StreamingDataset:
         native = self.token_dtype == "native"
         depth = max(threads, -(-self.prefetch // DEFAULT_GROUP))
         keep = 2 * (depth + threads + 2)
-        if getattr(self, "_pool", None) is None or self._pool.keep < keep:
-            self._pool = BufferPool(keep=keep, pin_memory=self.pin_memory)  # reused by later passes
-        reader = GroupGather(source, gather=make_gather(self.gather), pool=self._pool,
+        pool = getattr(self, "_pool", None)  # (absent on a dataset unpickled in a worker)
+        if pool is None or pool.keep < keep:
+            pool = self._pool = BufferPool(keep=keep, pin_memory=self.pin_memory)  # reused by later passes
+        reader = GroupGather(source, gather=make_gather(self.gather), pool=pool,
                              out_dtype=source.dtype if native else np.dtype(self.token_dtype))
         plans = (plan for _, samples in self._chunks(position, steps) for plan in reader.plans(samples))
         groups = ordered_map(reader.gather, plans, num_threads=threads, depth=depth) if threads else map(

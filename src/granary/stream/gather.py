@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 # numpy dtypes torch has full kernels for, with the same bytes (uint16/uint32 are gathered as int16/int32 views)
 _IDLE_REFS = 3  # see BufferPool.take
-_SAME_BYTES = {np.dtype("uint16"): np.dtype("int16"), np.dtype("uint32"): np.dtype("int32")}
+_SAME_BYTES: dict[np.dtype[Any], np.dtype[Any]] = {np.dtype("uint16"): np.dtype("int16"),
+                                            np.dtype("uint32"): np.dtype("int32")}
 
 
 class Gather(Protocol):
@@ -95,12 +96,12 @@ def one_kernel_thread() -> Iterator[None]:
     omp = _openmp()
     prev = omp.omp_get_max_threads() if omp is not None else 1
     if prev != 1:
-        omp.omp_set_num_threads(1)  # type: ignore[union-attr]
+        omp.omp_set_num_threads(1)
     try:
         yield
     finally:
         if prev != 1:
-            omp.omp_set_num_threads(prev)  # type: ignore[union-attr]
+            omp.omp_set_num_threads(prev)
 
 
 @functools.cache

@@ -4,7 +4,8 @@ A chunk of steps is planned in one vectorised call (``TokenSource.plan_2d``); th
 batches are gathered with one kernel call into a reused buffer (see :mod:`granary.stream.gather`). Groups start
 small and double (1, 2, 4, ...), so the first batch after opening or resuming waits for one batch's blocks only.
 Before a group is gathered, every block it touches is checked (local shards: xxh3; encrypted shards: decrypted
-and authenticated), so nothing unchecked is ever served.
+and authenticated), so nothing unchecked is ever served; a block that fails stops the stream exactly at the
+first batch that touches it, whatever the grouping.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from granary.stream.errors import CorruptBlockError
 from granary.stream.gather import BufferPool, Gather
 
 if TYPE_CHECKING:
@@ -54,13 +54,15 @@ class GroupGather:
             yield GroupPlan(samples[a:b], [f[a:b] for f in fields])
             a = b
 
-    def gather(self, plan: GroupPlan) -> tuple[list[tuple[np.ndarray, np.ndarray]], CorruptBlockError | None]:
-        """``(samples, tokens)`` of each batch of the group, in order, and the error that ended it early (the
-        batches before one that touches a corrupt block are delivered; that one and the rest are not)."""
+    def gather(self, plan: GroupPlan) -> tuple[list[tuple[np.ndarray, np.ndarray]], Exception | None]:
+        """``(samples, tokens)`` of each batch of the group, in order, and the error that ended it early: when a
+        block fails its check (a corrupt block, an encrypted block that fails authentication), the batches
+        before the first one touching it are delivered; that one and the rest are not."""
         steps, width = plan.samples.shape
+        flat = [f.ravel() for f in plan.fields]
         try:
-            tokens = self._gather([f.ravel() for f in plan.fields]).reshape(steps, width, self.source.seq_len)
-        except CorruptBlockError as error:
+            self.source.check(flat)
+        except Exception as error:  # CorruptBlockError, CryptoError: raised at the bad batch
             if steps == 1:
                 return [], error
             done: list[tuple[np.ndarray, np.ndarray]] = []
@@ -70,12 +72,12 @@ class GroupGather:
                 if err is not None:
                     return done, err
             return done, error  # not reached: some batch of the group touched the bad block
+        tokens = self._gather(flat).reshape(steps, width, self.source.seq_len)
         return [(plan.samples[r], tokens[r]) for r in range(steps)], None
 
     def _gather(self, flat: list[np.ndarray]) -> np.ndarray:
         source = self.source
         samples, elements, aligned = flat[0], flat[1], flat[2]
-        source.check(flat)
         view = source.virtual
         buf = self.pool.take((len(samples), source.seq_len), source.dtype)
         if view is None:  # no strided view (remote shards, or encrypted ones read block by block)
