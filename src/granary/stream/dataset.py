@@ -56,7 +56,9 @@ class StreamingDataset:
             the GIL (``torch.index_select``; with numpy, the copy loop also runs without the GIL), delivered in
             order. Mixes and documents versions use N reader threads that each build whole batches.
         prefetch: batches that may wait ready ahead of the consumer (per reader thread for mixes and documents).
-        gather: the gather kernel for tokens: ``auto`` (torch when installed, else numpy), ``torch`` or ``numpy``.
+        gather: the gather kernel for tokens: ``torch`` (``index_select``, outside the GIL), ``numpy``, or ``auto``
+            (torch when ``output="torch"`` or torch is already imported, else numpy: no torch import for numpy
+            readers).
         pin_memory: deliver token batches in page-locked memory (for ``.to("cuda", non_blocking=True)``); with
             no accelerator, ordinary memory with a warning.
         columns: columns of a documents version to read (default all).
@@ -111,7 +113,8 @@ class StreamingDataset:
         self.gather = gather
         self.pin_memory = pin_memory
         self._pool: BufferPool | None = None
-        make_gather(gather)  # fail early on a bad kind or gather="torch" without torch
+        if gather not in ("auto", "torch", "numpy"):
+            raise ValueError(f"gather must be 'auto', 'torch' or 'numpy', got {gather!r}")
         self.position = 0
         self._columns = columns
         self._cache_given = cache is not None
@@ -262,7 +265,8 @@ class StreamingDataset:
         pool = getattr(self, "_pool", None)  # (absent on a dataset unpickled in a worker)
         if pool is None or pool.keep < keep:
             pool = self._pool = BufferPool(keep=keep, pin_memory=self.pin_memory)  # reused by later passes
-        reader = GroupGather(source, gather=make_gather(self.gather), pool=pool,
+        kernel = make_gather(self.gather, want_torch=self.output == "torch")
+        reader = GroupGather(source, gather=kernel, pool=pool,
                              out_dtype=source.dtype if native else np.dtype(self.token_dtype))
         plans = (plan for _, samples in self._chunks(position, steps) for plan in reader.plans(samples))
         groups = ordered_map(reader.gather, plans, num_threads=threads, depth=depth) if threads else map(

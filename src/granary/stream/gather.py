@@ -124,11 +124,13 @@ def _openmp() -> Any:
     return None
 
 
-def make_gather(kind: str = "auto") -> Gather:
-    """``torch`` (native, parallel), ``numpy`` or ``auto`` (torch when it is installed)."""
+def make_gather(kind: str = "auto", *, want_torch: bool = False) -> Gather:
+    """``torch`` (native kernel outside the GIL), ``numpy``, or ``auto``: torch when it is already imported or
+    ``want_torch`` (the batches become tensors anyway), else numpy, so a numpy-only reader never pays torch's
+    import (~2 s)."""
     if kind not in ("auto", "torch", "numpy"):
         raise ValueError(f"gather must be 'auto', 'torch' or 'numpy', got {kind!r}")
-    if kind == "numpy":
+    if kind == "numpy" or (kind == "auto" and not want_torch and "torch" not in sys.modules):
         return NumpyGather()
     try:
         return TorchGather()

@@ -92,7 +92,8 @@ def test_kernels_agree_and_torch_kernels_run_single_threaded_only_inside_the_gat
     with one_kernel_thread():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
-    assert make_gather("auto").name == "torch"
+    assert make_gather("auto").name == "torch"  # torch is imported here
+    assert make_gather("auto", want_torch=True).name == "torch" and make_gather("numpy").name == "numpy"
     with pytest.raises(ValueError, match="gather must be"):
         make_gather("gpu")
 
@@ -117,7 +118,10 @@ def test_a_corrupt_block_stops_at_its_batch_whatever_the_grouping(tmp_path: Path
 def test_import_granary_stream_does_not_import_torch() -> None:
     import subprocess
 
-    code = "import sys, granary.stream.gather, granary.stream; print('torch' in sys.modules)"
+    code = ("import sys, granary.stream.gather, granary.stream\n"
+            "from granary.stream.gather import make_gather\n"
+            "assert make_gather('auto').name == 'numpy'\n"
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
