@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -50,12 +51,21 @@ print(t1 - t0, t2 - t0, t3 - t0, t3 - t2)
 """
 
 
+def _configure(samples: int, out: Path) -> None:
+    """Use ``samples`` samples and keep data and results under ``out`` (default: benchmarks/out)."""
+    global SAMPLES, OUT
+    SAMPLES, OUT = samples, out
+    if samples != 262_144:
+        OUT = out / f"s{samples}"  # a smaller version never reuses the full-size data
+
+
 def build(home: Path) -> None:
     store = open_store(Settings.from_env(home=home))
     if not any(d.name == "bench" for d in store.datasets()):
         t0 = time.perf_counter()
         bench.build_synthetic(store, "bench", samples=SAMPLES, seq_len=SEQ)
-        print(f"built 1 GiB tokens version in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        print(f"built {SAMPLES * SEQ * 2 / 2**30:.2f} GiB tokens version in {time.perf_counter() - t0:.1f}s",
+              file=sys.stderr)
     flat = OUT / "anchors" / "flat.u16"
     if not flat.exists():
         flat.parent.mkdir(parents=True, exist_ok=True)
@@ -92,28 +102,40 @@ def _loader(store: Any, **kw: Any) -> dict[str, Any]:
     return bench.measure_loader(store, "bench", seq_len=SEQ, batch_size=BATCH, **kw)
 
 
-def paired_rounds(store: Any, flat: Path, rounds: int) -> dict[str, Any]:
-    """Each round measures the numpy anchor and Granary's variants back to back; ratios are taken per round
-    (the machine is shared, so only figures taken seconds apart are compared) and summarised by the median."""
-    runs: dict[str, list[float]] = {"numpy": [], "granary": [], "granary_noverify": [], "granary_thread": [],
-                                    "granary_pass2": [], "numpy_pass2": []}
-    ratios: dict[str, list[float]] = {"vs_numpy": [], "checksum_cost": [], "thread_vs_inline": [],
-                                      "pass2_vs_numpy_pass2": []}
+def paired_rounds(store: Any, flat: Path, rounds: int, threads: list[int]) -> dict[str, Any]:
+    """Each round measures the numpy anchor, the parallel index_select anchor and Granary's variants back to
+    back; ratios are taken per round (the machine is shared, so only figures taken seconds apart are compared)
+    and summarised by the median. Granary's figures are first passes of a fresh loader (checksums included)."""
+    names = ["numpy", "parallel_anchor", "granary", "granary_noverify", "granary_numpy_gather", "granary_pass2",
+             "numpy_pass2"] + [f"granary_t{n}" for n in threads]
+    runs: dict[str, list[float]] = {k: [] for k in names}
+    ratios: dict[str, list[float]] = {k: [] for k in ["vs_numpy", "checksum_cost", "pass2_vs_numpy_pass2",
+                                                       "numpy_gather_vs_numpy", "best_vs_parallel_anchor"]
+                                      + [f"t{n}_vs_numpy" for n in threads]}
     shards = 0.0
+    size = dict(num_samples=SAMPLES, seq_len=SEQ, batch_size=BATCH)
     for _ in range(rounds):
-        numpy_run = bench.measure_memmap_gather(flat, num_samples=SAMPLES, seq_len=SEQ, batch_size=BATCH, passes=2)
+        numpy_run = bench.measure_memmap_gather(flat, passes=2, **size)
         g = _loader(store, verify=True, passes=2)
+        par = bench.measure_parallel_gather(flat, **size)
         g_nov = _loader(store, verify=False)
-        g_thr = _loader(store, num_threads=1)
+        g_np = _loader(store, gather="numpy")
+        threaded = {n: _loader(store, num_threads=n) for n in threads}
         shards = g["shards_per_batch"]
-        for name, run in (("numpy", numpy_run), ("granary", g), ("granary_noverify", g_nov), ("granary_thread", g_thr)):
+        for name, run in (("numpy", numpy_run), ("parallel_anchor", par), ("granary", g),
+                          ("granary_noverify", g_nov), ("granary_numpy_gather", g_np)):
             runs[name].append(run["samples_per_s"])
+        for n, run in threaded.items():
+            runs[f"granary_t{n}"].append(run["samples_per_s"])
+            ratios[f"t{n}_vs_numpy"].append(run["samples_per_s"] / numpy_run["samples_per_s"])
         runs["granary_pass2"].append(g["later_passes_samples_per_s"][0])
         runs["numpy_pass2"].append(numpy_run["later_passes_samples_per_s"][0])
         ratios["pass2_vs_numpy_pass2"].append(runs["granary_pass2"][-1] / runs["numpy_pass2"][-1])
         ratios["vs_numpy"].append(g["samples_per_s"] / numpy_run["samples_per_s"])
+        ratios["numpy_gather_vs_numpy"].append(g_np["samples_per_s"] / numpy_run["samples_per_s"])
         ratios["checksum_cost"].append(1 - g["samples_per_s"] / g_nov["samples_per_s"])
-        ratios["thread_vs_inline"].append(g_thr["samples_per_s"] / g["samples_per_s"])
+        best = max([g["samples_per_s"]] + [r["samples_per_s"] for r in threaded.values()])
+        ratios["best_vs_parallel_anchor"].append(best / par["samples_per_s"])
     return {"samples_per_s": {k: [round(x) for x in v] for k, v in runs.items()},
             "median_samples_per_s": {k: float(np.median(v)) for k, v in runs.items()},
             "median_gb_per_s": {k: float(np.median(v)) * SEQ * 2 / 1e9 for k, v in runs.items()},
@@ -142,17 +164,27 @@ def main() -> None:
     parser.add_argument("--no-anchors", action="store_true", help="skip LitData, Streaming and WebDataset")
     parser.add_argument("--anchors", default="litdata,mosaic,webdataset")
     parser.add_argument("--keep", action="store_true", help="keep the anchors' converted copies")
+    parser.add_argument("--threads", default="1,2", help="num_threads values measured besides 0 (comma list)")
+    parser.add_argument("--samples", type=int, default=SAMPLES, help="samples of the synthetic version (smoke runs)")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder for the data and the JSON result")
     args = parser.parse_args()
+    _configure(args.samples, args.out)
     home = OUT / "home"
     build(home)
     store = open_store(Settings.from_env(home=home))
     flat = OUT / "anchors" / "flat.u16"
-    result: dict[str, Any] = {"paired": paired_rounds(store, flat, args.rounds)}
+    threads = [int(t) for t in args.threads.split(",") if t.strip() and int(t) > 0]
+    import torch
+
+    result: dict[str, Any] = {"load_average_before": os.getloadavg(), "cores": len(os.sched_getaffinity(0)),
+                              "torch_intra_op_threads": torch.get_num_threads(), "samples": SAMPLES,
+                              "paired": paired_rounds(store, flat, args.rounds, threads)}
+    result["load_average_after"] = os.getloadavg()
     result["resume"] = bench.measure_resume(store, "bench", seq_len=SEQ, batch_size=BATCH, trials=7)
     result["first_batch"] = first_batch(home)
     if not args.no_anchors:
         result["anchors"] = anchor_rounds(store, args.anchors.split(","))
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "stream_bench.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     if not args.keep:

@@ -8,11 +8,14 @@ name), the chunk index and a last-chunk flag, so edits, truncation, reordering, 
 
 from __future__ import annotations
 
+import contextlib
 import io
+import mmap
 import os
 import struct
+import threading
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -270,6 +273,9 @@ class DecryptingReader(io.RawIOBase):
         self._cached_index = -1
         self._cached = bytearray()
         self._cbuf = bytearray()
+        self._pread_lock = threading.Lock()
+        self._mapped: memoryview | Literal[False] | None = None
+        self._mmap: mmap.mmap | None = None
 
     def readable(self) -> bool:
         return True
@@ -315,6 +321,48 @@ class DecryptingReader(io.RawIOBase):
                               where=self._where, chunk=index)
         self._cipher.decrypt_into(index, view, out)
 
+    def decrypt_chunk_into(self, index: int, out: memoryview) -> None:
+        """Decrypt and authenticate chunk ``index``; its first ``len(out)`` plaintext bytes go to ``out`` (the
+        whole chunk is always authenticated). Safe to call from several threads at once (no shared position).
+        A local object is read through a read-only mapping of the already opened file, without a staging copy."""
+        _, size = self.header.layout.span(index, self.header.plain_bytes)
+        if len(out) > size:
+            raise ValueError(f"chunk {index} has {size} plaintext bytes, fewer than the {len(out)} asked for")
+        offset = self.header.layout.cipher_offset(index)
+        mapped = self._mapping()
+        if mapped is not None:
+            cipher: Any = mapped[offset : offset + size + TAG_BYTES]
+            if len(cipher) != size + TAG_BYTES:
+                raise CryptoError(f"{self._where}: encrypted object truncated in chunk {index}",
+                                  where=self._where, chunk=index)
+        else:
+            cipher = bytearray(size + TAG_BYTES)
+            with self._pread_lock:
+                self._raw.seek(offset)
+                got = self._raw.readinto(cipher)  # type: ignore[attr-defined]
+            if got != len(cipher):
+                raise CryptoError(f"{self._where}: encrypted object truncated in chunk {index}",
+                                  where=self._where, chunk=index)
+        if len(out) == size:
+            self._cipher.decrypt_into(index, cipher, out)
+            return
+        whole = bytearray(size)  # e.g. a token shard's last block, whose chunk also holds the footer
+        self._cipher.decrypt_into(index, cipher, memoryview(whole))
+        out[:] = whole[: len(out)]
+
+    def _mapping(self) -> memoryview | None:
+        """A read-only mapping of the underlying file when it is a local file (None otherwise)."""
+        if self._mapped is None:
+            with self._pread_lock:
+                if self._mapped is None:
+                    try:
+                        fd = self._raw.fileno()
+                        self._mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                        self._mapped = memoryview(self._mmap)
+                    except (OSError, ValueError, io.UnsupportedOperation, AttributeError):
+                        self._mapped = False
+        return self._mapped or None
+
     def readinto(self, buffer: Any) -> int:  # Any: typeshed's Buffer protocol needs Python 3.12
         dst = memoryview(buffer).cast("B")
         end = min(self.header.plain_bytes, self._pos + len(dst))
@@ -343,5 +391,10 @@ class DecryptingReader(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
+            with contextlib.suppress(BufferError):  # a chunk view still alive: the mapping goes with it
+                if self._mapped:
+                    self._mapped.release()
+                if self._mmap is not None:
+                    self._mmap.close()
             self._raw.close()
         super().close()

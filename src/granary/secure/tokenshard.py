@@ -158,6 +158,11 @@ class EncryptedTokenShard:
             parts = [self._block(b) for b in range(first, (stop - 1) // bt + 1)]
         return np.concatenate(parts)[start - base:stop - base]
 
+    def decrypt_block_into(self, block: int, out: memoryview) -> None:
+        """Decrypt and authenticate token block ``block`` straight into ``out`` (its exact byte size); safe from
+        several threads at once, and it bypasses the block cache (the caller keeps the plaintext)."""
+        self._raw.decrypt_chunk_into(block + 1, out)  # type: ignore[attr-defined]  # chunk 0 is the header
+
     def materialize(self) -> np.ndarray:
         """Decrypt (and authenticate) every block into one in-memory array of all the shard's tokens.
 

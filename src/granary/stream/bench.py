@@ -38,11 +38,11 @@ def sample_ids(tokens: np.ndarray) -> np.ndarray:
 
 def measure_loader(store: Store, ref: str, *, seq_len: int, batch_size: int = 64, max_batches: int | None = None,
                    verify: bool = True, num_threads: int = 0, shards: int = 16, seed: int = 0,
-                   passes: int = 1) -> dict[str, Any]:
+                   passes: int = 1, gather: str = "auto") -> dict[str, Any]:
     """Samples/s, GB/s and shards drawn per batch of the first pass (or ``max_batches``) of a fresh loader;
     with ``passes`` > 1, also the samples/s of each later pass (blocks already verified, pages mapped)."""
     ds = StreamingDataset(ref, batch_size=batch_size, seq_len=seq_len, seed=seed, store=store, output="numpy",
-                          token_dtype="native", verify=verify, num_threads=num_threads)
+                          token_dtype="native", verify=verify, num_threads=num_threads, gather=gather)  # type: ignore[arg-type]
     per_shard = ds.num_samples // shards
     ids: list[np.ndarray] = []
     count = 0
@@ -83,6 +83,40 @@ def measure_memmap_gather(path: Path, *, num_samples: int, seq_len: int, batch_s
     return {"samples": stop, "seconds": seconds, "samples_per_s": stop / seconds,
             "gb_per_s": stop * seq_len * 2 / seconds / 1e9,
             "later_passes_samples_per_s": [n / s for n, s in rates[1:]]}
+
+
+def measure_parallel_gather(path: Path, *, num_samples: int, seq_len: int, batch_size: int = 64,
+                            group: int = 16, threads: int | None = None, max_batches: int | None = None,
+                            seed: int = 0) -> dict[str, Any]:
+    """The parallel anchor written for the benchmark: ``torch.index_select`` over ``group`` batches at once
+    from one flat memmap, into one reused buffer, on ``threads`` intra-op threads (default: all cores)."""
+    import os
+
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    try:
+        mm = np.memmap(path, dtype=np.int16, mode="r", shape=(num_samples, seq_len))  # uint16 bytes as int16
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only mapping: nothing writes through it
+            src = torch.from_numpy(mm)
+        stop = num_samples if max_batches is None else min(num_samples, max_batches * batch_size)
+        perm = np.random.default_rng([seed, 0]).permutation(num_samples)
+        rows = group * batch_size
+        out = torch.empty((rows, seq_len), dtype=torch.int16)
+        t0 = time.perf_counter()
+        for lo in range(0, stop, rows):
+            idx = torch.from_numpy(np.sort(perm[lo : min(stop, lo + rows)].reshape(-1, batch_size), axis=1).ravel())
+            torch.index_select(src, 0, idx, out=out[: len(idx)])
+        seconds = time.perf_counter() - t0
+        del src, mm
+    finally:
+        torch.set_num_threads(saved)
+    return {"samples": stop, "seconds": seconds, "samples_per_s": stop / seconds,
+            "gb_per_s": stop * seq_len * 2 / seconds / 1e9, "threads": threads, "group": group}
 
 
 def measure_resume(store: Store, ref: str, *, seq_len: int, batch_size: int = 64, trials: int = 5,

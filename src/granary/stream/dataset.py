@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from granary.errors import StreamError
+from granary.stream.gather import BufferPool, make_gather
+from granary.stream.group import DEFAULT_GROUP, GroupGather
 from granary.stream.mix import Mix
 from granary.stream.order import MixedStream, SampleStream
 from granary.stream.partition import Topology, detect_rank, detect_worker, pass_steps, rank_slice, worker_steps
@@ -49,9 +51,16 @@ class StreamingDataset:
         segment_ids: add per-token document ids for attention masks.
         output: ``torch`` tensors or ``numpy`` arrays.
         token_dtype: ``int64`` (what embeddings take), ``int32`` or ``native`` (the stored uint16/uint32).
-        num_threads: reader threads gathering batches ahead (0, the default, reads in the consuming thread: a
-            gather costs ~0.1 ms per batch of 64 x 2048 tokens, less than handing it over between threads).
-        prefetch: batches each reader thread may have ready.
+        num_threads: threads gathering batches ahead of the consumer. 0 (the default) gathers in the consuming
+            thread; N > 0 gathers in N threads, each copying whole groups of batches with a native kernel outside
+            the GIL (``torch.index_select``; with numpy, the copy loop also runs without the GIL), delivered in
+            order. Mixes and documents versions use N reader threads that each build whole batches.
+        prefetch: batches that may wait ready ahead of the consumer (per reader thread for mixes and documents).
+        gather: the gather kernel for tokens: ``torch`` (``index_select``, outside the GIL), ``numpy``, or ``auto``
+            (torch when ``output="torch"`` or torch is already imported, else numpy: no torch import for numpy
+            readers).
+        pin_memory: deliver token batches in page-locked memory (for ``.to("cuda", non_blocking=True)``); with
+            no accelerator, ordinary memory with a warning.
         columns: columns of a documents version to read (default all).
         cache: block cache for remote (``s3://``) stores; default one under ``GRANARY_HOME/cache``.
         purpose: the declared purpose of this read (e.g. ``pretraining``); with the security layer on, a dataset
@@ -78,6 +87,8 @@ class StreamingDataset:
         columns: list[str] | None = None,
         cache: BlockCache | None = None,
         purpose: str | None = None,
+        gather: Literal["auto", "torch", "numpy"] = "auto",
+        pin_memory: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -99,6 +110,11 @@ class StreamingDataset:
         self.token_dtype = token_dtype
         self.num_threads = num_threads
         self.prefetch = prefetch
+        self.gather = gather
+        self.pin_memory = pin_memory
+        self._pool: BufferPool | None = None
+        if gather not in ("auto", "torch", "numpy"):
+            raise ValueError(f"gather must be 'auto', 'torch' or 'numpy', got {gather!r}")
         self.position = 0
         self._columns = columns
         self._cache_given = cache is not None
@@ -115,7 +131,7 @@ class StreamingDataset:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the recipe, not the mappings: a spawned worker reopens the same pinned versions."""
-        state = {k: v for k, v in self.__dict__.items() if k not in ("sources", "stream", "_store")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("sources", "stream", "_store", "_pool")}
         pinned = [f"{m.dataset}@{m.version_id}" for m in self._manifests]
         state["mix"] = Mix(pinned, weights=list(self.mix.weights))
         state["_settings"] = self._store.settings
@@ -237,14 +253,29 @@ class StreamingDataset:
                 plans = [None] * len(samples)
             yield from zip(source, samples, plans, strict=True)
 
-    def _direct(self, position: int, steps: range) -> Iterator[Batch]:
-        """The hot path of a single tokens source: one plan per chunk, then one gather per batch."""
+    def _direct(self, position: int, steps: range, threads: int) -> Iterator[Batch]:
+        """The hot path of a single tokens source: one plan per chunk of steps, then one kernel call per group of
+        batches into reused buffers, in the consuming thread or in ``threads`` gather threads (each gathering
+        whole groups, delivered in order; see ``granary.stream.group``)."""
         source = self.sources[0]
         assert isinstance(source, TokenSource)
-        for _, samples in self._chunks(position, steps):
-            for r, tokens in enumerate(source.gather_rows(samples)):
-                segs = source.segment_ids(samples[r]) if self.with_segment_ids else None
-                yield self._finish(tokens, segs)
+        native = self.token_dtype == "native"
+        depth = max(threads, -(-self.prefetch // DEFAULT_GROUP))
+        keep = 2 * (depth + threads + 2)
+        pool = getattr(self, "_pool", None)  # (absent on a dataset unpickled in a worker)
+        if pool is None or pool.keep < keep:
+            pool = self._pool = BufferPool(keep=keep, pin_memory=self.pin_memory)  # reused by later passes
+        kernel = make_gather(self.gather, want_torch=self.output == "torch")
+        reader = GroupGather(source, gather=kernel, pool=pool,
+                             out_dtype=source.dtype if native else np.dtype(self.token_dtype))
+        plans = (plan for _, samples in self._chunks(position, steps) for plan in reader.plans(samples))
+        groups = ordered_map(reader.gather, plans, num_threads=threads, depth=depth) if threads else map(
+            reader.gather, plans)
+        for done, error in groups:
+            for rows, tokens in done:
+                yield self._finish(tokens, source.segment_ids(rows) if self.with_segment_ids else None)
+            if error is not None:
+                raise error
 
     def batch_at(self, position: int, step: int) -> Batch:
         """This rank's batch at ``step`` of the pass starting at ``position`` (a pure function of them)."""
@@ -279,7 +310,9 @@ class StreamingDataset:
         return self._finish(out, segs)
 
     def _finish(self, tokens: np.ndarray, segs: np.ndarray | None) -> dict[str, Any]:
-        batch: dict[str, Any] = {"tokens": tokens if self.token_dtype == "native" else tokens.astype(self.token_dtype)}
+        if self.token_dtype != "native":
+            tokens = tokens.astype(self.token_dtype, copy=False)
+        batch: dict[str, Any] = {"tokens": tokens}
         if segs is not None:
             batch["segment_ids"] = segs
         return _to_torch(batch) if self.output == "torch" else batch
@@ -299,11 +332,12 @@ class StreamingDataset:
         steps = self.steps_per_pass(start)
         mine = worker_steps(steps, worker_id, num_workers)
         batches: Iterator[Batch]
-        if num_workers == 1 and self.num_threads > 0:
+        threads = self.num_threads if num_workers == 1 else 0  # DataLoader workers read in their own thread
+        if len(self.sources) == 1 and self.kind == "tokens":
+            batches = self._direct(start, mine, threads)
+        elif threads:
             batches = ordered_map(lambda item: self._batch(*item), self._plan(start, mine),
-                                  num_threads=self.num_threads, depth=self.prefetch)
-        elif len(self.sources) == 1 and self.kind == "tokens":
-            batches = self._direct(start, mine)
+                                  num_threads=threads, depth=self.prefetch)
         else:
             batches = (self._batch(*item) for item in self._plan(start, mine))
         for i, batch in enumerate(batches):

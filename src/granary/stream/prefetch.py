@@ -27,7 +27,8 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, num_threads: int, d
     """Yield ``fn(item)`` for each item, in order, computed by ``num_threads`` threads.
 
     At most about ``depth`` results wait ahead of the consumer (bounded memory). An exception raised by ``fn``
-    is re-raised in the consumer at that item's turn. Closing the generator early stops the threads.
+    is re-raised in the consumer at that item's turn. Closing the generator early stops the threads and waits for
+    them to finish the item they hold.
     """
     shared = _Shared(items)
     threads = [threading.Thread(target=_run, args=(fn, shared, depth), daemon=True, name=f"granary-reader-{i}")
@@ -52,6 +53,11 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, num_threads: int, d
         with shared.cond:
             shared.stop = True
             shared.cond.notify_all()
+        # Wait for the threads to finish the item they hold (a group gather: milliseconds), so no native kernel
+        # is still running in a thread of a loader the caller has closed (nor at interpreter exit).
+        for th in threads:
+            if th is not threading.current_thread():
+                th.join(60.0)
 
 
 def _run(fn: Callable[[Any], Any], shared: _Shared, depth: int) -> None:

@@ -14,6 +14,7 @@ from numpy.lib.stride_tricks import as_strided
 from granary.errors import StreamError
 from granary.store.formats.tokens import TokenShardReader
 from granary.stream.pack import PackedLayout, segment_ids
+from granary.stream.shards import BlockDecryptor, LazyDecryptedShard, open_lazy
 from granary.stream.verify import BlockVerifier, populate
 
 if TYPE_CHECKING:
@@ -47,21 +48,6 @@ class LocalTokenShard:
         self.doc_offsets = np.asarray(reader.doc_offsets, dtype=np.int64)
         self.tokens: np.ndarray = np.asarray(reader.tokens).view(np.ndarray)
         self.expected = np.asarray(reader.blocks["xxh3"], dtype=np.uint64)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Tokens ``[start, stop)`` (a view)."""
-        return self.tokens[start:stop]
-
-
-class DecryptedTokenShard:
-    """An encrypted token shard decrypted whole into memory (AES-GCM authenticated every block on the way)."""
-
-    def __init__(self, key: str, tokens: np.ndarray, block_tokens: int, doc_offsets: np.ndarray) -> None:
-        self.key = key
-        self.tokens = tokens
-        self.num_tokens = int(tokens.size)
-        self.block_tokens = block_tokens
-        self.doc_offsets = doc_offsets
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Tokens ``[start, stop)`` (a view)."""
@@ -128,23 +114,27 @@ class TokenSource:
         if len(dtypes) > 1:
             raise StreamError(f"version {manifest.version_id[:12]} mixes token dtypes {sorted(dtypes)}")
         self.dtype = np.dtype(dtypes.pop() if dtypes else "uint16")
-        self._decrypt_in_memory()
+        decryptor = self._decrypt_in_memory()
         self.layout = PackedLayout.build([s.num_tokens for s in self.shards], seq_len)
         if self.layout.num_samples == 0:
             raise StreamError(f"version {manifest.version_id[:12]} has {self.layout.shard_starts[-1]} tokens, "
                               f"fewer than one sample of seq_len={seq_len}", hint="use a smaller --seq-len")
-        self._local = all(isinstance(s, LocalTokenShard) for s in self.shards)
+        # "local": every shard is in this process's address space and checked block by block before use
+        # (memory-mapped plain shards: xxh3; encrypted ones decrypted lazily: AES-GCM)
+        self._local = decryptor is not None or all(isinstance(s, LocalTokenShard) for s in self.shards)
         self._doc_starts: np.ndarray | None = None
         self._virtual: np.ndarray | None = None
         self._elem_base = np.zeros(len(self.shards), dtype=np.int64)
         local = [s for s in self.shards if isinstance(s, LocalTokenShard)]
-        self.verifier = BlockVerifier([s.key for s in local], [s.tokens for s in local],
-                                      [s.block_tokens for s in local], [s.expected for s in local])
-        self.verifier.all_ok = self.verifier.all_ok or not verify or not self._local
         self._block_tokens = np.array([s.block_tokens for s in self.shards], dtype=np.int64)
-        if self._decrypted:
+        if decryptor is not None:
+            self.verifier: BlockVerifier = decryptor  # decryption is never skipped: verify= is about xxh3
             self._build_local_index()
-        if self._local:
+        else:
+            self.verifier = BlockVerifier([s.key for s in local], [s.tokens for s in local],
+                                          [s.block_tokens for s in local], [s.expected for s in local])
+            self.verifier.all_ok = self.verifier.all_ok or not verify or not self._local
+        if local and self._local:
             self._build_local_index()
             # Map every page ahead of the reader and the verifier: one madvise per shard maps the page cache
             # several times faster than page faults (or per-block madvise calls) racing from two threads. Only
@@ -167,23 +157,20 @@ class TokenSource:
             self._cache = BlockCache.default(store)
         return self._cache.shard(entry)
 
-    def _decrypt_in_memory(self) -> None:
-        """Decrypt a wholly encrypted version into memory when it fits the budget (one gather per batch after)."""
+    def _decrypt_in_memory(self) -> BlockDecryptor | None:
+        """A wholly encrypted version that fits the budget is decrypted lazily into memory, block by block, in
+        the parallel checking path (see ``granary.stream.shards``); returns its decryptor (None otherwise)."""
         from granary.secure.tokenshard import EncryptedTokenShard
 
-        self._decrypted = False
         if not self.shards or not all(isinstance(s, EncryptedTokenShard) for s in self.shards):
-            return
+            return None
         need = sum(s.num_tokens * s.dtype.itemsize for s in self.shards)  # type: ignore[attr-defined]
         if need > decrypt_memory_budget():
             log.info("encrypted version needs %d bytes decrypted; reading it block by block instead", need)
-            return
-        opened = self.shards
-        self.shards = [DecryptedTokenShard(s.key, s.materialize(), s.block_tokens, s.doc_offsets)  # type: ignore[attr-defined]
-                       for s in opened]
-        for s in opened:
-            s.close()  # type: ignore[attr-defined]
-        self._decrypted = True
+            return None
+        lazy, decryptor = open_lazy(self.shards)
+        self.shards = list(lazy)
+        return decryptor
 
     def _build_local_index(self) -> None:
         """One strided view over all memory-mapped shards, so a batch is a single vectorised gather.
@@ -193,7 +180,7 @@ class TokenSource:
         lie wholly inside one shard are ever indexed (``PackedLayout.locate`` says which), so every read stays
         inside a live mapping; the shard arrays are kept referenced by ``self.shards``.
         """
-        arrays = [s.tokens for s in self.shards if isinstance(s, (LocalTokenShard, DecryptedTokenShard))]
+        arrays = [s.tokens for s in self.shards if isinstance(s, (LocalTokenShard, LazyDecryptedShard))]
         itemsize = self.dtype.itemsize
         addrs = np.array([a.ctypes.data for a in arrays], dtype=np.int64)
         lowest = int(np.argmin(addrs))
@@ -232,11 +219,29 @@ class TokenSource:
             self._prefetch(samples)
         return plan
 
-    def _plan_2d(self, samples: np.ndarray) -> list[np.ndarray]:
+    def plan_2d(self, samples: np.ndarray) -> list[np.ndarray]:
         """The fields of :class:`TokenPlan` for a ``(steps, batch)`` array of samples, each of that shape."""
         plan = self.plan(samples.ravel())
         return [f.reshape(samples.shape) for f in (plan.samples, plan.elements, plan.aligned, plan.first_block,
                                                     plan.last_block)]
+
+    _plan_2d = plan_2d
+
+    @property
+    def virtual(self) -> np.ndarray | None:
+        """The strided view over every mapped (or decrypted) shard, row ``e`` = ``seq_len`` tokens from element
+        ``e``; None when the shards are not all in memory (remote, or encrypted and read block by block)."""
+        return self._virtual
+
+    def check(self, fields: list[np.ndarray]) -> None:
+        """Check (verify or decrypt) every block the planned samples touch before any of them is read; the
+        fields are those of :meth:`plan_2d`, flattened."""
+        if not self.verifier.all_ok:
+            self._verify(TokenPlan(*fields))
+
+    def copy_sample(self, sample: int, row: np.ndarray) -> None:
+        """Copy sample ``sample`` into ``row`` piece by piece (samples crossing shards, shards without a view)."""
+        self._copy_pieces(sample, row)
 
     def plan_rows(self, samples: np.ndarray) -> Iterator[TokenPlan]:
         """One :class:`TokenPlan` per row of a ``(steps, batch)`` array of samples, planned in one call."""
@@ -289,7 +294,7 @@ class TokenSource:
         pos = 0
         for s, lo, hi in self.layout.pieces(sample):
             shard = self.shards[s]
-            if isinstance(shard, LocalTokenShard) and not self.verifier.all_ok:
+            if isinstance(shard, (LocalTokenShard, LazyDecryptedShard)) and not self.verifier.all_ok:
                 base = int(self.verifier.base[s])
                 bt = shard.block_tokens
                 self.verifier.ensure(np.arange(base + lo // bt, base + (hi - 1) // bt + 1))

@@ -89,7 +89,7 @@ class BlockVerifier:
     """
 
     def __init__(self, keys: Sequence[str], tokens: Sequence[np.ndarray], block_tokens: Sequence[int],
-                 expected: Sequence[np.ndarray]) -> None:
+                 expected: Sequence[np.ndarray], *, shared: bool = True) -> None:
         self._keys = list(keys)
         self._tokens = list(tokens)
         self._block_tokens = list(block_tokens)
@@ -102,14 +102,16 @@ class BlockVerifier:
         # the same bytes, so a block is hashed about once per rank instead of once per worker. It has no name
         # and vanishes with the last process that maps it. Claims (who is hashing what) stay per process, so a
         # worker that dies mid-hash leaves nothing for the others to wait on.
-        self._shared = mmap.mmap(-1, max(total, 1))
-        self.state = np.frombuffer(self._shared, dtype=np.int8, count=total)
+        # (`shared=False` keeps them private: for work whose result is this process's own memory.)
+        self._shared = mmap.mmap(-1, max(total, 1)) if shared else None
+        self.state = (np.frombuffer(self._shared, dtype=np.int8, count=total) if self._shared is not None
+                      else np.zeros(total, dtype=np.int8))
         self._busy = np.zeros(total, dtype=bool)
         self.all_ok = total == 0
         self._ok = 0  # verdicts this process reached
         self._quiet = 0  # ensure() calls that found nothing to do since the last full look
         self._cond = threading.Condition()
-        self._errors: dict[int, CorruptBlockError] = {}
+        self._errors: dict[int, Exception] = {}
         self._queue: collections.deque[int] = collections.deque()
         self._running = 0  # background threads alive
         self.threads = verify_threads()
@@ -197,7 +199,8 @@ class BlockVerifier:
                 raise error
             log.warning("%s", error)
 
-    def _hash(self, g: int) -> CorruptBlockError | None:
+    def _hash(self, g: int) -> Exception | None:
+        """Check block ``g``: None when it is good, else the error its readers get."""
         s = int(self._shard_of[g])
         block = g - int(self.base[s])
         bt = self._block_tokens[s]

@@ -1,0 +1,108 @@
+"""Several batches planned, checked and gathered at once: the loader's hot path for one tokens source.
+
+A chunk of steps is planned in one vectorised call (``TokenSource.plan_2d``); then groups of up to ``group``
+batches are gathered with one kernel call into a reused buffer (see :mod:`granary.stream.gather`). Groups start
+small and double (1, 2, 4, ...), so the first batch after opening or resuming waits for one batch's blocks only.
+Before a group is gathered, every block it touches is checked (local shards: xxh3; encrypted shards: decrypted
+and authenticated), so nothing unchecked is ever served; a block that fails stops the stream exactly at the
+first batch that touches it, whatever the grouping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from granary.stream.gather import BufferPool, Gather
+
+if TYPE_CHECKING:
+    from granary.stream.source import TokenSource
+
+DEFAULT_GROUP = 16  # batches per kernel call once ramped up (1,024 rows of 64: 64 tasks of 16 rows per call)
+
+
+class GroupGather:
+    """Gathers the batches of ``(steps, batch)`` sample arrays a group at a time.
+
+    Args:
+        source: the tokens source.
+        gather: the kernel (torch ``index_select`` or numpy).
+        pool: reused output buffers.
+        out_dtype: dtype of the delivered tokens (converted once per group when it differs from the stored one).
+        group: batches per kernel call at most.
+    """
+
+    def __init__(self, source: TokenSource, *, gather: Gather, pool: BufferPool, out_dtype: np.dtype[Any],
+                 group: int = DEFAULT_GROUP) -> None:
+        self.source = source
+        self.kernel = gather
+        self.pool = pool
+        self.out_dtype = np.dtype(out_dtype)
+        self.group = max(1, group)
+        self._size = 1  # the current group size (doubles up to `group`)
+
+    def plans(self, samples: np.ndarray) -> Iterator[GroupPlan]:
+        """The groups of a ``(steps, batch)`` array of samples, in order, planned in one vectorised call."""
+        fields = self.source.plan_2d(samples)
+        a = 0
+        while a < len(samples):
+            b = min(len(samples), a + self._size)
+            self._size = min(self.group, self._size * 2)
+            yield GroupPlan(samples[a:b], [f[a:b] for f in fields])
+            a = b
+
+    def gather(self, plan: GroupPlan) -> tuple[list[tuple[np.ndarray, np.ndarray]], Exception | None]:
+        """``(samples, tokens)`` of each batch of the group, in order, and the error that ended it early: when a
+        block fails its check (a corrupt block, an encrypted block that fails authentication), the batches
+        before the first one touching it are delivered; that one and the rest are not."""
+        steps, width = plan.samples.shape
+        flat = [f.ravel() for f in plan.fields]
+        try:
+            self.source.check(flat)
+        except Exception as error:  # CorruptBlockError, CryptoError: raised at the bad batch
+            if steps == 1:
+                return [], error
+            done: list[tuple[np.ndarray, np.ndarray]] = []
+            for r in range(steps):
+                one, err = self.gather(GroupPlan(plan.samples[r : r + 1], [f[r : r + 1] for f in plan.fields]))
+                done += one
+                if err is not None:
+                    return done, err
+            return done, error  # not reached: some batch of the group touched the bad block
+        tokens = self._gather(flat).reshape(steps, width, self.source.seq_len)
+        return [(plan.samples[r], tokens[r]) for r in range(steps)], None
+
+    def _gather(self, flat: list[np.ndarray]) -> np.ndarray:
+        source = self.source
+        samples, elements, aligned = flat[0], flat[1], flat[2]
+        view = source.virtual
+        buf = self.pool.take((len(samples), source.seq_len), source.dtype)
+        if view is None:  # no strided view (remote shards, or encrypted ones read block by block)
+            for j, s in enumerate(samples.tolist()):
+                source.copy_sample(s, buf[j])
+        elif aligned.all():
+            self.kernel(view, elements, buf)
+        else:  # a few samples cross a shard boundary: gathered piece by piece
+            ok = np.flatnonzero(aligned)
+            if ok.size:
+                part = np.empty((ok.size, source.seq_len), dtype=source.dtype)
+                self.kernel(view, elements[ok], part)
+                buf[ok] = part
+            for j in np.flatnonzero(~aligned).tolist():
+                source.copy_sample(int(samples[j]), buf[j])
+        if self.out_dtype == buf.dtype:
+            return buf
+        out = self.pool.take(buf.shape, self.out_dtype)
+        np.copyto(out, buf, casting="unsafe")  # widening (uint16 -> int64): exact; releases the GIL
+        return out
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """Consecutive batches gathered together: their samples ``(steps, batch)`` and :class:`TokenPlan` fields."""
+
+    samples: np.ndarray
+    fields: list[np.ndarray]
