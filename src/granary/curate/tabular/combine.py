@@ -44,9 +44,10 @@ class DedupStep(TabularStep):
             check_column(k, columns, self.display)
         keys = _keys(self.keys)
         if self.keep == "fail":
-            row = ctx.con.execute(f"SELECT {keys}, count(*) FROM (SELECT DISTINCT * FROM {rel}) GROUP BY ALL "
-                                  f"HAVING count(*) > 1 LIMIT 1").fetchone()
-            if row is not None:
+            found = ctx.con.execute(f"SELECT {keys}, count(*) FROM (SELECT DISTINCT * FROM {rel}) GROUP BY ALL "
+                                    f"HAVING count(*) > 1 LIMIT 1").fetchall()
+            if found:
+                row = found[0]
                 raise CurateError(f"step {self.display}: key {row[:-1]} holds {row[-1]} differing rows",
                                   hint="choose keep: latest (with order_by) or any, or fix the source")
             out = ctx.view(f"SELECT DISTINCT * FROM {rel}")

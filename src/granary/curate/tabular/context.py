@@ -84,9 +84,9 @@ class TabularContext:
 
     def one(self, sql: str) -> tuple[Any, ...]:
         """The single row of an aggregate query."""
-        row = self.con.execute(sql).fetchone()
-        assert row is not None
-        return tuple(row)
+        rows = self.con.execute(sql).fetchall()  # fetchall: a half-read result would block the next query
+        assert len(rows) == 1, sql
+        return tuple(rows[0])
 
     def arrow(self, sql: str) -> pa.Table:
         """Run a query into an Arrow table."""
