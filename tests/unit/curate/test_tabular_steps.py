@@ -23,7 +23,9 @@ def run(steps: list[dict], table: pa.Table, **sources: pa.Table):  # type: ignor
     ("mean", 3.0), ("median", 2.0), ("mode", 2.0), ("constant", -1.0)])
 def test_impute_fills_with_the_fitted_statistic(strategy: str, expected: float) -> None:
     t = pa.table({"x": pa.array([1.0, 2.0, None, 2.0, 7.0, None]), "y": ["a"] * 6})
-    step = {"step": "impute", "strategy": strategy, "columns": ["x"]} | ({"value": -1.0} if strategy == "constant" else {})
+    step = {"step": "impute", "strategy": strategy, "columns": ["x"]}
+    if strategy == "constant":
+        step["value"] = -1.0
     r = run([step], t)
     assert r.table.column("x").to_pylist() == [1.0, 2.0, expected, 2.0, 7.0, expected]
     assert r.report["impute"]["missing"] == {"x": 2}

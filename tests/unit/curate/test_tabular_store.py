@@ -30,7 +30,7 @@ def test_curate_table_commits_rows_quarantine_lineage_and_profile(store) -> None
     assert q is not None and json.loads(q.column("row")[0].as_py())["id"] == 4
     manifest = store.manifest("clean")
     lineage = manifest.lineage["tabular"]
-    assert lineage["inputs"]["input"] == store.resolve("raw").id and lineage["inputs"]["known"] == store.resolve("ids").id
+    assert lineage["inputs"] == {"input": store.resolve("raw").id, "known": store.resolve("ids").id}
     assert lineage["fitted"]["impute"] == {"x": 3.0}
     assert TabularPipeline.from_dict(lineage["pipeline"]) == spec
     assert manifest.metadata["quality"]["tabular"]["duplicate_keys"] == 0
