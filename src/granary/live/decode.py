@@ -27,7 +27,7 @@ class Decoded:
         return 0 if self.quarantine is None else self.quarantine.num_rows
 
 
-def decode(payloads: list[bytes], positions: list[str], *, fmt: PayloadFormat,
+def decode(payloads: list[bytes], positions: pa.Array, *, fmt: PayloadFormat,
            schema: pa.Schema | None) -> Decoded:
     """Decode message bodies into rows (plus a ``_position`` column).
 
@@ -59,7 +59,7 @@ def _read_json(payloads: list[bytes], schema: pa.Schema | None) -> pa.Table | No
         return None
 
 
-def _decode_slow(payloads: list[bytes], positions: list[str], schema: pa.Schema | None) -> Decoded:
+def _decode_slow(payloads: list[bytes], positions: pa.Array, schema: pa.Schema | None) -> Decoded:
     good: list[int] = []
     bad_pos: list[str] = []
     reasons: list[str] = []
@@ -69,7 +69,7 @@ def _decode_slow(payloads: list[bytes], positions: list[str], schema: pa.Schema 
         if reason is None:
             good.append(i)
         else:
-            bad_pos.append(positions[i])
+            bad_pos.append(positions[i].as_py())
             reasons.append(reason)
             raw.append(body)
     table = None
@@ -77,7 +77,7 @@ def _decode_slow(payloads: list[bytes], positions: list[str], schema: pa.Schema 
         table = _read_json([payloads[i].replace(b"\n", b" ") for i in good], schema)
         if table is None or table.num_rows != len(good):  # types fit one by one but not together: keep as text
             raise ValueError("messages parse one by one but not as one batch; give an explicit --schema")
-        table = _with_positions(table, [positions[i] for i in good])
+        table = _with_positions(table, positions.take(pa.array(good, pa.int64())))
     quarantine = pa.table({"position": bad_pos, "reason": reasons, "raw": pa.array(raw, pa.binary())},
                           schema=QUARANTINE_SCHEMA)
     return Decoded(table, quarantine)
@@ -99,5 +99,5 @@ def _check_one(body: bytes, schema: pa.Schema | None) -> str | None:
     return None
 
 
-def _with_positions(table: pa.Table, positions: list[str]) -> pa.Table:
-    return table.append_column(POSITION_COLUMN, pa.array(positions, pa.string()))
+def _with_positions(table: pa.Table, positions: pa.Array) -> pa.Table:
+    return table.append_column(POSITION_COLUMN, positions.cast(pa.string()))

@@ -11,12 +11,13 @@ import pyarrow as pa
 
 from granary.live.decode import PayloadFormat, decode
 from granary.live.offsets import advance, read_offset
+from granary.live.pump import SourcePump
 from granary.live.source import MessageSource, Polled
 from granary.store.model import VersionInfo
 from granary.store.store import Store
 
 log = logging.getLogger(__name__)
-PAUSE_S = 0.2  # a stream silent this long while messages are buffered: commit them now
+WAIT_S = 0.05  # the longest the loop waits on the pump before looking at the clock and the stream again
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -79,8 +80,9 @@ class StreamIngester:
     batch started at), and messages are acknowledged only after that transaction. A crash before it leaves
     neither rows nor offset (the batch is read again); a crash after it leaves both, and the restart
     resumes after the recorded position, so acknowledgements lost in the crash do not duplicate rows.
-    While a commit runs no message is read, so a slow store holds messages back in the broker
-    (backpressure); the lag the source reports is kept in the stats.
+    A pump thread reads ahead while a batch is committed, up to twice ``batch_records``; past that it
+    stops reading, so a slow store holds messages back in the broker (backpressure). The lag the source
+    reports is kept in the stats.
     """
 
     def __init__(self, store: Store, source: MessageSource, config: IngestConfig,
@@ -102,9 +104,11 @@ class StreamIngester:
         stats = IngestStats()
         offset = read_offset(self.store.catalog, self.source.url, cfg.dataset, self.branch)
         position = offset.position if offset else None
-        self.source.start(position)
         stats.position = position
+        pump = SourcePump(self.source, poll_records=cfg.poll_records, max_buffered=2 * cfg.batch_records)
+        pump.start(position)
         t0 = time.perf_counter()
+        carry: list[Polled] = []
         try:
             while not self._stop:
                 want = cfg.batch_records
@@ -112,50 +116,56 @@ class StreamIngester:
                     want = min(want, cfg.max_records - stats.records)
                     if want <= 0:
                         break
-                polled = self._gather(want)
-                if not polled:
+                batches, carry = self._gather(pump, want, carry)
+                if not batches:
                     if cfg.idle_stop_s is not None:
                         break
                     continue
-                position = self._commit(polled, position, stats)
+                position = self._commit(batches, position, stats)
+                for b in batches:
+                    pump.ack(b)
                 stats.seconds = time.perf_counter() - t0
                 if self.on_commit is not None:
                     self.on_commit(stats)
         finally:
             stats.seconds = time.perf_counter() - t0
-            try:
-                stats.lag = self.source.lag()
-            except Exception:  # the lag is informational; a source that cannot tell must not fail the run
-                log.debug("lag unavailable", exc_info=True)
-            self.source.close()
+            pump.close()
+            stats.lag = pump.lag
         return stats
 
-    def _gather(self, want: int) -> list[Polled]:
-        """Poll until ``want`` messages, ``every_s``, or a pause in the stream once some are buffered."""
+    def _gather(self, pump: SourcePump, want: int, carry: list[Polled]) -> tuple[list[Polled], list[Polled]]:
+        """Batches worth ``want`` messages, until ``every_s`` or a pause in the stream once some are buffered.
+
+        A batch that would overshoot ``want`` is split; its tail is returned to open the next micro-batch.
+        """
         cfg = self.config
         out: list[Polled] = []
         got = 0
-        start = time.monotonic()
-        deadline = start + cfg.every_s
+        deadline = time.monotonic() + cfg.every_s
         while got < want and not self._stop:
             now = time.monotonic()
             if out and now >= deadline:
                 break
-            # the first read waits for messages; later ones only for the stream to go on (a pause commits)
-            wait = min(deadline - now, PAUSE_S) if out else min(cfg.every_s, cfg.idle_stop_s or cfg.every_s)
-            polled = self.source.poll(min(cfg.poll_records, want - got), max(0.001, wait))
+            if carry:
+                polled: Polled | None = carry.pop(0)
+            else:
+                    polled = pump.get(min(deadline - now, WAIT_S))
             if polled is None:
-                if out or (cfg.idle_stop_s is not None and time.monotonic() - start >= cfg.idle_stop_s):
-                    break
+                idle = pump.idle_s()
+                if (out and idle > 0) or (not out and cfg.idle_stop_s is not None and idle >= cfg.idle_stop_s):
+                    break  # the stream paused with messages buffered (commit them now), or stayed idle (stop)
                 continue
+            if got + len(polled) > want:
+                polled, rest = polled.split(want - got)
+                carry.insert(0, rest)
             out.append(polled)
             got += len(polled)
-        return out
+        return out, carry
 
     def _commit(self, batches: list[Polled], position: str | None, stats: IngestStats) -> str:
         cfg = self.config
         payloads = [p for b in batches for p in b.payloads]
-        positions = [p for b in batches for p in b.positions]
+        positions = pa.concat_arrays([b.positions for b in batches]) if len(batches) > 1 else batches[0].positions
         last = batches[-1].last
         with self.store.transaction(cfg.dataset, branch=self.branch) as txn:
             decoded = decode(payloads, positions, fmt=cfg.fmt, schema=cfg.schema or _data_schema(txn.schema))
@@ -168,11 +178,9 @@ class StreamIngester:
                 position=last, records=len(payloads), version_id=version.id))
             version: VersionInfo = txn.commit(
                 message=f"ingest {len(payloads)} messages from {self.source.url} through {last}",
-                lineage={"ingest-stream": {"source": self.source.url, "from": positions[0], "through": last,
+                lineage={"ingest-stream": {"source": self.source.url, "from": positions[0].as_py(), "through": last,
                                            "records": len(payloads), "quarantined": decoded.bad}},
                 allow_empty=True)
-        for b in batches:
-            self.source.ack(b)
         stats.records += len(payloads)
         stats.quarantined += decoded.bad
         stats.commits += 1

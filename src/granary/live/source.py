@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import pyarrow as pa
+
 
 @dataclass
 class Polled:
@@ -12,19 +14,27 @@ class Polled:
 
     Attributes:
         payloads: message bodies, in source order.
-        positions: each message's position (stream id, sequence, offset) as a string, same order.
+        positions: each message's position (stream id, sequence, offset) as strings, same order.
         last: the position to record once these messages are committed.
-        ack_token: what the source needs to acknowledge them (opaque to the ingester).
+        ack_token: what the source needs to acknowledge them: one item per message (opaque to the ingester).
     """
 
     payloads: list[bytes]
-    positions: list[str]
+    positions: pa.Array  # of strings: built from bytes in one call, not one Python str per message
     last: str
-    ack_token: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    ack_token: list[Any] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.payloads)
+
+    def split(self, n: int) -> tuple[Polled, Polled]:
+        """The first ``n`` messages and the rest, each with its own last position and acknowledgements."""
+        if not 0 < n < len(self):
+            raise ValueError(f"split point {n} outside 1..{len(self) - 1}")
+        head = Polled(self.payloads[:n], self.positions.slice(0, n), str(self.positions[n - 1].as_py()),
+                      self.ack_token[:n])
+        tail = Polled(self.payloads[n:], self.positions.slice(n), self.last, self.ack_token[n:])
+        return head, tail
 
 
 class MessageSource(Protocol):
