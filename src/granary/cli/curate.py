@@ -32,6 +32,10 @@ def curate_cmd(
         fail(f"--executor must be local or ray, got {executor!r}")
     if workers is not None and workers < 1:
         fail(f"--workers must be >= 1, got {workers}")
+    if _is_tabular(pipeline):
+        apply_encrypt(encrypt)
+        _curate_table(ref, pipeline, output, branch, json_out)
+        return
     spec = PipelineSpec.from_yaml(pipeline)
     apply_encrypt(encrypt)
     store = read_store(purpose)
@@ -51,6 +55,43 @@ def curate_cmd(
                   + (f", resumed {result.resumed_tasks} finished tasks" if result.resumed_tasks else ""),
                   highlight=False)
     console.print(f"report: {rep['paths']['html']}", highlight=False)
+
+
+def _is_tabular(path: Path) -> bool:
+    """Whether a pipeline file declares ``kind: tabular`` (tabular steps over a table version)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # PipelineSpec.from_yaml reports it with the file and line
+    return isinstance(data, dict) and data.get("kind") == "tabular"
+
+
+def _curate_table(ref: str, pipeline: Path, output: str, branch: str, json_out: bool) -> None:
+    from granary.curate.tabular import TabularPipeline, curate_table
+    from granary.store import open_store
+
+    spec = TabularPipeline.from_yaml(pipeline)
+    with console.status(f"running {spec.name} on {ref}", spinner="dots") if not json_out else _nothing():
+        run = curate_table(open_store(), spec, ref, output, branch=branch)
+    if json_out:
+        print_json(run.summary())
+        return
+    rows = []
+    for step in spec.steps:
+        facts = run.result.report.get(step.display, {})
+        rows.append((step.display, ", ".join(f"{k}={v}" for k, v in facts.items())[:100]))
+    console.print(table(f"Tabular pipeline {spec.name}", ["step", "facts"], rows))
+    console.print(f"committed {run.version.ref}: {run.result.table.num_rows:,} rows, "
+                  f"{run.result.quarantine.num_rows:,} quarantined (see the version's `quarantine` table), "
+                  f"{run.result.seconds:.2f} s", highlight=False)
+
+
+def _nothing() -> Any:
+    from contextlib import nullcontext
+
+    return nullcontext()
 
 
 def _stages(bar: Any) -> Callable[[str, int], Callable[[int], None]]:

@@ -32,6 +32,7 @@ _GROUPS = (
     "granary.cli.stream",
     "granary.cli.gateway",
     "granary.cli.sync",
+    "granary.cli.live",
 )
 
 for _module in _GROUPS:

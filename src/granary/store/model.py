@@ -6,8 +6,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Kind = Literal["documents", "tokens"]
-KINDS: tuple[str, ...] = ("documents", "tokens")
+Kind = Literal["documents", "tokens", "table"]
+# documents: id + text rows; tokens: token shards; table: typed rows of any schema (curated tabular data, streams)
+KINDS: tuple[str, ...] = ("documents", "tokens", "table")
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,13 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
+from sqlalchemy.engine import Connection
 
 from granary.catalog import Catalog, open_catalog
 from granary.config import Settings
@@ -365,8 +366,12 @@ class Store:
         author: str,
         lineage: dict[str, Any],
         metadata: dict[str, Any],
+        catalog_writes: Sequence[Callable[[Connection, VersionInfo], None]] = (),
     ) -> VersionInfo:
-        """Write segments and manifest, then insert the version and CAS the branch head (one DB txn)."""
+        """Write segments and manifest, then insert the version and CAS the branch head (one DB txn).
+
+        ``catalog_writes`` run inside that same database transaction (see ``Transaction.add_catalog_write``).
+        """
         tokens = sum(e.tokens or 0 for e in shards) if kind == "tokens" else None
         body = {
             "v": MANIFEST_FORMAT_VERSION,
@@ -398,6 +403,8 @@ class Store:
         with self.catalog.write() as conn:
             R.insert_version(conn, info)
             R.move_ref(conn, dataset, "branch", branch, expected=parent_id, new=vid, action="commit", actor=author)
+            for write in catalog_writes:
+                write(conn, info)
         self._inherit(dataset, lineage)
         return info
 
@@ -432,19 +439,20 @@ class Store:
             return txn.commit(message=message, **kwargs)
 
     def write_shard(self, dataset: str, table: pa.Table, *, _staging: Path | None = None) -> ShardEntry:
-        """Write one document shard (any process) and publish it; reference it later with ``add_shards``."""
+        """Write one document (or table) shard (any process) and publish it; reference it later with ``add_shards``."""
         import pyarrow.parquet as pq
 
-        from granary.store.formats.parquet import check_document_schema
+        from granary.store.formats.parquet import check_document_schema, check_table_schema
 
-        schema = check_document_schema(table.schema)
+        table_kind = self.dataset(dataset).kind == "table"
+        schema = (check_table_schema if table_kind else check_document_schema)(table.schema)
         table = table.cast(schema)
         staging = _staging or self.objects.staging_dir(f"shard-{uuid.uuid4().hex}")
         path = staging / f"{uuid.uuid4().hex}.parquet"
         try:
             rows_per_group = max(1, int(table.num_rows * self.settings.row_group_bytes / max(table.nbytes, 1)))
             pq.write_table(table, path, compression="zstd", compression_level=3, row_group_size=rows_per_group,
-                           write_statistics=["id"])
+                           write_statistics=True if table_kind else ["id"])
             groups = -(-table.num_rows // rows_per_group) if table.num_rows else 0
             return publish(self.objects, self.hooks, dataset, path, fmt="parquet", rows=table.num_rows,
                            meta={"raw_bytes": table.nbytes, "row_groups": groups})

@@ -8,6 +8,8 @@ The protocol, in order (a crash at any step leaves no half-visible version):
    retried commit rewrites identical objects);
 3. one catalog transaction inserts the version row and moves the branch head by compare-and-swap
    from the parent the commit was built on; if the head moved, the commit fails with ConflictError.
+   Writes registered with ``add_catalog_write`` (a stream ingester's consumer offsets) run in that same
+   catalog transaction, so they are committed together with the version or not at all.
 
 Objects left behind by a crash before step 3 are unreferenced and removed by ``gc`` after its grace
 period.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -29,17 +31,21 @@ import pyarrow.parquet as pq
 from granary.errors import ConflictError, StoreError
 from granary.store import refs as R
 from granary.store.filter import check_filter, matches
-from granary.store.formats.parquet import DocumentShardWriter, check_document_schema
+from granary.store.formats.parquet import DocumentShardWriter, check_document_schema, check_table_schema
 from granary.store.manifest import ShardEntry, schema_to_json
 from granary.store.model import CommitStats, VersionInfo
 from granary.store.shard import publish, read_shard
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
     from granary.store.store import Store
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["append", "overwrite"]
+CatalogWrite = Callable[["Connection", VersionInfo], None]
+ROW_KINDS = ("documents", "table")  # kinds whose shards are Parquet row files
 
 
 class Transaction:
@@ -68,17 +74,19 @@ class Transaction:
         self.schema: pa.Schema | None = self.parent.schema if (self.parent and mode == "append") else None
         self.stats = CommitStats()
         self._doc_writer: DocumentShardWriter | None = None
+        self._catalog_writes: list[CatalogWrite] = []
         self.committed: VersionInfo | None = None
         self._closed = False
 
     # -- adding data ----------------------------------------------------------------------------
     def write(self, data: pa.Table | pa.RecordBatch | Iterable[pa.RecordBatch]) -> None:
-        """Add document rows (a table, a batch, or an iterable of batches)."""
-        self._require_kind("documents")
+        """Add rows (a table, a batch, or an iterable of batches) to a documents or table dataset."""
+        self._require_kind(*ROW_KINDS)
+        check = check_document_schema if self.info.kind == "documents" else check_table_schema
         items = [data] if isinstance(data, (pa.Table, pa.RecordBatch)) else data
         for item in items:
             if self._doc_writer is None:
-                self.schema = self.schema or check_document_schema(item.schema)
+                self.schema = self.schema or check(item.schema)
                 self._doc_writer = DocumentShardWriter(
                     self.staging,
                     self.schema,
@@ -114,7 +122,7 @@ class Transaction:
     def add_shards(self, entries: Iterable[ShardEntry]) -> None:
         """Reference shards already published by ``Store.write_shard`` / ``write_token_shard``."""
         for e in entries:
-            expected = "parquet" if self.info.kind == "documents" else "tokens"
+            expected = "parquet" if self.info.kind in ROW_KINDS else "tokens"
             if e.format != expected:
                 raise StoreError(f"a {self.info.kind} dataset takes {expected} shards, got {e.format} ({e.key})")
             self._add(e)
@@ -131,7 +139,7 @@ class Transaction:
         The expression is checked here, before any shard is read (syntax, size, and with a known schema
         its columns and types), so a bad filter fails at once and nothing is committed.
         """
-        self._require_kind("documents")
+        self._require_kind(*ROW_KINDS)
         schema = self.schema or (self.parent.schema if self.parent else None)
         check_filter(expression, schema)
         self.deletes.append(expression)
@@ -160,6 +168,18 @@ class Transaction:
             return
         entry = publish(self.store.objects, self.store.hooks, self.dataset, path, fmt="parquet", rows=rows)
         self.side.setdefault(name, []).append(entry)
+
+    def add_catalog_write(self, fn: CatalogWrite) -> None:
+        """Run ``fn(connection, version)`` inside the catalog transaction that publishes this commit.
+
+        The write commits together with the version and the branch move, or rolls back with them (a
+        conflict, a crash, an error raised by ``fn`` itself). Stream ingesters record their consumer
+        offsets this way, which is what makes their ingestion exactly once. ``fn`` may run more than once
+        when the commit is retried on a new head; it must only touch its own tables.
+        """
+        if self._closed:
+            raise StoreError("this transaction is already finished")
+        self._catalog_writes.append(fn)
 
     # -- commit ---------------------------------------------------------------------------------
     def commit(
@@ -239,7 +259,7 @@ class Transaction:
     def _commit_once(self, message: str, author: str | None, lineage: dict[str, Any] | None,
                      metadata: dict[str, Any] | None, allow_empty: bool) -> VersionInfo:
         shards = self._final_shards()
-        if not allow_empty and self.parent is not None and self._unchanged(shards) \
+        if not allow_empty and not self._catalog_writes and self.parent is not None and self._unchanged(shards) \
                 and {**self.parent.metadata, **(metadata or {})} == self.parent.metadata:
             self.stats.extra["unchanged"] = True
             return self.store._resolve(f"{self.dataset}@{self.parent.version_id}")
@@ -252,11 +272,12 @@ class Transaction:
             parent_id=self.parent_id,
             shards=shards,
             tables=self.side,
-            schema=schema_to_json(self.schema) if self.info.kind == "documents" else None,
+            schema=schema_to_json(self.schema) if self.info.kind in ROW_KINDS else None,
             message=message,
             author=author or self.store.settings.author,
             lineage=lineage or {},
             metadata=merged_meta,
+            catalog_writes=self._catalog_writes,
         )
 
     def _unchanged(self, shards: list[ShardEntry]) -> bool:
@@ -284,9 +305,9 @@ class Transaction:
         self._closed = True
         self.store.objects.remove_staging(self.txn_id)
 
-    def _require_kind(self, kind: str) -> None:
-        if self.info.kind != kind:
-            raise StoreError(f"dataset {self.dataset} holds {self.info.kind}, not {kind}")
+    def _require_kind(self, *kinds: str) -> None:
+        if self.info.kind not in kinds:
+            raise StoreError(f"dataset {self.dataset} holds {self.info.kind}, not {' or '.join(kinds)}")
 
     def __enter__(self) -> Transaction:
         return self

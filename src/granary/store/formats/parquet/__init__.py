@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from granary.store.formats.parquet.writer import DocumentShardWriter, check_document_schema
+from granary.store.formats.parquet.writer import DocumentShardWriter, check_document_schema, check_table_schema
 
-__all__ = ["DocumentShardWriter", "check_document_schema"]
+__all__ = ["DocumentShardWriter", "check_document_schema", "check_table_schema"]

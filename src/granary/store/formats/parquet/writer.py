@@ -38,6 +38,19 @@ def check_document_schema(schema: pa.Schema) -> pa.Schema:
     return schema.remove_metadata()
 
 
+def check_table_schema(schema: pa.Schema) -> pa.Schema:
+    """A ``table`` dataset takes any non-empty schema with distinct column names; large strings are narrowed."""
+    if not schema.names:
+        raise StoreError("a table needs at least one column")
+    dup = sorted({n for n in schema.names if schema.names.count(n) > 1})
+    if dup:
+        raise StoreError(f"column names repeat: {dup}", hint="rename the columns so each name is used once")
+    for i, f in enumerate(schema):
+        if f.type == pa.large_string():
+            schema = schema.set(i, pa.field(f.name, pa.string(), f.nullable))
+    return schema.remove_metadata()
+
+
 class DocumentShardWriter:
     """Cut record batches into Parquet shards of about ``shard_size_bytes`` (uncompressed).
 
@@ -102,7 +115,8 @@ class DocumentShardWriter:
                 self.schema,
                 compression=COMPRESSION,
                 compression_level=COMPRESSION_LEVEL,
-                write_statistics=["id"],
+                # documents keep statistics on ids only (small footers); tables on every column (pruning)
+                write_statistics=["id"] if "text" in self.schema.names else True,
             )
         self._writer.write_table(table, row_group_size=table.num_rows)
         self._shard_rows += table.num_rows

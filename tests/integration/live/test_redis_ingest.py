@@ -1,0 +1,92 @@
+"""Redis Streams into versions, exactly once, against the real server on 127.0.0.1:6379."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from granary.live import IngestConfig, StreamIngester, read_offset
+from granary.live.redis import RedisStreamSource
+from tests.integration.live.conftest import reachable
+from tests.integration.live.exactly_once import kill_and_resume
+
+redis = pytest.importorskip("redis", reason="redis-py is needed (pip install 'granary[live]')")
+pytestmark = [pytest.mark.redis,
+              pytest.mark.skipif(not reachable(6379), reason="no Redis server on 127.0.0.1:6379 (.ci/run starts one)")]
+URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def client(name: str):  # type: ignore[no-untyped-def]
+    c = redis.Redis.from_url(URL)
+    yield c
+    c.delete(name)
+    c.close()
+
+
+def produce(client, stream: str, start: int, stop: int) -> None:  # type: ignore[no-untyped-def]
+    pipe = client.pipeline(transaction=False)
+    for i in range(start, stop):
+        pipe.xadd(stream, {"data": json.dumps({"n": i, "word": f"w{i % 13}"})})
+    pipe.execute()
+
+
+class AckCrash(RedisStreamSource):
+    """The crash window that matters: after the commit, before the acknowledgement."""
+
+    def ack(self, polled):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt("killed between commit and ack")
+
+
+def test_ingest_commits_rows_quarantine_and_offset(store, client, name: str) -> None:  # type: ignore[no-untyped-def]
+    produce(client, name, 0, 3000)
+    client.xadd(name, {"data": b"{not json"})
+    client.xadd(name, {"other": b"x"})
+    stats = StreamIngester(store, RedisStreamSource(URL, name),
+                           IngestConfig(dataset="ev", every_s=0.5, idle_stop_s=0.5, batch_records=1000)).run()
+    assert stats.records == 3002 and stats.quarantined == 2 and stats.commits >= 3 and stats.lag == 0
+    table = store.read_table("ev")
+    assert sorted(table.column("n").to_pylist()) == list(range(3000))
+    assert table.column("_position").to_pylist()[0].count("-") == 1
+    q = store.read_side_table("ev", "quarantine")
+    assert q is not None and sorted(q.column("raw").to_pylist()) == [b"", b"{not json"]
+    assert all(r.startswith("not JSON") for r in q.column("reason").to_pylist())
+    off = read_offset(store.catalog, RedisStreamSource(URL, name).url, "ev", "main")
+    assert off is not None and off.records == 3002 and off.version_id == store.resolve("ev").id
+    assert store.manifest("ev").lineage["ingest-stream"]["through"] == off.position
+
+
+def test_crash_between_commit_and_ack_neither_loses_nor_duplicates(store, client, name: str) -> None:  # type: ignore[no-untyped-def]
+    produce(client, name, 0, 500)
+    cfg = IngestConfig(dataset="ev", every_s=0.3, idle_stop_s=0.3)
+    with pytest.raises(KeyboardInterrupt):
+        StreamIngester(store, AckCrash(URL, name), cfg).run()
+    assert store.read_table("ev").num_rows == 500  # committed, never acknowledged
+    pending = client.xpending(name, "granary")["pending"]
+    assert pending == 500
+    produce(client, name, 500, 800)
+    stats = StreamIngester(store, RedisStreamSource(URL, name), cfg).run()
+    assert stats.records == 300
+    assert sorted(store.read_table("ev").column("n").to_pylist()) == list(range(800))
+    assert client.xpending(name, "granary")["pending"] == 0  # the committed ones were acknowledged on restart
+
+
+def test_typed_schema_quarantines_values_that_do_not_fit(store, client, name: str) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow as pa
+
+    client.xadd(name, {"data": json.dumps({"n": 1, "word": "a"})})
+    client.xadd(name, {"data": json.dumps({"n": "many", "word": "b"})})
+    cfg = IngestConfig(dataset="ev", every_s=0.3, idle_stop_s=0.3, schema=pa.schema([("n", pa.int64())]))
+    stats = StreamIngester(store, RedisStreamSource(URL, name), cfg).run()
+    assert stats.records == 2 and stats.quarantined == 1
+    assert store.read_table("ev").column("n").to_pylist() == [1]
+    assert "does not fit" in store.read_side_table("ev", "quarantine").column("reason")[0].as_py()
+
+
+@pytest.mark.slow
+def test_kill9_at_random_moments_keeps_every_message_exactly_once(client, name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    source = f"{URL}?stream={name}"
+    kill_and_resume(source=source, source_id=lambda: RedisStreamSource(URL, name).url,
+                    produce=lambda a, b: produce(client, name, a, b), total=30_000, kills=5, tmp_path=tmp_path)
