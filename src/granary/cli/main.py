@@ -31,6 +31,8 @@ _GROUPS = (
     "granary.cli.sched",
     "granary.cli.stream",
     "granary.cli.gateway",
+    "granary.cli.monitor",
+    "granary.cli.watch",
 )
 
 for _module in _GROUPS:

@@ -228,6 +228,29 @@ class SchedulerState:
         self._fail(job, now, "node", reason, cid)
         return []
 
+    def restart(self, job_id: str, now: float, reason: str, *, cause: str = "job",
+                cid: str | None = None) -> list[Decision]:
+        """Stop an active job and requeue it under its ``cause`` retry budget (the watcher asks for this when a
+        job hangs, or ``cause="node"`` when its node is evacuated); it resumes from its latest checkpoint."""
+        if cause not in ("job", "node"):
+            raise ValueError(f"cause must be 'job' or 'node', got {cause!r}")
+        job = self.job(job_id)
+        if job.state not in ACTIVE:
+            return []
+        decision = PreemptDecision(job.id, job.attempt, job.spec.grace_s, reason)
+        self._fail(job, now, cause, reason, cid)
+        return [decision]
+
+    def evacuate(self, name: str, now: float, reason: str, *, cid: str | None = None) -> list[Decision]:
+        """Drain a node and move its jobs elsewhere now (retried under the node budget, from checkpoints)."""
+        node = self.cluster.node(name)
+        if node.status != "down":
+            self.cluster.set_status(node, "draining")
+        out: list[Decision] = []
+        for job_id in sorted(node.jobs):
+            out += self.restart(job_id, now, f"evacuated from {name}: {reason}", cause="node", cid=cid)
+        return out
+
     def restore(self, job: Job, replicas: list[tuple[str, tuple[int, ...]]], *, started_at: float | None,
                 now: float) -> None:
         """Re-insert a job read back from durable storage (controller recovery), in its stored state."""
