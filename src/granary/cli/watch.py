@@ -29,6 +29,7 @@ def run_cmd(
     webhook: list[str] = typer.Option([], help="Alertmanager-style webhook URL (repeatable)."),
     repeat: str = typer.Option("4h", help="Resend a still-firing group after this long."),
     act: bool = typer.Option(True, help="File restart/evacuation requests with the scheduler."),
+    port: int = typer.Option(9465, help="Serve the scheduler's granary_sched_* metrics here (-1: don't)."),
     once: bool = typer.Option(False, help="Evaluate once, print the findings and exit."),
     as_json: bool = typer.Option(False, "--json", help="With --once: print JSON."),
 ) -> None:
@@ -49,12 +50,25 @@ def run_cmd(
                             [(r["detector"], r["severity"], json.dumps(r["labels"]), r["summary"], r["action"])
                              for r in rows]))
         return
+    if port >= 0:
+        _serve_sched_metrics(w, port)
     console.print(f"watch: every {interval_s:g} s over {lookback_s:g} s of history; {len(hooks)} webhook(s)")
     stop = threading.Event()
     try:
         w.run(stop)
     except KeyboardInterrupt:
         stop.set()
+
+
+def _serve_sched_metrics(w: object, port: int) -> None:
+    import prometheus_client as pc
+
+    from granary.monitor.metrics import SampleCollector, families, sched_samples
+
+    registry = pc.CollectorRegistry(auto_describe=False)
+    registry.register(SampleCollector(lambda: families(sched_samples(w.catalog))))  # type: ignore[attr-defined]
+    pc.start_http_server(port, registry=registry)
+    console.print(f"scheduler metrics on http://0.0.0.0:{port}/metrics")
 
 
 @watch_app.command("silence")

@@ -15,7 +15,7 @@ pytest.importorskip("prometheus_client")
 from granary.catalog import open_catalog
 from granary.monitor.agent import EnergyMeter, NodeAgent, NodeAgentConfig
 from granary.monitor.gpu import FakeNvml
-from granary.monitor.metrics import parse
+from granary.monitor.metrics import families, parse, render
 from granary.monitor.power import PowerModel, RaplReader
 from granary.monitor.series import SeriesStore
 
@@ -143,3 +143,23 @@ def test_samples_are_stored_with_the_node_label(tmp_path: Path) -> None:
     assert temps[0].ts.tolist() == [1000.0, 1001.0] and temps[0].values.tolist() == [45.0, 80.0]
     loss = agent.series.read("granary_train_loss")[0]
     assert math.isnan(loss.values[0])
+
+
+def test_sched_samples_read_the_scheduler_tables(tmp_path: Path) -> None:
+    from granary.monitor.metrics import sched_samples
+    from granary.sched.journal import register_node, request_evacuate, submit_job
+    from granary.sched.model import JobSpec, NodeSpec
+
+    catalog = open_catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    with catalog.write() as conn:
+        register_node(conn, NodeSpec(name="n1", gpus=8, cpus=4.0), 100.0)
+    submit_job(catalog, JobSpec(name="a"))
+    request_evacuate(catalog, "n1", "test")
+    s = by_key(sched_samples(catalog, now=130.0))
+    assert s[("granary_sched_jobs", (("state", "pending"),))] == 1.0
+    assert s[("granary_sched_nodes", (("status", "up"),))] == 1.0
+    assert s[("granary_sched_gpus", ())] == 8.0 and s[("granary_sched_gpus_used", ())] == 0.0
+    assert s[("granary_sched_node_heartbeat_age_seconds", ())] == 30.0
+    assert s[("granary_sched_requests", (("kind", "evacuate"), ("state", "pending")))] == 1.0
+    text = render(lambda: families(sched_samples(catalog, now=130.0))).decode()
+    assert 'granary_sched_jobs{state="pending"} 1.0' in text
