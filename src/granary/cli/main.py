@@ -33,6 +33,7 @@ _GROUPS = (
     "granary.cli.gateway",
     "granary.cli.monitor",
     "granary.cli.watch",
+    "granary.cli.energy",
 )
 
 for _module in _GROUPS:

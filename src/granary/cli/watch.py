@@ -63,10 +63,12 @@ def run_cmd(
 def _serve_sched_metrics(w: object, port: int) -> None:
     import prometheus_client as pc
 
+    from granary.monitor.energy import energy_samples
     from granary.monitor.metrics import SampleCollector, families, sched_samples
 
+    cat = w.catalog  # type: ignore[attr-defined]
     registry = pc.CollectorRegistry(auto_describe=False)
-    registry.register(SampleCollector(lambda: families(sched_samples(w.catalog))))  # type: ignore[attr-defined]
+    registry.register(SampleCollector(lambda: families(sched_samples(cat) + energy_samples(cat))))
     pc.start_http_server(port, registry=registry)
     console.print(f"scheduler metrics on http://0.0.0.0:{port}/metrics")
 

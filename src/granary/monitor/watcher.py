@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from granary.catalog import Catalog
 from granary.errors import GranaryError
 from granary.monitor import detect
+from granary.monitor.energy import account_finished
 from granary.monitor.events import EventLog, Finding
 from granary.monitor.notify import WebhookConfig, WebhookNotifier
 from granary.monitor.series import Series, SeriesStore
@@ -272,6 +273,7 @@ class Watcher:
                 except GranaryError as exc:  # the job or node went away meanwhile
                     actions[f.fingerprint] = f"no action: {exc}"
         self.events.sync(found, now, actions=actions, scope=DETECTORS)
+        account_finished(self.catalog)
         for n in self.notifiers:
             n.notify(now)
         return found, actions

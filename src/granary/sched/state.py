@@ -48,6 +48,8 @@ class SchedulerConfig:
         backoff_max_s: retry delay cap.
         drain_after_failures: drain a node after this many consecutive job failures on it (0: never).
         record: keep the transition log (the simulator turns it off for speed).
+        max_busy_gpus: a cluster power cap as the GPUs that may run at once (None: no cap);
+            :func:`granary.sched.power.gpus_under_cap` converts a cap in watts.
     """
 
     policy: str = "mlfq"
@@ -58,6 +60,7 @@ class SchedulerConfig:
     backoff_max_s: float = 600.0
     drain_after_failures: int = 3
     record: bool = True
+    max_busy_gpus: int | None = None
 
     def __post_init__(self) -> None:
         if self.heartbeat_timeout_s is not None and self.heartbeat_timeout_s <= 0:
@@ -66,6 +69,8 @@ class SchedulerConfig:
             raise ValueError("need 0 <= backoff_base_s <= backoff_max_s")
         if self.drain_after_failures < 0:
             raise ValueError(f"drain_after_failures must be >= 0, got {self.drain_after_failures}")
+        if self.max_busy_gpus is not None and self.max_busy_gpus < 0:
+            raise ValueError(f"max_busy_gpus must be >= 0, got {self.max_busy_gpus}")
 
 
 class SchedulerState:
@@ -320,6 +325,9 @@ class SchedulerState:
 
     def start(self, job: Job, now: float) -> StartDecision | None:
         """Admit a pending job onto nodes chosen by the placement strategy (policies call this)."""
+        cap = self.config.max_busy_gpus
+        if cap is not None and job.gpus and sum(self.usage.values()) + job.gpus > cap:
+            return None  # the power cap: the job waits as if the cluster were full
         nodes = self.place(self.cluster, job.spec)
         if nodes is None:
             return None
