@@ -14,7 +14,7 @@ from typing import Any
 
 from granary.monitor.gpu import GpuBackend, GpuReading
 from granary.monitor.host import HostSampler, Sample
-from granary.monitor.metrics import check_sample, families, render
+from granary.monitor.metrics import check_sample, render_samples
 from granary.monitor.power import PowerModel, RaplReader
 from granary.monitor.series import SeriesStore
 
@@ -247,8 +247,8 @@ class NodeAgent:
             cached = self._cache
         if cached is not None:
             return cached
-        node = {"node": self.config.node}
-        body = render(lambda: families(self.latest + self.pushed_samples() + self.own_samples(), extra=node))
+        body = render_samples(self.latest + self.pushed_samples() + self.own_samples(),
+                              extra={"node": self.config.node})
         with self._lock:
             self._cache = body
         return body

@@ -77,6 +77,45 @@ def render(collect: Callable[[], list[Any]]) -> bytes:
     return bytes(pc.generate_latest(registry))
 
 
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def render_samples(samples: Iterable[Sample], *, extra: Mapping[str, str] | None = None) -> bytes:
+    """The text exposition (format 0.0.4) of samples, typed by the name contract.
+
+    Written directly rather than through prometheus_client's collectors: a scrape of a few thousand series
+    then costs a few milliseconds instead of a few hundred on a loaded machine (benchmarks/watch_bench.py).
+    """
+    grouped: dict[str, list[tuple[Labels, float]]] = defaultdict(list)
+    for name, labels, value in samples:
+        grouped[name].append((labels, value))
+    prefix = tuple((extra or {}).items())
+    lines: list[str] = []
+    for name, rows in grouped.items():
+        mdef = CONTRACT.get(name)
+        doc = (mdef.help if mdef else name).replace("\\", "\\\\").replace("\n", "\\n")
+        lines.append(f"# HELP {name} {doc}")
+        lines.append(f"# TYPE {name} {mdef.kind if mdef else 'gauge'}")
+        for labels, value in rows:
+            pairs = prefix + tuple(labels)
+            if pairs:
+                inner = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+                lines.append(f"{name}{{{inner}}} {_number(value)}")
+            else:
+                lines.append(f"{name} {_number(value)}")
+    lines.append("")
+    return "\n".join(lines).encode()
+
+
 def parse(text: str) -> list[Sample]:
     """Parse a text exposition into samples (for `granary metrics URL` and tests)."""
     from prometheus_client.parser import text_string_to_metric_families
