@@ -69,3 +69,14 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
              for i, t in enumerate(t for m in dashboards().values() for p in m["panels"] for t in p["targets"])]
     (tmp_path / "q.yml").write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
     _promtool("check", "rules", "q.yml", cwd=tmp_path)
+
+
+def test_docs_list_every_metric_and_detector() -> None:
+    from granary.monitor.names import MONITOR, TRAIN
+    from granary.monitor.watcher import DETECTORS
+
+    doc = (ROOT / "docs" / "watch.md").read_text()
+    missing = [m.name for m in MONITOR + TRAIN if f"`{m.name}`" not in doc]
+    assert not missing, f"docs/watch.md does not list {missing}"
+    headings = set(re.findall(r"^### (\w+)$", doc, flags=re.M))
+    assert set(DETECTORS) <= headings, f"no runbook section for {set(DETECTORS) - headings}"
