@@ -8,6 +8,7 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -41,3 +42,20 @@ def push(metrics: Mapping[str, float], *, labels: Mapping[str, str] | None = Non
     if result.get("rejected"):
         log.warning("the agent refused some metrics: %s", result["rejected"])
     return bool(result.get("accepted"))
+
+
+def push_curate_steps(steps: Mapping[str, Any], *, job: str, url: str | None = None) -> bool:
+    """Push a curation run's per-step totals (``granary_curate_*``) once, at the end of the run.
+
+    Args:
+        steps: step name -> stats with ``docs_in``, ``docs_out`` and ``seconds`` (``CurateResult.steps``).
+        job: the run's job label (the scheduler's job id, or ``curate:<output dataset>``).
+        url: the agent (default ``GRANARY_MONITOR_URL``).
+    """
+    ok = True
+    for name, s in steps.items():
+        ok &= push({"granary_curate_documents_total": float(s.docs_in),
+                    "granary_curate_dropped_total": float(max(0, s.docs_in - s.docs_out)),
+                    "granary_curate_step_seconds_total": float(s.seconds)},
+                   labels={"step": name}, job=job, url=url)
+    return ok

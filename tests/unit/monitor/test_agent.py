@@ -163,3 +163,21 @@ def test_sched_samples_read_the_scheduler_tables(tmp_path: Path) -> None:
     assert s[("granary_sched_requests", (("kind", "evacuate"), ("state", "pending")))] == 1.0
     text = render(lambda: families(sched_samples(catalog, now=130.0))).decode()
     assert 'granary_sched_jobs{state="pending"} 1.0' in text
+
+
+def test_a_curation_run_pushes_its_step_totals() -> None:
+    from types import SimpleNamespace
+
+    from granary.monitor.push import push, push_curate_steps
+
+    agent, _, _ = make_agent()
+    url = agent.serve(port=0)
+    try:
+        steps = {"exact_dedup": SimpleNamespace(docs_in=100, docs_out=90, seconds=1.5)}
+        assert push_curate_steps(steps, job="curate:web-clean", url=url)
+        s = by_key(agent.pushed_samples())
+        lab = (("job", "curate:web-clean"), ("step", "exact_dedup"))
+        assert (s[("granary_curate_documents_total", lab)], s[("granary_curate_dropped_total", lab)]) == (100.0, 10.0)
+    finally:
+        agent.close()
+    assert push({"granary_train_step": 1}, url=url, timeout_s=2.0) is False  # the agent is gone: no exception
