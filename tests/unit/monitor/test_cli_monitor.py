@@ -42,3 +42,23 @@ def test_alerts_and_watch_once_on_an_empty_catalog() -> None:
     assert "silence 1" in run("watch", "silence", "node=n1", "--for", "30m")
     result = runner.invoke(app, ["watch", "silence", "node=n1", "--for", "soon"])
     assert result.exit_code != 0 and "not a duration" in result.output
+
+
+def test_operator_requests_through_the_cli(tmp_path: object) -> None:
+    from granary.catalog import open_catalog
+    from granary.config import Settings
+    from granary.sched.journal import register_node, submit_job
+    from granary.sched.model import JobSpec, NodeSpec
+
+    catalog = open_catalog(Settings.from_env().catalog_url)
+    with catalog.write() as conn:
+        register_node(conn, NodeSpec(name="n1", gpus=1, cpus=1.0), 0.0)
+    job = submit_job(catalog, JobSpec(name="a"))
+    assert "request 1 filed" in run("watch", "restart", job, "--reason", "looks hung")
+    assert "request 2 filed" in run("watch", "evacuate", "n1")
+    assert "request 1 filed" in run("watch", "restart", job)  # one pending request per target
+    rows = json.loads(run("watch", "requests", "--json"))
+    assert [(r["kind"], r["target"], r["state"]) for r in rows] == [("evacuate", "n1", "pending"),
+                                                                   ("restart", job, "pending")]
+    result = runner.invoke(app, ["watch", "evacuate", "nope"])
+    assert result.exit_code == 1 and "nope" in result.output
