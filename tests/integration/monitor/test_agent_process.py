@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("prometheus_client")
+pytestmark = pytest.mark.slow
 
 from granary.catalog import open_catalog
 from granary.monitor.gpu import FakeNvml

@@ -88,6 +88,7 @@ def test_hung_job_is_restarted_from_its_checkpoint(tmp_path: Path) -> None:
     row, events, attempts = get_job(catalog, job_id)
     assert row.state == "succeeded", (row.reason, events)
     assert detected_in < 60
+    print(f"hang detected and restart requested {detected_in:.1f} s after the job's last step")
     (req,) = list_requests(catalog)
     assert (req["kind"], req["target"], req["state"], req["requested_by"]) == ("restart", job_id, "done", "watch")
     assert [a["attempt"] for a in attempts] == [1, 2] and attempts[1]["resumed_step"] == 15
@@ -108,7 +109,9 @@ def test_xid_drains_the_node_and_requeues_its_job_once(tmp_path: Path) -> None:
         wait_for(lambda: (ckpt / "step_10" / "_COMPLETE").exists(), 60, "the job to reach step 10")
         first = _attempts(catalog, job_id)[0]
         fakes[first["node"]].inject_xid(1, 79)
+        injected = time.time()
         wait_for(lambda: len(_attempts(catalog, job_id)) == 2, 60, "the job to be requeued")
+        print(f"XID to requeued attempt: {_attempts(catalog, job_id)[1]['created_at'] - injected:.1f} s")
         wait_for(lambda: get_job(catalog, job_id)[0].state in ("succeeded", "failed"), 90, "the job to finish")
     row, events, attempts = get_job(catalog, job_id)
     assert row.state == "succeeded", (row.reason, events)
