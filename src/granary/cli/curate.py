@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,6 +43,10 @@ def curate_cmd(
     with progress(disable=json_out) as bar:
         result, rep = curate(store, ref, spec, output, executor=executor, num_workers=workers, branch=branch,
                              on_stage=_stages(bar), allow_empty=allow_empty)
+    if os.environ.get("GRANARY_MONITOR_URL"):  # report the run to this node's monitor agent (docs/watch.md)
+        from granary.monitor.push import push_curate_steps
+
+        push_curate_steps(result.steps, job=os.environ.get("GRANARY_JOB_ID") or f"curate:{output}")
     if json_out:
         print_json(result.to_dict() | {"report": rep["paths"]})
         return

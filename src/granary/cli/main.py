@@ -33,6 +33,9 @@ _GROUPS = (
     "granary.cli.gateway",
     "granary.cli.sync",
     "granary.cli.live",
+    "granary.cli.monitor",
+    "granary.cli.watch",
+    "granary.cli.energy",
 )
 
 for _module in _GROUPS:

@@ -84,6 +84,13 @@ def sched_step(store: Store, console: Console) -> dict[str, Any]:
     return out
 
 
+def watch_step(store: Store, console: Console) -> dict[str, Any]:
+    """Node readings, the detectors with an injected GPU fault, and the energy of the scheduler's jobs."""
+    from granary.monitor import demo as watch_demo
+
+    return watch_demo.run(store.settings, console)
+
+
 def secure_step(store: Store, console: Console) -> dict[str, Any]:
     """Purpose enforcement, a differentially private statistic and the tamper-evident audit log."""
     from granary.secure import demo as secure_demo
@@ -98,6 +105,7 @@ def steps() -> list[Step]:
         Step("Curate it: clean, quality-filter, deduplicate, redact PII, report", curate_step),
         Step("Tokenize it and stream training batches", stream_step),
         Step("Run the data jobs through the scheduler (a DAG on the local executor)", sched_step),
+        Step("Watch it: node and GPU readings, alerts, energy per job", watch_step),
         Step("Govern it: license and purposes, a private statistic, the audit chain", secure_step),
     ]
 

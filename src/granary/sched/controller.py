@@ -121,6 +121,7 @@ class Controller:
             self._read_nodes(conn, now)
             failed_submits = self._read_new_jobs(conn)
             decisions += self._read_cancels(conn, now)
+            decisions += self._read_requests(conn, now)
             decisions += self._read_attempts(conn, now)
             decisions += st.tick(now)
             decisions += st.schedule(now)
@@ -173,6 +174,35 @@ class Controller:
             job = self.state.jobs.get(job_id)
             if job is not None and job.state not in TERMINAL:
                 out += self.state.cancel(job_id, now, "cancelled by user", cid=f"cancel-{job_id}")
+        return out
+
+    def _read_requests(self, conn: Connection, now: float) -> list[Decision]:
+        """Act on pending restart and evacuation requests (filed by the watcher or an operator)."""
+        out: list[Decision] = []
+        q = sa.select(t.requests).where(t.requests.c.state == "pending").order_by(t.requests.c.id)
+        for req in conn.execute(q).all():
+            cid = f"request-{req.id}"
+            state, outcome = "done", ""
+            if req.kind == "restart":
+                job = self.state.jobs.get(req.target)
+                if job is None or job.state not in ACTIVE:
+                    state, outcome = "refused", f"job {req.target} is {job.state if job else 'unknown'}, not running"
+                else:
+                    attempt = job.attempt
+                    out += self.state.restart(req.target, now, f"restart requested: {req.reason}", cid=cid)
+                    outcome = f"attempt {attempt} stopped; job is {job.state} ({job.reason})"
+            elif req.kind == "evacuate":
+                if req.target not in self.state.cluster.by_name:
+                    state, outcome = "refused", f"node {req.target} is unknown"
+                else:
+                    conn.execute(t.nodes.update().where(t.nodes.c.name == req.target).values(drain_requested=True))
+                    moved = self.state.evacuate(req.target, now, req.reason, cid=cid)
+                    out += moved
+                    outcome = f"node drained; {len(moved)} job(s) requeued: {' '.join(d.job_id for d in moved)}"
+            else:
+                state, outcome = "refused", f"unknown request kind {req.kind!r}"
+            conn.execute(t.requests.update().where(t.requests.c.id == req.id).values(
+                state=state, outcome=outcome[:2000], done_at=now))
         return out
 
     def _read_attempts(self, conn: Connection, now: float) -> list[Decision]:

@@ -58,6 +58,51 @@ def request_drain(catalog: Catalog, node: str, *, drained: bool = True) -> None:
             raise NodeNotFoundError(node)
 
 
+def _request(catalog: Catalog, kind: str, target: str, reason: str, requested_by: str,
+             now: float | None) -> int:
+    now = time.time() if now is None else now
+    with catalog.write() as conn:
+        if kind == "restart":
+            if conn.execute(sa.select(t.jobs.c.id).where(t.jobs.c.id == target)).first() is None:
+                raise JobNotFoundError(target)
+        elif conn.execute(sa.select(t.nodes.c.name).where(t.nodes.c.name == target)).first() is None:
+            raise NodeNotFoundError(target)
+        pending = conn.execute(sa.select(t.requests.c.id).where(
+            t.requests.c.kind == kind, t.requests.c.target == target, t.requests.c.state == "pending")).first()
+        if pending is not None:  # one pending request per target: a detector firing every tick adds nothing
+            return int(pending.id)
+        res = conn.execute(t.requests.insert().values(
+            kind=kind, target=target, reason=reason[:2000], requested_by=requested_by, requested_at=now,
+            state="pending", outcome="", done_at=None))
+        return _pk(res)
+
+
+def request_restart(catalog: Catalog, job_id: str, reason: str, *, requested_by: str = "user",
+                    now: float | None = None) -> int:
+    """Ask the controller to stop a job and run it again from its latest checkpoint; returns the request id.
+
+    The restart counts against the job's ``max_restarts``. A second request while one is pending returns
+    the pending one's id.
+    """
+    return _request(catalog, "restart", job_id, reason, requested_by, now)
+
+
+def request_evacuate(catalog: Catalog, node: str, reason: str, *, requested_by: str = "user",
+                     now: float | None = None) -> int:
+    """Ask the controller to drain a node and move its jobs elsewhere now; returns the request id."""
+    return _request(catalog, "evacuate", node, reason, requested_by, now)
+
+
+def list_requests(catalog: Catalog, *, states: tuple[str, ...] | None = None,
+                  limit: int = 1000) -> list[dict[str, Any]]:
+    """Restart and evacuation requests, newest first."""
+    q = sa.select(t.requests).order_by(t.requests.c.id.desc()).limit(limit)
+    if states:
+        q = q.where(t.requests.c.state.in_(states))
+    with catalog.read() as conn:
+        return [dict(r._mapping) for r in conn.execute(q)]
+
+
 @dataclass(frozen=True)
 class JobRow:
     """A job as stored (what `granary jobs` shows)."""
@@ -158,3 +203,10 @@ def job_values(job: Job, now: float) -> dict[str, Any]:
                 job_restarts=job.job_restarts, preemptions=job.preemptions, attained_gpu_s=job.attained_gpu_s,
                 run_s=job.run_s, not_before=job.not_before, resumed_step=job.resumed_step,
                 first_start=job.first_start, finish_time=job.finish_time, updated_at=now)
+
+
+def _pk(result: sa.CursorResult[Any]) -> int:
+    """The primary key of a one-row insert."""
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])

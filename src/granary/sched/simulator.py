@@ -155,6 +155,7 @@ class Simulator:
             if isinstance(d, StartDecision):
                 self.state.replica_started(d.job_id, d.attempt, now)
                 begin = now + self.config.restart_overhead_s * (self.state.jobs[d.job_id].attempt > 1)
+                begin += self._started(d, now)
                 self.begin[idx] = begin
                 left = self.trace.duration_s[idx] - self.done[idx]
                 err = self.error_at[idx] * self.trace.duration_s[idx]
@@ -163,7 +164,15 @@ class Simulator:
                 else:
                     self._push(begin + left, _FINISH, idx, d.attempt)
             else:
+                self._stopped(idx, now)
                 self._progress(idx, now, graceful=not d.reason.startswith("node"))
+
+    def _started(self, d: StartDecision, now: float) -> float:
+        """Hook: a job was placed; returns extra delay before it runs (power.py: waking powered-down nodes)."""
+        return 0.0
+
+    def _stopped(self, idx: int, now: float) -> None:
+        """Hook: job ``idx`` released its GPUs (finished, failed or preempted)."""
 
     def _progress(self, idx: int, now: float, *, graceful: bool) -> None:
         """Credit the work done in the run that just stopped (minus what a failure loses)."""
@@ -189,6 +198,7 @@ class Simulator:
         job = st.jobs[str(idx)]
         if job.attempt != attempt or job.state not in ("admitted", "running"):
             return
+        self._stopped(idx, now)
         if kind == _FINISH:
             self.done[idx] = self.trace.duration_s[idx]
             st.finished(job.id, attempt, now, 0)

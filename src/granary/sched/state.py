@@ -48,6 +48,8 @@ class SchedulerConfig:
         backoff_max_s: retry delay cap.
         drain_after_failures: drain a node after this many consecutive job failures on it (0: never).
         record: keep the transition log (the simulator turns it off for speed).
+        max_busy_gpus: a cluster power cap as the GPUs that may run at once (None: no cap);
+            :func:`granary.sched.power.gpus_under_cap` converts a cap in watts.
     """
 
     policy: str = "mlfq"
@@ -58,6 +60,7 @@ class SchedulerConfig:
     backoff_max_s: float = 600.0
     drain_after_failures: int = 3
     record: bool = True
+    max_busy_gpus: int | None = None
 
     def __post_init__(self) -> None:
         if self.heartbeat_timeout_s is not None and self.heartbeat_timeout_s <= 0:
@@ -66,6 +69,8 @@ class SchedulerConfig:
             raise ValueError("need 0 <= backoff_base_s <= backoff_max_s")
         if self.drain_after_failures < 0:
             raise ValueError(f"drain_after_failures must be >= 0, got {self.drain_after_failures}")
+        if self.max_busy_gpus is not None and self.max_busy_gpus < 0:
+            raise ValueError(f"max_busy_gpus must be >= 0, got {self.max_busy_gpus}")
 
 
 class SchedulerState:
@@ -228,6 +233,29 @@ class SchedulerState:
         self._fail(job, now, "node", reason, cid)
         return []
 
+    def restart(self, job_id: str, now: float, reason: str, *, cause: str = "job",
+                cid: str | None = None) -> list[Decision]:
+        """Stop an active job and requeue it under its ``cause`` retry budget (the watcher asks for this when a
+        job hangs, or ``cause="node"`` when its node is evacuated); it resumes from its latest checkpoint."""
+        if cause not in ("job", "node"):
+            raise ValueError(f"cause must be 'job' or 'node', got {cause!r}")
+        job = self.job(job_id)
+        if job.state not in ACTIVE:
+            return []
+        decision = PreemptDecision(job.id, job.attempt, job.spec.grace_s, reason)
+        self._fail(job, now, cause, reason, cid)
+        return [decision]
+
+    def evacuate(self, name: str, now: float, reason: str, *, cid: str | None = None) -> list[Decision]:
+        """Drain a node and move its jobs elsewhere now (retried under the node budget, from checkpoints)."""
+        node = self.cluster.node(name)
+        if node.status != "down":
+            self.cluster.set_status(node, "draining")
+        out: list[Decision] = []
+        for job_id in sorted(node.jobs):
+            out += self.restart(job_id, now, f"evacuated from {name}: {reason}", cause="node", cid=cid)
+        return out
+
     def restore(self, job: Job, replicas: list[tuple[str, tuple[int, ...]]], *, started_at: float | None,
                 now: float) -> None:
         """Re-insert a job read back from durable storage (controller recovery), in its stored state."""
@@ -297,6 +325,9 @@ class SchedulerState:
 
     def start(self, job: Job, now: float) -> StartDecision | None:
         """Admit a pending job onto nodes chosen by the placement strategy (policies call this)."""
+        cap = self.config.max_busy_gpus
+        if cap is not None and job.gpus and sum(self.usage.values()) + job.gpus > cap:
+            return None  # the power cap: the job waits as if the cluster were full
         nodes = self.place(self.cluster, job.spec)
         if nodes is None:
             return None

@@ -90,3 +90,21 @@ attempts = sa.Table(
 # Attempt states: assigned (by the controller) -> launching -> running -> exited | lost.
 # ``acked`` is the last attempt state the controller has applied to its state machine.
 ATTEMPT_OPEN = ("assigned", "launching", "running")
+
+# Restart and evacuation requests (schema owned by migration sched_0002): the watcher (granary.monitor) and
+# operators insert them; the controller acts on pending ones in its next tick and records the outcome.
+requests = sa.Table(
+    "sched_requests",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # restart (a job) | evacuate (a node)
+    sa.Column("target", sa.String(128), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("requested_by", sa.String(128), nullable=False),
+    sa.Column("requested_at", sa.Float, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | done | refused
+    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("done_at", sa.Float, nullable=True),
+    sa.Index("ix_sched_requests_state", "state"),
+)
+REQUEST_KINDS = ("restart", "evacuate")

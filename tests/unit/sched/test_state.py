@@ -147,3 +147,21 @@ def test_restore_rebuilds_active_and_pending_jobs() -> None:
     check_invariants(fresh)
     assert fresh.jobs[a.id].state == "running" and fresh.cluster.free_gpus == st.cluster.free_gpus
     assert fresh.jobs[b.id].id in fresh.queue
+
+
+def test_restart_requeues_under_the_job_budget_and_evacuate_under_the_node_budget() -> None:
+    st = make_state("fifo", nodes=2, gpus=4)
+    a = st.submit(JobSpec(name="a", gpus_per_replica=4, max_restarts=1), 0.0)
+    b = st.submit(JobSpec(name="b", gpus_per_replica=4), 0.0)
+    st.schedule(0.0)
+    for job in (a, b):
+        st.replica_started(job.id, job.attempt, 1.0)
+    out = st.restart(a.id, 2.0, "hung")
+    assert out == [PreemptDecision(a.id, 1, a.spec.grace_s, "hung")]
+    assert (a.state, a.job_restarts, a.node_restarts) == ("pending", 1, 0)
+    assert st.restart(a.id, 2.0, "again") == []  # not active: nothing to stop
+    node = next(n for n in st.cluster.nodes if b.id in n.jobs)
+    out = st.evacuate(node.spec.name, 3.0, "XID 79")
+    assert [d.job_id for d in out] == [b.id] and out[0].reason.startswith("evacuated from")
+    assert (b.state, b.node_restarts, node.status) == ("pending", 1, "draining")
+    check_invariants(st)
