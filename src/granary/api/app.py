@@ -16,6 +16,7 @@ from granary.api import problem
 from granary.api.config import ServerSettings
 from granary.api.middleware import ETagMiddleware, MetricsMiddleware
 from granary.api.routes import ROUTERS
+from granary.api.schemas import problem_responses
 from granary.api.state import AppState
 from granary.catalog import open_catalog
 from granary.config import Settings
@@ -49,7 +50,7 @@ def create_app(settings: Settings | None = None, server: ServerSettings | None =
                               "application/problem+json.")
     app.state.granary = state
     for router in ROUTERS:
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(router, prefix=API_PREFIX, responses=problem_responses())
     problem.install(app)
 
     @app.get("/metrics", include_in_schema=False)

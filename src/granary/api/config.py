@@ -6,6 +6,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from granary.errors import ConfigError
 
@@ -42,7 +43,7 @@ class ServerSettings:
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    auth: str = "local"
+    auth: Literal["local", "tokens"] = "local"
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     tls_cert: Path | None = None
     tls_key: Path | None = None

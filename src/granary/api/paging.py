@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -35,10 +36,18 @@ def decode_cursor(cursor: str | None, types: tuple[type, ...]) -> list[Any] | No
         raise ValueError(f"malformed cursor {cursor[:40]!r}: pass back the next_cursor of the previous page "
                          "unchanged") from None
     ok = isinstance(key, list) and len(key) == len(types) and all(
-        isinstance(v, t) or (t is float and isinstance(v, int) and not isinstance(v, bool)) for v, t in zip(key, types))
+        _fits(v, t) for v, t in zip(key, types, strict=True))
     if not ok:
         raise ValueError("this cursor belongs to another list: pass back the next_cursor of the previous page")
     return key
+
+
+def _fits(value: Any, typ: type) -> bool:
+    if isinstance(value, bool):
+        return False
+    if typ is float:
+        return isinstance(value, int | float) and math.isfinite(value)
+    return isinstance(value, typ)
 
 
 def page_limit(limit: int) -> int:

@@ -224,3 +224,24 @@ class Overview(BaseModel):
 class Accepted(BaseModel):
     id: str
     status: str
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457 problem details): ``detail`` has the CLI's wording, ``hint`` what to do about it."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    hint: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+def problem_responses() -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries of the error answers every route can give."""
+    schema = Problem.model_json_schema()
+    content = {"application/problem+json": {"schema": schema}}
+    described = {400: "bad request (malformed reference, cursor, or argument)", 401: "no valid token",
+                 403: "the caller's roles do not allow it", 404: "no such resource",
+                 409: "conflicts with the current state", 422: "invalid parameters or body"}
+    return {code: {"description": text, "content": content} for code, text in described.items()}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,10 +15,11 @@ pytest.importorskip("fastapi", reason="the API needs granary[server]")
 pytest.importorskip("httpx", reason="the API tests need httpx (granary[dev])")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Settings, Seeded]:
-    """Store settings of a seeded catalog (SQLite file, or a fresh PostgreSQL database)."""
-    home = tmp_path / "g"
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Seeded]:
+    """Store settings of a seeded catalog (SQLite file, or a fresh PostgreSQL database), shared by a module's
+    tests: they only add to it (a branch, a cancel request, audit records), never remove."""
+    home = tmp_path_factory.mktemp("api") / "g"
     if request.param == "postgres":
         url = fresh_pg_database(request.getfixturevalue("pg_url"))
         settings = Settings.from_env(environ={}, home=home, catalog_url=url)
@@ -37,14 +37,14 @@ def make_client(settings: Settings, auth: str) -> Any:
     return TestClient(create_app(settings, ServerSettings(auth=auth)), raise_server_exceptions=False)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local(backend: tuple[Settings, Seeded]) -> Iterator[Any]:
     """A client of an app in local mode (every request is the local admin)."""
     with make_client(backend[0], "local") as client:
         yield client
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def tokens(backend: tuple[Settings, Seeded]) -> Iterator[Any]:
     """A client of an app in tokens mode (deny by default)."""
     with make_client(backend[0], "tokens") as client:

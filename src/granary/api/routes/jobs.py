@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 
 from granary.api import queries
-from granary.api.deps import Ctx, Context
+from granary.api.deps import Context, Ctx
 from granary.api.paging import DEFAULT_PAGE, MAX_PAGE, Page, decode_cursor, encode_cursor, page_limit
 from granary.api.schemas import Accepted, Job, JobAttempt, JobDetail, JobEvent, Queue
 from granary.errors import AuthorizationError

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from granary.api.deps import Ctx, Context
+from granary.api.deps import Context, Ctx
 from granary.api.schemas import Lineage, LineageEdge, LineageNode
 from granary.errors import NotFoundError
 from granary.store.model import VersionInfo
