@@ -72,7 +72,7 @@ class ServerSettings:
         cert, key = env.get("GRANARY_SERVER_TLS_CERT"), env.get("GRANARY_SERVER_TLS_KEY")
         values: dict[str, object] = {
             "host": env.get("GRANARY_SERVER_HOST") or "127.0.0.1",
-            "port": int(env.get("GRANARY_SERVER_PORT") or DEFAULT_PORT),
+            "port": _port(env.get("GRANARY_SERVER_PORT")),
             "auth": (env.get("GRANARY_AUTH") or "local").strip().lower(),
             "cors_origins": tuple(o.strip() for o in (env.get("GRANARY_SERVER_CORS") or "").split(",") if o.strip()),
             "tls_cert": Path(cert) if cert else None,
@@ -81,3 +81,12 @@ class ServerSettings:
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _port(raw: str | None) -> int:
+    if not raw:
+        return DEFAULT_PORT
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"GRANARY_SERVER_PORT must be an integer, got {raw!r}") from None
