@@ -91,8 +91,10 @@ def cancel(ctx: Ctx, job_id: str) -> Accepted:
     try:
         ctx.guard.authorize("write", "*", obj=f"job:{job_id}")
     except AuthorizationError as exc:
-        raise AuthorizationError(f"{ctx.principal.name} may not cancel job {job_id}: "
-                                 f"{str(exc.args[0]).split(': ', 1)[-1]}", hint=exc.hint) from None
+        who = ctx.principal.name
+        raise AuthorizationError(f"{who} may not cancel job {job_id}: {str(exc.args[0]).split(': ', 1)[-1]}",
+                                 hint=f"an admin can run `granary role grant {who} writer --tenant {row.tenant}`"
+                                 ) from None
     if row.state == "cancelled":
         return Accepted(id=job_id, status="cancelled")
     request_cancel(ctx.catalog, job_id)
