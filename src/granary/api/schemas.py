@@ -245,3 +245,18 @@ def problem_responses() -> dict[int | str, dict[str, Any]]:
                  403: "the caller's roles do not allow it", 404: "no such resource",
                  409: "conflicts with the current state", 422: "invalid parameters or body"}
     return {code: {"description": text, "content": content} for code, text in described.items()}
+
+
+class ForgetReceipt(BaseModel):
+    id: str
+    dataset: str
+    subject_digest: str
+    match: str
+    rows_removed: int
+    affected_versions: list[str]
+    new_versions: dict[str, str]
+    shredded_keys: int
+    pending_deletion: list[str]
+    derived_datasets: list[str]
+    at: float
+    signature_ok: bool

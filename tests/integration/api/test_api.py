@@ -211,3 +211,22 @@ def test_metrics(local: Any) -> None:
     text = local.get("/metrics").text
     assert 'granary_server_requests_total{method="GET",route="/api/v1/health",status="200"}' in text
     assert "granary_server_request_duration_seconds_bucket" in text
+
+
+def test_forget_receipts(tokens: Any, backend: tuple[Settings, Seeded]) -> None:
+    import pyarrow as pa
+
+    from granary.secure.forget import forget
+    from granary.secure.hooks import SecureHooks
+    from granary.store import Store
+
+    settings, seeded = backend
+    hooks = SecureHooks.from_settings(settings, environ={})
+    store = Store(settings, hooks=hooks, catalog=hooks.guard.catalog)
+    store.create_dataset("people", exist_ok=True)
+    store.commit_table("people", pa.table({"id": ["p1", "p2"], "text": ["write to ana@example.org", "no pii here"]}))
+    forget(store, hooks.guard, "people", "ana@example.org", by="value")
+    assert tokens.get(f"{API}/forget", headers=auth(seeded, "reader")).status_code == 403
+    got = tokens.get(f"{API}/forget", params={"dataset": "people"}, headers=auth(seeded, "admin")).json()
+    assert len(got) == 1 and got[0]["rows_removed"] == 1 and got[0]["signature_ok"] is True
+    assert "ana@example.org" not in str(got)
