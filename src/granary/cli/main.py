@@ -36,6 +36,7 @@ _GROUPS = (
     "granary.cli.monitor",
     "granary.cli.watch",
     "granary.cli.energy",
+    "granary.cli.server",
 )
 
 for _module in _GROUPS:

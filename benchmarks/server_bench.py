@@ -1,0 +1,249 @@
+"""Server benchmark: p50/p99 latency of granary server's list and detail endpoints at 32 concurrent clients,
+against a minimal FastAPI anchor (benchmarks/server_anchor.py) answering the same rows with one query, in one run.
+
+    .venv/bin/python benchmarks/server_bench.py [--catalog sqlite,postgres] [--versions 10000] [--jobs 100000]
+                                                [--audit 1000000] [--seconds 10] [--connections 32]
+
+Seeds a fresh catalog (bulk inserts: versions over 100 datasets, jobs, a hash-chained audit log), starts
+`granary server` (tokens mode: every request authenticates and is authorised) and the anchor as uvicorn processes
+with one worker each, and drives each endpoint with wrk (apt-get install wrk). Also times the dashboard's overview
+in headless Chromium (first contentful paint and the time until its data is drawn). Prints a table and writes
+benchmarks/out/server_bench.json. Targets (issue 12): p99 < 50 ms on SQLite and PostgreSQL; overview < 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent
+OUT = ROOT / "out"
+PG_ADMIN = os.environ.get("GRANARY_TEST_PG_URL", "postgresql://127.0.0.1:5432/test")
+sys.path.insert(0, str(ROOT.parent))
+
+
+def seed(url: str, home: Path, *, n_versions: int, n_jobs: int, n_audit: int) -> dict[str, Any]:
+    """Bulk-fill a catalog; returns the admin token and ids to ask for."""
+    import sqlalchemy as sa
+
+    from granary.catalog import open_catalog
+    from granary.catalog import tables as ct
+    from granary.config import Settings
+    from granary.sched import tables as st
+    from granary.secure import tables as sec
+    from granary.secure.audit import GENESIS, canonical, chain_hash
+    from granary.secure.hooks import SecureHooks
+
+    settings = Settings.from_env(environ={}, home=home, catalog_url=url)
+    catalog = open_catalog(url)
+    now = time.time()
+    n_ds = 100
+    with catalog.write() as conn:
+        conn.execute(ct.datasets.insert(), [dict(name=f"ds{i:03d}", kind="documents", default_branch="main",
+                                                 description=f"dataset {i}", metadata="{}", created_at=now,
+                                                 created_by="bench") for i in range(n_ds)])
+        vs = [dict(id=uuid.uuid4().hex + uuid.uuid4().hex, dataset=f"ds{i % n_ds:03d}", kind="documents",
+                   manifest_key="-", parents="[]", num_rows=1000 + i, num_bytes=10**6 + i, num_shards=1,
+                   num_tokens=None, message=f"commit {i}", author="bench", created_at=now - n_versions + i,
+                   state="live") for i in range(n_versions)]
+        for k in range(0, len(vs), 5000):
+            conn.execute(ct.versions.insert(), vs[k:k + 5000])
+        conn.execute(ct.refs.insert(), [dict(dataset=f"ds{i:03d}", kind="branch", name="main",
+                                             version_id=vs[-n_ds + i]["id"], updated_at=now) for i in range(n_ds)])
+        spec = json.dumps({"name": "train", "tenant": "default", "command": "true", "gpus_per_replica": 1,
+                           "replicas": 1})
+        for k in range(0, n_jobs, 10000):
+            conn.execute(st.jobs.insert(), [dict(
+                id=f"job{i:08d}", name=f"train-{i}", tenant="default", spec=spec, state="pending",
+                reason="waiting for 1 GPU", accepted=True, cancel_requested=False, submit_time=now - n_jobs + i,
+                attempt=0, node_restarts=0, job_restarts=0, preemptions=0, attained_gpu_s=0.0, run_s=0.0,
+                not_before=0.0, resumed_step=None, first_start=None, finish_time=None, updated_at=now)
+                for i in range(k, min(n_jobs, k + 10000))])
+    prev = GENESIS
+    batch: list[dict[str, Any]] = []
+    for seq in range(1, n_audit + 1):
+        at, details = now - n_audit + seq, "{}"
+        text = canonical(seq, at, "bench", "read", f"ds{seq % n_ds:03d}", "obj", "ok", "bench", details)
+        prev = chain_hash(prev, text)
+        batch.append(dict(seq=seq, at=at, principal="bench", action="read", dataset=f"ds{seq % n_ds:03d}",
+                          object="obj", outcome="ok", origin="bench", details=details, hash=prev))
+        if len(batch) == 20000 or seq == n_audit:
+            with catalog.write() as conn:
+                conn.execute(sec.audit.insert(), batch)
+            batch = []
+    hooks = SecureHooks.from_settings(settings, environ={})
+    guard = hooks.guard
+    guard.add_principal("bench-admin", tenant="default")
+    guard.grant("bench-admin", "admin", tenant="default")
+    token = guard.issue_token("bench-admin", scopes=("read", "write", "admin")).secret
+    with catalog.read() as conn:
+        count = conn.execute(sa.select(sa.func.count()).select_from(sec.audit)).scalar()
+    catalog.dispose()
+    return {"token": token, "job": f"job{n_jobs // 2:08d}", "audit_rows": count}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(cmd: list[str], env: dict[str, str], port: int, health: str, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT.parent)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{cmd[:3]} exited: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=5).status_code < 500:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.3)
+    raise SystemExit(f"{cmd[:3]} did not start: {log.read_text()[-3000:]}")
+
+
+def wrk(url: str, *, seconds: int, connections: int, token: str | None) -> dict[str, float]:
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
+    if token:
+        cmd += ["-H", f"Authorization: Bearer {token}"]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            raise SystemExit(f"cannot read the {label} latency from wrk:\n{out}")
+        return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"p50_ms": ms("50%"), "p99_ms": ms("99%"), "rps": float(rps.group(1)) if rps else 0.0,
+            "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def dashboard_paint(url: str, token: str) -> dict[str, float] | None:
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    if not Path(chromium).exists():
+        return None
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        ctx = browser.new_context(viewport={"width": 1366, "height": 900})
+        ctx.add_init_script(f"localStorage.setItem('granary.token', {token!r})")
+        page = ctx.new_page()
+        page.goto(f"{url}/ui/")  # warm: the static files are cached as a returning user has them
+        page.wait_for_selector("main[data-ready='1']", timeout=60000)
+        runs = []
+        for _ in range(5):
+            page.goto(f"{url}/ui/?{time.time()}")
+            page.wait_for_selector("main[data-ready='1']", timeout=60000)
+            runs.append(page.evaluate("""() => ({
+                fcp: (performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime || 0,
+                ready: performance.now() })"""))
+        browser.close()
+    runs.sort(key=lambda r: r["ready"])
+    mid = runs[len(runs) // 2]
+    return {"first_contentful_paint_ms": round(mid["fcp"], 1), "overview_drawn_ms": round(mid["ready"], 1)}
+
+
+def run_backend(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix=f"server-bench-{name}-"))
+    t0 = time.perf_counter()
+    facts = seed(url, home, n_versions=args.versions, n_jobs=args.jobs, n_audit=args.audit)
+    print(f"[{name}] seeded {args.versions} versions, {args.jobs} jobs, {facts['audit_rows']} audit records "
+          f"in {time.perf_counter() - t0:.0f} s", flush=True)
+    env = {**os.environ, "GRANARY_HOME": str(home), "GRANARY_CATALOG_URL": url, "GRANARY_AUTH": "tokens"}
+    gport, aport = free_port(), free_port()
+    granary = start([sys.executable, "-m", "granary.cli.main", "server", "--port", str(gport)], env, gport,
+                    "/api/v1/health", home / "granary.log")
+    anchor = start([sys.executable, "-m", "uvicorn", "--factory", "benchmarks.server_anchor:app", "--port",
+                    str(aport), "--log-level", "warning"], env, aport, "/datasets", home / "anchor.log")
+    endpoints = [("datasets", "/datasets?limit=50"), ("versions of a dataset", "/datasets/ds007/versions?limit=50"),
+                 ("jobs", "/jobs?limit=50"), ("audit", "/audit?limit=50"), ("job detail", f"/jobs/{facts['job']}")]
+    results = []
+    try:
+        for label, path in endpoints:
+            g = wrk(f"http://127.0.0.1:{gport}/api/v1{path}", seconds=args.seconds, connections=args.connections,
+                    token=facts["token"])
+            a = wrk(f"http://127.0.0.1:{aport}{path}", seconds=args.seconds, connections=args.connections, token=None)
+            results.append({"endpoint": label, "path": path, "granary": g, "anchor": a,
+                            "p99_ratio": round(g["p99_ms"] / a["p99_ms"], 2) if a["p99_ms"] else None})
+            print(f"[{name}] {label:22s} granary p50 {g['p50_ms']:7.1f} ms p99 {g['p99_ms']:7.1f} ms "
+                  f"({g['rps']:.0f} req/s, {g['errors']} errors) | anchor p50 {a['p50_ms']:6.1f} ms "
+                  f"p99 {a['p99_ms']:6.1f} ms ({a['rps']:.0f} req/s) | p99 ratio {results[-1]['p99_ratio']}",
+                  flush=True)
+        paint = dashboard_paint(f"http://127.0.0.1:{gport}", facts["token"]) if name == "sqlite" else None
+        if paint:
+            print(f"[{name}] dashboard overview: first contentful paint {paint['first_contentful_paint_ms']} ms, "
+                  f"data drawn at {paint['overview_drawn_ms']} ms", flush=True)
+    finally:
+        for proc in (granary, anchor):
+            proc.terminate()
+            proc.wait(30)
+        shutil.rmtree(home, ignore_errors=True)
+    return {"catalog": name, "endpoints": results, "dashboard": paint}
+
+
+def pg_database() -> str:
+    import psycopg
+
+    name = f"granary_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
+
+
+def drop_pg(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--catalog", default="sqlite,postgres")
+    p.add_argument("--versions", type=int, default=10_000)
+    p.add_argument("--jobs", type=int, default=100_000)
+    p.add_argument("--audit", type=int, default=1_000_000)
+    p.add_argument("--seconds", type=int, default=10)
+    p.add_argument("--connections", type=int, default=32)
+    args = p.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    load = os.getloadavg()
+    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    report: dict[str, Any] = {"args": vars(args), "load_at_start": load, "backends": []}
+    for name in args.catalog.split(","):
+        if name == "postgres":
+            url = pg_database()
+            try:
+                report["backends"].append(run_backend(name, url, args))
+            finally:
+                drop_pg(url)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                report["backends"].append(run_backend(name, f"sqlite:///{tmp}/catalog.db", args))
+    report["load_at_end"] = os.getloadavg()
+    OUT.mkdir(exist_ok=True)
+    (OUT / "server_bench.json").write_text(json.dumps(report, indent=2))
+    print(f"load average at end: {report['load_at_end'][0]:.2f}; written to {OUT / 'server_bench.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The FastAPI application: the API under /api/v1, the dashboard under /ui, /metrics, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+import granary
+from granary.api import problem
+from granary.api.config import ServerSettings
+from granary.api.middleware import ETagMiddleware, MetricsMiddleware
+from granary.api.routes import ROUTERS
+from granary.api.schemas import problem_responses
+from granary.api.state import AppState
+from granary.catalog import open_catalog
+from granary.config import Settings
+from granary.secure.settings import SecureSettings
+from granary.store import Store
+from granary.store.hooks import NullHooks
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+WEB_DIR = Path(__file__).with_name("web")
+
+
+def create_app(settings: Settings | None = None, server: ServerSettings | None = None) -> FastAPI:
+    """Build the application over the store of ``settings`` (default: from the environment).
+
+    Args:
+        settings: where the catalog and objects are.
+        server: how to listen and authenticate (default: from the environment).
+    """
+    settings = settings or Settings.from_env()
+    server = server or ServerSettings.from_env()
+    catalog = open_catalog(settings.catalog_url)
+    # requests never use these hooks: each one gets a copy bound to its principal (granary.api.deps.bind)
+    store = Store(settings, hooks=NullHooks(), catalog=catalog)
+    state = AppState(settings=settings, server=server, secure=SecureSettings.from_env(settings.home),
+                     catalog=catalog, store=store)
+    app = FastAPI(title="Granary", version=granary.__version__, openapi_url=f"{API_PREFIX}/openapi.json",
+                  docs_url=f"{API_PREFIX}/docs", redoc_url=None, root_path=server.root_path,
+                  description="Datasets, versions, lineage, curation reports, jobs, nodes, audit and the gateway "
+                              "of a Granary installation. Lists page with `cursor`/`next_cursor`; errors are "
+                              "application/problem+json.")
+    app.state.granary = state
+    for router in ROUTERS:
+        app.include_router(router, prefix=API_PREFIX, responses=problem_responses())
+    problem.install(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("ui/")
+
+    app.mount("/ui", StaticFiles(directory=WEB_DIR, html=True), name="ui")
+    app.add_middleware(ETagMiddleware)
+    if server.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(server.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "If-None-Match"])
+    app.add_middleware(MetricsMiddleware)
+    return app

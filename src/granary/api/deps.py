@@ -1,0 +1,74 @@
+"""Binding a request to the store: who is calling (bearer token or the local admin) and a store view that
+authorises and audits every read and write as that principal.
+
+:func:`bind` is the one place that does it. Every route takes a :class:`Context` through it and reads data only
+through ``ctx.store`` (Store methods) and ``ctx.guard`` (decisions and audit), never behind them.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from granary.api.state import AppState
+from granary.catalog import Catalog
+from granary.secure.errors import AuthenticationError
+from granary.secure.guard import Guard
+from granary.secure.hooks import SecureHooks
+from granary.secure.tokens import Principal
+from granary.store import Store
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a route works with.
+
+    Attributes:
+        store: a view of the server's store whose hooks authorise and audit as ``principal``.
+        guard: the principal's guard (decisions, audit records).
+        principal: who is calling.
+        catalog: the catalog (metadata queries for paging; data goes through ``store``).
+    """
+
+    store: Store
+    guard: Guard
+    principal: Principal
+    catalog: Catalog
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer ...`` header, if any."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def bind(request: Request) -> Context:
+    """Authenticate the request and bind the store to its principal.
+
+    In ``local`` mode every request acts as the local admin (the server then only listens on loopback). In
+    ``tokens`` mode a missing, unknown, expired or revoked token is refused with 401, and the refusal audited.
+    """
+    state: AppState = request.app.state.granary
+    token = bearer_token(request)
+    secure = replace(state.secure, auth=state.server.auth, token=token,
+                     origin=f"http:{request.client.host if request.client else '?'}")
+    guard = Guard(state.catalog, secure)
+    if state.server.auth == "tokens" and token is None:
+        guard.audit.append(principal="anonymous", action="authenticate", outcome="denied",
+                           object=f"http:{request.method} {request.url.path}",
+                           details={"reason": "no bearer token"})
+        raise AuthenticationError("no API token given", hint="send `Authorization: Bearer <token>` with a token "
+                                                             "from `granary token issue`")
+    principal = guard.principal  # authenticates (and audits a refusal)
+    view = copy.copy(state.store)
+    view.hooks = SecureHooks(guard)
+    return Context(store=view, guard=guard, principal=principal, catalog=state.catalog)
+
+
+Ctx = Annotated[Context, Depends(bind)]

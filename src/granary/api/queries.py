@@ -1,0 +1,124 @@
+"""Keyset-paged catalog queries behind the list endpoints: one query per page, whatever its size."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from granary.catalog import Catalog
+from granary.catalog import tables as ct
+from granary.sched import tables as st
+from granary.secure import tables as sec
+
+
+def datasets_page(catalog: Catalog, *, after: str | None, limit: int) -> list[dict[str, Any]]:
+    """Datasets by name after ``after``, each with the version at its default branch head."""
+    d, r = ct.datasets.c, ct.refs.c
+    head = sa.select(r.version_id).where(r.dataset == d.name, r.kind == "branch", r.name == d.default_branch)
+    q = sa.select(ct.datasets, head.scalar_subquery().label("head")).order_by(d.name).limit(limit)
+    if after is not None:
+        q = q.where(d.name > after)
+    with catalog.read() as conn:
+        return [{**row._asdict(), "metadata": json.loads(row.metadata)} for row in conn.execute(q)]
+
+
+def versions_page(catalog: Catalog, *, dataset: str | None, after: tuple[float, str] | None,
+                  limit: int) -> list[dict[str, Any]]:
+    """Versions newest first (of one dataset, or of all), after the sort key ``(created_at, id)``."""
+    v = ct.versions.c
+    q = sa.select(ct.versions).order_by(v.created_at.desc(), v.id.desc()).limit(limit)
+    if dataset is not None:
+        q = q.where(v.dataset == dataset)
+    if after is not None:
+        q = q.where(sa.or_(v.created_at < after[0], sa.and_(v.created_at == after[0], v.id < after[1])))
+    with catalog.read() as conn:
+        return [{**row._asdict(), "parents": json.loads(row.parents)} for row in conn.execute(q)]
+
+
+def count_versions(catalog: Catalog, dataset: str) -> int:
+    """How many versions a dataset has."""
+    with catalog.read() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(ct.versions)
+                                .where(ct.versions.c.dataset == dataset)).scalar() or 0)
+
+
+def jobs_page(catalog: Catalog, *, tenant: str | None, states: list[str] | None,
+              after: tuple[float, str] | None, limit: int) -> list[dict[str, Any]]:
+    """Jobs newest first, after the sort key ``(submit_time, id)``."""
+    j = st.jobs.c
+    q = sa.select(j.id, j.name, j.tenant, j.state, j.reason, j.attempt, j.submit_time, j.first_start,
+                  j.finish_time, j.spec).order_by(j.submit_time.desc(), j.id.desc()).limit(limit)
+    if tenant is not None:
+        q = q.where(j.tenant == tenant)
+    if states:
+        q = q.where(j.state.in_(states))
+    if after is not None:
+        q = q.where(sa.or_(j.submit_time < after[0], sa.and_(j.submit_time == after[0], j.id < after[1])))
+    with catalog.read() as conn:
+        rows = conn.execute(q).all()
+    out = []
+    for row in rows:
+        spec = json.loads(row.spec)
+        d = row._asdict()
+        d.pop("spec")
+        d["gpus"] = int(spec.get("gpus_per_replica", 0)) * int(spec.get("replicas", 1))
+        d["priority"] = spec.get("priority")
+        out.append(d)
+    return out
+
+
+def queues(catalog: Catalog, *, tenant: str | None) -> list[dict[str, Any]]:
+    """Pending and running jobs per tenant (one grouped query; GPUs from the specs of those jobs)."""
+    j = st.jobs.c
+    q = sa.select(j.tenant, j.state, j.spec).where(j.state.in_(("pending", "running")))
+    if tenant is not None:
+        q = q.where(j.tenant == tenant)
+    out: dict[str, dict[str, Any]] = {}
+    with catalog.read() as conn:
+        for row in conn.execute(q):
+            spec = json.loads(row.spec)
+            gpus = int(spec.get("gpus_per_replica", 0)) * int(spec.get("replicas", 1))
+            e = out.setdefault(row.tenant, {"tenant": row.tenant, "pending": 0, "running": 0, "gpus_pending": 0,
+                                            "gpus_running": 0})
+            e[row.state] += 1
+            e[f"gpus_{row.state}"] += gpus
+    return [out[k] for k in sorted(out)]
+
+
+def audit_page(catalog: Catalog, *, filters: dict[str, str | None], before: int | None,
+               limit: int) -> list[dict[str, Any]]:
+    """Audit records newest first, before sequence number ``before``, matching every given filter."""
+    a = sec.audit.c
+    q = sa.select(sec.audit).order_by(a.seq.desc()).limit(limit)
+    for name, value in filters.items():
+        if value is not None:
+            q = q.where(getattr(a, name) == value)
+    if before is not None:
+        q = q.where(a.seq < before)
+    with catalog.read() as conn:
+        return [{**row._asdict(), "details": json.loads(row.details)} for row in conn.execute(q)]
+
+
+def overview(catalog: Catalog, *, since: float, tenant: str | None) -> dict[str, Any]:
+    """The dashboard's front page figures, one query each."""
+    v, j, n, a = ct.versions.c, st.jobs.c, st.nodes.c, sec.audit.c
+    with catalog.read() as conn:
+        datasets = conn.execute(sa.select(sa.func.count()).select_from(ct.datasets)).scalar() or 0
+        nversions, storage = conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(v.num_bytes), 0))
+                                          .where(v.state == "live")).one()
+        days = conn.execute(sa.select(v.created_at).where(v.created_at >= since)).scalars().all()
+        jq = sa.select(j.state, sa.func.count()).group_by(j.state)
+        if tenant is not None:
+            jq = jq.where(j.tenant == tenant)
+        jobs = {row[0]: int(row[1]) for row in conn.execute(jq)}
+        nodes = {row[0]: int(row[1]) for row in conn.execute(sa.select(n.status, sa.func.count()).group_by(n.status))}
+        gpus_total = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(n.gpus), 0))
+                                  .where(n.status == "up")).scalar() or 0
+        open_ids = conn.execute(sa.select(st.attempts.c.gpu_ids)
+                                .where(st.attempts.c.state.in_(st.ATTEMPT_OPEN))).scalars().all()
+        audit = conn.execute(sa.select(sa.func.coalesce(sa.func.max(a.seq), 0))).scalar() or 0
+    return {"datasets": int(datasets), "versions": int(nversions), "storage_bytes": int(storage),
+            "version_times": list(days), "jobs": jobs, "nodes": nodes, "gpus_total": int(gpus_total),
+            "gpus_used": sum(len(json.loads(ids)) for ids in open_ids), "audit_records": int(audit)}

@@ -1,0 +1,36 @@
+"""What the application holds for its lifetime: settings, the catalog and the store it serves."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from threading import Lock
+from typing import Any
+
+from granary.api.config import ServerSettings
+from granary.catalog import Catalog
+from granary.config import Settings
+from granary.secure.settings import SecureSettings
+from granary.store import Store
+
+
+@dataclass
+class AppState:
+    """Shared by every request (``app.state.granary``).
+
+    Attributes:
+        settings: the store settings.
+        server: the server settings.
+        secure: security settings (the per-request token replaces ``token``).
+        catalog: the open catalog.
+        store: the store; requests use bound copies of it (see :func:`granary.api.deps.bind`).
+        reports: quality reports computed so far, by version id (versions are immutable).
+    """
+
+    settings: Settings
+    server: ServerSettings
+    secure: SecureSettings
+    catalog: Catalog
+    store: Store
+    reports: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    reports_lock: Lock = field(default_factory=Lock)

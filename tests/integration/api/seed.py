@@ -1,0 +1,71 @@
+"""A small catalog for the API tests: datasets with lineage, principals with tokens, jobs, nodes, endpoints."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from granary.config import Settings
+from granary.sched.journal import register_node, submit_job
+from granary.sched.model import JobSpec, NodeSpec
+from granary.secure.hooks import SecureHooks
+from granary.secure.policy import Policy
+from granary.serve.endpoints import EndpointBook
+from granary.store import Store
+
+
+@dataclass
+class Seeded:
+    """What :func:`seed` made."""
+
+    raw: list[str]          # version ids of web, oldest first
+    clean: str              # the curated version (web-clean)
+    tokens: str             # the "tokenized" version (web-tok)
+    jobs: list[str]         # job ids of tenant default
+    other_job: str          # a job of tenant other
+    tokens_by_role: dict[str, str]
+
+
+def docs(n: int, start: int = 0) -> pa.Table:
+    texts = [f"document {i} about granaries and grain storage " + "word " * (i % 7) for i in range(start, start + n)]
+    return pa.table({"id": [f"d{i}" for i in range(start, start + n)], "text": texts,
+                     "lang": ["en" if i % 3 else "de" for i in range(start, start + n)]})
+
+
+def seed(settings: Settings) -> Seeded:
+    """Fill the catalog of ``settings`` as the local admin."""
+    hooks = SecureHooks.from_settings(settings, environ={})
+    store = Store(settings, hooks=hooks, catalog=hooks.guard.catalog)
+    guard = hooks.guard
+    store.create_dataset("web", description="crawled pages")
+    v1 = store.commit_table("web", docs(40), message="first crawl",
+                            lineage={"command": "ingest", "params": {"paths": ["/data/crawl-1.jsonl"]}})
+    v2 = store.commit_table("web", docs(20, 40), message="second crawl",
+                            lineage={"command": "ingest", "params": {"paths": ["/data/crawl-2.jsonl"]}})
+    store.create_dataset("web-clean", description="web, curated")
+    v3 = store.commit_table("web-clean", docs(30), message="curated with pipeline basic",
+                            lineage={"command": "granary curate", "input": {"input_version": v2.id}})
+    store.create_dataset("web-tok", description="web-clean, tokenized")
+    v4 = store.commit_table("web-tok", docs(5), message="tokenized",
+                            lineage={"command": "tokenize", "inputs": [v3.id]})
+    store.create_dataset("hidden", description="another tenant's data")
+    guard.set_policy("hidden", Policy(tenant="other"))
+    store.tag("web", "v1", ref=f"web@{v1.id}")
+    tokens: dict[str, str] = {}
+    for name, role, scopes in (("olive", "writer", ("read", "write")), ("rita", "reader", ("read",)),
+                               ("ada", "admin", ("read", "write", "admin"))):
+        guard.add_principal(name, tenant="default")
+        guard.grant(name, role, tenant="default")  # type: ignore[arg-type]
+        tokens[role] = guard.issue_token(name, scopes=scopes).secret
+    catalog = guard.catalog
+    now = time.time()
+    jobs = [submit_job(catalog, JobSpec(name=f"train-{i}", tenant="default", command="true", gpus_per_replica=2),
+                       now=now + i) for i in range(5)]
+    other = submit_job(catalog, JobSpec(name="secret-train", tenant="other", command="true"), now=now + 10)
+    with catalog.write() as conn:
+        register_node(conn, NodeSpec(name="gpu-01", gpus=8, cpus=64, memory_bytes=512 << 30), now)
+        register_node(conn, NodeSpec(name="gpu-02", gpus=8, cpus=64, memory_bytes=512 << 30), now)
+    EndpointBook(catalog).register("llama-8b", "replica-0", "http://127.0.0.1:9", job_id=jobs[0])
+    return Seeded(raw=[v1.id, v2.id], clean=v3.id, tokens=v4.id, jobs=jobs, other_job=other, tokens_by_role=tokens)
