@@ -9,11 +9,15 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from granary.cli.output import console, fail, print_json, table
+from granary.cli.output import console, err_console, fail, print_json, table
 from granary.errors import GranaryError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from granary.catalog import Catalog
+    from granary.sched.journal import JobRow
+    from granary.sched.model import JobSpec
 
 sched_app = typer.Typer(help="Run the scheduler (controller, agent) and its simulator.", no_args_is_help=True)
 
@@ -26,7 +30,40 @@ def _catalog() -> Catalog:
 
 
 def _ago(ts: float | None) -> str:
-    return "" if ts is None else time.strftime("%H:%M:%S", time.localtime(ts))
+    """A time as people read it: the clock time today, else the date and time (local time zone)."""
+    if ts is None:
+        return ""
+    same_day = time.localtime(ts)[:3] == time.localtime()[:3]
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _iso(ts: float | None) -> str | None:
+    """A time for --json: ISO 8601 in UTC."""
+    import datetime
+
+    return None if ts is None else datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _unfit(catalog: Catalog) -> Callable[[JobSpec], str | None]:
+    """A function telling why a job can never fit the registered nodes (None when it can)."""
+    from granary.sched.fit import never_fits
+    from granary.sched.journal import list_nodes
+    from granary.sched.model import NodeSpec
+
+    nodes = [NodeSpec(name=n["name"], gpus=n["gpus"], cpus=n["cpus"], memory_bytes=n["memory_bytes"],
+                      labels=n["labels"]) for n in list_nodes(catalog)]
+    return lambda spec: never_fits(spec, nodes)
+
+
+def _reason(row: JobRow, unfit: Callable[[JobSpec], str | None]) -> str:
+    """A job's reason; a pending job that no node can ever hold says why."""
+    if row.state == "pending":
+        from granary.sched.model import JobSpec
+
+        why = unfit(JobSpec.from_dict(row.spec))
+        if why:
+            return f"cannot run on any registered node: {why}"
+    return row.reason
 
 
 @sched_app.command("up")
@@ -163,9 +200,17 @@ def register(app: typer.Typer) -> None:
 
             # like sbatch: a job without a working directory runs where it was submitted
             specs = [s if s.workdir else dataclasses.replace(s, workdir=os.getcwd()) for s in specs]
-            ids = submit_specs(_catalog(), specs)
+            catalog = _catalog()
+            ids = submit_specs(catalog, specs)
         except GranaryError as exc:
             fail(exc)
+        unfit = _unfit(catalog)
+        for spec in specs:
+            why = unfit(spec)
+            if why:
+                err_console.print(f"[yellow]warning:[/] job {spec.name} ({ids[spec.name]}) cannot run on any "
+                                  f"registered node: {why}; it waits until such a node registers", highlight=False,
+                                  soft_wrap=True)
         if as_json:
             print_json(ids)
         else:
@@ -179,15 +224,24 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List jobs, newest first."""
         from granary.sched.journal import list_jobs
+        from granary.sched.model import TERMINAL
 
+        catalog = _catalog()
         states = None if all_ else ("pending", "admitted", "running", "preempted")
-        rows = list_jobs(_catalog(), states=states, limit=limit)
+        rows = list_jobs(catalog, states=states, limit=limit)
+        unfit = _unfit(catalog)
         if as_json:
-            print_json([r.to_dict() for r in rows])
+            print_json([r.to_dict() | {"reason": _reason(r, unfit), "submit_time_iso": _iso(r.submit_time)}
+                        for r in rows])
             return
         console.print(table(None, ["id", "name", "tenant", "state", "attempt", "submitted", "reason"],
-                            [(r.id, r.name, r.tenant, r.state, r.attempt, _ago(r.submit_time), r.reason)
+                            [(r.id, r.name, r.tenant, r.state, r.attempt, _ago(r.submit_time), _reason(r, unfit))
                              for r in rows]))
+        if not all_:
+            hidden = len(list_jobs(catalog, states=tuple(sorted(TERMINAL)), limit=limit))
+            if hidden:
+                console.print(f"{hidden}{'+' if hidden >= limit else ''} finished job(s) not shown: "
+                              "granary jobs --all lists them", highlight=False)
 
     @app.command("job")
     def job(job_id: str, as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
@@ -201,7 +255,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json({"job": row.to_dict(), "events": events, "attempts": attempts})
             return
-        console.print(f"[bold]{row.id}[/] {row.name} ({row.tenant}): {row.state} - {row.reason}")
+        console.print(f"[bold]{row.id}[/] {row.name} ({row.tenant}): {row.state} - {_reason(row, _unfit(_catalog()))}",
+                      highlight=False)
         console.print(table("events", ["time", "from", "to", "reason", "correlation"],
                             [(_ago(e["at"]), e["from_state"], e["to_state"], e["reason"], e["correlation_id"])
                              for e in events]))
@@ -230,7 +285,8 @@ def register(app: typer.Typer) -> None:
 
         rows = list_nodes(_catalog())
         if as_json:
-            print_json(rows)
+            print_json([n | {"last_heartbeat_iso": _iso(n["last_heartbeat"]),
+                             "registered_at_iso": _iso(n.get("registered_at"))} for n in rows])
             return
         console.print(table(None, ["node", "status", "gpus used", "cpus", "labels", "heartbeat", "reason"],
                             [(n["name"], n["status"] + (" (drain requested)" if n["drain_requested"] else ""),

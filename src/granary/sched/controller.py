@@ -249,7 +249,8 @@ class Controller:
             conn.execute(t.jobs.update().where(t.jobs.c.id == job_id).values(accepted=True, **job_values(job, now)))
         for node in st.cluster.nodes:
             conn.execute(t.nodes.update().where(t.nodes.c.name == node.spec.name, t.nodes.c.status != node.status)
-                         .values(status=node.status, reason=f"{node.status} at {now:.0f}"))
+                         .values(status=node.status, reason=f"{node.status} since "
+                                 f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(now))}"))
 
     # --------------------------------------------------------- remote executors
     def _executor(self, name: str) -> Executor:
