@@ -27,7 +27,8 @@ def demo(json_out: Annotated[bool, typer.Option("--json", help="Print machine-re
         "  granary log demo                the versions of the demo corpus\n"
         "  granary show demo --quarantine  one version: schema, lineage, and the malformed lines kept aside\n"
         "  granary verify                  recompute every checksum\n"
-        "  granary jobs                    the jobs the scheduler ran (granary job ID for one's history)",
+        "  granary jobs --all              the jobs the scheduler ran (granary job ID for one's history)\n"
+        "  corpus: " + str(store.settings.home / "demo" / "corpus.jsonl") + "  (the README's tour ingests it)",
         highlight=False,
     )
 

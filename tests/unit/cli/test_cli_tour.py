@@ -1,0 +1,46 @@
+"""What a newcomer meets on the README's tour: --version, readable times, jobs that cannot run say why."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from typer.testing import CliRunner
+
+from granary import __version__
+from granary.cli.main import app
+
+runner = CliRunner()
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"granary {__version__}"
+
+
+def test_a_job_no_node_can_hold_says_so_at_submit_and_in_jobs() -> None:
+    from granary.catalog import open_catalog
+    from granary.config import Settings
+    from granary.sched.journal import register_node
+    from granary.sched.model import NodeSpec
+
+    catalog = open_catalog(Settings.from_env().catalog_url)
+    with catalog.write() as conn:
+        register_node(conn, NodeSpec(name="laptop", gpus=0, cpus=2.0), time.time() - 3 * 86400)
+    result = runner.invoke(app, ["submit", "--name", "train", "--gpus", "1", "--json", "--", "true"])
+    assert result.exit_code == 0, result.output
+    assert "cannot run on any registered node: each replica needs 1 GPU(s)" in result.stderr
+    job_id = json.loads(result.stdout)["train"]
+    listed = json.loads(runner.invoke(app, ["jobs", "--json"]).stdout)
+    assert listed[0]["id"] == job_id and "laptop, has 0 GPU(s)" in listed[0]["reason"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", listed[0]["submit_time_iso"])
+    nodes = json.loads(runner.invoke(app, ["nodes", "--json"]).stdout)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", nodes[0]["last_heartbeat_iso"])
+    table = runner.invoke(app, ["nodes"]).stdout
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", table)  # three days ago: a date, not a bare epoch
+
+
+def test_unknown_executor_is_refused_at_submit() -> None:
+    result = runner.invoke(app, ["submit", "--name", "x", "--executor", "slurmm", "--", "true"])
+    assert result.exit_code == 1 and "job field 'executor' must be one of local, slurm, ray, k8s" in result.stderr
