@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 sched_app = typer.Typer(help="Run the scheduler (controller, agent) and its simulator.", no_args_is_help=True)
 
 
+TRACE_SOURCE = ("The Philly trace used in docs/sched.md is philly_pollux_jobs.csv: Microsoft's Philly traces "
+                "(msr-fiddle/philly-traces, CC BY 4.0) as processed by the Pollux OSDI'21 artifact "
+                "(petuum/adaptdl); in this repository's setup it is ../shared/traces/philly_pollux_jobs.csv.")
+
+
 def _catalog() -> Catalog:
     from granary.catalog import open_catalog
     from granary.config import Settings
@@ -134,7 +139,9 @@ def agent_cmd(
 
 @sched_app.command("simulate")
 def simulate_cmd(
-    trace: Path = typer.Option(..., help="Trace CSV (timestamp, duration, num_gpus[, cluster])."),
+    trace: Path = typer.Option(None, envvar="GRANARY_TRACE", help="Trace CSV (timestamp, duration, num_gpus[, "
+                               "cluster]); a relative path is read from the working directory. Default: "
+                               "$GRANARY_TRACE."),
     gpus: int = typer.Option(640, help="Cluster size in GPUs."),
     policy: str = typer.Option("mlfq", help="Policy name."),
     placement: str = typer.Option("topology", help="Placement strategy."),
@@ -147,7 +154,11 @@ def simulate_cmd(
     from granary.sched.simulator import simulate
     from granary.sched.trace import load_trace
 
+    if trace is None:
+        fail(f"no trace given: pass --trace PATH or set GRANARY_TRACE. {TRACE_SOURCE}")
     try:
+        if not trace.is_file():
+            fail(f"no trace at {trace} (resolved from {Path.cwd()}: {trace.resolve()}). {TRACE_SOURCE}")
         tr = load_trace(trace)
         if limit:
             tr = tr.slice(0, limit)

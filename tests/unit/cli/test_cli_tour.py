@@ -44,3 +44,16 @@ def test_a_job_no_node_can_hold_says_so_at_submit_and_in_jobs() -> None:
 def test_unknown_executor_is_refused_at_submit() -> None:
     result = runner.invoke(app, ["submit", "--name", "x", "--executor", "slurmm", "--", "true"])
     assert result.exit_code == 1 and "job field 'executor' must be one of local, slurm, ray, k8s" in result.stderr
+
+
+def test_simulate_reads_the_trace_from_the_setting_or_says_where_it_comes_from(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    missing = runner.invoke(app, ["sched", "simulate", "--gpus", "8"])
+    assert missing.exit_code == 1 and "set GRANARY_TRACE" in missing.stderr and "Philly" in missing.stderr
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp,duration,num_gpus\n0,60,1\n10,30,2\n")
+    monkeypatch.setenv("GRANARY_TRACE", str(trace))
+    ok = runner.invoke(app, ["sched", "simulate", "--gpus", "8", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["jobs"] == 2
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["sched", "simulate", "--trace", "t.csv", "--gpus", "8"]).exit_code == 0
