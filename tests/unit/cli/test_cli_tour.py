@@ -57,3 +57,19 @@ def test_simulate_reads_the_trace_from_the_setting_or_says_where_it_comes_from(t
     assert json.loads(ok.stdout)["jobs"] == 2
     monkeypatch.chdir(tmp_path)
     assert runner.invoke(app, ["sched", "simulate", "--trace", "t.csv", "--gpus", "8"]).exit_code == 0
+
+
+def test_tokenizer_train_warns_when_the_text_cannot_fill_the_vocabulary(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow as pa
+
+    from granary.store import open_store
+
+    store = open_store()
+    store.create_dataset("tiny")
+    store.commit_table("tiny", pa.Table.from_pylist([{"id": f"d{i}", "text": "a small text, said twice"} for i in range(3)]))
+    out = runner.invoke(app, ["tokenizer", "train", "tiny", "--vocab-size", "8192", "-o", str(tmp_path / "t.json"),
+                              "--json"])
+    assert out.exit_code == 0, out.output
+    got = json.loads(out.stdout)
+    assert got["short"] and got["vocab_size"] < 8192
+    assert f"has {got['vocab_size']:,} tokens, not the 8,192 asked for" in out.stderr
