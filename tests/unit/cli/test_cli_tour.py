@@ -66,7 +66,8 @@ def test_tokenizer_train_warns_when_the_text_cannot_fill_the_vocabulary(tmp_path
 
     store = open_store()
     store.create_dataset("tiny")
-    store.commit_table("tiny", pa.Table.from_pylist([{"id": f"d{i}", "text": "a small text, said twice"} for i in range(3)]))
+    docs = [{"id": f"d{i}", "text": "a small text, said twice"} for i in range(3)]
+    store.commit_table("tiny", pa.Table.from_pylist(docs))
     out = runner.invoke(app, ["tokenizer", "train", "tiny", "--vocab-size", "8192", "-o", str(tmp_path / "t.json"),
                               "--json"])
     assert out.exit_code == 0, out.output
