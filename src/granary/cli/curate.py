@@ -45,9 +45,10 @@ def curate_cmd(
                         rows))
     console.print(f"committed {result.output['ref']}: {result.rows_out:,} of {result.rows_in:,} documents kept, "
                   f"{result.rejected:,} rejected (see the version's `rejected` table), "
-                  f"{result.quarantined:,} quarantined, {result.seconds:.1f} s"
-                  + (f", resumed {result.resumed_tasks} finished tasks" if result.resumed_tasks else ""),
-                  highlight=False)
+                  f"{result.quarantined:,} quarantined, {result.seconds:.1f} s", highlight=False)
+    if result.resumed:
+        console.print(f"resumed the interrupted run {result.run_id}: {result.resumed_tasks} task(s) finished "
+                      "before the interruption were kept, not run again", highlight=False)
     console.print(f"report: {rep['paths']['html']}", highlight=False)
 
 
