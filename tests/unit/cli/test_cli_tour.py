@@ -74,3 +74,22 @@ def test_tokenizer_train_warns_when_the_text_cannot_fill_the_vocabulary(tmp_path
     got = json.loads(out.stdout)
     assert got["short"] and got["vocab_size"] < 8192
     assert f"has {got['vocab_size']:,} tokens, not the 8,192 asked for" in out.stderr
+
+
+def test_curate_steps_lists_every_step_with_its_options() -> None:
+    out = runner.invoke(app, ["curate", "steps", "--json"])
+    assert out.exit_code == 0, out.output
+    steps = {d["step"]: d for d in json.loads(out.stdout)}
+    assert {"pii", "exact_dedup", "minhash_dedup", "gopher_quality"} <= set(steps)
+    assert steps["exact_dedup"]["kind"] == "global"
+    assert {"name": "collapse_whitespace", "type": "bool", "default": True} in steps["exact_dedup"]["options"]
+    assert "gopher_quality" in runner.invoke(app, ["curate", "steps"]).stdout
+
+
+def test_malformed_pipeline_yaml_is_two_lines_with_file_and_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "p.yaml"
+    bad.write_text("name: x\nsteps:\n  - step: pii\n   bad: [1\n")
+    out = runner.invoke(app, ["curate", "web", "-p", str(bad), "-o", "x"])
+    assert out.exit_code == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 2 and f"{bad}:4:4: not valid YAML" in lines[0] and "granary curate steps" in lines[1]
