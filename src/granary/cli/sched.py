@@ -88,6 +88,7 @@ def up(
     from granary.config import Settings
     from granary.sched.agent import Agent, AgentConfig, detect_node
     from granary.sched.controller import Controller, ControllerConfig
+    from granary.sched.lease import Lease
     from granary.sched.state import SchedulerConfig
 
     try:
@@ -96,6 +97,8 @@ def up(
             policy=policy, placement=placement, heartbeat_timeout_s=heartbeat_timeout_s,
             backoff_base_s=backoff_s, backoff_max_s=max(600.0, backoff_s)))
         controller = Controller(catalog, cfg)
+        lease = Lease(catalog, cfg.lease_s)
+        lease.acquire(time.time())  # before starting an agent: a second `sched up` changes nothing
         stop = threading.Event()
         threads = []
         if agent:
@@ -107,7 +110,7 @@ def up(
         for th in threads:
             th.start()
         console.print(f"controller: policy {policy}, placement {placement}, catalog {catalog.url}")
-        controller.run(stop)
+        controller.run(stop, lease=lease)
     except KeyboardInterrupt:
         stop.set()
     except GranaryError as exc:
