@@ -280,7 +280,7 @@ def register(app: typer.Typer) -> None:
                               a["resumed_step"], a["log_path"]) for a in attempts]))
 
     @app.command("cancel")
-    def cancel(job_ids: list[str]) -> None:
+    def cancel(job_ids: list[str], as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
         """Cancel jobs (running ones get SIGTERM, then SIGKILL after their grace period)."""
         from granary.sched.journal import request_cancel
 
@@ -288,9 +288,12 @@ def register(app: typer.Typer) -> None:
         try:
             for job_id in job_ids:
                 request_cancel(catalog, job_id)
-                console.print(f"cancel requested: {job_id}")
+                if not as_json:
+                    console.print(f"cancel requested: {job_id}")
         except GranaryError as exc:
             fail(exc)
+        if as_json:
+            print_json({"cancel_requested": job_ids})
 
     @app.command("nodes")
     def nodes(as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
@@ -308,7 +311,8 @@ def register(app: typer.Typer) -> None:
                               n["reason"]) for n in rows]))
 
     @app.command("drain")
-    def drain(node: str, undo: bool = typer.Option(False, "--undo", help="Put the node back in service.")) -> None:
+    def drain(node: str, undo: bool = typer.Option(False, "--undo", help="Put the node back in service."),
+              as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
         """Stop placing jobs on a node (running jobs finish); --undo reverses it."""
         from granary.sched.journal import request_drain
 
@@ -316,4 +320,7 @@ def register(app: typer.Typer) -> None:
             request_drain(_catalog(), node, drained=not undo)
         except GranaryError as exc:
             fail(exc)
+        if as_json:
+            print_json({"node": node, "drain_requested": not undo})
+            return
         console.print(f"{'undrain' if undo else 'drain'} requested: {node}")

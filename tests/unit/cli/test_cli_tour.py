@@ -93,3 +93,24 @@ def test_malformed_pipeline_yaml_is_two_lines_with_file_and_line(tmp_path) -> No
     assert out.exit_code == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 2 and f"{bad}:4:4: not valid YAML" in lines[0] and "granary curate steps" in lines[1]
+
+
+def _commands(group, path=()):  # type: ignore[no-untyped-def]
+    subs = getattr(group, "commands", None)
+    if subs:
+        for name, sub in subs.items():
+            yield from _commands(sub, (*path, name))
+    else:
+        yield " ".join(path), {o for p in group.params for o in getattr(p, "opts", [])}
+
+
+def test_every_command_has_json_except_those_the_readme_names() -> None:
+    from pathlib import Path
+
+    import typer.main
+
+    without = sorted(name for name, opts in _commands(typer.main.get_command(app)) if "--json" not in opts)
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("Commands without `--json`:"))
+    stated = sorted(x.strip(" `.") for x in line.split(":", 1)[1].split(","))
+    assert without == stated, "update the README's list of commands without --json (or add --json)"
