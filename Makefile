@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXTRAS ?= dev,postgres,s3,tokenize,curate,torch,hf,ray,k8s,dp,serve,tabular,live,monitor,server
 TEST_WORKERS ?= 2
 
-.PHONY: install demo test lint typecheck clean
+.PHONY: install demo test test-random lint typecheck clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/granary demo
 
+# Hypothesis runs derandomized here (profile `ci` in tests/conftest.py): the same examples every run, so a
+# landing never meets a new random counterexample. `make test-random` explores afresh each run.
 test: install
-	$(BIN)/pytest -q -n $(TEST_WORKERS) -p no:cacheprovider
+	GRANARY_HYPOTHESIS_PROFILE=ci $(BIN)/pytest -q -n $(TEST_WORKERS) -p no:cacheprovider
+
+test-random: install
+	GRANARY_HYPOTHESIS_PROFILE=random $(BIN)/pytest -q -n $(TEST_WORKERS) -p no:cacheprovider
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

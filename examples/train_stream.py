@@ -15,6 +15,7 @@ One rank of a run (what torchrun launches):
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -50,32 +51,43 @@ def train(args: argparse.Namespace) -> None:
         opt.load_state_dict(ckpt["opt"])
         loader.load_state_dict(ckpt["loader"])
         step = ckpt["step"]
-    log = open(f"{args.trace}.rank{rank}", "a")  # noqa: SIM115 - closed on both exits below
-    while step < args.steps:
-        for batch in loader:
-            tokens = batch["tokens"] % VOCAB
-            logits = model(tokens[:, :-1])
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            digest = hashlib.sha256(batch["tokens"].numpy().tobytes()).hexdigest()[:16]
-            log.write(json.dumps({"step": step, "rank": rank, "batch": digest, "loss": round(loss.item(), 6)}) + "\n")
-            if args.checkpoint_at and step == args.checkpoint_at:
-                if rank == 0:
-                    Path(args.checkpoint).mkdir(parents=True, exist_ok=True)
-                    torch.save({"model": model.module.state_dict(), "opt": opt.state_dict(),
-                                "loader": loader.state_dict(), "step": step}, Path(args.checkpoint) / "ckpt.pt")
-                dist.barrier()
-                if args.stop:
-                    log.close()
-                    dist.destroy_process_group()
-                    return
-            if step >= args.steps:
-                break
-    log.close()
-    dist.destroy_process_group()
+    log = open(f"{args.trace}.rank{rank}", "a")  # noqa: SIM115 - closed in the finally below
+    try:
+        while step < args.steps:
+            batches = iter(loader)
+            try:
+                for batch in batches:
+                    tokens = batch["tokens"] % VOCAB
+                    logits = model(tokens[:, :-1])
+                    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    step += 1
+                    digest = hashlib.sha256(batch["tokens"].numpy().tobytes()).hexdigest()[:16]
+                    log.write(json.dumps({"step": step, "rank": rank, "batch": digest,
+                                          "loss": round(loss.item(), 6)}) + "\n")
+                    if args.checkpoint_at and step == args.checkpoint_at:
+                        if rank == 0:
+                            Path(args.checkpoint).mkdir(parents=True, exist_ok=True)
+                            torch.save({"model": model.module.state_dict(), "opt": opt.state_dict(),
+                                        "loader": loader.state_dict(), "step": step},
+                                       Path(args.checkpoint) / "ckpt.pt")
+                        dist.barrier()
+                        if args.stop:
+                            return
+                    if step >= args.steps:
+                        break
+            finally:
+                batches.close()  # type: ignore[attr-defined]  # a generator: ends the pass's readers now
+        dist.barrier()  # no rank tears down gloo while another still talks to it
+    finally:
+        log.close()
+        # Release what holds the process group (DDP's reducer) while torch is whole, then the group itself:
+        # left to interpreter exit, its native threads are torn down in an undefined order.
+        del model, opt
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def self_check(workers: int, stop: bool) -> int:
@@ -105,7 +117,11 @@ def self_check(workers: int, stop: bool) -> int:
             runs = [["--trace", str(part), *first, "--stop"], ["--trace", str(part), "--resume", str(ckpt)],
                     ["--trace", str(full)]]
         for extra in runs:
-            subprocess.run(base + extra, check=True, env=env, capture_output=True)
+            out = subprocess.run(base + extra, env=env, capture_output=True, text=True)
+            if out.returncode:
+                sys.stderr.write(out.stdout[-4000:] + out.stderr[-8000:])
+                print(f"FAILED: torchrun {' '.join(extra)} exited with {out.returncode}")
+                return 1
         ok = True
         for rank in (0, 1):
             a = Path(f"{full}.rank{rank}").read_text().splitlines()

@@ -12,6 +12,20 @@ import pytest
 
 from granary.config import Settings
 
+try:
+    from hypothesis import HealthCheck
+    from hypothesis import settings as hypothesis_settings
+except ImportError:  # pragma: no cover - hypothesis comes with granary[dev]
+    pass
+else:
+    # `ci` (what `make test` selects): the same examples on every run, so a landing never meets a new random
+    # counterexample; `random` (`make test-random`, and the default outside make): fresh exploration each run.
+    hypothesis_settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True,
+                                         suppress_health_check=[HealthCheck.too_slow])
+    hypothesis_settings.register_profile("random", deadline=None, print_blob=True,
+                                         suppress_health_check=[HealthCheck.too_slow])
+    hypothesis_settings.load_profile(os.environ.get("GRANARY_HYPOTHESIS_PROFILE", "random"))
+
 PG_ADMIN_URL = os.environ.get("GRANARY_TEST_PG_URL", "postgresql://127.0.0.1:5432/test")
 _CREATED: list[str] = []
 
@@ -113,3 +127,17 @@ def s3_endpoint() -> Iterator[str]:
                  aws_secret_access_key="test").create_bucket(Bucket="granary")
     yield url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_instance() -> Iterator[None]:
+    """One local Ray instance for the test session (a start costs seconds; executors reuse a running one)."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'granary[ray]')")
+    from granary.curate.executors.ray import init_ray
+
+    started = not ray.is_initialized()
+    if started:
+        init_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()

@@ -14,9 +14,10 @@ from granary.cli.output import console, fail, print_json, progress, table
 
 
 def curate_cmd(
-    ref: Annotated[str, typer.Argument(help="Input: a dataset ref (web@main) or a file/directory path.")],
-    pipeline: Annotated[Path, typer.Option("--pipeline", "-p", help="Pipeline YAML file.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Dataset to commit the result to.")],
+    ref: Annotated[str, typer.Argument(help="Input: a dataset ref (web@main) or a file/directory path; "
+                                            "`granary curate steps` lists every step and its options.")],
+    pipeline: Annotated[Path | None, typer.Option("--pipeline", "-p", help="Pipeline YAML file.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Dataset to commit the result to.")] = None,
     executor: Annotated[str, typer.Option(help="Where tasks run: local (processes) or ray.")] = "local",
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
     branch: Annotated[str, typer.Option(help="Branch of the output dataset.")] = "main",
@@ -29,6 +30,12 @@ def curate_cmd(
     """Run a curation pipeline; an interrupted run resumes when the same command is run again."""
     from granary.curate import PipelineSpec, curate
 
+    if ref == "steps" and pipeline is None:  # `granary curate steps` (a dataset named steps: give --pipeline)
+        _list_steps(json_out)
+        return
+    if pipeline is None or output is None:
+        fail("granary curate needs --pipeline FILE and --output DATASET (granary curate steps lists the steps a "
+             "pipeline can use)")
     if executor not in ("local", "ray"):
         fail(f"--executor must be local or ray, got {executor!r}")
     if workers is not None and workers < 1:
@@ -56,9 +63,10 @@ def curate_cmd(
                         rows))
     console.print(f"committed {result.output['ref']}: {result.rows_out:,} of {result.rows_in:,} documents kept, "
                   f"{result.rejected:,} rejected (see the version's `rejected` table), "
-                  f"{result.quarantined:,} quarantined, {result.seconds:.1f} s"
-                  + (f", resumed {result.resumed_tasks} finished tasks" if result.resumed_tasks else ""),
-                  highlight=False)
+                  f"{result.quarantined:,} quarantined, {result.seconds:.1f} s", highlight=False)
+    if result.resumed:
+        console.print(f"resumed the interrupted run {result.run_id}: {result.resumed_tasks} task(s) finished "
+                      "before the interruption were kept, not run again", highlight=False)
     console.print(f"report: {rep['paths']['html']}", highlight=False)
 
 
@@ -97,6 +105,18 @@ def _nothing() -> Any:
     from contextlib import nullcontext
 
     return nullcontext()
+def _list_steps(json_out: bool) -> None:
+    from granary.curate.spec import describe_steps
+
+    steps = describe_steps()
+    if json_out:
+        print_json(steps)
+        return
+    rows = [(d["step"], d["kind"], d["summary"],
+             "\n".join(f"{o['name']}: {o['type']} = {o['default']!r}" for o in d["options"] if o["name"] != "label"))
+            for d in steps]
+    console.print(table("Curation steps (use in a pipeline's `steps:`; every step also takes `label`)",
+                        ["step", "kind", "what it does", "options (type = default)"], rows, no_wrap=["step"]))
 
 
 def _stages(bar: Any) -> Callable[[str, int], Callable[[int], None]]:

@@ -31,6 +31,8 @@ def demo(json_out: Annotated[bool, typer.Option("--json", help="Print machine-re
         "  granary server                  the web dashboard and REST API: open http://127.0.0.1:8470/ui/\n"
         "                                  (local mode, no token; multi-user: GRANARY_AUTH=tokens and a token\n"
         "                                  from `granary token issue NAME`, see docs/server.md)",
+        "  granary jobs --all              the jobs the scheduler ran (granary job ID for one's history)\n"
+        "  corpus: " + str(store.settings.home / "demo" / "corpus.jsonl") + "  (the README's tour ingests it)",
         highlight=False,
     )
 

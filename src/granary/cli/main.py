@@ -22,6 +22,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+def _version(value: bool) -> None:
+    if value:
+        from granary import __version__
+
+        sys.stdout.write(f"granary {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print Granary's version and exit."),
+) -> None:
+    """Granary: versioned datasets, curation, streaming, scheduling and governance for AI training data."""
+
+
 # Each module defines `register(app: typer.Typer) -> None`. Add a subsystem by adding its module here.
 _GROUPS = (
     "granary.cli.store",

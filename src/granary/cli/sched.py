@@ -9,13 +9,22 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from granary.cli.output import console, fail, print_json, table
+from granary.cli.output import console, err_console, fail, print_json, table
 from granary.errors import GranaryError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from granary.catalog import Catalog
+    from granary.sched.journal import JobRow
+    from granary.sched.model import JobSpec
 
 sched_app = typer.Typer(help="Run the scheduler (controller, agent) and its simulator.", no_args_is_help=True)
+
+
+TRACE_SOURCE = ("The Philly trace used in docs/sched.md is philly_pollux_jobs.csv: Microsoft's Philly traces "
+                "(msr-fiddle/philly-traces, CC BY 4.0) as processed by the Pollux OSDI'21 artifact "
+                "(petuum/adaptdl); in this repository's setup it is ../shared/traces/philly_pollux_jobs.csv.")
 
 
 def _catalog() -> Catalog:
@@ -26,7 +35,40 @@ def _catalog() -> Catalog:
 
 
 def _ago(ts: float | None) -> str:
-    return "" if ts is None else time.strftime("%H:%M:%S", time.localtime(ts))
+    """A time as people read it: the clock time today, else the date and time (local time zone)."""
+    if ts is None:
+        return ""
+    same_day = time.localtime(ts)[:3] == time.localtime()[:3]
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _iso(ts: float | None) -> str | None:
+    """A time for --json: ISO 8601 in UTC."""
+    import datetime
+
+    return None if ts is None else datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _unfit(catalog: Catalog) -> Callable[[JobSpec], str | None]:
+    """A function telling why a job can never fit the registered nodes (None when it can)."""
+    from granary.sched.fit import never_fits
+    from granary.sched.journal import list_nodes
+    from granary.sched.model import NodeSpec
+
+    nodes = [NodeSpec(name=n["name"], gpus=n["gpus"], cpus=n["cpus"], memory_bytes=n["memory_bytes"],
+                      labels=n["labels"]) for n in list_nodes(catalog)]
+    return lambda spec: never_fits(spec, nodes)
+
+
+def _reason(row: JobRow, unfit: Callable[[JobSpec], str | None]) -> str:
+    """A job's reason; a pending job that no node can ever hold says why."""
+    if row.state == "pending":
+        from granary.sched.model import JobSpec
+
+        why = unfit(JobSpec.from_dict(row.spec))
+        if why:
+            return f"cannot run on any registered node: {why}"
+    return row.reason
 
 
 @sched_app.command("up")
@@ -46,6 +88,7 @@ def up(
     from granary.config import Settings
     from granary.sched.agent import Agent, AgentConfig, detect_node
     from granary.sched.controller import Controller, ControllerConfig
+    from granary.sched.lease import Lease
     from granary.sched.state import SchedulerConfig
 
     try:
@@ -54,6 +97,8 @@ def up(
             policy=policy, placement=placement, heartbeat_timeout_s=heartbeat_timeout_s,
             backoff_base_s=backoff_s, backoff_max_s=max(600.0, backoff_s)))
         controller = Controller(catalog, cfg)
+        lease = Lease(catalog, cfg.lease_s)
+        lease.acquire(time.time())  # before starting an agent: a second `sched up` changes nothing
         stop = threading.Event()
         threads = []
         if agent:
@@ -65,7 +110,7 @@ def up(
         for th in threads:
             th.start()
         console.print(f"controller: policy {policy}, placement {placement}, catalog {catalog.url}")
-        controller.run(stop)
+        controller.run(stop, lease=lease)
     except KeyboardInterrupt:
         stop.set()
     except GranaryError as exc:
@@ -97,7 +142,9 @@ def agent_cmd(
 
 @sched_app.command("simulate")
 def simulate_cmd(
-    trace: Path = typer.Option(..., help="Trace CSV (timestamp, duration, num_gpus[, cluster])."),
+    trace: Path = typer.Option(None, envvar="GRANARY_TRACE", help="Trace CSV (timestamp, duration, num_gpus[, "
+                               "cluster]); a relative path is read from the working directory. Default: "
+                               "$GRANARY_TRACE."),
     gpus: int = typer.Option(640, help="Cluster size in GPUs."),
     policy: str = typer.Option("mlfq", help="Policy name."),
     placement: str = typer.Option("topology", help="Placement strategy."),
@@ -110,7 +157,11 @@ def simulate_cmd(
     from granary.sched.simulator import simulate
     from granary.sched.trace import load_trace
 
+    if trace is None:
+        fail(f"no trace given: pass --trace PATH or set GRANARY_TRACE. {TRACE_SOURCE}")
     try:
+        if not trace.is_file():
+            fail(f"no trace at {trace} (resolved from {Path.cwd()}: {trace.resolve()}). {TRACE_SOURCE}")
         tr = load_trace(trace)
         if limit:
             tr = tr.slice(0, limit)
@@ -163,9 +214,17 @@ def register(app: typer.Typer) -> None:
 
             # like sbatch: a job without a working directory runs where it was submitted
             specs = [s if s.workdir else dataclasses.replace(s, workdir=os.getcwd()) for s in specs]
-            ids = submit_specs(_catalog(), specs)
+            catalog = _catalog()
+            ids = submit_specs(catalog, specs)
         except GranaryError as exc:
             fail(exc)
+        unfit = _unfit(catalog)
+        for spec in specs:
+            why = unfit(spec)
+            if why:
+                err_console.print(f"[yellow]warning:[/] job {spec.name} ({ids[spec.name]}) cannot run on any "
+                                  f"registered node: {why}; it waits until such a node registers", highlight=False,
+                                  soft_wrap=True)
         if as_json:
             print_json(ids)
         else:
@@ -179,15 +238,24 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List jobs, newest first."""
         from granary.sched.journal import list_jobs
+        from granary.sched.model import TERMINAL
 
+        catalog = _catalog()
         states = None if all_ else ("pending", "admitted", "running", "preempted")
-        rows = list_jobs(_catalog(), states=states, limit=limit)
+        rows = list_jobs(catalog, states=states, limit=limit)
+        unfit = _unfit(catalog)
         if as_json:
-            print_json([r.to_dict() for r in rows])
+            print_json([r.to_dict() | {"reason": _reason(r, unfit), "submit_time_iso": _iso(r.submit_time)}
+                        for r in rows])
             return
         console.print(table(None, ["id", "name", "tenant", "state", "attempt", "submitted", "reason"],
-                            [(r.id, r.name, r.tenant, r.state, r.attempt, _ago(r.submit_time), r.reason)
+                            [(r.id, r.name, r.tenant, r.state, r.attempt, _ago(r.submit_time), _reason(r, unfit))
                              for r in rows]))
+        if not all_:
+            hidden = len(list_jobs(catalog, states=tuple(sorted(TERMINAL)), limit=limit))
+            if hidden:
+                console.print(f"{hidden}{'+' if hidden >= limit else ''} finished job(s) not shown: "
+                              "granary jobs --all lists them", highlight=False)
 
     @app.command("job")
     def job(job_id: str, as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
@@ -201,7 +269,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json({"job": row.to_dict(), "events": events, "attempts": attempts})
             return
-        console.print(f"[bold]{row.id}[/] {row.name} ({row.tenant}): {row.state} - {row.reason}")
+        console.print(f"[bold]{row.id}[/] {row.name} ({row.tenant}): {row.state} - {_reason(row, _unfit(_catalog()))}",
+                      highlight=False)
         console.print(table("events", ["time", "from", "to", "reason", "correlation"],
                             [(_ago(e["at"]), e["from_state"], e["to_state"], e["reason"], e["correlation_id"])
                              for e in events]))
@@ -211,7 +280,7 @@ def register(app: typer.Typer) -> None:
                               a["resumed_step"], a["log_path"]) for a in attempts]))
 
     @app.command("cancel")
-    def cancel(job_ids: list[str]) -> None:
+    def cancel(job_ids: list[str], as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
         """Cancel jobs (running ones get SIGTERM, then SIGKILL after their grace period)."""
         from granary.sched.journal import request_cancel
 
@@ -219,9 +288,12 @@ def register(app: typer.Typer) -> None:
         try:
             for job_id in job_ids:
                 request_cancel(catalog, job_id)
-                console.print(f"cancel requested: {job_id}")
+                if not as_json:
+                    console.print(f"cancel requested: {job_id}")
         except GranaryError as exc:
             fail(exc)
+        if as_json:
+            print_json({"cancel_requested": job_ids})
 
     @app.command("nodes")
     def nodes(as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
@@ -230,7 +302,8 @@ def register(app: typer.Typer) -> None:
 
         rows = list_nodes(_catalog())
         if as_json:
-            print_json(rows)
+            print_json([n | {"last_heartbeat_iso": _iso(n["last_heartbeat"]),
+                             "registered_at_iso": _iso(n.get("registered_at"))} for n in rows])
             return
         console.print(table(None, ["node", "status", "gpus used", "cpus", "labels", "heartbeat", "reason"],
                             [(n["name"], n["status"] + (" (drain requested)" if n["drain_requested"] else ""),
@@ -238,7 +311,8 @@ def register(app: typer.Typer) -> None:
                               n["reason"]) for n in rows]))
 
     @app.command("drain")
-    def drain(node: str, undo: bool = typer.Option(False, "--undo", help="Put the node back in service.")) -> None:
+    def drain(node: str, undo: bool = typer.Option(False, "--undo", help="Put the node back in service."),
+              as_json: bool = typer.Option(False, "--json", help="JSON output.")) -> None:
         """Stop placing jobs on a node (running jobs finish); --undo reverses it."""
         from granary.sched.journal import request_drain
 
@@ -246,4 +320,7 @@ def register(app: typer.Typer) -> None:
             request_drain(_catalog(), node, drained=not undo)
         except GranaryError as exc:
             fail(exc)
+        if as_json:
+            print_json({"node": node, "drain_requested": not undo})
+            return
         console.print(f"{'undrain' if undo else 'drain'} requested: {node}")

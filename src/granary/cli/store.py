@@ -243,14 +243,21 @@ def branch(dataset: Annotated[str, typer.Argument(help="Dataset.")],
 def tag(dataset: Annotated[str, typer.Argument(help="Dataset.")],
         name: Annotated[str, typer.Argument(help="Tag name.")],
         ref: Annotated[str | None, typer.Option("--ref", help="Version to tag (default: the head).")] = None,
-        delete: Annotated[bool, typer.Option(help="Delete the tag instead.")] = False) -> None:
+        delete: Annotated[bool, typer.Option(help="Delete the tag instead.")] = False,
+        json_out: JsonOpt = False) -> None:
     """Create (or delete) an immutable tag."""
     store = _store()
     if delete:
         store.delete_ref(dataset, name, kind="tag")
+        if json_out:
+            print_json({"dataset": dataset, "tag": name, "deleted": True})
+            return
         console.print(f"deleted tag {dataset}@{name}")
         return
     r = store.tag(dataset, name, ref=ref)
+    if json_out:
+        print_json({"dataset": dataset, "tag": name, "version": r.version_id, "deleted": False})
+        return
     console.print(f"tagged {dataset}@{name} -> {(r.version_id or '')[:12]}")
 
 

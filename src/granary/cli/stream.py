@@ -9,6 +9,8 @@ import typer
 
 from granary.cli.common import EncryptOpt, PurposeOpt, apply_encrypt, read_store
 from granary.cli.output import console, print_json, progress, table
+from granary.cli.common import EncryptOpt, apply_encrypt
+from granary.cli.output import console, err_console, print_json, progress, table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
@@ -56,6 +58,7 @@ def train(
     max_documents: Annotated[int | None, typer.Option(help="Train on at most this many documents.")] = None,
     text_column: Annotated[str, typer.Option(help="Column holding the text.")] = "text",
     purpose: PurposeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Train a byte-level BPE tokenizer on a dataset (offline) and save it as tokenizer.json."""
     from granary.stream.tokenizer import Tokenizer, train_bpe
@@ -73,6 +76,16 @@ def train(
 
     path = train_bpe(texts(), vocab_size=vocab_size, output=output)
     info = Tokenizer(path).info
+    short = info.vocab_size < vocab_size
+    if short:
+        err_console.print(f"[yellow]warning:[/] the vocabulary has {info.vocab_size:,} tokens, not the "
+                          f"{vocab_size:,} asked for: no pair of tokens occurs often enough in this text for more "
+                          "merges; train on more documents or ask for a smaller --vocab-size", highlight=False,
+                          soft_wrap=True)
+    if as_json:
+        print_json({"path": str(path), "vocab_size": info.vocab_size, "requested_vocab_size": vocab_size,
+                    "eot_id": info.eot_id, "sha256": info.sha256, "short": short})
+        return
     console.print(table("Tokenizer trained", ["", "value"],
                         [("path", path), ("vocab size", info.vocab_size), ("eot id", info.eot_id),
                          ("sha256", info.sha256[:16])]))

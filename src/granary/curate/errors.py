@@ -19,7 +19,7 @@ class PipelineSpecError(CurateError, ValueError):
         self.reason = reason
         super().__init__(
             f"invalid pipeline at {where}: {reason}",
-            hint=hint or "see docs/curate.md for every step and its options; `granary curate --help` lists them",
+            hint=hint or "`granary curate steps` lists every step and its options (docs/curate.md explains them)",
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -44,6 +44,7 @@ class RunResult:
         rows_in / rows_out / rejected / quarantined: document counts.
         seconds: wall time of this invocation.
         resumed_tasks: tasks skipped because an earlier (interrupted) run completed them.
+        resumed: this run continued an interrupted run of the same pipeline, input and output.
     """
 
     run_id: str
@@ -56,6 +57,7 @@ class RunResult:
     quarantined: int
     seconds: float
     resumed_tasks: int = 0
+    resumed: bool = False
     workdir: str = ""
     lineage: dict[str, Any] = field(default_factory=dict)
 
@@ -104,6 +106,10 @@ def run_pipeline(
     run_id = run_id_for(spec, reader, facts, units, sink)
     root = (work_root or ((settings.home if settings else Path.home() / ".granary") / "work")) / run_id
     rd = RunDir(root)
+    resuming = (root / "run.json").exists()
+    if resuming:  # said at once (the CLI shows warnings on stderr), not only in the summary at the end
+        log.warning("resuming the interrupted run %s of pipeline %s (work dir %s): finished tasks are kept",
+                    run_id, spec.name, root)
     rd.root.mkdir(parents=True, exist_ok=True)
     rd.write_json(root / "run.json", {"spec": spec.to_dict(), "reader": dataclasses.asdict(reader),
                                       "input": facts, "units": len(units)})
@@ -139,6 +145,7 @@ def run_pipeline(
                        rows_out=sum(r["rows_out"] for r in final), rejected=sum(
                            t.num_rows for n, t in side.items() if n == "rejected"),
                        quarantined=quarantined, seconds=time.perf_counter() - t0, resumed_tasks=resumed,
+                       resumed=resuming,
                        workdir=str(root), lineage=lineage)
     if not keep_workdir:
         shutil.rmtree(root, ignore_errors=True)

@@ -91,8 +91,13 @@ class PipelineSpec:
             data = yaml.safe_load(p.read_text())
         except FileNotFoundError as exc:
             raise PipelineSpecError(str(p), "file not found", hint="check the --pipeline path") from exc
-        except yaml.YAMLError as exc:
-            raise PipelineSpecError(str(p), f"not valid YAML: {exc}") from exc
+        except yaml.YAMLError as exc:  # one line with file:line:column, not the parser's context dump
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise PipelineSpecError(where, f"not valid YAML: {problem}",
+                                    hint="check the indentation and quoting there; `granary curate steps` lists "
+                                         "every step and its options") from None
         return cls.from_dict(data, where=str(p))
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,6 +131,30 @@ class Segment:
 
     local: tuple[StepConfig, ...]
     boundary: StepConfig | None = field(default=None)
+
+
+def describe_steps() -> list[dict[str, Any]]:
+    """Every registered step: name, kind (local or global), summary and options with their defaults."""
+    _load_steps()
+    out = []
+    for name in sorted(STEPS):
+        cfg = STEPS[name].config_class
+        hints = typing.get_type_hints(cfg)
+        options = []
+        for f in dataclasses.fields(cfg):
+            if f.default is not dataclasses.MISSING:
+                default: Any = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = None
+            hint = hints.get(f.name)
+            type_name = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+            options.append({"name": f.name, "type": type_name,
+                            "default": list(default) if isinstance(default, tuple) else default})
+        doc = (cfg.__doc__ or "").strip().split("\n\n")[0]
+        out.append({"step": name, "kind": cfg.kind, "summary": " ".join(doc.split()), "options": options})
+    return out
 
 
 def step_from_dict(raw: Any, *, where: str) -> StepConfig:

@@ -110,6 +110,17 @@ def steps() -> list[Step]:
     ]
 
 
+def _shown(value: Any) -> Any:
+    """A summary value as printed: floats rounded to two decimals, also inside lists and dicts."""
+    if isinstance(value, float):
+        return round(value, 2)
+    if isinstance(value, dict):
+        return {k: _shown(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_shown(v) for v in value]
+    return value
+
+
 def run(store: Store, console: Console) -> list[tuple[str, dict[str, Any], float]]:
     """Run every step, printing a line per step; returns (title, summary, seconds) per step."""
     results = []
@@ -119,6 +130,6 @@ def run(store: Store, console: Console) -> list[tuple[str, dict[str, Any], float
         summary = step.run(store, console)
         took = time.perf_counter() - start
         for key, value in summary.items():
-            console.print(f"   {key}: {value}", highlight=False)
+            console.print(f"   {key}: {_shown(value)}", highlight=False)
         results.append((step.title, summary, took))
     return results

@@ -26,6 +26,7 @@ from granary.sched import tables as t
 from granary.sched.errors import SchedError
 from granary.sched.executors import Executor, get_executor
 from granary.sched.journal import job_from_row, job_values, node_spec, register_node
+from granary.sched.lease import Lease
 from granary.sched.model import ACTIVE, TERMINAL, Decision, JobSpec, NodeSpec, PreemptDecision, StartDecision
 from granary.sched.state import SchedulerConfig, SchedulerState
 
@@ -43,16 +44,21 @@ class ControllerConfig:
         remote_nodes: capacity that a remote executor provides, as nodes labelled ``executor=<name>``
             (e.g. ``NodeSpec(name="slurm", cpus=64, gpus=16, labels={"executor": "slurm"})``); the
             controller heartbeats them itself.
+        lease_s: ``run`` holds the catalog's controller lease (one controller at a time); a holder silent
+            for this long may be replaced.
     """
 
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     tick_s: float = 0.5
     executor_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     remote_nodes: tuple[NodeSpec, ...] = ()
+    lease_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.tick_s <= 0:
             raise ValueError(f"tick_s must be > 0, got {self.tick_s}")
+        if self.lease_s < 2 * self.tick_s:
+            raise ValueError(f"lease_s must be at least two ticks ({2 * self.tick_s:g} s), got {self.lease_s}")
 
 
 class Controller:
@@ -72,6 +78,7 @@ class Controller:
         self.state = SchedulerState(self.config.scheduler)
         self.executors: dict[str, Executor] = {}
         self.ticks = 0
+        self.lease: Lease | None = None
 
     # ------------------------------------------------------------ recovery
     def recover(self) -> None:
@@ -116,6 +123,8 @@ class Controller:
         decisions: list[Decision] = []
         failed_submits: list[tuple[str, str]] = []
         with self.catalog.write() as conn:
+            if self.lease is not None:
+                self.lease.renew(conn, now)
             for spec in self.config.remote_nodes:  # the controller is the agent of remote capacity
                 register_node(conn, spec, now)
             self._read_nodes(conn, now)
@@ -131,16 +140,30 @@ class Controller:
         self._drive_remote(now)
         return decisions
 
-    def run(self, stop: threading.Event | None = None, *, until: Callable[[], bool] | None = None) -> None:
-        """Recover, then tick every ``tick_s`` until ``stop`` is set or ``until()`` is true."""
+    def run(self, stop: threading.Event | None = None, *, until: Callable[[], bool] | None = None,
+            lease: Lease | None = None) -> None:
+        """Take the controller lease (ControllerBusyError if another controller holds it), recover, then tick
+        every ``tick_s`` until ``stop`` is set or ``until()`` is true; the lease is released on the way out (pass
+        ``lease`` when the caller took it already)."""
         stop = stop or threading.Event()
-        self.recover()
-        while not stop.is_set():
-            started = time.monotonic()
-            self.step()
-            if until is not None and until():
-                return
-            stop.wait(max(0.0, self.config.tick_s - (time.monotonic() - started)))
+        if lease is None:
+            lease = Lease(self.catalog, self.config.lease_s)
+            lease.acquire(self.clock())
+        self.lease = lease
+        try:
+            self.recover()
+            while not stop.is_set():
+                started = time.monotonic()
+                self.step()
+                if until is not None and until():
+                    return
+                stop.wait(max(0.0, self.config.tick_s - (time.monotonic() - started)))
+        finally:
+            self.lease = None
+            try:
+                lease.release()
+            except Exception:  # never hide why the loop ended; the lease then expires after lease_s
+                log.exception("could not release the controller lease")
 
     # --------------------------------------------------------------- inputs
     def _read_nodes(self, conn: Connection, now: float) -> None:
@@ -279,7 +302,8 @@ class Controller:
             conn.execute(t.jobs.update().where(t.jobs.c.id == job_id).values(accepted=True, **job_values(job, now)))
         for node in st.cluster.nodes:
             conn.execute(t.nodes.update().where(t.nodes.c.name == node.spec.name, t.nodes.c.status != node.status)
-                         .values(status=node.status, reason=f"{node.status} at {now:.0f}"))
+                         .values(status=node.status, reason=f"{node.status} since "
+                                 f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(now))}"))
 
     # --------------------------------------------------------- remote executors
     def _executor(self, name: str) -> Executor:

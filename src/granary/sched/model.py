@@ -14,6 +14,10 @@ FailureCause = Literal["node", "job"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 ACTIVE: frozenset[str] = frozenset({"admitted", "running"})
 
+EXECUTOR_NAMES: tuple[str, ...] = ("local", "slurm", "ray", "k8s")  # granary.sched.executors.EXECUTORS
+MAX_REPLICAS = 100_000  # more than any cluster has nodes; a larger count is a typo
+MAX_GPUS_PER_REPLICA = 1024  # a replica runs on one node
+
 # Every allowed state change. "preempted" is transient: a preempted job goes back to pending at once.
 TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"admitted", "cancelled", "failed"}),
@@ -90,8 +94,13 @@ class JobSpec:
         for name in ("gpus_per_replica", "memory_bytes_per_replica", "max_restarts", "max_node_restarts"):
             if getattr(self, name) < 0:
                 raise InvalidJobError(name, f"must be >= 0, got {getattr(self, name)}")
-        if self.replicas < 1:
-            raise InvalidJobError("replicas", f"must be >= 1, got {self.replicas}")
+        if not 1 <= self.replicas <= MAX_REPLICAS:
+            raise InvalidJobError("replicas", f"must be 1-{MAX_REPLICAS:,}, got {self.replicas}")
+        if self.gpus_per_replica > MAX_GPUS_PER_REPLICA:
+            raise InvalidJobError("gpus_per_replica", f"must be at most {MAX_GPUS_PER_REPLICA} (GPUs of one node), "
+                                                      f"got {self.gpus_per_replica}")
+        if self.executor not in EXECUTOR_NAMES:
+            raise InvalidJobError("executor", f"must be one of {', '.join(EXECUTOR_NAMES)}, got {self.executor!r}")
         if self.cpus_per_replica < 0:
             raise InvalidJobError("cpus_per_replica", f"must be >= 0, got {self.cpus_per_replica}")
         if self.duration_estimate_s is not None and self.duration_estimate_s <= 0:

@@ -40,7 +40,7 @@ class Relay:
         broken: the backend failed after the response started (error event sent, or connection cut).
         first_chunk_s: time from the request to the first body chunk (streams).
         bytes_out: body bytes passed to the client.
-        chunks: body chunks passed to the client.
+        chunks: body chunks passed to the client (whole events for SSE).
         gaps: times between chunks (streams).
     """
 
@@ -148,6 +148,12 @@ async def relay_stream(request: web.BaseRequest, resp: ClientResponse, *, idle_s
             return out, info
         except (ClientPayloadError, ClientError, OSError) as exc:
             info.outcome, info.broken = "reset", True
+            if sse:  # whole events that arrived before the connection dropped still reach the client
+                pending += _unread(content)
+                end = _event_end(pending)
+                if end and await _write(out, bytes(pending[:end]), idle_s):
+                    info.bytes_out += end
+                    info.chunks += _events(pending[:end])
             await _fail_stream(out, info, sse, f"backend {backend_name} closed the stream after "
                                               f"{info.chunks} chunks ({type(exc).__name__})")
             return out, info
@@ -170,7 +176,7 @@ async def relay_stream(request: web.BaseRequest, resp: ClientResponse, *, idle_s
             info.client_gone = True
             return out, info
         info.bytes_out += len(chunk)
-        info.chunks += 1
+        info.chunks += _events(chunk) if sse else 1
         if now >= cut_at:
             info.broken = True
             await _fail_stream(out, info, sse, f"backend {backend_name} was removed from the gateway", code="drained")
@@ -183,6 +189,23 @@ async def relay_stream(request: web.BaseRequest, resp: ClientResponse, *, idle_s
     except (ConnectionError, RuntimeError):
         info.client_gone = True
     return out, info
+
+
+def _events(data: bytes | bytearray) -> int:
+    """Whole SSE events in ``data`` (a stream's chunks are counted in events, however the reads coalesced)."""
+    return data.count(b"\n\n") + data.count(b"\r\n\r\n")
+
+
+def _unread(content: Any) -> bytes:
+    """Bytes the client stream received but nobody read yet. aiohttp raises a payload error before handing out
+    what it already buffered, so data that arrived together with the connection loss would otherwise be lost
+    (it depends on scheduling: under load the last events and the reset are read in one go)."""
+    buffered = getattr(content, "_buffer", None)
+    if not buffered:
+        return b""
+    data = b"".join(bytes(b) for b in buffered)
+    buffered.clear()
+    return data
 
 
 class ClientGone(Exception):

@@ -56,7 +56,8 @@ def run(store: Store, console: Any = None, *, vocab_size: int = 512, seq_len: in
             break
     summary = {"source": source, "tokenizer": str(path), "tokens_version": report.version.ref,
                "documents": report.documents, "tokens": report.tokens, "samples_per_epoch": ds.num_samples,
-               "batches": shapes, "state": ds.state_dict()["position"], "seconds": time.perf_counter() - t0}
+               "batches": shapes, "resume_at_sample": ds.state_dict()["position"],
+               "seconds": round(time.perf_counter() - t0, 2)}
     if console is not None:
         console.print(f"streamed {len(shapes)} batches of {shapes[0] if shapes else '-'} tokens")
     return summary

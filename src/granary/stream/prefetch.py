@@ -6,6 +6,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from granary.stream import background
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -31,10 +33,8 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, num_threads: int, d
     them to finish the item they hold.
     """
     shared = _Shared(items)
-    threads = [threading.Thread(target=_run, args=(fn, shared, depth), daemon=True, name=f"granary-reader-{i}")
-               for i in range(num_threads)]
-    for th in threads:
-        th.start()
+    for i in range(num_threads):
+        background.start(_run, fn, shared, depth, name=f"granary-reader-{i}")
     try:
         n = 0
         while True:
@@ -65,7 +65,7 @@ def _run(fn: Callable[[Any], Any], shared: _Shared, depth: int) -> None:
         with shared.cond:
             while not shared.stop and len(shared.results) >= depth:
                 shared.cond.wait(0.1)
-            if shared.stop:
+            if shared.stop or background.exiting():
                 return
         with shared.take_lock:
             try:

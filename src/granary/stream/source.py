@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -13,6 +12,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from granary.errors import StreamError
 from granary.store.formats.tokens import TokenShardReader
+from granary.stream import background
 from granary.stream.pack import PackedLayout, segment_ids
 from granary.stream.shards import BlockDecryptor, LazyDecryptedShard, open_lazy
 from granary.stream.verify import BlockVerifier, populate
@@ -141,7 +141,7 @@ class TokenSource:
             # for versions that fit the budget: on a larger one it would read the whole version from disk.
             arrays = [s.tokens for s in local]
             if sum(a.nbytes for a in arrays) <= populate_budget():
-                threading.Thread(target=_populate_all, args=(arrays,), daemon=True, name="granary-populate").start()
+                background.start(_populate_all, arrays, name="granary-populate")
 
     def _open(self, store: Store, entry: ShardEntry) -> TokenShard:
         if "enc" in entry.meta:  # decrypted in memory by the security layer, never cached on disk in plaintext
@@ -328,4 +328,6 @@ class TokenSource:
 
 def _populate_all(arrays: list[np.ndarray]) -> None:
     for a in arrays:
+        if background.exiting():
+            return
         populate(a)

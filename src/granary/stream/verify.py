@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import xxhash
 
+from granary.stream import background
 from granary.stream.errors import CorruptBlockError
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,7 @@ class BlockVerifier:
             self._cond.notify_all()
             while self._running < min(self.threads, len(self._queue)):
                 self._running += 1
-                threading.Thread(target=_background, args=(weakref.ref(self),), daemon=True,
-                                 name=f"granary-verify-{self._running}").start()
+                background.start(_background, weakref.ref(self), name=f"granary-verify-{self._running}")
 
     def refresh(self) -> bool:
         """Whether every block is verified, by this process or another one sharing the verdicts."""
@@ -219,7 +219,7 @@ def _background(ref: weakref.ref[BlockVerifier]) -> None:
         if verifier is None:
             return
         with verifier._cond:
-            if not verifier._queue:
+            if not verifier._queue or background.exiting():
                 verifier._running -= 1
                 return
             g = verifier._queue.popleft()

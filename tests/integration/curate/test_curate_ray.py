@@ -11,8 +11,7 @@ from granary.curate.synth import generate
 pytestmark = pytest.mark.ray
 
 
-def test_ray_executor_matches_inline(store) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'granary[ray]')")
+def test_ray_executor_matches_inline(store, ray_instance) -> None:  # type: ignore[no-untyped-def]
     docs, _ = generate(600, seed=4)
     store.create_dataset("web")
     store.commit_table("web", pa.Table.from_pylist(docs))

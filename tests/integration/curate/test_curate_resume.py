@@ -70,6 +70,7 @@ def test_sigkill_then_resume_gives_identical_output(tmp_path: Path) -> None:
     resumed, _ = curate(store, "web@main", spec, "out", executor="inline", report=False)
     assert resumed.resumed_tasks >= n_shards + n_shards // 3
     assert resumed.run_id == run_dirs[0].name
+    assert resumed.resumed and not reference.resumed  # the CLI says "resumed the interrupted run ..."
     ref_table, out_table = store.read_table("reference@main"), store.read_table("out@main")
     assert out_table.equals(ref_table)
     ref_rej = store.read_side_table("reference@main", "rejected")

@@ -65,7 +65,11 @@ def test_slurm_runs_jobs_and_reports_exit_codes(tmp_path: Path) -> None:
 @pytest.mark.ray
 def test_ray_job_api_runs_jobs(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'granary[ray]'")
-    ctx = ray.init(num_cpus=1, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=None)
+    from granary.curate.executors.ray import init_ray
+
+    if ray.is_initialized():  # the session's shared instance has no dashboard (the Job API needs one)
+        ray.shutdown()
+    ctx = init_ray(num_cpus=1, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=None)
     try:
         address = f"http://{ctx.dashboard_url}"
         specs = [JobSpec(name="ok", executor="ray", cpus_per_replica=0, command="echo hi"),

@@ -137,6 +137,8 @@ def test_hugging_face_roundtrip(store: Store, tmp_path: Path) -> None:
     assert r.records == 2
     assert store.read_table("hf").to_pylist() == [{"id": "a", "text": "one", "label": 0},
                                                   {"id": "b", "text": "two", "label": 1}]
-    export(store, "hf", tmp_path / "hf-out", fmt="hf")
+    moved: list[int] = []
+    assert export(store, "hf", tmp_path / "hf-out", fmt="hf", on_rows=moved.append) == 2
+    assert sum(moved) == 2  # the progress bar reaches every row
     back = datasets.load_from_disk(str(tmp_path / "hf-out"))
     assert back["text"] == ["one", "two"] and back["label"] == [0, 1]

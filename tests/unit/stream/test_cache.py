@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue as queue_module
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,14 +73,24 @@ def _reader(home: str, cache_root: str, queue: mp.Queue) -> None:  # type: ignor
 def test_two_processes_share_one_small_cache(tmp_path: Path) -> None:
     store = _big_store(tmp_path / "h")
     want = _stream(store, None).sum(dtype=np.int64).item()
-    ctx = mp.get_context("fork")
+    # spawn, not fork: this process still has the loader's background threads (verify, populate), and a child
+    # forked while one of them holds a lock can hang on it
+    ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     procs = [ctx.Process(target=_reader, args=(str(tmp_path / "h"), str(tmp_path / "c"), queue)) for _ in range(2)]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=60) for _ in procs]
+    results = []
+    deadline = time.monotonic() + 180  # only bounds a hang; a loaded machine may take a while
+    while len(results) < len(procs):
+        try:
+            results.append(queue.get(timeout=1))
+        except queue_module.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            assert not dead, f"a reader process failed with exit code {dead} (its traceback is in stderr above)"
+            assert time.monotonic() < deadline, "the readers did not finish within 180 s"
     for p in procs:
-        p.join(timeout=30)
+        p.join(timeout=60)
         assert p.exitcode == 0
     assert results == [want, want]
     assert not list((tmp_path / "c").rglob("*.tmp"))

@@ -18,6 +18,6 @@ def test_demo_falls_back_to_the_raw_corpus_and_streams(tstore: Store) -> None:
     tstore.commit_table("demo", pa.table({"id": [str(i) for i in range(150)], "text": texts}))
     summary = demo.run(tstore, vocab_size=300, seq_len=32, batches=2)
     assert summary["source"] == "demo" and summary["documents"] == 150
-    assert summary["batches"] == [[4, 32], [4, 32]] and summary["state"] == 8
+    assert summary["batches"] == [[4, 32], [4, 32]] and summary["resume_at_sample"] == 8
     assert tstore.resolve("demo-tokens").num_tokens == summary["tokens"]
     assert summary["seconds"] < 15

@@ -11,6 +11,27 @@ from granary.errors import MissingDependencyError
 log = logging.getLogger(__name__)
 
 
+def init_ray(attempts: int = 3, **kwargs: Any) -> Any:
+    """``ray.init(**kwargs)``, retried when a local start times out.
+
+    Ray waits a fixed 30 s for a new local node's raylet to register; on a loaded machine that start can take
+    longer, and a second try (after shutting the half-started instance down) then succeeds. Connecting to an
+    existing cluster (``address``) is tried once.
+    """
+    import ray
+
+    tries = 1 if kwargs.get("address") else attempts
+    for attempt in range(1, tries + 1):
+        try:
+            return ray.init(**kwargs)
+        except Exception as exc:  # Ray raises a bare Exception for the startup timeout
+            if attempt == tries or "timed out during startup" not in str(exc):
+                raise
+            log.warning("Ray's local start timed out (try %d of %d); retrying", attempt, tries)
+            ray.shutdown()
+    raise AssertionError("unreachable")
+
+
 class RayExecutor(Executor):
     """Runs each task as a Ray task with one CPU; connects to `address` or starts a local Ray instance.
 
@@ -34,7 +55,7 @@ class RayExecutor(Executor):
                 kwargs["address"] = address
             elif num_workers:
                 kwargs["num_cpus"] = num_workers
-            ray.init(**kwargs)
+            init_ray(**kwargs)
             self._started = True
         self.num_workers = num_workers or int(ray.cluster_resources().get("CPU", 1))
 

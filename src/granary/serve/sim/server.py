@@ -96,6 +96,15 @@ class SimEngine:
         return tokens, cached
 
 
+async def _flushed(request: web.Request, bound_s: float = 5.0) -> None:
+    """Wait until the response bytes written so far left the process (bounded: a stuck peer cannot hang us)."""
+    transport = request.transport
+    deadline = time.monotonic() + bound_s
+    await asyncio.sleep(0)
+    while transport is not None and transport.get_write_buffer_size() > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+
+
 def _error(status: int, message: str, code: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": "invalid_request_error", "code": code}},
                              status=status)
@@ -165,6 +174,7 @@ def sim_app(config: SimConfig) -> web.Application:
             event = {"id": f"cmpl-{engine.requests}", "object": obj, "model": config.model, "choices": [choice]}
             await resp.write(f"data: {json.dumps(event)}\n\n".encode())
             if config.fail_after_chunks is not None and i + 1 >= config.fail_after_chunks:
+                await _flushed(request)  # what was sent is on the wire (uvloop queues writes until the loop turns)
                 os._exit(3)  # the engine dies mid-stream: the connection drops without a proper end
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
