@@ -31,6 +31,7 @@ _GROUPS = (
     "granary.cli.sched",
     "granary.cli.stream",
     "granary.cli.gateway",
+    "granary.cli.train",
 )
 
 for _module in _GROUPS:

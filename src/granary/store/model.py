@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Kind = Literal["documents", "tokens"]
-KINDS: tuple[str, ...] = ("documents", "tokens")
+Kind = Literal["documents", "tokens", "checkpoint"]
+KINDS: tuple[str, ...] = ("documents", "tokens", "checkpoint")
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Mode = Literal["append", "overwrite"]
+SHARD_FORMATS = {"documents": "parquet", "tokens": "tokens", "checkpoint": "blob"}
 
 
 class Transaction:
@@ -114,7 +115,7 @@ class Transaction:
     def add_shards(self, entries: Iterable[ShardEntry]) -> None:
         """Reference shards already published by ``Store.write_shard`` / ``write_token_shard``."""
         for e in entries:
-            expected = "parquet" if self.info.kind == "documents" else "tokens"
+            expected = SHARD_FORMATS[self.info.kind]
             if e.format != expected:
                 raise StoreError(f"a {self.info.kind} dataset takes {expected} shards, got {e.format} ({e.key})")
             self._add(e)
