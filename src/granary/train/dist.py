@@ -19,6 +19,7 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     group: Any = None
+    owned: bool = False  # this object initialised the process group (and closes it)
 
     @property
     def enabled(self) -> bool:
@@ -28,14 +29,16 @@ class Dist:
     def init(cls, *, timeout_s: float = 300.0) -> Dist:
         """Join the job torchrun started (``RANK``/``WORLD_SIZE`` in the environment), or run alone."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
+        owned = False
         if world > 1 and not dist.is_initialized():
+            owned = True
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             rank, timeout = int(os.environ["RANK"]), timedelta(seconds=timeout_s)
             dist.init_process_group(backend, store=_attempt_store(rank, world, timeout), rank=rank, world_size=world,
                                     timeout=timeout)
         if dist.is_initialized():
             return cls(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                       local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+                       local_rank=int(os.environ.get("LOCAL_RANK", "0")), owned=owned)
         return cls()
 
     def barrier(self) -> None:
@@ -65,7 +68,8 @@ class Dist:
         return t.tolist()
 
     def close(self) -> None:
-        if dist.is_initialized():
+        """Destroy the process group if this object created it."""
+        if self.owned and dist.is_initialized():
             dist.destroy_process_group()
 
 

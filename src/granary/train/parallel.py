@@ -7,7 +7,7 @@ Pipeline parallelism lives in :mod:`granary.train.pipeline`, the low-communicati
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -15,6 +15,9 @@ from torch import nn
 from granary.errors import TrainError
 from granary.train.dist import Dist
 from granary.train.recipe import ParallelConfig
+
+if TYPE_CHECKING:
+    from granary.train.comm import CommCounter
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -26,32 +29,15 @@ def autocast_dtype(cfg: ParallelConfig) -> torch.dtype | None:
     return _DTYPES[cfg.mixed_precision]
 
 
-def wrap_ddp(model: nn.Module, cfg: ParallelConfig, dist: Dist) -> nn.Module:
-    """DistributedDataParallel with the configured communication hook (bf16/fp16 compression or PowerSGD)."""
+def wrap_ddp(model: nn.Module, cfg: ParallelConfig, dist: Dist, counter: CommCounter | None = None) -> nn.Module:
+    """DistributedDataParallel with the configured communication hook; its bytes are counted into ``counter``."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    from granary.train.comm import CommCounter, register_hook
+
     ddp = DDP(model, device_ids=None if not torch.cuda.is_available() else [dist.local_rank])
-    register_comm_hook(ddp, cfg)
+    register_hook(ddp, cfg, counter or CommCounter())
     return ddp
-
-
-def register_comm_hook(ddp: Any, cfg: ParallelConfig) -> Any:
-    """Register a DDP communication hook; returns its state (PowerSGD keeps error feedback there)."""
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
-
-    if cfg.comm_hook == "none":
-        return None
-    if cfg.comm_hook == "fp16":
-        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
-        return None
-    if cfg.comm_hook == "bf16":
-        ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
-        return None
-    state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=cfg.powersgd_rank,
-                                        start_powerSGD_iter=2, min_compression_rate=0.0,
-                                        use_error_feedback=True, warm_start=True, random_seed=0)
-    ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
-    return state
 
 
 def wrap_fsdp(model: nn.Module, cfg: ParallelConfig, dist: Dist) -> nn.Module:
@@ -81,3 +67,26 @@ def wrap_tp(model: nn.Module, cfg: ParallelConfig, dist: Dist) -> nn.Module:
     for block in model.blocks.values():  # type: ignore[operator]
         parallelize_module(block, mesh, plan)
     return model
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
+    """Clip gradients by their total norm; works when DTensor (sharded) and plain gradients are mixed, as under
+    tensor parallelism, where ``torch.nn.utils.clip_grad_norm_`` refuses the mix."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    limit = max_norm if max_norm > 0 else float("inf")
+    kinds = {hasattr(g, "full_tensor") for g in grads}
+    if len(kinds) == 1:
+        norm = torch.nn.utils.clip_grad_norm_(params, limit)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    squares = []
+    for g in grads:
+        n = torch.linalg.vector_norm(g.detach().float())
+        squares.append((n.full_tensor() if hasattr(n, "full_tensor") else n) ** 2)
+    total = float(torch.stack(squares).sum().sqrt())
+    if total > limit:
+        scale = limit / (total + 1e-6)
+        for g in grads:
+            g.mul_(scale)
+    return total

@@ -25,12 +25,16 @@ from torch import nn
 from granary.errors import TrainError
 from granary.train import chaos
 from granary.train.checkpoint import CheckpointManager
+from granary.train.comm import CommCounter
+from granary.train.diloco import DiLoCo
 from granary.train.dist import Dist
 from granary.train.fault import EXIT_PREEMPTED, LossGuard, Preemption, StepWatchdog, read_faults
 from granary.train.lineage import code_hash, run_lineage
 from granary.train.metrics import MetricsLogger
 from granary.train.model import GPT, loss_fn
 from granary.train.parallel import autocast_dtype, wrap_ddp, wrap_fsdp, wrap_tp
+from granary.train.parallel import clip_grad_norm as clip_params
+from granary.train.pipeline import Pipeline, clip_grad_norm
 from granary.train.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -114,6 +118,9 @@ class Trainer:
         self.store = self._store
         seed_all(r.seed)  # identical initial weights on every rank
         self.raw_model = self._model if self._model is not None else GPT(r.model)
+        self.comm = CommCounter()
+        self.pipeline: Pipeline | None = None
+        self.diloco: DiLoCo | None = None
         self.model = self._parallelize(self.raw_model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=r.optim.lr, weight_decay=r.optim.weight_decay,
                                            betas=(r.optim.beta1, r.optim.beta2))
@@ -121,30 +128,63 @@ class Trainer:
                                       run_dir=self.run_dir)
         self.metrics = MetricsLogger(self.run_dir, enabled=self.dist.rank == 0)
         self.guard = LossGuard(r.fault.nan_policy, r.fault.spike_factor)
+        if self.mode == "diloco":
+            self.diloco = DiLoCo(self.model, r.parallel, self.dist, self.comm)
         self.attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
     def _parallelize(self, model: nn.Module) -> nn.Module:
         p = self.recipe.parallel
-        mode = p.mode if self.dist.world_size > 1 else ("fsdp" if p.mode == "fsdp" and self.dist.enabled else "single")
-        if p.mode in ("pp", "diloco") and self.dist.world_size > 1:
-            raise TrainError(f"parallel.mode {p.mode!r} is run by its own loop",
-                             hint="see granary.train.pipeline / granary.train.diloco and docs/train.md")
-        wrapped = {"ddp": wrap_ddp, "fsdp": wrap_fsdp, "tp": wrap_tp}.get(mode)
-        model = wrapped(model, p, self.dist) if wrapped else model
+        self.mode = p.mode if self.dist.world_size > 1 else "single"
+        if self.mode == "pp":
+            if not isinstance(model, GPT):
+                raise TrainError("parallel.mode pp cuts the reference GPT into stages; pass no model of your own")
+            self.pipeline = Pipeline(model, p, self.dist, batch_size=self.recipe.data.batch_size)
+            model = self.pipeline.module
+        elif self.mode == "ddp":
+            model = wrap_ddp(model, p, self.dist, self.comm)
+        elif self.mode == "fsdp":
+            model = wrap_fsdp(model, p, self.dist)
+        elif self.mode == "tp":
+            model = wrap_tp(model, p, self.dist)
         if p.compile:
             model = torch.compile(model)  # type: ignore[assignment]
         return model
 
+    @property
+    def data_parallel(self) -> tuple[int, int]:
+        """(rank, ranks) among the replicas that read different batches (tensor/pipeline ranks share one)."""
+        return (0, 1) if self.mode in ("tp", "pp") else (self.dist.rank, self.dist.world_size)
+
     def _state(self) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
+        if self.diloco is not None:  # the global (synchronised) parameters; local states go in the extras
+            names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+            return {"model": dict(zip(names, self.diloco.global_params, strict=True))}
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         return {"model": model_sd, "optim": optim_sd}
 
-    def _load_state(self, state: dict[str, Any]) -> None:
+    def _load_state(self, state: dict[str, Any], extra: dict[str, Any] | None) -> None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        if self.diloco is None:
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optim"])
+        elif extra is not None:  # the same world size: every rank's own local model and optimisers
+            self.model.load_state_dict(extra["local"])
+            self.optimizer.load_state_dict(extra["inner"])
+            self.diloco.outer.load_state_dict(extra["outer"])
+        else:  # another world size: start the local models from the global parameters
+            with torch.no_grad():
+                for p, g in zip(self.diloco.params, self.diloco.global_params, strict=True):
+                    p.copy_(g)
+
+    def _extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"rng": rng_state()}
+        if self.diloco is not None:
+            extra.update(local=self.model.state_dict(), inner=self.optimizer.state_dict(),
+                         outer=self.diloco.outer.state_dict())
+        return extra
 
     # -- data -----------------------------------------------------------------------------------------------
     def _open_data(self, pinned: str | None) -> Any:
@@ -153,9 +193,10 @@ class Trainer:
         r = self.recipe
         if pinned is None:
             pinned = self.dist.broadcast_object(self.store.resolve(r.data.dataset).ref if self.dist.rank == 0 else "")
+        rank, ranks = self.data_parallel
         ds = StreamingDataset(pinned, batch_size=r.data.batch_size, seq_len=r.model.context + 1, seed=r.data.seed,
-                              shuffle=r.data.shuffle, rank=self.dist.rank, world_size=self.dist.world_size,
-                              store=self.store, purpose=r.data.purpose)
+                              shuffle=r.data.shuffle, rank=rank, world_size=ranks, store=self.store,
+                              purpose=r.data.purpose)
         return ds, pinned
 
     # -- the loop -------------------------------------------------------------------------------------------
@@ -187,8 +228,9 @@ class Trainer:
                              hint=f"use another checkpoint.dataset than {r.checkpoint_dataset}, or the same model")
         state = self._state()
         loaded = self.ckpt.load(latest.ref, state)
-        self._load_state(state)
-        if loaded.extra is not None and loaded.metadata.get("world_size") == self.dist.world_size:
+        same_world = loaded.extra is not None and loaded.metadata.get("world_size") == self.dist.world_size
+        self._load_state(state, loaded.extra if same_world else None)
+        if same_world and loaded.extra is not None:
             set_rng_state(loaded.extra["rng"])
         self._segments = list(self.store.manifest(latest).lineage.get("segments", []))
         return int(loaded.metadata["step"]), loaded.metadata["data"]["ref"], loaded.metadata["loader"], latest.id
@@ -204,7 +246,7 @@ class Trainer:
         amp = autocast_dtype(r.parallel)
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         flops = self.raw_model.flops_per_token() if isinstance(self.raw_model, GPT) else None
-        tokens_per_step = r.data.batch_size * r.model.context * r.parallel.grad_accum * self.dist.world_size
+        tokens_per_step = r.data.batch_size * r.model.context * r.parallel.grad_accum * self.data_parallel[1]
         batches = iter(ds)
         checkpoints: list[str] = []
         final_loss = None
@@ -222,6 +264,9 @@ class Trainer:
                 data_s += time.perf_counter() - d0
                 tokens = batch["tokens"]
                 x, y = tokens[:, :-1], tokens[:, 1:]
+                if self.pipeline is not None:
+                    loss_sum = self.pipeline.step(x, y)
+                    continue
                 last = micro == r.parallel.grad_accum - 1
                 no_sync = getattr(self.model, "no_sync", None)
                 sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
@@ -232,6 +277,8 @@ class Trainer:
                 loss_sum += float(loss.detach())
             grad_norm = self._clip()
             mean_loss, skew = self._reduce(loss_sum, time.perf_counter() - t0)
+            if self.pipeline is not None:
+                mean_loss = loss_sum  # already the pipeline's loss on every rank
             if self.guard.bad(mean_loss, step):
                 self.optimizer.zero_grad(set_to_none=True)
             else:
@@ -240,6 +287,8 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             step += 1
+            if self.diloco is not None:
+                self.diloco.after_step(step)
             final_loss = mean_loss
             watchdog.beat(step)
             chaos.maybe_fail("step", step, self.dist.rank, self.run_dir)
@@ -249,7 +298,7 @@ class Trainer:
                 self.metrics.log({"step": step, "loss": mean_loss, "grad_norm": grad_norm,
                                   "learning_rate": lr_at(r, step - 1), "tokens_per_second": tps,
                                   "step_seconds": elapsed, "data_seconds": data_s, "step_skew_seconds": skew,
-                                  "mfu": _mfu(flops, tps), "attempt": self.attempt})
+                                  "mfu": _mfu(flops, tps), "comm_bytes": self.comm.take(), "attempt": self.attempt})
             if r.data.eval_dataset and r.data.eval_every and step % r.data.eval_every == 0:
                 self._evaluate(step)
             stop = self._agree(preempt.requested)
@@ -263,16 +312,15 @@ class Trainer:
 
     def _clip(self) -> float:
         clip = self.recipe.optim.grad_clip
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
-        if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2 / TP
-            norm = norm.full_tensor()
-        return float(norm)
+        if self.pipeline is not None:
+            return clip_grad_norm(list(self.model.parameters()), clip, self.dist)
+        return clip_params(list(self.model.parameters()), clip)
 
     def _reduce(self, loss: float, seconds: float) -> tuple[float, float]:
         """Mean loss over ranks, and the slowest minus the fastest rank's step time (one collective)."""
         if not self.dist.enabled:
             return loss, 0.0
-        out = self.dist.all_reduce([loss, seconds, -seconds], op="sum")
+        out = self.dist.all_reduce([loss], op="sum")
         mx = self.dist.all_reduce([seconds, -seconds], op="max")
         return out[0] / self.dist.world_size, mx[0] + mx[1]
 
@@ -288,7 +336,7 @@ class Trainer:
         meta = {"run": r.name, "model_hash": r.model_hash(), "model": r.to_dict()["model"],
                 "recipe": r.to_dict(), "data": {"ref": pinned, "versions": loader["versions"]}, "loader": loader,
                 "code": code_hash(), "attempt": self.attempt}
-        vid = self.ckpt.save(step, self._state(), extra={"rng": rng_state()}, metadata=meta, lineage=lineage)
+        vid = self.ckpt.save(step, self._state(), extra=self._extra(), metadata=meta, lineage=lineage)
         self.metrics.set(checkpoint_seconds=time.perf_counter() - t0)
         return vid
 
