@@ -377,6 +377,9 @@ class Trainer:
                                 "resumed_from": resumed_from, "checkpoint": version}) + "\n")
         self.metrics.set(restarts_total=self.attempt)
         if resumed_from is not None:
+            from granary.sched.checkpoint import report_resumed
+
+            report_resumed(resumed_from)  # shown by the scheduler for a `train` job (no-op outside one)
             log.warning("resumed %s from step %d (checkpoint %s)", self.recipe.name, resumed_from, version)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,11 @@ def test_resume_after_failures_is_exact(home: Path, tmp_path: Path, monkeypatch:
             with pytest.raises(RuntimeError, match="injected"):
                 fit(recipe(tmp_path, "again"))
         assert [store.manifest(v).metadata["step"] for v in store.log("again-ckpt")] == [4]  # 8 never visible
+    report = tmp_path / "report.json"
+    monkeypatch.setenv("GRANARY_REPORT_FILE", str(report))  # as in a scheduled `train` job
     again = fit(recipe(tmp_path, "again"))
     assert again.resumed_from == 4 and again.steps == 8
+    assert json.loads(report.read_text()) == {"resumed_step": 4}
     assert losses(tmp_path / "again")[0] == losses(tmp_path / "base")[0]
     a, b = final_state(home, "base-ckpt"), final_state(home, "again-ckpt")
     for k in a["model"]:
@@ -149,3 +153,12 @@ def test_grad_accumulation_and_bf16(home: Path, tmp_path: Path) -> None:
     state = final_state(home, "acc-ckpt")
     assert state["metadata"]["loader"]["position"] == 3 * 2 * 4  # two micro-batches per step
     assert all(t.dtype == torch.float32 for t in state["model"].values())  # master weights stay fp32
+
+
+def test_sched_train_job_runs_granary_train() -> None:
+    from granary.sched.executors.base import command_line
+    from granary.sched.model import JobSpec
+
+    line = command_line(JobSpec(name="t", recipe="runs/gpt.yaml", gpus_per_replica=4))
+    assert line.endswith("-m granary.cli.main train runs/gpt.yaml --nproc-per-node 4")
+    assert command_line(JobSpec(name="t", recipe="r.yaml")).endswith("--nproc-per-node 1")
