@@ -88,7 +88,6 @@ class CheckpointConfig:
     dataset: str | None = None
     every: int = 50
     resume: bool = True
-    keep_last: int = 0
 
 
 @dataclass(kw_only=True, frozen=True)

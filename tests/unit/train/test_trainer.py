@@ -162,3 +162,17 @@ def test_sched_train_job_runs_granary_train() -> None:
     line = command_line(JobSpec(name="t", recipe="runs/gpt.yaml", gpus_per_replica=4))
     assert line.endswith("-m granary.cli.main train runs/gpt.yaml --nproc-per-node 4")
     assert command_line(JobSpec(name="t", recipe="r.yaml")).endswith("--nproc-per-node 1")
+
+
+def test_demo_step_trains_on_demo_tokens(home: Path) -> None:
+    from granary.train import demo
+
+    store = _store(home)
+    store.create_dataset("demo-tokens", kind="tokens")
+    with store.transaction("demo-tokens") as txn:
+        txn.write_tokens([torch.arange(300).numpy().astype("uint16") % 512] * 4)
+        txn.commit()
+    summary = demo.run(store, steps=4)
+    assert summary["steps"] == 4 and summary["samples trained on"] == 32
+    assert store.resolve("demo-gpt-ckpt").kind == "checkpoint"
+    assert store.verify("demo-gpt-ckpt").problems == []  # checkpoint blobs are checksummed like any shard
