@@ -53,6 +53,7 @@ _GROUPS = (
     "granary.cli.watch",
     "granary.cli.energy",
     "granary.cli.server",
+    "granary.cli.train",
 )
 
 for _module in _GROUPS:

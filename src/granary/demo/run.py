@@ -66,6 +66,17 @@ def stream_step(store: Store, console: Console) -> dict[str, Any]:
     return stream_demo.run(store, console)
 
 
+def train_step(store: Store, console: Console) -> dict[str, Any]:
+    """Train the reference GPT for a few steps on `demo-tokens`, checkpoints in the store (needs torch)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return {"skipped": "PyTorch is not installed (pip install 'granary[torch]')"}
+    from granary.train import demo as train_demo
+
+    return train_demo.run(store, console)
+
+
 def sched_step(store: Store, console: Console) -> dict[str, Any]:
     """Submit the demo's data jobs (verify -> stream -> report) as a DAG through the scheduler's local executor."""
     import sys
@@ -104,6 +115,7 @@ def steps() -> list[Step]:
         Step("Ingest a synthetic corpus into the store", ingest_step),
         Step("Curate it: clean, quality-filter, deduplicate, redact PII, report", curate_step),
         Step("Tokenize it and stream training batches", stream_step),
+        Step("Train the reference GPT on them for a few steps (CPU, checkpoints in the store)", train_step),
         Step("Run the data jobs through the scheduler (a DAG on the local executor)", sched_step),
         Step("Watch it: node and GPU readings, alerts, energy per job", watch_step),
         Step("Govern it: license and purposes, a private statistic, the audit chain", secure_step),

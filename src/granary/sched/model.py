@@ -38,7 +38,8 @@ class JobSpec:
         name: a human name (not unique).
         tenant: the queue / team the job is charged to (fair share and quotas work per tenant).
         command: argv list or a shell string (local, Slurm and Ray executors).
-        recipe: a training recipe name, as an alternative to ``command``.
+        recipe: a training recipe file (YAML, see docs/train.md), as an alternative to ``command``: a ``train``
+            job, run as ``granary train RECIPE --nproc-per-node max(1, gpus_per_replica)``.
         gpus_per_replica: GPUs each replica needs (all on one node).
         cpus_per_replica: CPU cores each replica needs.
         memory_bytes_per_replica: RAM each replica needs.

@@ -9,6 +9,8 @@ from typing import Any, Literal
 Kind = Literal["documents", "tokens", "table"]
 # documents: id + text rows; tokens: token shards; table: typed rows of any schema (curated tabular data, streams)
 KINDS: tuple[str, ...] = ("documents", "tokens", "table")
+Kind = Literal["documents", "tokens", "checkpoint"]
+KINDS: tuple[str, ...] = ("documents", "tokens", "checkpoint")
 
 
 @dataclass(frozen=True)

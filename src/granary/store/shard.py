@@ -16,7 +16,7 @@ from granary.store.hooks import StoreHooks
 from granary.store.manifest import ShardEntry
 from granary.store.objects import ObjectStore
 
-EXTENSIONS = {"parquet": "parquet", "tokens": "tok"}
+EXTENSIONS = {"parquet": "parquet", "tokens": "tok", "blob": "bin"}
 
 
 def data_key(dataset: str, checksum: str, fmt: str) -> str:

@@ -478,6 +478,18 @@ class Store:
             if _staging is None:
                 self.objects.remove_staging(staging.name)
 
+    def write_blob(self, dataset: str, path: Path, *, name: str) -> ShardEntry:
+        """Publish one opaque file (a checkpoint's file, named ``name`` inside it) of a ``checkpoint`` dataset.
+
+        The file is moved into content-addressed storage, invisible until a commit references it
+        (``Transaction.add_shards``); a crash before the commit leaves an unreferenced object for ``gc``.
+        """
+        info = self.dataset(dataset)
+        if info.kind != "checkpoint":
+            raise StoreError(f"dataset {dataset} holds {info.kind}; blobs belong to checkpoint datasets")
+        self.hooks.authorize("write", dataset)
+        return publish(self.objects, self.hooks, dataset, Path(path), fmt="blob", rows=0, meta={"name": name})
+
     # -- reading --------------------------------------------------------------------------------
     def read_shard(self, entry: ShardEntry, *, columns: list[str] | None = None, verify: bool = True) -> pa.Table:
         """One document shard, checksum verified (a data read of its dataset: authorised and audited)."""

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 Mode = Literal["append", "overwrite"]
 CatalogWrite = Callable[["Connection", VersionInfo], None]
 ROW_KINDS = ("documents", "table")  # kinds whose shards are Parquet row files
+SHARD_FORMATS = {"documents": "parquet", "tokens": "tokens", "checkpoint": "blob"}
 
 
 class Transaction:
@@ -123,6 +124,7 @@ class Transaction:
         """Reference shards already published by ``Store.write_shard`` / ``write_token_shard``."""
         for e in entries:
             expected = "parquet" if self.info.kind in ROW_KINDS else "tokens"
+            expected = SHARD_FORMATS[self.info.kind]
             if e.format != expected:
                 raise StoreError(f"a {self.info.kind} dataset takes {expected} shards, got {e.format} ({e.key})")
             self._add(e)

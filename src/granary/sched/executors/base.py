@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,11 @@ def command_line(spec: JobSpec) -> str:
     if spec.command is None:
         if spec.recipe is None:
             raise ValueError(f"job {spec.name!r} has neither command nor recipe")
-        return f"granary train run {shlex.quote(spec.recipe)}"
+        # a `train` job: torchrun's elastic agent, one worker per GPU (one on CPU); a restarted attempt resumes
+        # from the newest checkpoint in the store and reports the step (granary.sched.checkpoint.report_resumed)
+        nproc = max(1, spec.gpus_per_replica)
+        return (f"{shlex.quote(sys.executable)} -m granary.cli.main train {shlex.quote(spec.recipe)} "
+                f"--nproc-per-node {nproc}")
     if isinstance(spec.command, str):
         return spec.command
     return shlex.join(spec.command)

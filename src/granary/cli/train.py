@@ -1,0 +1,74 @@
+"""`granary train` (a run through torchrun's elastic agent) and `granary lineage`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from granary.cli.output import console, print_json, table
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def train(
+    target: Annotated[Path, typer.Argument(help="A recipe (.yaml) or a training script (.py).")],
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="Worker processes on this node.")] = 1,
+    nnodes: Annotated[str, typer.Option("--nnodes", help="Nodes, N or MIN:MAX (elastic).")] = "1",
+    rdzv_endpoint: Annotated[str | None, typer.Option("--rdzv-endpoint", help="HOST:PORT where nodes meet.")] = None,
+    rdzv_id: Annotated[str | None, typer.Option("--rdzv-id", help="Job id shared by the nodes.")] = None,
+    max_restarts: Annotated[int, typer.Option("--max-restarts", help="Restarts of all workers after a failure.")]
+    = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the torchrun arguments and stop.")] = False,
+    script_args: Annotated[list[str] | None, typer.Argument(help="Arguments passed to a .py script.")] = None,
+) -> None:
+    """Train: run a recipe or script on torchrun (restarts resume from the newest checkpoint in the store)."""
+    from granary.train.launch import launch, torchrun_args
+
+    args = torchrun_args(target, nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
+                         rdzv_id=rdzv_id, max_restarts=max_restarts, script_args=script_args)
+    if dry_run:
+        console.print("torchrun " + " ".join(args))
+        return
+    raise typer.Exit(launch(args))
+
+
+def lineage(
+    checkpoint: Annotated[str, typer.Argument(help="A checkpoint: RUN-ckpt, RUN-ckpt@<version> or @tag.")],
+    samples: Annotated[bool, typer.Option("--samples", help="List the sample ids each step consumed.")] = False,
+    step: Annotated[int | None, typer.Option("--step", help="Only this step's samples.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The data a checkpoint was trained on: versions, seed, steps, samples (and their ids with --samples)."""
+    from granary.store import open_store
+    from granary.train.lineage import checkpoint_lineage, sample_ids
+
+    store = open_store()
+    lin = checkpoint_lineage(store, checkpoint)
+    ids = None
+    if samples or step is not None:
+        ids = sample_ids(store, lin, steps=range(step, step + 1) if step is not None else None)
+    if json_out:
+        print_json({**lin, **({"samples": [list(t) for t in ids]} if ids is not None else {})})
+        return
+    data = lin["data"]
+    rows: list[tuple[str, Any]] = [
+        ("run", lin.get("run")), ("step", lin.get("step")), ("data", ", ".join(data["refs"])),
+        ("versions", ", ".join(v[:16] for v in data["versions"])), ("weights", data["weights"]),
+        ("seed / shuffle", f"{data['seed']} / {data['shuffle']}"), ("sample tokens", data["seq_len"]),
+        ("samples consumed", f"{lin['samples_consumed']:,}"), ("code", lin["code"][:16]),
+    ]
+    console.print(table(f"lineage of {checkpoint}", ["field", "value"], rows))
+    segs = [(s["first_step"] + 1, s["last_step"], s["first_position"], s["samples_per_step"], s["world_size"])
+            for s in lin["segments"]]
+    console.print(table("segments (one per attempt)", ["from step", "to step", "first position", "samples/step",
+                                                      "ranks"], segs))
+    if ids is not None:
+        console.print(table("samples", ["step", "source", "sample"], ids))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the training commands to the app."""
+    app.command("train", context_settings={"allow_extra_args": False})(train)
+    app.command("lineage")(lineage)

@@ -1,0 +1,172 @@
+"""Checkpoints as store versions: ``torch.distributed.checkpoint`` files published through the store's commit.
+
+Save, on every rank of the job:
+
+1. ``dcp.save`` writes the sharded state (model, optimiser, scheduler) into a staging folder; each rank also
+   writes ``extra-<rank>.pt`` (its RNG states);
+2. each rank publishes the files it wrote with :meth:`Store.write_blob` (content addressed, checksummed,
+   invisible: nothing references them yet);
+3. rank 0 gathers the entries and commits one version of the run's ``checkpoint`` dataset whose metadata holds
+   the step, the loader's state and the lineage. The commit is the catalog's compare-and-swap of the branch head.
+
+A crash before step 3 leaves no visible checkpoint (the published objects are unreferenced and ``gc`` removes
+them), so the branch head is always the latest complete checkpoint. Load reads the version's files through
+:meth:`Store.open_version` (authorised, audited) into a local folder and hands them to ``dcp.load``, which
+reshards: a checkpoint saved at world size N loads at world size M.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+
+from granary.errors import NotFoundError, TrainError
+from granary.train import chaos
+from granary.train.dist import Dist
+
+if TYPE_CHECKING:
+    from granary.store import Store
+    from granary.store.model import VersionInfo
+
+log = logging.getLogger(__name__)
+EXTRA = "extra-{rank}.pt"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A checkpoint read back: its version, its metadata (step, loader, lineage) and this rank's extras."""
+
+    version_id: str
+    metadata: dict[str, Any]
+    extra: dict[str, Any] | None
+
+
+class CheckpointManager:
+    """Save and load a run's checkpoints as versions of one ``checkpoint`` dataset.
+
+    Args:
+        store: the store (every read and write goes through its methods).
+        dataset: the checkpoint dataset (created on first use).
+        dist: this process's place in the job.
+        purpose: declared purpose when reading checkpoints back.
+        run_dir: the run's folder (fault-injection markers, see :mod:`granary.train.chaos`).
+    """
+
+    def __init__(self, store: Store, dataset: str, *, dist: Dist, purpose: str | None = None,
+                 run_dir: Path | None = None) -> None:
+        self.store = store
+        self.dataset = dataset
+        self.dist = dist
+        self.purpose = purpose
+        self.run_dir = run_dir
+        self.staging_root = store.settings.home / "staging"
+
+    def ensure_dataset(self, *, description: str = "") -> None:
+        if self.dist.rank == 0:
+            self.store.create_dataset(self.dataset, kind="checkpoint", description=description, exist_ok=True)
+        self.dist.barrier()
+
+    def latest(self) -> VersionInfo | None:
+        """The newest complete checkpoint (the dataset's branch head), or None."""
+        try:
+            return self.store.resolve(self.dataset)
+        except NotFoundError:
+            return None
+
+    # -- save ---------------------------------------------------------------------------------------------
+    def save(self, step: int, state: dict[str, Any], *, extra: dict[str, Any], metadata: dict[str, Any],
+             lineage: dict[str, Any]) -> str:
+        """Write, publish and commit a checkpoint; returns the new version id (on every rank)."""
+        folder = Path(self.dist.broadcast_object(str(self.staging_root / f"ckpt-{step}-{uuid.uuid4().hex[:12]}")))
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            with _quiet():
+                dcp.save(state, storage_writer=dcp.FileSystemWriter(str(folder)), process_group=self.dist.group)
+            torch.save(extra, folder / EXTRA.format(rank=self.dist.rank))
+            self.dist.barrier()  # every rank's files are complete before anyone publishes
+            entries = [self.store.write_blob(self.dataset, path, name=path.name)
+                       for path in sorted(self._mine(folder))]
+            if self.run_dir is not None:
+                chaos.maybe_fail("save", step, self.dist.rank, self.run_dir)
+            gathered = self.dist.all_gather_object([e.canonical() for e in entries])
+            vid = ""
+            if self.dist.rank == 0:
+                vid = self._commit(step, [e for part in gathered for e in part], metadata, lineage)
+            vid = self.dist.broadcast_object(vid)
+        finally:
+            self.dist.barrier()
+            if self.dist.local_rank == 0:
+                shutil.rmtree(folder, ignore_errors=True)
+        return vid
+
+    def _mine(self, folder: Path) -> list[Path]:
+        """The files this rank wrote: its ``__<rank>_*`` shards and extras; rank 0 also the rest (metadata)."""
+        rank, out = self.dist.rank, []
+        for path in folder.iterdir():
+            name = path.name
+            if name.startswith("extra-"):
+                owner = int(name[len("extra-"):-len(".pt")])
+            elif name.startswith("__") and name.endswith(".distcp"):
+                owner = int(name[2:].split("_", 1)[0])
+            else:
+                owner = 0
+            if owner == rank:
+                out.append(path)
+        return out
+
+    def _commit(self, step: int, entries: list[dict[str, Any]], metadata: dict[str, Any],
+                lineage: dict[str, Any]) -> str:
+        from granary.store.manifest import ShardEntry
+
+        shards = [ShardEntry(**e) for e in sorted(entries, key=lambda e: e["meta"]["name"])]
+        with self.store.transaction(self.dataset, mode="overwrite") as txn:
+            txn.add_shards(shards)
+            version = txn.commit(message=f"step {step}", lineage=lineage,
+                                 metadata={**metadata, "step": step, "world_size": self.dist.world_size,
+                                           "saved_at": time.time()}, allow_empty=True)
+        log.info("checkpoint step %d committed as %s", step, version.short_id)
+        return version.id
+
+    # -- load ---------------------------------------------------------------------------------------------
+    def load(self, ref: str, state: dict[str, Any]) -> Loaded:
+        """Read checkpoint ``ref`` into ``state`` (in place, resharding as needed)."""
+        manifest = self.store.open_version(ref, purpose=self.purpose)
+        if manifest.kind != "checkpoint":
+            raise TrainError(f"{ref} is a {manifest.kind} version, not a checkpoint")
+        folder = self.staging_root / f"load-{manifest.version_id[:16]}-{uuid.uuid4().hex[:8]}-r{self.dist.rank}"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            for entry in manifest.shards:
+                (folder / str(entry.meta["name"])).write_bytes(self.store.object_bytes(entry))
+            with _quiet():
+                dcp.load(state, storage_reader=dcp.FileSystemReader(str(folder)), process_group=self.dist.group)
+            mine = folder / EXTRA.format(rank=self.dist.rank)
+            extra = torch.load(io.BytesIO(mine.read_bytes()), weights_only=False) if mine.exists() else None
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return Loaded(manifest.version_id, dict(manifest.metadata), extra)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """DCP warns when used in a single process, which is a supported case here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        yield
+
+
+def checkpoint_versions(store: Store, dataset: str) -> list[VersionInfo]:
+    """A run's checkpoints, newest first."""
+    return store.log(dataset, limit=10_000)

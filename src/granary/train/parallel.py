@@ -1,0 +1,92 @@
+"""Parallelism helpers over PyTorch's own APIs: DDP (+ communication hooks), FSDP2, tensor parallel.
+
+Each helper takes the model and returns the module to train; they can be used alone in a user's torchrun script.
+Pipeline parallelism lives in :mod:`granary.train.pipeline`, the low-communication mode in
+:mod:`granary.train.diloco`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from granary.errors import TrainError
+from granary.train.dist import Dist
+from granary.train.recipe import ParallelConfig
+
+if TYPE_CHECKING:
+    from granary.train.comm import CommCounter
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(cfg: ParallelConfig) -> torch.dtype | None:
+    """The autocast dtype for modes that do not carry their own mixed-precision policy (FSDP2 does)."""
+    if cfg.mode == "fsdp" or cfg.mixed_precision == "none":
+        return None
+    return _DTYPES[cfg.mixed_precision]
+
+
+def wrap_ddp(model: nn.Module, cfg: ParallelConfig, dist: Dist, counter: CommCounter | None = None) -> nn.Module:
+    """DistributedDataParallel with the configured communication hook; its bytes are counted into ``counter``."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from granary.train.comm import CommCounter, register_hook
+
+    ddp = DDP(model, device_ids=None if not torch.cuda.is_available() else [dist.local_rank])
+    register_hook(ddp, cfg, counter or CommCounter())
+    return ddp
+
+
+def wrap_fsdp(model: nn.Module, cfg: ParallelConfig, dist: Dist) -> nn.Module:
+    """FSDP2: ``fully_shard`` each block, then the root, with a mixed-precision policy (fp32 reduction)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=_DTYPES.get(cfg.mixed_precision), reduce_dtype=torch.float32)
+    blocks = getattr(model, "blocks", None)
+    for block in (blocks.values() if blocks is not None else []):
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def wrap_tp(model: nn.Module, cfg: ParallelConfig, dist: Dist) -> nn.Module:
+    """Tensor parallel over all ranks: attention and MLP projections column-/row-wise (Megatron layout)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    n_heads = getattr(getattr(model, "cfg", None), "n_heads", None)
+    if n_heads is not None and n_heads % dist.world_size:
+        raise TrainError(f"tensor parallel over {dist.world_size} ranks needs model.n_heads divisible by it "
+                         f"(n_heads is {n_heads})", hint="change model.n_heads or --nproc-per-node")
+    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.world_size,))
+    plan = {"attn.wq": ColwiseParallel(), "attn.wk": ColwiseParallel(), "attn.wv": ColwiseParallel(),
+            "attn.wo": RowwiseParallel(), "mlp.up": ColwiseParallel(), "mlp.down": RowwiseParallel()}
+    for block in model.blocks.values():  # type: ignore[operator]
+        parallelize_module(block, mesh, plan)
+    return model
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
+    """Clip gradients by their total norm; works when DTensor (sharded) and plain gradients are mixed, as under
+    tensor parallelism, where ``torch.nn.utils.clip_grad_norm_`` refuses the mix."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    limit = max_norm if max_norm > 0 else float("inf")
+    kinds = {hasattr(g, "full_tensor") for g in grads}
+    if len(kinds) == 1:
+        norm = torch.nn.utils.clip_grad_norm_(params, limit)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    squares = []
+    for g in grads:
+        n = torch.linalg.vector_norm(g.detach().float())
+        squares.append((n.full_tensor() if hasattr(n, "full_tensor") else n) ** 2)
+    total = float(torch.stack(squares).sum().sqrt())
+    if total > limit:
+        scale = limit / (total + 1e-6)
+        for g in grads:
+            g.mul_(scale)
+    return total
