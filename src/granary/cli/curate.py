@@ -105,6 +105,8 @@ def _nothing() -> Any:
     from contextlib import nullcontext
 
     return nullcontext()
+
+
 def _list_steps(json_out: bool) -> None:
     from granary.curate.spec import describe_steps
 

@@ -27,11 +27,10 @@ def demo(json_out: Annotated[bool, typer.Option("--json", help="Print machine-re
         "  granary log demo                the versions of the demo corpus\n"
         "  granary show demo --quarantine  one version: schema, lineage, and the malformed lines kept aside\n"
         "  granary verify                  recompute every checksum\n"
-        "  granary jobs                    the jobs the scheduler ran (granary job ID for one's history)\n"
+        "  granary jobs --all              the jobs the scheduler ran (granary job ID for one's history)\n"
         "  granary server                  the web dashboard and REST API: open http://127.0.0.1:8470/ui/\n"
         "                                  (local mode, no token; multi-user: GRANARY_AUTH=tokens and a token\n"
-        "                                  from `granary token issue NAME`, see docs/server.md)",
-        "  granary jobs --all              the jobs the scheduler ran (granary job ID for one's history)\n"
+        "                                  from `granary token issue NAME`, see docs/server.md)\n"
         "  corpus: " + str(store.settings.home / "demo" / "corpus.jsonl") + "  (the README's tour ingests it)",
         highlight=False,
     )

@@ -8,8 +8,6 @@ from typing import Annotated, Any
 import typer
 
 from granary.cli.common import EncryptOpt, PurposeOpt, apply_encrypt, read_store
-from granary.cli.output import console, print_json, progress, table
-from granary.cli.common import EncryptOpt, apply_encrypt
 from granary.cli.output import console, err_console, print_json, progress, table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]

@@ -63,8 +63,7 @@ def export(
                 if on_rows:
                     on_rows(batch.num_rows)
     elif fmt == "hf":
-        rows = _export_hf(store, version, tmp, purpose)
-        rows = _export_hf(store, version, tmp, on_rows)
+        rows = _export_hf(store, version, tmp, purpose, on_rows)
     else:
         raise StoreError(f"unknown export format {fmt!r}", hint="use jsonl, parquet or hf")
     tmp.replace(path)
@@ -73,15 +72,14 @@ def export(
     return rows
 
 
-def _export_hf(store: Store, version: VersionInfo, tmp: Path, purpose: str | None) -> int:
-def _export_hf(store: Store, version: VersionInfo, tmp: Path, on_rows: Callable[[int], None] | None) -> int:
+def _export_hf(store: Store, version: VersionInfo, tmp: Path, purpose: str | None,
+               on_rows: Callable[[int], None] | None) -> int:
     try:
         import datasets
     except ImportError as exc:
         raise MissingDependencyError("datasets", "hf") from exc
-    table: pa.Table = store.read_table(version, purpose=purpose)
     batches = []
-    for batch in store.iter_batches(version):  # read batch by batch so the caller's progress moves
+    for batch in store.iter_batches(version, purpose=purpose):  # read batch by batch so the caller's progress moves
         batches.append(batch)
         if on_rows:
             on_rows(batch.num_rows)

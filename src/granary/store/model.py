@@ -6,11 +6,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Kind = Literal["documents", "tokens", "table"]
-# documents: id + text rows; tokens: token shards; table: typed rows of any schema (curated tabular data, streams)
-KINDS: tuple[str, ...] = ("documents", "tokens", "table")
-Kind = Literal["documents", "tokens", "checkpoint"]
-KINDS: tuple[str, ...] = ("documents", "tokens", "checkpoint")
+Kind = Literal["documents", "tokens", "table", "checkpoint"]
+# documents: id + text rows; tokens: token shards; table: typed rows of any schema (curated tabular data, streams);
+# checkpoint: opaque blobs of a training checkpoint
+KINDS: tuple[str, ...] = ("documents", "tokens", "table", "checkpoint")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 Mode = Literal["append", "overwrite"]
 CatalogWrite = Callable[["Connection", VersionInfo], None]
 ROW_KINDS = ("documents", "table")  # kinds whose shards are Parquet row files
-SHARD_FORMATS = {"documents": "parquet", "tokens": "tokens", "checkpoint": "blob"}
+SHARD_FORMATS = {"documents": "parquet", "table": "parquet", "tokens": "tokens", "checkpoint": "blob"}
 
 
 class Transaction:
@@ -123,7 +123,6 @@ class Transaction:
     def add_shards(self, entries: Iterable[ShardEntry]) -> None:
         """Reference shards already published by ``Store.write_shard`` / ``write_token_shard``."""
         for e in entries:
-            expected = "parquet" if self.info.kind in ROW_KINDS else "tokens"
             expected = SHARD_FORMATS[self.info.kind]
             if e.format != expected:
                 raise StoreError(f"a {self.info.kind} dataset takes {expected} shards, got {e.format} ({e.key})")
