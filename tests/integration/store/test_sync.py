@@ -300,3 +300,23 @@ def test_the_cli_pushes_and_pulls_with_json_output(tmp_path: Path, monkeypatch: 
     assert out["new_head"] == head and out["versions"] == [head]
     assert run(a_home, "remote", "list", "--json")[0]["name"] == "origin"
     assert "no remote named 'nowhere'" in run(a_home, "push", "web", "nowhere", code=1)
+
+
+def test_a_pulled_dataset_keeps_its_policy_and_is_refused_without_an_allowed_purpose(tmp_path: Path) -> None:
+    from granary.errors import SecurityError
+    from granary.secure.policy import Policy, PolicyBook
+
+    a = _store(tmp_path, "a")
+    _commit(a, "restricted")
+    PolicyBook(a.catalog).set("web", Policy(licenses=frozenset({"CC-BY-NC-4.0"}), purposes=frozenset({"research"}),
+                                            retention_days=30.0))
+    remote = Remote(str(tmp_path / "remote"))
+    push(_store(tmp_path, "a"), "web", remote, purpose="research")  # a fresh open: the policy is now enforced
+    assert remote.dataset_record("web")["policy"]["purposes"] == ["research"]
+    pull(_store(tmp_path, "b"), "web", remote)
+    b = _store(tmp_path, "b")  # reopened: the pulled policy is in its catalog, so it is enforced there too
+    got = PolicyBook(b.catalog).get("web")
+    assert got.purposes == frozenset({"research"}) and got.licenses == {"CC-BY-NC-4.0"} and got.retention_days == 30
+    with pytest.raises(SecurityError):
+        b.read_table("web")
+    assert b.read_table("web", purpose="research").num_rows == 200

@@ -113,7 +113,7 @@ def push(store: Any, ref: str, remote: Remote, *, to_branch: str | None = None, 
     _merge(report.transfer, manifest_stats)
     report.transfer.skipped = len(skipped)
     report.transfer.skipped_bytes = sum(skipped.values())
-    remote.put_dataset_record(info.name, _record(info))
+    remote.put_dataset_record(info.name, {**_record(info), "policy": _policy_doc(store, info.name)})
     remote.cas_ref(info.name, branch, expected=current, new=head.id)
     report.versions = chain
     store.hooks.record("push", info.name, version=head.id, details={
@@ -186,6 +186,8 @@ def pull(store: Any, dataset: str, remote: Remote, *, branch: str | None = None,
             R.move_ref(conn, dataset, "branch", local_branch, expected=old, new=current.version_id,
                        action="pull", actor=now_author)
     report.versions = [vid for vid, *_ in missing]
+    if record.get("policy"):
+        _adopt_policy(store, dataset, record["policy"], remote.url)
     store.hooks.record("pull", dataset, version=current.version_id, details={
         "remote": remote.url, "branch": local_branch, "old_head": old, "forced": report.forced,
         "objects": report.transfer.objects, "bytes": report.transfer.bytes})
@@ -313,6 +315,30 @@ def _record(info: DatasetInfo) -> dict[str, Any]:
     return {"name": info.name, "kind": info.kind, "default_branch": info.default_branch,
             "description": info.description, "metadata": info.metadata, "created_at": info.created_at,
             "created_by": info.created_by}
+
+
+def _policy_doc(store: Any, dataset: str) -> dict[str, Any] | None:
+    """The dataset's stored governance policy (licenses, purposes, retention, consent, tags), which travels with it."""
+    from granary.secure.policy import PolicyBook  # lazily, as the store's hooks do: policies hold in every mode
+
+    policy = PolicyBook(store.catalog).all().get(dataset)
+    return None if policy is None else policy.to_dict()
+
+
+def _adopt_policy(store: Any, dataset: str, doc: dict[str, Any], url: str) -> None:
+    """Merge a pulled dataset's policy into the local one: the most restrictive of both wins, as for derived data."""
+    from dataclasses import replace
+
+    from granary.secure.policy import Policy, PolicyBook, merge
+
+    book = PolicyBook(store.catalog)
+    incoming = Policy.from_dict(doc)
+    own = book.all().get(dataset)
+    merged = incoming if own is None else replace(merge({dataset: incoming}, own),
+                                                  sources=own.sources | incoming.sources)
+    if merged != own:
+        book.set(dataset, merged)
+        store.hooks.record("policy.pull", dataset, details={"remote": url, "policy": merged.to_dict()})
 
 
 def _merge(into: TransferStats, more: TransferStats) -> None:
