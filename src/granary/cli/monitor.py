@@ -121,3 +121,23 @@ def register(app: typer.Typer) -> None:
     """Add the monitor commands."""
     app.command("agent")(agent)
     app.command("metrics")(metrics)
+
+
+def start_node_monitor(node: str, port: int, stop: threading.Event, *, interval_s: float = 1.0) -> str:
+    """Run the monitor's node agent on a thread next to a scheduler agent; jobs launched from this process
+    inherit ``GRANARY_MONITOR_URL`` and push to it. Returns its URL."""
+    import os
+
+    from granary.monitor.agent import NodeAgent, NodeAgentConfig
+    from granary.monitor.gpu import open_gpu_backend
+    from granary.monitor.series import SeriesStore
+
+    gpu, status = open_gpu_backend()
+    a = NodeAgent(NodeAgentConfig(node=node, interval_s=interval_s), gpu=gpu, gpu_status=status,
+                  series=SeriesStore(catalog()))
+    url = a.serve("0.0.0.0", port)
+    local = f"http://127.0.0.1:{url.rsplit(':', 1)[1]}"
+    os.environ["GRANARY_MONITOR_URL"] = local
+    threading.Thread(target=a.run, args=(stop,), daemon=True, name="monitor-agent").start()
+    console.print(f"monitor: {status}; {local}/metrics, jobs push to {local}/push", highlight=False)
+    return local
