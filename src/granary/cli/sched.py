@@ -41,6 +41,8 @@ def up(
     backoff_s: float = typer.Option(5.0, help="First retry delay (doubles per retry)."),
     monitor_port: int = typer.Option(-1, help="Also run the monitor's node agent on this port, e.g. 9464 (-1: "
                                               "don't); jobs push to it (docs/watch.md)."),
+    max_busy_gpus: int = typer.Option(None, help="Power cap: at most this many GPUs busy at once (see "
+                                                 "docs/watch.md#energy)."),
 ) -> None:
     """Run the controller (and a local agent) until interrupted."""
     import threading
@@ -54,7 +56,7 @@ def up(
         catalog = _catalog()
         cfg = ControllerConfig(tick_s=tick_s, scheduler=SchedulerConfig(
             policy=policy, placement=placement, heartbeat_timeout_s=heartbeat_timeout_s,
-            backoff_base_s=backoff_s, backoff_max_s=max(600.0, backoff_s)))
+            backoff_base_s=backoff_s, backoff_max_s=max(600.0, backoff_s), max_busy_gpus=max_busy_gpus))
         controller = Controller(catalog, cfg)
         stop = threading.Event()
         threads = []
