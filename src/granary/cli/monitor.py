@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from granary.cli.output import console, print_json, table
+from granary.cli.output import console, fail, print_json, table
+from granary.errors import MonitorError
 
 if TYPE_CHECKING:
     from granary.catalog import Catalog
@@ -77,6 +78,7 @@ def metrics(
     scrape: str = typer.Option(None, help="Scrape this /metrics URL and show what it exports."),
     stored: str = typer.Option(None, help="Show the last stored value of each series of this metric."),
     owner: str = typer.Option(None, help="Only metrics of this owner (monitor, serve, train, server)."),
+    timeout_s: float = typer.Option(10.0, "--timeout", help="Give up on a scrape after this many seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the metric-name contract, scrape an endpoint, or show stored series."""
@@ -85,8 +87,16 @@ def metrics(
     if scrape:
         from granary.monitor.metrics import parse
 
-        with urllib.request.urlopen(scrape, timeout=10) as resp:  # a URL the user gave
-            samples = parse(resp.read().decode())
+        try:
+            with urllib.request.urlopen(scrape, timeout=timeout_s) as resp:  # a URL the user gave
+                text = resp.read().decode("utf-8", errors="replace")
+        except (OSError, ValueError) as exc:  # refused, timed out, bad URL
+            fail(MonitorError(f"cannot scrape {scrape}: {exc}", hint="check the URL and that the exporter runs"))
+        try:
+            samples = parse(text)
+        except ValueError as exc:
+            fail(MonitorError(f"{scrape} does not answer in the Prometheus text format: {exc}",
+                              hint="point --scrape at a /metrics endpoint"))
         if as_json:
             print_json([{"name": n, "labels": dict(lab), "value": v} for n, lab, v in samples])
             return
