@@ -35,7 +35,7 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if outer.mode == "hang":
-                    time.sleep(3)
+                    time.sleep(1.5)
                 if outer.mode == "fail":
                     self.send_response(500)
                     self.end_headers()
@@ -59,9 +59,13 @@ def receiver() -> Iterator[Receiver]:
     r.server.server_close()
 
 
-@pytest.fixture
-def catalog(tmp_path: Path) -> Catalog:
-    return open_catalog(f"sqlite:///{tmp_path / 'c.db'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Catalog:
+    if request.param == "sqlite":
+        return open_catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    from tests.conftest import fresh_pg_database
+
+    return open_catalog(fresh_pg_database(request.getfixturevalue("pg_url")))
 
 
 def finding(node: str, detector: str = "xid") -> Finding:
