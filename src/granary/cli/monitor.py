@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from granary.cli.output import console, print_json, table
+from granary.cli.output import console, fail, print_json, table
+from granary.errors import MonitorError
 
 if TYPE_CHECKING:
     from granary.catalog import Catalog
@@ -77,6 +78,7 @@ def metrics(
     scrape: str = typer.Option(None, help="Scrape this /metrics URL and show what it exports."),
     stored: str = typer.Option(None, help="Show the last stored value of each series of this metric."),
     owner: str = typer.Option(None, help="Only metrics of this owner (monitor, serve, train, server)."),
+    timeout_s: float = typer.Option(10.0, "--timeout", help="Give up on a scrape after this many seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the metric-name contract, scrape an endpoint, or show stored series."""
@@ -85,8 +87,16 @@ def metrics(
     if scrape:
         from granary.monitor.metrics import parse
 
-        with urllib.request.urlopen(scrape, timeout=10) as resp:  # a URL the user gave
-            samples = parse(resp.read().decode())
+        try:
+            with urllib.request.urlopen(scrape, timeout=timeout_s) as resp:  # a URL the user gave
+                text = resp.read().decode("utf-8", errors="replace")
+        except (OSError, ValueError) as exc:  # refused, timed out, bad URL
+            fail(MonitorError(f"cannot scrape {scrape}: {exc}", hint="check the URL and that the exporter runs"))
+        try:
+            samples = parse(text)
+        except ValueError as exc:
+            fail(MonitorError(f"{scrape} does not answer in the Prometheus text format: {exc}",
+                              hint="point --scrape at a /metrics endpoint"))
         if as_json:
             print_json([{"name": n, "labels": dict(lab), "value": v} for n, lab, v in samples])
             return
@@ -121,3 +131,23 @@ def register(app: typer.Typer) -> None:
     """Add the monitor commands."""
     app.command("agent")(agent)
     app.command("metrics")(metrics)
+
+
+def start_node_monitor(node: str, port: int, stop: threading.Event, *, interval_s: float = 1.0) -> str:
+    """Run the monitor's node agent on a thread next to a scheduler agent; jobs launched from this process
+    inherit ``GRANARY_MONITOR_URL`` and push to it. Returns its URL."""
+    import os
+
+    from granary.monitor.agent import NodeAgent, NodeAgentConfig
+    from granary.monitor.gpu import open_gpu_backend
+    from granary.monitor.series import SeriesStore
+
+    gpu, status = open_gpu_backend()
+    a = NodeAgent(NodeAgentConfig(node=node, interval_s=interval_s), gpu=gpu, gpu_status=status,
+                  series=SeriesStore(catalog()))
+    url = a.serve("0.0.0.0", port)
+    local = f"http://127.0.0.1:{url.rsplit(':', 1)[1]}"
+    os.environ["GRANARY_MONITOR_URL"] = local
+    threading.Thread(target=a.run, args=(stop,), daemon=True, name="monitor-agent").start()
+    console.print(f"monitor: {status}; {local}/metrics, jobs push to {local}/push", highlight=False)
+    return local

@@ -81,6 +81,10 @@ def up(
     tick_s: float = typer.Option(0.5, help="Controller tick."),
     heartbeat_timeout_s: float = typer.Option(10.0, help="Mark a node down after this much silence."),
     backoff_s: float = typer.Option(5.0, help="First retry delay (doubles per retry)."),
+    monitor_port: int = typer.Option(-1, help="Also run the monitor's node agent on this port, e.g. 9464 (-1: "
+                                              "don't); jobs push to it (docs/watch.md)."),
+    max_busy_gpus: int = typer.Option(None, help="Power cap: at most this many GPUs busy at once (see "
+                                                 "docs/watch.md#energy)."),
 ) -> None:
     """Run the controller (and a local agent) until interrupted."""
     import threading
@@ -95,7 +99,7 @@ def up(
         catalog = _catalog()
         cfg = ControllerConfig(tick_s=tick_s, scheduler=SchedulerConfig(
             policy=policy, placement=placement, heartbeat_timeout_s=heartbeat_timeout_s,
-            backoff_base_s=backoff_s, backoff_max_s=max(600.0, backoff_s)))
+            backoff_base_s=backoff_s, backoff_max_s=max(600.0, backoff_s), max_busy_gpus=max_busy_gpus))
         controller = Controller(catalog, cfg)
         lease = Lease(catalog, cfg.lease_s)
         lease.acquire(time.time())  # before starting an agent: a second `sched up` changes nothing
@@ -107,6 +111,10 @@ def up(
             a = Agent(catalog, AgentConfig(node=spec, work_dir=work))
             threads.append(threading.Thread(target=a.run, args=(stop,), daemon=True, name="agent"))
             console.print(f"agent: node {spec.name}, {spec.gpus} GPUs, {spec.cpus:g} CPUs")
+            if monitor_port >= 0:
+                from granary.cli.monitor import start_node_monitor
+
+                start_node_monitor(spec.name, monitor_port, stop)
         for th in threads:
             th.start()
         console.print(f"controller: policy {policy}, placement {placement}, catalog {catalog.url}")
@@ -124,6 +132,8 @@ def agent_cmd(
     label: list[str] = typer.Option([], help="Node label key=value (repeatable), e.g. rack=r1."),
     work_dir: Path = typer.Option(None, help="Attempt directories (default: $GRANARY_HOME/sched/attempts)."),
     heartbeat_s: float = typer.Option(1.0, help="Seconds between heartbeats."),
+    monitor_port: int = typer.Option(-1, help="Also run the monitor's node agent on this port, e.g. 9464 (-1: "
+                                              "don't); jobs push to it (docs/watch.md)."),
 ) -> None:
     """Run a node agent only (the controller runs elsewhere, sharing the catalog)."""
     from granary.config import Settings
@@ -133,6 +143,12 @@ def agent_cmd(
     try:
         spec = detect_node(node, gpus=gpus, labels=labels)
         work = work_dir or Settings.from_env().home / "sched" / "attempts"
+        if monitor_port >= 0:
+            import threading
+
+            from granary.cli.monitor import start_node_monitor
+
+            start_node_monitor(spec.name, monitor_port, threading.Event())
         Agent(_catalog(), AgentConfig(node=spec, work_dir=work, heartbeat_s=heartbeat_s)).run()
     except KeyboardInterrupt:
         pass

@@ -131,11 +131,12 @@ def alerts(
     if as_json:
         print_json(events)
         return
-    rows = [(e["id"], e["state"], e["severity"], e["detector"], json.dumps(e["labels"]), e["summary"], e["action"],
-             time.strftime("%H:%M:%S", time.localtime(e["starts_at"])), e["runbook"]) for e in events]
-    console.print(table(f"{len(rows)} {'events' if all_ else 'firing alerts'}",
-                        ["id", "state", "severity", "detector", "labels", "summary", "action", "since", "runbook"],
-                        rows))
+    rows = [(e["id"], *((e["state"],) if all_ else ()), e["severity"], e["detector"],
+             " ".join(f"{k}={v}" for k, v in e["labels"].items()), e["summary"], e["action"],
+             time.strftime("%H:%M:%S", time.localtime(e["starts_at"]))) for e in events]
+    columns = ["id", *(["state"] if all_ else []), "severity", "detector", "labels", "summary", "action", "since"]
+    console.print(table(f"{len(rows)} {'events' if all_ else 'firing alerts'} (runbooks: docs/watch.md#<detector>)",
+                        columns, rows))
 
 
 def register(app: typer.Typer) -> None:

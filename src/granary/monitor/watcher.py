@@ -9,6 +9,7 @@ reporting is an ``node_silent`` event with no action (the scheduler's heartbeat 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import defaultdict
@@ -42,6 +43,7 @@ class WatcherConfig:
         silent_after_s: a node with no sample for this long is reported silent (no action).
         skew_tolerance_s: samples stamped further in the future than this are reported as clock skew.
         act: file restart/evacuate requests (False: only record and notify).
+        retention_s: samples older than this are deleted (checked once an hour).
         webhooks: receivers.
     """
 
@@ -50,6 +52,7 @@ class WatcherConfig:
     silent_after_s: float = 30.0
     skew_tolerance_s: float = 5.0
     act: bool = True
+    retention_s: float = 7 * 86400.0
     webhooks: tuple[WebhookConfig, ...] = ()
     stall: detect.StallDetector = field(default_factory=detect.StallDetector)
     regression: detect.RegressionDetector = field(default_factory=detect.RegressionDetector)
@@ -94,6 +97,7 @@ class Watcher:
         self.series = SeriesStore(catalog)
         self.events = EventLog(catalog)
         self.notifiers = [WebhookNotifier(self.events, w) for w in self.config.webhooks]
+        self._pruned_at = -math.inf
 
     # ------------------------------------------------------------------ findings
     def findings(self, now: float) -> list[Finding]:
@@ -116,13 +120,22 @@ class Watcher:
         with self.catalog.read() as conn:
             return {job: float(at) for job, at in conn.execute(q)}
 
+    def _not_running(self) -> set[str]:
+        """Jobs the scheduler knows that are not running now (their last pushed values linger in the agents)."""
+        from granary.sched import tables as st
+
+        with self.catalog.read() as conn:
+            return {j for (j,) in conn.execute(sa.select(st.jobs.c.id).where(st.jobs.c.state != "running"))}
+
     def _jobs(self, since: float) -> list[Finding]:
         c = self.config
         out: list[Finding] = []
         starts = self._attempt_starts()
+        idle = self._not_running()
 
         def cut(s: Series) -> Series:
-            t0 = starts.get(s.labels.get("job", ""), since)
+            job = s.labels.get("job", "")
+            t0 = math.inf if job in idle else starts.get(job, since)  # jobs unknown to the scheduler: all samples
             keep = s.ts >= t0
             return Series(s.name, s.labels, s.ts[keep], s.values[keep])
 
@@ -274,6 +287,11 @@ class Watcher:
                     actions[f.fingerprint] = f"no action: {exc}"
         self.events.sync(found, now, actions=actions, scope=DETECTORS)
         account_finished(self.catalog)
+        if now - self._pruned_at >= 3600.0:
+            self._pruned_at = now
+            removed = self.series.prune(now - self.config.retention_s)
+            if removed:
+                log.info("deleted %d samples older than %.0f s", removed, self.config.retention_s)
         for n in self.notifiers:
             n.notify(now)
         return found, actions

@@ -35,7 +35,7 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if outer.mode == "hang":
-                    time.sleep(3)
+                    time.sleep(1.5)
                 if outer.mode == "fail":
                     self.send_response(500)
                     self.end_headers()
@@ -59,9 +59,13 @@ def receiver() -> Iterator[Receiver]:
     r.server.server_close()
 
 
-@pytest.fixture
-def catalog(tmp_path: Path) -> Catalog:
-    return open_catalog(f"sqlite:///{tmp_path / 'c.db'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Catalog:
+    if request.param == "sqlite":
+        return open_catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    from tests.conftest import fresh_pg_database
+
+    return open_catalog(fresh_pg_database(request.getfixturevalue("pg_url")))
 
 
 def finding(node: str, detector: str = "xid") -> Finding:
@@ -145,3 +149,29 @@ def test_watcher_reports_silence_and_skew_but_acts_only_on_faults(catalog: Catal
     assert list(actions.values()) == [f"evacuation requested (request {req['id']})"]
     found, actions = watcher.evaluate(now + 1)  # still firing: no second request
     assert actions == {} and len(list_requests(catalog)) == 1
+
+
+def test_a_finished_job_is_not_called_stalled(catalog: Catalog) -> None:
+    from granary.sched import tables as st
+    from granary.sched.journal import submit_job
+    from granary.sched.model import JobSpec
+
+    done = submit_job(catalog, JobSpec(name="done"))
+    with catalog.write() as conn:
+        conn.execute(st.jobs.update().where(st.jobs.c.id == done).values(state="succeeded", accepted=True))
+    store = SeriesStore(catalog)
+    for i in range(30):  # ten steps, then flat: the agent keeps storing the last pushed value
+        for job in (done, "outside-the-scheduler"):
+            store.write([("granary_train_step", (("rank", "0"),), float(min(i, 10)))], ts=float(i),
+                        extra={"node": "n1", "job": job})
+    found = Watcher(catalog, WatcherConfig(lookback_s=100.0), clock=lambda: 30.0).findings(30.0)
+    assert [(f.detector, f.labels) for f in found] == [("stall", {"job": "outside-the-scheduler"})]
+
+
+def test_the_watcher_prunes_old_samples(catalog: Catalog) -> None:
+    store = SeriesStore(catalog)
+    store.write([("granary_node_load1", (), 1.0)], ts=10.0, extra={"node": "a"})
+    store.write([("granary_node_load1", (), 1.0)], ts=990.0, extra={"node": "a"})
+    Watcher(catalog, WatcherConfig(retention_s=100.0)).evaluate(1000.0)
+    (s,) = store.read("granary_node_load1")
+    assert s.ts.tolist() == [990.0]

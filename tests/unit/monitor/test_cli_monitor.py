@@ -62,3 +62,38 @@ def test_operator_requests_through_the_cli(tmp_path: object) -> None:
                                                                    ("restart", job, "pending")]
     result = runner.invoke(app, ["watch", "evacuate", "nope"])
     assert result.exit_code == 1 and "nope" in result.output
+
+
+def test_scrape_of_an_endpoint_that_lies_or_hangs_fails_clearly() -> None:
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if self.path == "/hang":
+                time.sleep(5)
+            body = b"this is {not prometheus\n"
+            try:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (the timeout case)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        lies = runner.invoke(app, ["metrics", "--scrape", base + "/metrics"])
+        assert lies.exit_code == 1 and "does not answer in the Prometheus text format" in lies.output
+        hangs = runner.invoke(app, ["metrics", "--scrape", base + "/hang", "--timeout", "0.5"])
+        assert hangs.exit_code == 1 and "cannot scrape" in hangs.output
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -165,3 +165,20 @@ def test_restart_requeues_under_the_job_budget_and_evacuate_under_the_node_budge
     assert [d.job_id for d in out] == [b.id] and out[0].reason.startswith("evacuated from")
     assert (b.state, b.node_restarts, node.status) == ("pending", 1, "draining")
     check_invariants(st)
+
+
+def test_power_cap_bounds_busy_gpus_in_the_state_machine() -> None:
+    from granary.sched.model import NodeSpec
+    from granary.sched.state import SchedulerConfig, SchedulerState
+
+    st = SchedulerState(SchedulerConfig(policy="fifo", max_busy_gpus=4))
+    st.add_node(NodeSpec(name="n0", gpus=8, cpus=16), 0.0)
+    jobs = [st.submit(JobSpec(name=f"j{i}", gpus_per_replica=2), 0.0) for i in range(3)]
+    cpu_only = st.submit(JobSpec(name="cpu"), 0.0)
+    st.schedule(0.0)
+    assert [j.state for j in jobs] == ["admitted", "admitted", "pending"]
+    assert cpu_only.state == "admitted"  # the cap counts GPUs only
+    st.finished(jobs[0].id, jobs[0].attempt, 1.0, 0)
+    st.schedule(1.0)
+    assert jobs[2].state == "admitted"
+    check_invariants(st)
