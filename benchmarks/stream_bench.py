@@ -110,7 +110,8 @@ def paired_rounds(store: Any, flat: Path, rounds: int, threads: list[int]) -> di
              "numpy_pass2"] + [f"granary_t{n}" for n in threads]
     runs: dict[str, list[float]] = {k: [] for k in names}
     ratios: dict[str, list[float]] = {k: [] for k in ["vs_numpy", "checksum_cost", "pass2_vs_numpy_pass2",
-                                                       "numpy_gather_vs_numpy", "best_vs_parallel_anchor"]
+                                                       "numpy_gather_vs_numpy", "best_vs_parallel_anchor",
+                                                       "cpu_vs_numpy", "cpu_checksum_cost"]
                                       + [f"t{n}_vs_numpy" for n in threads]}
     shards = 0.0
     size = dict(num_samples=SAMPLES, seq_len=SEQ, batch_size=BATCH)
@@ -134,6 +135,9 @@ def paired_rounds(store: Any, flat: Path, rounds: int, threads: list[int]) -> di
         ratios["vs_numpy"].append(g["samples_per_s"] / numpy_run["samples_per_s"])
         ratios["numpy_gather_vs_numpy"].append(g_np["samples_per_s"] / numpy_run["samples_per_s"])
         ratios["checksum_cost"].append(1 - g["samples_per_s"] / g_nov["samples_per_s"])
+        # samples per CPU second of the whole process: what each costs in work, whatever the machine's load
+        ratios["cpu_vs_numpy"].append(g["samples_per_cpu_s"] / numpy_run["samples_per_cpu_s"])
+        ratios["cpu_checksum_cost"].append(1 - g["samples_per_cpu_s"] / g_nov["samples_per_cpu_s"])
         best = max([g["samples_per_s"]] + [r["samples_per_s"] for r in threaded.values()])
         ratios["best_vs_parallel_anchor"].append(best / par["samples_per_s"])
     return {"samples_per_s": {k: [round(x) for x in v] for k, v in runs.items()},
