@@ -9,7 +9,9 @@ Setup of the anchors (their own virtualenv; torch pinned first so nothing pulls 
     benchmarks/.venv-stream-anchors/bin/pip install -c <(echo torch==2.13.0) litdata mosaicml-streaming webdataset
     benchmarks/.venv-stream-anchors/bin/pip uninstall -y torchvision          # its CUDA build does not load here
 
-Run:  .venv/bin/python benchmarks/stream_bench.py [--rounds 2] [--no-anchors] [--keep]
+Run:  .venv/bin/python benchmarks/stream_bench.py [--rounds 2] [--no-anchors] [--keep] [--threads 1,2]
+      [--samples N --out DIR]   (a smaller version for smoke runs; benchmarks/gpu/stream.sh sweeps threads)
+Granary's environment needs the torch extra (the parallel index_select anchor and the torch gather kernel).
 """
 
 from __future__ import annotations
@@ -178,10 +180,14 @@ def main() -> None:
     store = open_store(Settings.from_env(home=home))
     flat = OUT / "anchors" / "flat.u16"
     threads = [int(t) for t in args.threads.split(",") if t.strip() and int(t) > 0]
-    import torch
+    try:
+        import torch  # loaded here, so gather="auto" uses its kernel as a training process would
 
+        torch_threads = torch.get_num_threads()
+    except ImportError:
+        torch_threads = 0
     result: dict[str, Any] = {"load_average_before": os.getloadavg(), "cores": len(os.sched_getaffinity(0)),
-                              "torch_intra_op_threads": torch.get_num_threads(), "samples": SAMPLES,
+                              "torch_intra_op_threads": torch_threads, "samples": SAMPLES,
                               "paired": paired_rounds(store, flat, args.rounds, threads)}
     result["load_average_after"] = os.getloadavg()
     result["resume"] = bench.measure_resume(store, "bench", seq_len=SEQ, batch_size=BATCH, trials=7)
