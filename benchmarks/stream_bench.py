@@ -9,7 +9,9 @@ Setup of the anchors (their own virtualenv; torch pinned first so nothing pulls 
     benchmarks/.venv-stream-anchors/bin/pip install -c <(echo torch==2.13.0) litdata mosaicml-streaming webdataset
     benchmarks/.venv-stream-anchors/bin/pip uninstall -y torchvision          # its CUDA build does not load here
 
-Run:  .venv/bin/python benchmarks/stream_bench.py [--rounds 2] [--no-anchors] [--keep]
+Run:  .venv/bin/python benchmarks/stream_bench.py [--rounds 2] [--no-anchors] [--keep] [--threads 1,2]
+      [--samples N --out DIR]   (a smaller version for smoke runs; benchmarks/gpu/stream.sh sweeps threads)
+Granary's environment needs the torch extra (the parallel index_select anchor and the torch gather kernel).
 """
 
 from __future__ import annotations
@@ -110,7 +112,8 @@ def paired_rounds(store: Any, flat: Path, rounds: int, threads: list[int]) -> di
              "numpy_pass2"] + [f"granary_t{n}" for n in threads]
     runs: dict[str, list[float]] = {k: [] for k in names}
     ratios: dict[str, list[float]] = {k: [] for k in ["vs_numpy", "checksum_cost", "pass2_vs_numpy_pass2",
-                                                       "numpy_gather_vs_numpy", "best_vs_parallel_anchor"]
+                                                       "numpy_gather_vs_numpy", "best_vs_parallel_anchor",
+                                                       "cpu_vs_numpy", "cpu_checksum_cost"]
                                       + [f"t{n}_vs_numpy" for n in threads]}
     shards = 0.0
     size = dict(num_samples=SAMPLES, seq_len=SEQ, batch_size=BATCH)
@@ -134,6 +137,9 @@ def paired_rounds(store: Any, flat: Path, rounds: int, threads: list[int]) -> di
         ratios["vs_numpy"].append(g["samples_per_s"] / numpy_run["samples_per_s"])
         ratios["numpy_gather_vs_numpy"].append(g_np["samples_per_s"] / numpy_run["samples_per_s"])
         ratios["checksum_cost"].append(1 - g["samples_per_s"] / g_nov["samples_per_s"])
+        # samples per CPU second of the whole process: what each costs in work, whatever the machine's load
+        ratios["cpu_vs_numpy"].append(g["samples_per_cpu_s"] / numpy_run["samples_per_cpu_s"])
+        ratios["cpu_checksum_cost"].append(1 - g["samples_per_cpu_s"] / g_nov["samples_per_cpu_s"])
         best = max([g["samples_per_s"]] + [r["samples_per_s"] for r in threaded.values()])
         ratios["best_vs_parallel_anchor"].append(best / par["samples_per_s"])
     return {"samples_per_s": {k: [round(x) for x in v] for k, v in runs.items()},
@@ -174,10 +180,14 @@ def main() -> None:
     store = open_store(Settings.from_env(home=home))
     flat = OUT / "anchors" / "flat.u16"
     threads = [int(t) for t in args.threads.split(",") if t.strip() and int(t) > 0]
-    import torch
+    try:
+        import torch  # loaded here, so gather="auto" uses its kernel as a training process would
 
+        torch_threads = torch.get_num_threads()
+    except ImportError:
+        torch_threads = 0
     result: dict[str, Any] = {"load_average_before": os.getloadavg(), "cores": len(os.sched_getaffinity(0)),
-                              "torch_intra_op_threads": torch.get_num_threads(), "samples": SAMPLES,
+                              "torch_intra_op_threads": torch_threads, "samples": SAMPLES,
                               "paired": paired_rounds(store, flat, args.rounds, threads)}
     result["load_average_after"] = os.getloadavg()
     result["resume"] = bench.measure_resume(store, "bench", seq_len=SEQ, batch_size=BATCH, trials=7)

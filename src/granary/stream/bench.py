@@ -46,13 +46,14 @@ def measure_loader(store: Store, ref: str, *, seq_len: int, batch_size: int = 64
     per_shard = ds.num_samples // shards
     ids: list[np.ndarray] = []
     count = 0
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     for batch in ds:
         ids.append(batch["tokens"][:, :2].copy())
         count += len(batch["tokens"])
         if max_batches is not None and len(ids) >= max_batches:
             break
     seconds = time.perf_counter() - t0
+    cpu = time.process_time() - c0  # all threads of the process: gather, hashing, decryption
     later = []
     for _ in range(passes - 1):
         n, t1 = 0, time.perf_counter()
@@ -61,6 +62,7 @@ def measure_loader(store: Store, ref: str, *, seq_len: int, batch_size: int = 64
         later.append(n / (time.perf_counter() - t1))
     drawn = [len(np.unique(sample_ids(b) // per_shard)) for b in ids]
     return {"samples": count, "seconds": seconds, "samples_per_s": count / seconds,
+            "samples_per_cpu_s": count / max(cpu, 1e-9),
             "gb_per_s": count * seq_len * 2 / seconds / 1e9,  # build_synthetic writes uint16
             "shards_per_batch": float(np.mean(drawn)), "later_passes_samples_per_s": later}
 
@@ -74,15 +76,16 @@ def measure_memmap_gather(path: Path, *, num_samples: int, seq_len: int, batch_s
     rates = []
     for p in range(passes):
         perm = np.random.default_rng([seed, p]).permutation(num_samples)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         for lo in range(0, stop, batch_size):
             _ = mm[np.sort(perm[lo : lo + batch_size])]
-        rates.append((stop, time.perf_counter() - t0))
+        rates.append((stop, time.perf_counter() - t0, time.process_time() - c0))
     del mm
-    stop, seconds = rates[0]
+    stop, seconds, cpu = rates[0]
     return {"samples": stop, "seconds": seconds, "samples_per_s": stop / seconds,
+            "samples_per_cpu_s": stop / max(cpu, 1e-9),
             "gb_per_s": stop * seq_len * 2 / seconds / 1e9,
-            "later_passes_samples_per_s": [n / s for n, s in rates[1:]]}
+            "later_passes_samples_per_s": [n / s for n, s, _ in rates[1:]]}
 
 
 def measure_parallel_gather(path: Path, *, num_samples: int, seq_len: int, batch_size: int = 64,

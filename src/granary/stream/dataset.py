@@ -271,9 +271,15 @@ class StreamingDataset:
         plans = (plan for _, samples in self._chunks(position, steps) for plan in reader.plans(samples))
         groups = ordered_map(reader.gather, plans, num_threads=threads, depth=depth) if threads else map(
             reader.gather, plans)
-        for done, error in groups:
-            for rows, tokens in done:
-                yield self._finish(tokens, source.segment_ids(rows) if self.with_segment_ids else None)
+        plain = self.output == "numpy" and not self.with_segment_ids
+        for samples, tokens, error in groups:
+            if plain:  # the common case, kept lean: a dict per batch and nothing else
+                for r in range(len(tokens)):
+                    yield {"tokens": tokens[r]}
+            else:
+                for r in range(len(tokens)):
+                    segs = source.segment_ids(samples[r]) if self.with_segment_ids else None
+                    yield self._finish(tokens[r], segs)
             if error is not None:
                 raise error
 

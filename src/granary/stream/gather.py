@@ -68,6 +68,8 @@ class TorchGather:
     def tensor(self, array: np.ndarray) -> Any:
         """A tensor sharing ``array``'s memory (read-only mappings included; nothing writes through it)."""
         array = array.view(_SAME_BYTES.get(array.dtype, array.dtype))
+        if array.flags.writeable:
+            return self._torch.from_numpy(array)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "The given NumPy array is not writable"
             return self._torch.from_numpy(array)

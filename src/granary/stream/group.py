@@ -54,45 +54,49 @@ class GroupGather:
             yield GroupPlan(samples[a:b], [f[a:b] for f in fields])
             a = b
 
-    def gather(self, plan: GroupPlan) -> tuple[list[tuple[np.ndarray, np.ndarray]], Exception | None]:
-        """``(samples, tokens)`` of each batch of the group, in order, and the error that ended it early: when a
-        block fails its check (a corrupt block, an encrypted block that fails authentication), the batches
-        before the first one touching it are delivered; that one and the rest are not."""
+    def gather(self, plan: GroupPlan) -> tuple[np.ndarray, np.ndarray, Exception | None]:
+        """``(samples, tokens, error)``: the samples ``(steps', batch)`` and tokens ``(steps', batch, seq_len)``
+        of the group's first ``steps'`` batches, all of them unless a block fails its check (a corrupt block,
+        an encrypted block that fails authentication): then the batches before the first one touching it, and
+        the error to raise after them."""
         steps, width = plan.samples.shape
         flat = [f.ravel() for f in plan.fields]
         try:
             self.source.check(flat)
-        except Exception as error:  # CorruptBlockError, CryptoError: raised at the bad batch
-            if steps == 1:
-                return [], error
-            done: list[tuple[np.ndarray, np.ndarray]] = []
+        except Exception:  # CorruptBlockError, CryptoError: raised at the first batch that touches the block
             for r in range(steps):
-                one, err = self.gather(GroupPlan(plan.samples[r : r + 1], [f[r : r + 1] for f in plan.fields]))
-                done += one
-                if err is not None:
-                    return done, err
-            return done, error  # not reached: some batch of the group touched the bad block
+                try:
+                    self.source.check([f[r] for f in plan.fields])
+                except Exception as bad:
+                    if r == 0:
+                        return plan.samples[:0], np.empty((0, width, self.source.seq_len), self.out_dtype), bad
+                    samples, tokens, _ = self.gather(GroupPlan(plan.samples[:r], [f[:r] for f in plan.fields]))
+                    return samples, tokens, bad
+            raise  # not reached: some batch of the group touched the bad block
         tokens = self._gather(flat).reshape(steps, width, self.source.seq_len)
-        return [(plan.samples[r], tokens[r]) for r in range(steps)], None
+        return plan.samples, tokens, None
 
     def _gather(self, flat: list[np.ndarray]) -> np.ndarray:
         source = self.source
         samples, elements, aligned = flat[0], flat[1], flat[2]
         view = source.virtual
-        buf = self.pool.take((len(samples), source.seq_len), source.dtype)
-        if view is None:  # no strided view (remote shards, or encrypted ones read block by block)
-            for j, s in enumerate(samples.tolist()):
-                source.copy_sample(s, buf[j])
-        elif aligned.all():
-            self.kernel(view, elements, buf)
-        else:  # a few samples cross a shard boundary: gathered piece by piece
-            ok = np.flatnonzero(aligned)
-            if ok.size:
-                part = np.empty((ok.size, source.seq_len), dtype=source.dtype)
-                self.kernel(view, elements[ok], part)
-                buf[ok] = part
-            for j in np.flatnonzero(~aligned).tolist():
-                source.copy_sample(int(samples[j]), buf[j])
+        if view is not None and aligned.all() and self.kernel.name == "numpy":
+            buf = view[elements]  # numpy's fancy index makes its own array: no second copy into a pooled one
+        else:
+            buf = self.pool.take((len(samples), source.seq_len), source.dtype)
+            if view is None:  # no strided view (remote shards, or encrypted ones read block by block)
+                for j, s in enumerate(samples.tolist()):
+                    source.copy_sample(s, buf[j])
+            elif aligned.all():
+                self.kernel(view, elements, buf)
+            else:  # a few samples cross a shard boundary: gathered piece by piece
+                ok = np.flatnonzero(aligned)
+                if ok.size:
+                    part = np.empty((ok.size, source.seq_len), dtype=source.dtype)
+                    self.kernel(view, elements[ok], part)
+                    buf[ok] = part
+                for j in np.flatnonzero(~aligned).tolist():
+                    source.copy_sample(int(samples[j]), buf[j])
         if self.out_dtype == buf.dtype:
             return buf
         out = self.pool.take(buf.shape, self.out_dtype)
