@@ -248,6 +248,24 @@ def test_every_cli_command_is_classified() -> None:
     assert _commands() - classified == set(), "classify the new command: a reader must pass the gate"
 
 
+def test_every_cli_data_read_takes_a_purpose() -> None:
+    from granary.cli.main import app
+
+    found: dict[str, Any] = {}
+
+    def walk(a: Any, prefix: str) -> None:
+        for c in a.registered_commands:
+            found[prefix + (c.name or c.callback.__name__)] = c.callback
+        for g in a.registered_groups:
+            walk(g.typer_instance, prefix + g.name + " ")
+
+    walk(app, "")
+    governance = {"audit verify", "audit log", "policy show"}  # read no dataset rows
+    for name in sorted((set(CLI_READS) | CLI_FILTERED) - governance):
+        callback = getattr(found[name], "__wrapped__", found[name])
+        assert "purpose" in callback.__code__.co_varnames, f"`granary {name}` has no --purpose"
+
+
 @pytest.fixture
 def tokens_env(world: World, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     issued = world.hooks.guard.issue_token("mallory", scopes=("read", "write", "admin"))
