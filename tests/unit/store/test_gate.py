@@ -360,3 +360,13 @@ def test_loader_and_curation_readers_go_through_the_gate(world: World, monkeypat
 
     rows = sum(t.num_rows for u in units for t in read_unit(u, store=world.admin, sink=Sink(), batch_rows=64))
     assert rows == 25 and len(seen) == len(units)
+
+
+def test_binding_a_principal_on_a_plain_store_turns_the_gate_on(world: World) -> None:
+    from granary.store.hooks import NullHooks
+
+    plain = Store(world.settings, hooks=NullHooks())
+    assert plain.read_table("web").num_rows == 25  # the single-user store: nothing to enforce
+    with pytest.raises(AuthorizationError):
+        plain.bind(principal="mallory").read_table("web")
+    assert world.denied() == 1
