@@ -124,14 +124,20 @@ def audit_checkpoint(
     """Sign the current head of the chain (Ed25519) and optionally export it write-once."""
     from dataclasses import asdict
 
-    from granary.secure.checkpoint import export_checkpoint, make_checkpoint
+    from granary.secure.checkpoint import all_checkpoints, export_checkpoint, make_checkpoint, trusted_public_key
 
     guard = _guard()
     guard.authorize("audit", "*")
     export = export or guard.settings.checkpoint_dir
-    # recorded first, so the checkpoint pins its own record (no unpinned record right after a checkpoint)
+    known = all_checkpoints(guard.audit, export)  # never sign a log cut back below an earlier checkpoint
+    trusted = trusted_public_key(guard.settings, guard.key_provider())
+    checked = guard.audit.verify(checkpoints=known, trusted_key=trusted)
+    if not checked.ok:
+        guard.record("audit.checkpoint", "*", obj="audit:head", outcome="error", details={"reason": checked.reason})
+        fail(f"not signing: the audit chain is broken at record {checked.first_bad}: {checked.reason}")
+    # recorded before signing, so the checkpoint pins its own record (none unpinned right after a checkpoint)
     guard.record("audit.checkpoint", "*", obj="audit:head", details={"export": str(export) if export else None})
-    cp = make_checkpoint(guard.audit, guard.key_provider().signing_key())
+    cp = make_checkpoint(guard.audit, guard.key_provider().signing_key(), checkpoints=known, trusted_key=trusted)
     path = export_checkpoint(cp, export) if export else None
     if json_out:
         print_json({**asdict(cp), "path": str(path) if path else None})
