@@ -11,9 +11,14 @@ from granary.cli.output import console, print_json, table
 
 def demo(json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False) -> None:
     """Generate a synthetic corpus and run it through Granary (ingest, verify, and every subsystem's step)."""
+    import os
+
     from granary.demo.run import run
     from granary.store import open_store
 
+    # The demo reads its own datasets for research, a purpose their policies (set by its governance step)
+    # allow, so a second run reads them like the first; the jobs it starts inherit the purpose.
+    os.environ.setdefault("GRANARY_PURPOSE", "research")
     store = open_store()
     out = console if not json_out else console.__class__(quiet=True)
     results = run(store, out)
@@ -27,6 +32,7 @@ def demo(json_out: Annotated[bool, typer.Option("--json", help="Print machine-re
         "  granary log demo                the versions of the demo corpus\n"
         "  granary show demo --quarantine  one version: schema, lineage, and the malformed lines kept aside\n"
         "  granary verify                  recompute every checksum\n"
+        "  granary report demo-curated --purpose research   (its policy allows reads for pretraining and research)\n"
         "  granary jobs --all              the jobs the scheduler ran (granary job ID for one's history)\n"
         "  granary server                  the web dashboard and REST API: open http://127.0.0.1:8470/ui/\n"
         "                                  (local mode, no token; multi-user: GRANARY_AUTH=tokens and a token\n"

@@ -124,14 +124,21 @@ def audit_checkpoint(
     """Sign the current head of the chain (Ed25519) and optionally export it write-once."""
     from dataclasses import asdict
 
-    from granary.secure.checkpoint import export_checkpoint, make_checkpoint
+    from granary.secure.checkpoint import all_checkpoints, export_checkpoint, make_checkpoint, trusted_public_key
 
     guard = _guard()
     guard.authorize("audit", "*")
     export = export or guard.settings.checkpoint_dir
-    cp = make_checkpoint(guard.audit, guard.key_provider().signing_key())
+    known = all_checkpoints(guard.audit, export)  # never sign a log cut back below an earlier checkpoint
+    trusted = trusted_public_key(guard.settings, guard.key_provider())
+    checked = guard.audit.verify(checkpoints=known, trusted_key=trusted)
+    if not checked.ok:
+        guard.record("audit.checkpoint", "*", obj="audit:head", outcome="error", details={"reason": checked.reason})
+        fail(f"not signing: the audit chain is broken at record {checked.first_bad}: {checked.reason}")
+    # recorded before signing, so the checkpoint pins its own record (none unpinned right after a checkpoint)
+    guard.record("audit.checkpoint", "*", obj="audit:head", details={"export": str(export) if export else None})
+    cp = make_checkpoint(guard.audit, guard.key_provider().signing_key(), checkpoints=known, trusted_key=trusted)
     path = export_checkpoint(cp, export) if export else None
-    guard.record("audit.checkpoint", "*", obj=f"audit:{cp.seq}", details={"exported": str(path) if path else None})
     if json_out:
         print_json({**asdict(cp), "path": str(path) if path else None})
         return
@@ -349,13 +356,15 @@ def forget_cmd(
         ("keys shredded", receipt.shredded_keys), ("deleted after gc grace", len(receipt.pending_deletion)),
         ("readers of expired versions", len(receipt.readers)),
         ("tags on expired versions", ", ".join(receipt.tags) or "none"),
-        ("derived datasets changed", ", ".join(
-            f"{name} ({info['rows_removed']} rows, {info['versions_expired']} versions)"
-            for name, info in receipt.derived_changed.items() if info.get("changed")) or "none"),
-        ("derived datasets to re-derive", "; ".join(
-            f"{name}: {info['reason']}" for name, info in receipt.derived_changed.items()
-            if not info.get("changed") and info.get("reason")) or "none"),
+        ("derived datasets", "; ".join(f"{name}: {_derived_outcome(info)}"
+                                       for name, info in receipt.derived_changed.items()) or "none"),
         ("signed by", receipt.public_key[:16] + "...")]))
+
+
+def _derived_outcome(info: dict[str, Any]) -> str:
+    if info.get("changed"):
+        return f"{info['rows_removed']} row(s) removed, {info['versions_expired']} version(s) expired"
+    return str(info.get("reason") or "the subject was not found")
 
 
 # -- policies and private statistics ---------------------------------------------------------------

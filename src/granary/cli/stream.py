@@ -139,6 +139,7 @@ def stream_bench(
     seq_len: Annotated[int, typer.Option(help="Tokens per sample.")] = 2048,
     batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 64,
     samples: Annotated[int, typer.Option(help="Synthetic samples (without REF).")] = 32768,
+    purpose: PurposeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Measure the loader: samples/s, GB/s, shards per batch, resume latency (and the numpy anchor)."""
@@ -154,7 +155,7 @@ def stream_bench(
             ref = "bench"
             bench.build_synthetic(store, ref, samples=samples, seq_len=seq_len)
         else:
-            store = open_store()
+            store = read_store(purpose)
         result = {"loader": bench.measure_loader(store, ref, seq_len=seq_len, batch_size=batch_size),
                   **bench.measure_resume(store, ref, seq_len=seq_len, batch_size=batch_size)}
     if json_out:

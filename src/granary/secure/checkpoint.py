@@ -79,9 +79,11 @@ def check_signature(cp: Checkpoint, trusted_key: str | None = None) -> None:
     verify_bytes(cp.public_key, cp.signature, message(cp.seq, cp.hash, cp.at), what=f"checkpoint {cp.seq}")
 
 
-def make_checkpoint(audit: AuditLog, key: Ed25519PrivateKey) -> Checkpoint:
-    """Verify the chain, then sign its head and record the checkpoint in the catalog."""
-    report = audit.verify()
+def make_checkpoint(audit: AuditLog, key: Ed25519PrivateKey, *, checkpoints: list[Checkpoint] | None = None,
+                    trusted_key: str | None = None) -> Checkpoint:
+    """Verify the chain (against ``checkpoints`` signed by ``trusted_key``, so a truncated log is never signed
+    anew), then sign its head and record the checkpoint in the catalog."""
+    report = audit.verify(checkpoints=checkpoints or (), trusted_key=trusted_key)
     if not report.ok:
         raise AuditError(report.first_bad or 0, report.reason or "unknown")
     seq, head = audit.head()

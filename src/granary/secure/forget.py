@@ -204,7 +204,7 @@ def _readers(guard: Guard, dataset: str, versions: set[str]) -> list[dict[str, A
 def _derived(store: Store, guard: Guard, dataset: str) -> list[str]:
     """Datasets derived from ``dataset``: its name in their policy's sources, or one of its versions (or its
     name) in the lineage of one of their live versions."""
-    from granary.store.store import lineage_sources
+    from granary.store.lineage import lineage_sources
 
     out = {name for name, policy in guard.policies.all().items() if dataset in policy.sources}
     mine = {v.id for v in store._versions(dataset)}

@@ -25,6 +25,7 @@ from granary.store.formats.tokens import TokenShardWriter
 from granary.store.formats.tokens.layout import DEFAULT_BLOCK_BYTES
 from granary.store.gate import ReadGate, dataset_of_key
 from granary.store.hooks import StoreHooks
+from granary.store.lineage import lineage_sources
 from granary.store.manifest import (
     Manifest,
     SegmentRef,
@@ -594,19 +595,3 @@ def open_store(settings: Settings | None = None, *, hooks: StoreHooks | None = N
     settings = settings or Settings.from_env()
     return Store(settings, hooks=hooks)  # no hooks: the security layer when asked for or in use
 
-
-def lineage_sources(lineage: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """The source version ids and dataset names a lineage record names (tokenize, curate, transforms)."""
-    ids: list[str] = []
-    names: list[str] = []
-    given = lineage.get("input")
-    found: dict[str, Any] = given if isinstance(given, dict) else {}
-    for value in (lineage.get("inputs"), found.get("input_version"), lineage.get("input_version")):
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and len(item) == 64 and looks_like_version_id(item):
-                ids.append(item)
-    for value in (found.get("input_dataset"), lineage.get("input_dataset"), lineage.get("sources")):
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and item:
-                names.append(item.partition("@")[0])
-    return ids, names

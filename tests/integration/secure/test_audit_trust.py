@@ -64,6 +64,8 @@ def test_plain_verify_checks_catalog_checkpoints_and_catches_truncation(cli_env:
     _delete_from(log, pinned - 3)  # truncate the tail below the last checkpoint
     code, out = _run("audit", "verify")
     assert code == 1 and "truncated" in out, out
+    code, out = _run("audit", "checkpoint")  # an admin fooled into checkpointing the truncated log: refused
+    assert code == 1 and "truncated" in out, out
     _delete_from(log, 1)  # delete every record
     code, out = _run("audit", "verify")
     assert code == 1 and "truncated" in out, out

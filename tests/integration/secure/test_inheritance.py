@@ -118,7 +118,7 @@ def test_cli_forget_then_verify(store: Store, hooks: SecureHooks, settings: Sett
     monkeypatch.setenv("GRANARY_HOME", str(settings.home))
     result = CliRunner().invoke(app, ["forget", "web", "--subject", "s1"])
     assert result.exit_code == 0, result.output
-    assert "web@v1" in result.output and "web-clean" in result.output
+    assert "web@v1" in result.output and "web-clean: 2 row(s) removed" in result.output
     result = CliRunner().invoke(app, ["verify"])
     assert result.exit_code == 0, result.output
     assert "expected, not damage" in result.output

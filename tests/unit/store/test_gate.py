@@ -248,6 +248,24 @@ def test_every_cli_command_is_classified() -> None:
     assert _commands() - classified == set(), "classify the new command: a reader must pass the gate"
 
 
+def test_every_cli_data_read_takes_a_purpose() -> None:
+    from granary.cli.main import app
+
+    found: dict[str, Any] = {}
+
+    def walk(a: Any, prefix: str) -> None:
+        for c in a.registered_commands:
+            found[prefix + (c.name or c.callback.__name__)] = c.callback
+        for g in a.registered_groups:
+            walk(g.typer_instance, prefix + g.name + " ")
+
+    walk(app, "")
+    governance = {"audit verify", "audit log", "policy show"}  # read no dataset rows
+    for name in sorted((set(CLI_READS) | CLI_FILTERED) - governance):
+        callback = getattr(found[name], "__wrapped__", found[name])
+        assert "purpose" in callback.__code__.co_varnames, f"`granary {name}` has no --purpose"
+
+
 @pytest.fixture
 def tokens_env(world: World, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     issued = world.hooks.guard.issue_token("mallory", scopes=("read", "write", "admin"))
@@ -342,3 +360,13 @@ def test_loader_and_curation_readers_go_through_the_gate(world: World, monkeypat
 
     rows = sum(t.num_rows for u in units for t in read_unit(u, store=world.admin, sink=Sink(), batch_rows=64))
     assert rows == 25 and len(seen) == len(units)
+
+
+def test_binding_a_principal_on_a_plain_store_turns_the_gate_on(world: World) -> None:
+    from granary.store.hooks import NullHooks
+
+    plain = Store(world.settings, hooks=NullHooks())
+    assert plain.read_table("web").num_rows == 25  # the single-user store: nothing to enforce
+    with pytest.raises(AuthorizationError):
+        plain.bind(principal="mallory").read_table("web")
+    assert world.denied() == 1
