@@ -19,6 +19,7 @@ TABLE = pa.table({"id": [f"d{i}" for i in range(50)], "text": [f"t{i}" * (i % 7)
                   "n": list(range(50))})
 
 
+@pytest.mark.slow
 def test_nine_thousand_or_terms_run_and_give_the_right_rows() -> None:
     # In a child process: before the fix, Arrow recursed once per term and the process died with a segfault.
     code = textwrap.dedent("""
