@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from granary.cli.main import app
-
 from granary.config import Settings
 from granary.errors import IngestError
 from granary.store import Store, open_store
