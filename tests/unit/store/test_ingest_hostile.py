@@ -254,3 +254,21 @@ def test_files_of_unknown_format_in_a_folder_are_reported_as_skipped(tmp_path: P
     code, out = _cli(tmp_path / "home", monkeypatch, "ingest", str(folder), "-d", "web2")
     assert code == 0, out
     assert "skipped (unknown format)" in out and "report.pdf" in out
+
+
+def test_an_unreadable_text_file_is_reported_not_a_traceback(store: Store, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a.txt").write_text("one document")
+    (tmp_path / "b.txt").write_text("another")
+    real = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:  # a disk error or a permission the test's root user cannot lack
+        if self.name == "b.txt":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    report = ingest(store, [tmp_path], "docs", on_error="quarantine")
+    assert report.records == 1 and report.reasons == {"unreadable file": 1}
+    assert report.damaged == [f"{tmp_path / 'b.txt'}: unreadable file: [Errno 13] Permission denied: "
+                              f"'{tmp_path / 'b.txt'}'; check its permissions or copy it again"]
