@@ -238,6 +238,11 @@ class Transaction:
     def _final_shards(self) -> list[ShardEntry]:
         base = list(self.parent.shards) if (self.parent and self.mode == "append") else []
         shards = base + self.new_shards
+        if self.deletes and self.schema is None and not shards:
+            raise StoreError(f"nothing to delete from: {self.dataset}@{self.branch} has no rows and no schema",
+                             hint="ingest or commit data first")
+        for expression in self.deletes:  # again, now that rows written in this transaction fixed the schema
+            check_filter(expression, self.schema)
         for expression in self.deletes:
             shards = self._apply_delete(shards, expression)
         return shards

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -11,34 +10,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.conftest import fresh_pg_database
 
 from granary.catalog import open_catalog
 from granary.catalog.db import forget_upgrades
 from granary.sched.journal import list_jobs
 from granary.sched.model import TERMINAL
 
-PG_ADMIN = "postgresql://root@127.0.0.1:5432/postgres"
-
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh catalog per test; PostgreSQL through the suite's one server setting (GRANARY_TEST_PG_URL, see
+    tests/conftest.py), which skips with the reason when no server is reachable."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'catalog.db'}"
         return
-    try:
-        import psycopg
-
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except Exception as exc:  # any connection problem means: no server here
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 ({exc})")
-    name = f"granary_test_{secrets.token_hex(4)}"
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://root@127.0.0.1:5432/{name}"
-    finally:
-        forget_upgrades()
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    url = fresh_pg_database(request.getfixturevalue("pg_url"))  # dropped with the session's databases
+    yield url
+    forget_upgrades()
 
 
 def cli(args: list[str], env: dict[str, str], **kw: object) -> subprocess.Popen[bytes]:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from granary.errors import StoreError
 from granary.store import Store
 from granary.store.filter import MAX_DEPTH, MAX_NODES, FilterError, check_filter, compile_filter, matches
 
@@ -19,6 +20,7 @@ TABLE = pa.table({"id": [f"d{i}" for i in range(50)], "text": [f"t{i}" * (i % 7)
                   "n": list(range(50))})
 
 
+@pytest.mark.slow
 def test_nine_thousand_or_terms_run_and_give_the_right_rows() -> None:
     # In a child process: before the fix, Arrow recursed once per term and the process died with a segfault.
     code = textwrap.dedent("""
@@ -148,3 +150,21 @@ def test_an_invalid_filter_fails_before_any_shard_is_read_and_commits_nothing(
         txn.delete_where(bad)
         txn.commit(message="delete", allow_empty=True)
     assert [v.id for v in any_store.log("web")] == before
+
+
+def test_a_delete_on_a_branch_with_no_commits_commits_nothing(any_store: Store) -> None:
+    any_store.create_dataset("web")
+    with pytest.raises(StoreError, match="nothing to delete from: web@main"), any_store.transaction("web") as txn:
+        txn.delete_where("nosuch == 1")  # no schema yet: only its syntax can be checked here
+        txn.commit(message="delete", allow_empty=True)
+    assert any_store.versions("web") == []
+
+
+def test_a_delete_is_checked_against_the_rows_written_in_the_same_transaction(any_store: Store) -> None:
+    any_store.create_dataset("web")
+    with pytest.raises(FilterError, match="unknown column 'nosuch'"), \
+            any_store.transaction("web", mode="overwrite") as txn:
+        txn.delete_where("nosuch == 1")
+        txn.write(_table(5))
+        txn.commit(message="m")
+    assert any_store.versions("web") == []

@@ -15,7 +15,9 @@ import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from granary.cli.main import app
 from granary.config import Settings
 from granary.errors import IngestError
 from granary.store import Store, open_store
@@ -31,6 +33,14 @@ def _granary(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The real CLI in a child process: a segfault shows as a negative return code, not a lost test run."""
     env = {**os.environ, "GRANARY_HOME": str(home), "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-c", _CLI, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def _cli(home: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str]:
+    """The CLI in this process (for inputs that cannot crash it): exit code and everything it printed."""
+    monkeypatch.setenv("GRANARY_HOME", str(home))
+    monkeypatch.setenv("COLUMNS", "200")
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
 
 
 def _good(n: int, start: int = 0) -> list[str]:
@@ -49,6 +59,7 @@ def _deep_line(levels: int, bracket: str) -> str:
     return '{"id": "deep", "text": "x", "meta": ' + opener * (levels - 1) + "1" + closer * (levels - 1) + "}"
 
 
+@pytest.mark.slow
 def test_tens_of_thousands_of_levels_are_quarantined_and_the_good_records_kept(tmp_path: Path) -> None:
     lines = [*_good(5),
              _deep_line(50_000, "{"),  # pyarrow's parser segfaulted on these
@@ -74,6 +85,7 @@ def test_tens_of_thousands_of_levels_are_quarantined_and_the_good_records_kept(t
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+@pytest.mark.slow
 def test_deep_records_fail_the_ingest_with_their_line_in_fail_mode(tmp_path: Path) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join([*_good(3), _deep_line(50_000, "["), *_good(3, 3)]) + "\n")
@@ -204,40 +216,59 @@ def test_a_corrupt_parquet_row_group_is_quarantined_and_the_others_kept(store: S
 
 
 @pytest.mark.parametrize("content", ["corrupt", "not parquet"])
-def test_corrupt_parquet_in_fail_mode_is_one_clear_line(tmp_path: Path, content: str) -> None:
+def test_corrupt_parquet_in_fail_mode_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        content: str) -> None:
     path = tmp_path / "bad.parquet"
     if content == "corrupt":
         _corrupt_parquet(path)
     else:
         path.write_bytes(b"PAR1 this is not a parquet file")
-    done = _granary(tmp_path / "home", "ingest", str(path), "-d", "web")
-    out = done.stdout + done.stderr
-    assert done.returncode == 1 and "Traceback" not in out
+    code, out = _cli(tmp_path / "home", monkeypatch, "ingest", str(path), "-d", "web")
+    assert code == 1 and "Traceback" not in out
     assert f"bad record at {path}" in out and ("corrupt Parquet data" in out or "unreadable Parquet file" in out)
 
 
-def test_a_ragged_csv_gives_the_line_and_no_traceback(tmp_path: Path) -> None:
+def test_a_ragged_csv_gives_the_line_and_no_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "rows.csv"
     path.write_text("id,text\n1,hello\n2,world,extra\n3,fine\n")
-    done = _granary(tmp_path / "home", "ingest", str(path), "-d", "web")
-    out = done.stdout + done.stderr
-    assert done.returncode == 1 and "Traceback" not in out
+    code, out = _cli(tmp_path / "home", monkeypatch, "ingest", str(path), "-d", "web")
+    assert code == 1 and "Traceback" not in out
     assert f"{path}:3: malformed CSV row: expected 2 columns, got 3" in out
-    done = _granary(tmp_path / "home", "ingest", str(path), "-d", "web", "--on-error", "quarantine", "--json")
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["records"] == 2 and json.loads(done.stdout)["quarantined"] == 1
+    code, out = _cli(tmp_path / "home", monkeypatch, "ingest", str(path), "-d", "web", "--on-error", "quarantine",
+                     "--json")
+    assert code == 0, out
+    assert json.loads(out)["records"] == 2 and json.loads(out)["quarantined"] == 1
 
 
-def test_files_of_unknown_format_in_a_folder_are_reported_as_skipped(tmp_path: Path) -> None:
+def test_files_of_unknown_format_in_a_folder_are_reported_as_skipped(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)
     (folder / "a.jsonl").write_text("\n".join(_good(3)) + "\n")
     (folder / "report.pdf").write_bytes(b"%PDF-1.4")
     (folder / "sub" / "sheet.xlsx").write_bytes(b"PK")
     (folder / ".DS_Store").write_bytes(b"\0")
-    done = _granary(tmp_path / "home", "ingest", str(folder), "-d", "web", "--json")
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["skipped"] == [str(folder / "report.pdf"), str(folder / "sub" / "sheet.xlsx")]
-    done = _granary(tmp_path / "home", "ingest", str(folder), "-d", "web2")
-    assert done.returncode == 0, done.stderr
-    assert "skipped (unknown format)" in done.stdout and "report.pdf" in done.stdout
+    code, out = _cli(tmp_path / "home", monkeypatch, "ingest", str(folder), "-d", "web", "--json")
+    assert code == 0, out
+    assert json.loads(out)["skipped"] == [str(folder / "report.pdf"), str(folder / "sub" / "sheet.xlsx")]
+    code, out = _cli(tmp_path / "home", monkeypatch, "ingest", str(folder), "-d", "web2")
+    assert code == 0, out
+    assert "skipped (unknown format)" in out and "report.pdf" in out
+
+
+def test_an_unreadable_text_file_is_reported_not_a_traceback(store: Store, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a.txt").write_text("one document")
+    (tmp_path / "b.txt").write_text("another")
+    real = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:  # a disk error or a permission the test's root user cannot lack
+        if self.name == "b.txt":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    report = ingest(store, [tmp_path], "docs", on_error="quarantine")
+    assert report.records == 1 and report.reasons == {"unreadable file": 1}
+    assert report.damaged == [f"{tmp_path / 'b.txt'}: unreadable file: [Errno 13] Permission denied: "
+                              f"'{tmp_path / 'b.txt'}'; check its permissions or copy it again"]

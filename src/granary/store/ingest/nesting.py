@@ -73,9 +73,11 @@ class DepthGuard:
     """Blanks out, in place, the lines of a block nested deeper than ``MAX_DEPTH`` that have so many brackets
     that pyarrow could crash on them. Reuses its scratch arrays from block to block."""
 
+    SCAN_BYTES = 1 << 20  # scanned a piece at a time so each piece stays in cache across the three passes
+
     def __init__(self) -> None:
-        self._folded = np.empty(0, dtype=np.uint8)
-        self._is_open = np.empty(0, dtype=bool)
+        self._folded = np.empty(self.SCAN_BYTES, dtype=np.uint8)
+        self._is_open = np.empty(self.SCAN_BYTES, dtype=bool)
 
     def blank_deep_lines(self, buf: bytearray, stop: int) -> Iterator[tuple[int, bytes]]:
         """(line index within the block, raw line) of each line it blanked out in ``buf[:stop]``."""
@@ -86,20 +88,25 @@ class DepthGuard:
                 buf[start:end] = b" " * (end - start)
                 yield line, raw
 
+    def _opens(self, buf: bytearray, stop: int) -> np.ndarray:
+        """Positions of every ``{`` and ``[`` in ``buf[:stop]``."""
+        data = np.frombuffer(buf, dtype=np.uint8, count=stop)
+        parts = []
+        for s in range(0, stop, self.SCAN_BYTES):
+            piece = data[s : s + self.SCAN_BYTES]
+            folded, is_open = self._folded[: len(piece)], self._is_open[: len(piece)]
+            np.bitwise_or(piece, 0x20, out=folded)  # '[' (0x5B) | 0x20 == '{' (0x7B); nothing else maps there
+            np.equal(folded, 0x7B, out=is_open)
+            parts.append(np.flatnonzero(is_open) + s)
+        del data, piece  # no view of buf may outlive this call (the reader resizes it)
+        return np.concatenate(parts)
+
     def _crowded_lines(self, buf: bytearray, stop: int) -> list[tuple[int, int]]:
         """Every line of ``buf[:stop]`` with at least ``2 * GUARD_STRIDE`` opening brackets (maybe a few with
         fewer): any ``GUARD_STRIDE`` consecutive brackets with no newline between them mark their line."""
         if stop < 2 * GUARD_STRIDE:
             return []
-        if len(self._folded) < stop:
-            self._folded = np.empty(stop, dtype=np.uint8)
-            self._is_open = np.empty(stop, dtype=bool)
-        data = np.frombuffer(buf, dtype=np.uint8, count=stop)
-        folded, is_open = self._folded[:stop], self._is_open[:stop]
-        np.bitwise_or(data, 0x20, out=folded)  # '[' (0x5B) | 0x20 == '{' (0x7B); nothing else maps there
-        np.equal(folded, 0x7B, out=is_open)
-        del data  # no view of buf may outlive this call (the reader resizes it)
-        opens = np.flatnonzero(is_open)
+        opens = self._opens(buf, stop)
         if len(opens) < 2 * GUARD_STRIDE:
             return []
         lines: list[tuple[int, int]] = []

@@ -157,7 +157,11 @@ def read_text_files(root: Path, files: list[Path], sink: BadRecordSink,
     paths: list[str] = []
     size = 0
     for f in files:
-        data = f.read_bytes()
+        try:
+            data = f.read_bytes()
+        except OSError as exc:
+            sink.file_problem(str(f), None, f"unreadable file: {exc}; check its permissions or copy it again")
+            continue
         if on_bytes:
             on_bytes(len(data))
         rel = str(f.relative_to(root)) if f.is_relative_to(root) else str(f)
