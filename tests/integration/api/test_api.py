@@ -230,3 +230,20 @@ def test_forget_receipts(tokens: Any, backend: tuple[Settings, Seeded]) -> None:
     got = tokens.get(f"{API}/forget", params={"dataset": "people"}, headers=auth(seeded, "admin")).json()
     assert len(got) == 1 and got[0]["rows_removed"] == 1 and got[0]["signature_ok"] is True
     assert "ana@example.org" not in str(got)
+
+
+def test_revoked_token_stops_working(tokens: Any, backend: tuple[Settings, Seeded],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from granary.api import deps
+    from granary.secure.guard import Guard
+    from granary.secure.settings import SecureSettings
+
+    settings, _seeded = backend
+    guard = Guard(open_catalog(settings.catalog_url), SecureSettings.from_env(settings.home, environ={}))
+    issued = guard.issue_token("rita", scopes=("read",))
+    h = {"Authorization": f"Bearer {issued.secret}"}
+    assert tokens.get(f"{API}/whoami", headers=h).status_code == 200
+    guard.revoke_token(issued.token_id)
+    monkeypatch.setattr(deps, "AUTH_CACHE_S", 0.0)  # the cache would keep it valid for up to 10 s
+    r = tokens.get(f"{API}/whoami", headers=h)
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
