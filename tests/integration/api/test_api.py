@@ -27,7 +27,7 @@ def test_health_and_openapi(local: Any) -> None:
 def test_datasets_versions_refs(local: Any, backend: tuple[Settings, Seeded]) -> None:
     seeded = backend[1]
     names = [d["name"] for d in local.get(f"{API}/datasets").json()["items"]]
-    assert names == ["hidden", "web", "web-clean", "web-tok"]  # the local admin sees every tenant
+    assert names == ["corpus-tok", "hidden", "web", "web-clean", "web-tok"]  # the local admin sees every tenant
     web = local.get(f"{API}/datasets/web").json()
     assert web["head"] == seeded.raw[1] and web["num_versions"] == 2
     assert {("branch", "main"), ("tag", "v1")} <= {(r["kind"], r["name"]) for r in web["refs"]}
@@ -93,6 +93,16 @@ def test_diff_preview_report(local: Any, backend: tuple[Settings, Seeded]) -> No
     assert rep["version"]["id"] == seeded.clean and rep["version"]["rows"] == 30
 
 
+def test_loader_samples(tokens: Any, backend: tuple[Settings, Seeded]) -> None:
+    seeded = backend[1]
+    h = auth(seeded, "reader")
+    got = tokens.get(f"{API}/versions/corpus-tok/samples", params={"seq_len": 16, "count": 2}, headers=h).json()
+    assert got["kind"] == "tokens" and got["samples_per_epoch"] == 25  # 400 tokens / 16
+    assert got["samples"] == [{"tokens": list(range(16))}, {"tokens": list(range(16, 32))}]
+    docs = tokens.get(f"{API}/versions/web/samples", params={"count": 2}, headers=h).json()
+    assert docs["kind"] == "documents" and [r["id"] for r in docs["samples"]] == ["d0", "d1"]
+
+
 def test_jobs_nodes_queues_gateway_overview(local: Any, backend: tuple[Settings, Seeded]) -> None:
     seeded = backend[1]
     job = local.get(f"{API}/jobs/{seeded.jobs[0]}").json()
@@ -104,8 +114,8 @@ def test_jobs_nodes_queues_gateway_overview(local: Any, backend: tuple[Settings,
     eps = local.get(f"{API}/gateway/endpoints").json()
     assert eps[0]["model"] == "llama-8b" and eps[0]["alive"] is True
     ov = local.get(f"{API}/overview").json()
-    assert ov["datasets"] == 4 and ov["versions"] == 4 and ov["gpus_total"] == 16 and ov["jobs"]["pending"] == 6
-    assert sum(d["count"] for d in ov["versions_per_day"]) == 4
+    assert ov["datasets"] == 5 and ov["versions"] == 5 and ov["gpus_total"] == 16 and ov["jobs"]["pending"] == 6
+    assert sum(d["count"] for d in ov["versions_per_day"]) == 5
 
 
 def test_tokens_mode_denies_by_default_and_audits(tokens: Any, backend: tuple[Settings, Seeded]) -> None:
@@ -119,7 +129,7 @@ def test_tokens_mode_denies_by_default_and_audits(tokens: Any, backend: tuple[Se
     denied = log.query(action="authenticate", outcome="denied")
     assert len(denied) >= 2
     names = [d["name"] for d in tokens.get(f"{API}/datasets", headers=auth(seeded, "reader")).json()["items"]]
-    assert names == ["web", "web-clean", "web-tok"]  # not the other tenant's dataset
+    assert names == ["corpus-tok", "web", "web-clean", "web-tok"]  # not the other tenant's dataset
     assert tokens.get(f"{API}/datasets/hidden", headers=auth(seeded, "reader")).status_code == 403
     jobs = tokens.get(f"{API}/jobs", headers=auth(seeded, "reader")).json()["items"]
     assert seeded.other_job not in {j["id"] for j in jobs} and len(jobs) == 5

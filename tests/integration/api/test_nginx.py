@@ -82,7 +82,7 @@ def test_nginx_reverse_proxy(tmp_path: Path) -> None:
             assert r.status_code == 200 and r.json()["auth"] == "tokens"
             h = {"Authorization": f"Bearer {seeded.tokens_by_role['reader']}"}
             names = [d["name"] for d in httpx.get(f"{base}/api/v1/datasets", headers=h, verify=False).json()["items"]]
-            assert names == ["web", "web-clean", "web-tok"]
+            assert names == ["corpus-tok", "web", "web-clean", "web-tok"]
             ui = httpx.get(f"{base}/ui/", verify=False)
             assert ui.status_code == 200 and ui.headers["x-content-type-options"] == "nosniff"
             assert httpx.get(f"{base}/api/v1/datasets", verify=False).status_code == 401
