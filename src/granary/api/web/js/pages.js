@@ -83,7 +83,7 @@ export async function version(ref) {
       btn.disabled = true;
       const p = await get(`/versions/${enc(ref)}/samples`, { seq_len: 32, count: 5 });
       box.replaceChildren(h("p", { class: "muted" }, `${p.samples_per_epoch.toLocaleString()} samples of 32 tokens per epoch`),
-        table([["#", (_r) => ""], ["Tokens", (r) => h("code", {}, r.tokens.join(" "))]], p.samples));
+        table([["Tokens", (r) => h("code", {}, r.tokens.join(" "))]], p.samples));
     } }, "Show what the loader yields (an audited read)");
     box.append(btn);
     out.push(h("h2", {}, "Loader preview"), box);
