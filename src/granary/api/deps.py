@@ -2,7 +2,9 @@
 authorises and audits every read and write as that principal.
 
 :func:`bind` is the one place that does it. Every route takes a :class:`Context` through it and reads data only
-through ``ctx.store`` (Store methods) and ``ctx.guard`` (decisions and audit), never behind them.
+through ``ctx.store`` (Store methods) and ``ctx.guard`` (decisions and audit), never behind them. The view is a
+copy of the server's store with the principal's :class:`SecureHooks`; a store-side ``Store.bind`` (a view that
+authorises and audits every read) would replace those two lines and nothing else.
 """
 
 from __future__ import annotations
