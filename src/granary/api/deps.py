@@ -2,12 +2,16 @@
 authorises and audits every read and write as that principal.
 
 :func:`bind` is the one place that does it. Every route takes a :class:`Context` through it and reads data only
-through ``ctx.store`` (Store methods) and ``ctx.guard`` (decisions and audit), never behind them.
+through ``ctx.store`` (Store methods) and ``ctx.guard`` (decisions and audit), never behind them. The view is a
+copy of the server's store with the principal's :class:`SecureHooks`; a store-side ``Store.bind`` (a view that
+authorises and audits every read) would replace those two lines and nothing else.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import time
 from dataclasses import dataclass, replace
 from typing import Annotated
 
@@ -20,6 +24,12 @@ from granary.secure.guard import Guard
 from granary.secure.hooks import SecureHooks
 from granary.secure.tokens import Principal
 from granary.store import Store
+
+# A valid token's principal is remembered this long, so a revoked or expired token, or a disabled principal,
+# stops working within AUTH_CACHE_S (the library's long-running processes re-check every 60 s). Refusals are
+# never cached: each is checked and audited.
+AUTH_CACHE_S = 10.0
+MAX_CACHED_TOKENS = 10_000
 
 
 @dataclass(frozen=True)
@@ -58,17 +68,34 @@ def bind(request: Request) -> Context:
     token = bearer_token(request)
     secure = replace(state.secure, auth=state.server.auth, token=token,
                      origin=f"http:{request.client.host if request.client else '?'}")
-    guard = Guard(state.catalog, secure)
+    key = hashlib.sha256(token.encode()).digest() if token and state.server.auth == "tokens" else None
+    known = _cached(state, key)
+    guard = Guard(state.catalog, secure, principal=known)
     if state.server.auth == "tokens" and token is None:
         guard.audit.append(principal="anonymous", action="authenticate", outcome="denied",
                            object=f"http:{request.method} {request.url.path}",
                            details={"reason": "no bearer token"})
         raise AuthenticationError("no API token given", hint="send `Authorization: Bearer <token>` with a token "
                                                              "from `granary token issue`")
-    principal = guard.principal  # authenticates (and audits a refusal)
+    principal = guard.principal  # authenticates (and audits a refusal) unless known
+    if key is not None and known is None:
+        _remember(state, key, principal)
     view = copy.copy(state.store)
     view.hooks = SecureHooks(guard)
     return Context(store=view, guard=guard, principal=principal, catalog=state.catalog)
+
+
+def _cached(state: AppState, key: bytes | None) -> Principal | None:
+    hit = state.principals.get(key) if key is not None else None
+    if hit is None or time.monotonic() - hit[0] >= AUTH_CACHE_S:
+        return None
+    return hit[1]
+
+
+def _remember(state: AppState, key: bytes, principal: Principal) -> None:
+    if len(state.principals) >= MAX_CACHED_TOKENS:
+        state.principals.clear()  # a flood of distinct valid tokens: start over rather than grow
+    state.principals[key] = (time.monotonic(), principal)
 
 
 Ctx = Annotated[Context, Depends(bind)]

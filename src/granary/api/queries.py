@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
 from granary.catalog import Catalog
 from granary.catalog import tables as ct
@@ -69,21 +70,36 @@ def jobs_page(catalog: Catalog, *, tenant: str | None, states: list[str] | None,
     return out
 
 
+def gpus_of_spec(dialect: str) -> sa.ColumnElement[Any]:
+    """SQL for a job's GPUs (gpus_per_replica x replicas) read from its JSON spec inside the database."""
+    spec = st.jobs.c.spec
+    per: sa.ColumnElement[Any]
+    replicas: sa.ColumnElement[Any]
+    if dialect == "postgresql":
+        doc = sa.cast(spec, JSONB)
+        per = sa.cast(doc["gpus_per_replica"].astext, sa.Integer)
+        replicas = sa.cast(doc["replicas"].astext, sa.Integer)
+    else:
+        per = sa.func.json_extract(spec, "$.gpus_per_replica")
+        replicas = sa.func.json_extract(spec, "$.replicas")
+    return sa.func.coalesce(per, 0) * sa.func.coalesce(replicas, 1)
+
+
 def queues(catalog: Catalog, *, tenant: str | None) -> list[dict[str, Any]]:
-    """Pending and running jobs per tenant (one grouped query; GPUs from the specs of those jobs)."""
+    """Pending and running jobs and their GPUs per tenant: one grouped query, summed inside the database."""
     j = st.jobs.c
-    q = sa.select(j.tenant, j.state, j.spec).where(j.state.in_(("pending", "running")))
+    gpus = gpus_of_spec(catalog.engine.dialect.name)
+    q = (sa.select(j.tenant, j.state, sa.func.count(), sa.func.coalesce(sa.func.sum(gpus), 0))
+         .where(j.state.in_(("pending", "running"))).group_by(j.tenant, j.state))
     if tenant is not None:
         q = q.where(j.tenant == tenant)
     out: dict[str, dict[str, Any]] = {}
     with catalog.read() as conn:
-        for row in conn.execute(q):
-            spec = json.loads(row.spec)
-            gpus = int(spec.get("gpus_per_replica", 0)) * int(spec.get("replicas", 1))
-            e = out.setdefault(row.tenant, {"tenant": row.tenant, "pending": 0, "running": 0, "gpus_pending": 0,
-                                            "gpus_running": 0})
-            e[row.state] += 1
-            e[f"gpus_{row.state}"] += gpus
+        for name, state, count, gpu_sum in conn.execute(q):
+            e = out.setdefault(name, {"tenant": name, "pending": 0, "running": 0, "gpus_pending": 0,
+                                      "gpus_running": 0})
+            e[state] = int(count)
+            e[f"gpus_{state}"] = int(gpu_sum)
     return [out[k] for k in sorted(out)]
 
 

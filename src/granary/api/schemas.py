@@ -82,6 +82,13 @@ class Preview(BaseModel):
     rows: list[dict[str, Any]]
 
 
+class Samples(BaseModel):
+    version: str
+    kind: str
+    samples_per_epoch: int
+    samples: list[dict[str, Any]]
+
+
 class LineageNode(BaseModel):
     id: str
     dataset: str

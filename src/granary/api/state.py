@@ -11,6 +11,7 @@ from granary.api.config import ServerSettings
 from granary.catalog import Catalog
 from granary.config import Settings
 from granary.secure.settings import SecureSettings
+from granary.secure.tokens import Principal
 from granary.store import Store
 
 
@@ -25,6 +26,7 @@ class AppState:
         catalog: the open catalog.
         store: the store; requests use bound copies of it (see :func:`granary.api.deps.bind`).
         reports: quality reports computed so far, by version id (versions are immutable).
+        principals: recently authenticated tokens (sha256 of the token -> when, principal); see deps.AUTH_CACHE_S.
     """
 
     settings: Settings
@@ -34,3 +36,4 @@ class AppState:
     store: Store
     reports: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     reports_lock: Lock = field(default_factory=Lock)
+    principals: dict[bytes, tuple[float, Principal]] = field(default_factory=dict)

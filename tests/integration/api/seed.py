@@ -50,6 +50,13 @@ def seed(settings: Settings) -> Seeded:
     store.create_dataset("web-tok", description="web-clean, tokenized")
     v4 = store.commit_table("web-tok", docs(5), message="tokenized",
                             lineage={"command": "tokenize", "inputs": [v3.id]})
+    store.create_dataset("corpus-tok", kind="tokens", description="real token shards")
+    import numpy as np
+
+    with store.transaction("corpus-tok") as txn:
+        txn.add_shards([store.write_token_shard("corpus-tok", [np.arange(i * 100, i * 100 + 50, dtype=np.uint16)
+                                                               for i in range(8)])])
+        txn.commit(message="tokens", lineage={"command": "tokenize", "inputs": [v3.id]})
     store.create_dataset("hidden", description="another tenant's data")
     guard.set_policy("hidden", Policy(tenant="other"))
     store.tag("web", "v1", ref=f"web@{v1.id}")

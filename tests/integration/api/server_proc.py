@@ -23,22 +23,26 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(settings: Settings, *, auth: str = "local", log: Path, deadline_s: float = 60.0) -> Iterator[str]:
-    """Start `granary server` on a free port over ``settings``' catalog; yields its base URL."""
+def running_server(settings: Settings, *, auth: str = "local", log: Path, deadline_s: float = 60.0,
+                   tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """Start `granary server` on a free port over ``settings``' catalog (HTTPS with ``tls`` = (cert, key));
+    yields its base URL."""
     port = free_port()
     env = {**os.environ, "GRANARY_HOME": str(settings.home), "GRANARY_CATALOG_URL": settings.catalog_url,
            "GRANARY_STORAGE_URL": settings.storage_url, "GRANARY_AUTH": auth}
     cmd = [sys.executable, "-m", "granary.cli.main", "server", "--port", str(port)]
+    if tls is not None:
+        cmd += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
         end = time.monotonic() + deadline_s
         while True:
             if proc.poll() is not None:
                 raise AssertionError(f"granary server exited with {proc.returncode}:\n{log.read_text()}")
             try:
-                if httpx.get(f"{url}/api/v1/health", timeout=5).status_code == 200:
+                if httpx.get(f"{url}/api/v1/health", timeout=5, verify=False).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

@@ -149,3 +149,14 @@ def test_overview_first_paint(site: tuple[str, Seeded, Path], browser: Any) -> N
     visit(page, f"{url}/ui/")
     ms = page.evaluate("performance.now()")
     assert 0 < ms < 60_000
+
+
+def test_tokens_version_shows_loader_samples(site: tuple[str, Seeded, Path], browser: Any) -> None:
+    url, seeded, _shots = site
+    page, errors = open_page(browser, url, seeded.tokens_by_role["reader"])
+    visit(page, f"{url}/ui/#/versions/corpus-tok")
+    page.get_by_role("button", name="Show what the loader yields (an audited read)").click()
+    cell = page.wait_for_selector("main table code")
+    assert cell.inner_text().split()[:4] == ["0", "1", "2", "3"]
+    assert "12 samples of 32 tokens per epoch" in page.inner_text("main")
+    assert errors == [], errors

@@ -1,10 +1,13 @@
-"""deploy/nginx.conf in a real nginx in front of a real `granary server`: HTTPS in, the API and dashboard out."""
+"""deploy/nginx.conf in a real nginx in front of a real `granary server`: HTTPS in, the API and dashboard out;
+and the server terminating TLS itself."""
 
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import shutil
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -32,7 +35,11 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -82,10 +89,23 @@ def test_nginx_reverse_proxy(tmp_path: Path) -> None:
             assert r.status_code == 200 and r.json()["auth"] == "tokens"
             h = {"Authorization": f"Bearer {seeded.tokens_by_role['reader']}"}
             names = [d["name"] for d in httpx.get(f"{base}/api/v1/datasets", headers=h, verify=False).json()["items"]]
-            assert names == ["web", "web-clean", "web-tok"]
+            assert names == ["corpus-tok", "web", "web-clean", "web-tok"]
             ui = httpx.get(f"{base}/ui/", verify=False)
             assert ui.status_code == 200 and ui.headers["x-content-type-options"] == "nosniff"
             assert httpx.get(f"{base}/api/v1/datasets", verify=False).status_code == 401
         finally:
             proc.terminate()
             proc.wait(30)
+
+
+def test_server_serves_https_itself(tmp_path: Path) -> None:
+    settings = Settings.from_env(environ={}, home=tmp_path / "g")
+    seeded = seed(settings)
+    cert, key = self_signed(tmp_path)
+    with running_server(settings, auth="tokens", log=tmp_path / "server.log", tls=(cert, key)) as url:
+        assert url.startswith("https://")
+        h = {"Authorization": f"Bearer {seeded.tokens_by_role['reader']}"}
+        r = httpx.get(f"{url}/api/v1/whoami", headers=h, verify=ssl.create_default_context(cafile=str(cert)))
+        assert r.status_code == 200 and r.json()["name"] == "rita"
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url.replace("https://", "http://") + "/api/v1/health", timeout=10)

@@ -3,7 +3,7 @@ fuzzes every endpoint of its OpenAPI document (no 500, no answer outside the sch
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,16 +16,22 @@ from tests.integration.api.server_proc import running_server
 pytestmark = pytest.mark.slow
 
 
-def test_real_process_serves_api_and_dashboard(backend: tuple[Settings, Seeded], tmp_path: Path) -> None:
-    settings, seeded = backend
-    with running_server(settings, auth="tokens", log=tmp_path / "server.log") as url:
-        h = {"Authorization": f"Bearer {seeded.tokens_by_role['reader']}"}
-        r = httpx.get(f"{url}/api/v1/datasets/web/versions", headers=h)
-        assert r.status_code == 200 and [v["id"] for v in r.json()["items"]] == seeded.raw[::-1]
-        assert httpx.get(f"{url}/api/v1/datasets").status_code == 401
-        page = httpx.get(f"{url}/ui/")
-        assert page.status_code == 200 and '<script type="module" src="js/app.js">' in page.text
-        assert "granary_server_requests_total" in httpx.get(f"{url}/metrics").text
+@pytest.fixture(scope="module")
+def live(backend: tuple[Settings, Seeded], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`granary server` (tokens mode) over the module's seeded catalog."""
+    with running_server(backend[0], auth="tokens", log=tmp_path_factory.mktemp("live") / "server.log") as url:
+        yield url
+
+
+def test_real_process_serves_api_and_dashboard(backend: tuple[Settings, Seeded], live: str) -> None:
+    seeded = backend[1]
+    h = {"Authorization": f"Bearer {seeded.tokens_by_role['reader']}"}
+    r = httpx.get(f"{live}/api/v1/datasets/web/versions", headers=h)
+    assert r.status_code == 200 and [v["id"] for v in r.json()["items"]] == seeded.raw[::-1]
+    assert httpx.get(f"{live}/api/v1/datasets").status_code == 401
+    page = httpx.get(f"{live}/ui/")
+    assert page.status_code == 200 and '<script type="module" src="js/app.js">' in page.text
+    assert "granary_server_requests_total" in httpx.get(f"{live}/metrics").text
 
 
 def _fuzz(operation: Any, headers: dict[str, str], failures: list[str], max_examples: int) -> None:
@@ -51,15 +57,13 @@ def _fuzz(operation: Any, headers: dict[str, str], failures: list[str], max_exam
         failures.append(f"{operation.method.upper()} {operation.path}: {str(exc)[:1500]}")
 
 
-def test_schemathesis_fuzz(backend: tuple[Settings, Seeded], tmp_path: Path) -> None:
+def test_schemathesis_fuzz(backend: tuple[Settings, Seeded], live: str) -> None:
     schemathesis = pytest.importorskip("schemathesis", reason="the fuzz test needs schemathesis (granary[dev])")
-    settings, seeded = backend
-    with running_server(settings, auth="tokens", log=tmp_path / "server.log") as url:
-        schema = schemathesis.openapi.from_url(f"{url}/api/v1/openapi.json")
-        headers = {"Authorization": f"Bearer {seeded.tokens_by_role['admin']}"}
-        failures: list[str] = []
-        operations = [result.ok() for result in schema.get_all_operations()]
-        assert len(operations) >= 20
-        for operation in operations:
-            _fuzz(operation, headers, failures, max_examples=12)
-        assert not failures, "\n\n".join(failures)
+    schema = schemathesis.openapi.from_url(f"{live}/api/v1/openapi.json")
+    headers = {"Authorization": f"Bearer {backend[1].tokens_by_role['admin']}"}
+    failures: list[str] = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 20
+    for operation in operations:
+        _fuzz(operation, headers, failures, max_examples=10)
+    assert not failures, "\n\n".join(failures)

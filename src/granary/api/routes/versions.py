@@ -10,7 +10,7 @@ from granary.api import queries
 from granary.api.access import visible_datasets
 from granary.api.deps import Ctx
 from granary.api.paging import DEFAULT_PAGE, MAX_PAGE, Page, decode_cursor, encode_cursor, page_limit
-from granary.api.schemas import Preview, Version, VersionDetail
+from granary.api.schemas import Preview, Samples, Version, VersionDetail
 from granary.errors import StoreError
 
 router = APIRouter(prefix="/versions", tags=["versions"])
@@ -44,6 +44,29 @@ def preview(ctx: Ctx, ref: str, limit: int = Query(20, ge=1, le=200), purpose: s
         if len(rows) >= limit:
             break
     return Preview(version=version.id, columns=columns, rows=rows)
+
+
+@router.get("/{ref:path}/samples", response_model=Samples)
+def samples(ctx: Ctx, ref: str, seq_len: int = Query(64, ge=1, le=8192), count: int = Query(3, ge=1, le=32),
+            shuffle: bool = False, seed: int = Query(0, ge=0, le=2**31 - 1),
+            purpose: str | None = None) -> Samples:
+    """The first samples the streaming loader would yield (``seq_len`` tokens each for a tokens version, rows for
+    documents): the loader reads through the store, so the read is authorised with ``purpose`` and audited."""
+    from granary.stream import StreamingDataset
+
+    version = ctx.store.resolve(ref)
+    tokens = version.kind == "tokens"
+    ds = StreamingDataset(version.ref, batch_size=count, seq_len=seq_len if tokens else None, seed=seed,
+                          shuffle=shuffle, store=ctx.store, output="numpy", num_threads=0, rank=0, world_size=1,
+                          purpose=purpose)
+    batch = next(iter(ds), None)
+    if batch is None:
+        rows: list[dict[str, Any]] = []
+    elif tokens:
+        rows = [{"tokens": [int(x) for x in t]} for t in batch["tokens"]]
+    else:
+        rows = [_clip(dict(r)) for r in batch]
+    return Samples(version=version.id, kind=version.kind, samples_per_epoch=int(ds.num_samples), samples=rows)
 
 
 def _clip(row: dict[str, Any]) -> dict[str, Any]:

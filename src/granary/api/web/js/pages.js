@@ -77,6 +77,17 @@ export async function version(ref) {
     out.push(h("h2", {}, "Schema"), h("div", { class: "panel" },
       table([["Column", (f) => h("code", {}, f.name)], ["Type", (f) => f.type]], v.schema)));
   }
+  if (v.kind === "tokens") {
+    const box = h("div", { class: "panel" });
+    const btn = h("button", { type: "button", onclick: async () => {
+      btn.disabled = true;
+      const p = await get(`/versions/${enc(ref)}/samples`, { seq_len: 32, count: 5 });
+      box.replaceChildren(h("p", { class: "muted" }, `${p.samples_per_epoch.toLocaleString()} samples of 32 tokens per epoch`),
+        table([["Tokens", (r) => h("code", {}, r.tokens.join(" "))]], p.samples));
+    } }, "Show what the loader yields (an audited read)");
+    box.append(btn);
+    out.push(h("h2", {}, "Loader preview"), box);
+  }
   if (v.kind === "documents") {
     const box = h("div", { class: "panel" });
     const btn = h("button", { type: "button", onclick: async () => {
