@@ -176,3 +176,54 @@ def test_demo_step_trains_on_demo_tokens(home: Path) -> None:
     assert summary["steps"] == 4 and summary["samples trained on"] == 32
     assert store.resolve("demo-gpt-ckpt").kind == "checkpoint"
     assert store.verify("demo-gpt-ckpt").problems == []  # checkpoint blobs are checksummed like any shard
+
+
+def test_sigterm_checkpoints_at_the_step_boundary_and_exits(home: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    from granary.train import chaos, fit
+
+    def term(phase: str, step: int, rank: int, run_dir: Path) -> None:
+        if (phase, step) == ("step", 3):
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler preempting the job would
+
+    monkeypatch.setattr(chaos, "maybe_fail", term)
+    with pytest.raises(SystemExit) as info:
+        fit(recipe(tmp_path, "pre"))
+    assert info.value.code == 143
+    store = _store(home)
+    assert store.manifest(store.resolve("pre-ckpt")).metadata["step"] == 3  # checkpointed before leaving
+
+
+def test_watchdog_turns_a_hang_into_an_exit_with_a_reason(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import time, pathlib; from granary.train.fault import StepWatchdog; "
+            f"w = StepWatchdog(0.5, pathlib.Path({str(tmp_path)!r})).start(); w.beat(4); time.sleep(60)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 75, proc.stderr
+    assert "step 5 hung" in proc.stderr
+    from granary.train.fault import read_faults
+
+    (fault,) = read_faults(tmp_path)
+    assert fault["cause"] == "hang" and fault["step"] == 5
+
+
+def test_train_cli_dry_run_and_bad_target(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from granary.cli.main import app
+
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\ndata: {dataset: d}\n")
+    out = CliRunner().invoke(app, ["train", str(path), "--nproc-per-node", "2", "--max-restarts", "1", "--dry-run"])
+    assert out.exit_code == 0, out.output
+    assert "--nproc-per-node=2" in out.output and "--standalone" in out.output and "granary.train.entry" in out.output
+    bad = CliRunner().invoke(app, ["train", str(tmp_path / "missing.yaml")])
+    assert bad.exit_code == 1 and "no recipe or script" in bad.output
+    path.write_text("name: x\ndata: {dataset: d, bogus: 1}\n")
+    bad = CliRunner().invoke(app, ["train", str(path), "--dry-run"])
+    assert bad.exit_code == 1 and "unknown field 'data.bogus'" in bad.output
