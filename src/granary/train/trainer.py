@@ -125,7 +125,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=r.optim.lr, weight_decay=r.optim.weight_decay,
                                            betas=(r.optim.beta1, r.optim.beta2))
         self.ckpt = CheckpointManager(self.store, r.checkpoint_dataset, dist=self.dist, purpose=r.data.purpose,
-                                      run_dir=self.run_dir)
+                                      run_dir=self.run_dir, async_save=r.checkpoint.async_save)
         self.metrics = MetricsLogger(self.run_dir, enabled=self.dist.rank == 0)
         self.guard = LossGuard(r.fault.nan_policy, r.fault.spike_factor)
         if self.mode == "diloco":
@@ -305,8 +305,11 @@ class Trainer:
             if (r.checkpoint.every and step % r.checkpoint.every == 0) or step == r.steps or stop:
                 checkpoints.append(self._save(step, ds, pinned, start_step, start_position))
             if stop:
+                self.ckpt.finish()
                 self.dist.barrier()
                 raise SystemExit(EXIT_PREEMPTED)
+        checkpoints.append(self.ckpt.finish())
+        checkpoints = [c for c in checkpoints if c]
         return FitResult(steps=step, resumed_from=start_step if resumed_id else None, final_loss=final_loss,
                          checkpoints=checkpoints, run_dir=str(self.run_dir), restarts=self.attempt)
 

@@ -14,12 +14,12 @@ from granary.train import Dist, Recipe, fit, recipe_from_dict
 from granary.train.metrics import read_metrics
 
 
-def recipe_for(name: str, run_root: Path, steps: int = 4, **parallel: Any) -> Recipe:
+def recipe_for(name: str, run_root: Path, steps: int = 4, async_save: bool = False, **parallel: Any) -> Recipe:
     return recipe_from_dict({
         "name": name, "steps": steps, "seed": 2, "run_dir": str(run_root / name),
         "model": {"vocab_size": 256, "d_model": 16, "n_layers": 2, "n_heads": 2, "context": 16},
         "data": {"dataset": "tiny-tok", "batch_size": 4}, "optim": {"lr": 0.01, "grad_clip": 1.0},
-        "checkpoint": {"every": 2}, "parallel": parallel,
+        "checkpoint": {"every": 2, "async_save": async_save}, "parallel": parallel,
     })
 
 
@@ -28,12 +28,15 @@ def main(out: Path) -> None:
 
     def run(name: str, steps: int = 4, **parallel: Any) -> dict[str, Any]:
         result = fit(recipe_for(name, out.parent, steps, **parallel))
+        if name == "async":
+            return {"steps": result.steps, "checkpoints": result.checkpoints}
         records = [r for r in read_metrics(out.parent / name) if "loss" in r] if dist.rank == 0 else []
         return {"steps": result.steps, "resumed_from": result.resumed_from,
                 "losses": [r["loss"] for r in records], "bytes": [r["comm_bytes"] for r in records]}
 
     summary = {
         "ddp": run("ddp", mode="ddp"),
+        "async": run("async", mode="ddp", async_save=True),
         "ddp_fp16": run("fp16", mode="ddp", comm_hook="fp16"),
         "powersgd": run("psgd", steps=6, mode="ddp", comm_hook="powersgd", powersgd_rank=1),
         "fsdp": run("fsdp", mode="fsdp", mixed_precision="bf16"),

@@ -80,3 +80,9 @@ def test_elastic_change_from_one_rank_to_two(summary: dict[str, Any]) -> None:
     ids = sample_ids(summary["store"], lineage)
     assert [s for s, _, _ in ids] == [1] * 4 + [2] * 4 + [3] * 8 + [4] * 8
     assert len({(src, i) for _, src, i in ids}) == 24  # one epoch's shuffle: no sample twice
+
+
+def test_async_checkpoints_on_two_ranks(summary: dict[str, Any]) -> None:
+    assert summary["async"]["steps"] == 4 and len(summary["async"]["checkpoints"]) == 2
+    store = summary["store"]
+    assert [store.manifest(v).metadata["step"] for v in store.log("async-ckpt")] == [4, 2]

@@ -228,3 +228,25 @@ def test_train_cli_dry_run_and_bad_target(tmp_path: Path) -> None:
     path.write_text("name: x\ndata: {dataset: d, bogus: 1}\n")
     bad = CliRunner().invoke(app, ["train", str(path), "--dry-run"])
     assert bad.exit_code == 1 and "unknown field 'data.bogus'" in bad.output
+
+
+def test_async_checkpoints_commit_late_and_resume_exactly(home: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asynchronous saves: step 2's checkpoint is committed when step 4's starts; a failure at step 5 loses the
+    pending step 4 (never half visible); the rerun resumes from 2 and ends where a synchronous run ends."""
+    from granary.train import fit
+
+    sync = fit(recipe(tmp_path, "sync", steps=6, checkpoint={"every": 2}))
+    with monkeypatch.context() as m:
+        _fail_at(m, "step", 5)
+        with pytest.raises(RuntimeError, match="injected"):
+            fit(recipe(tmp_path, "async", steps=6, checkpoint={"every": 2, "async_save": True}))
+    store = _store(home)
+    assert [store.manifest(v).metadata["step"] for v in store.log("async-ckpt")] == [2]
+    again = fit(recipe(tmp_path, "async", steps=6, checkpoint={"every": 2, "async_save": True}))
+    assert again.resumed_from == 2 and len(again.checkpoints) == 2  # 4 (committed at 6) and 6 (at the end)
+    assert [store.manifest(v).metadata["step"] for v in store.log("async-ckpt")] == [6, 4, 2]
+    a, b = final_state(home, "sync-ckpt"), final_state(home, "async-ckpt")
+    assert sync.final_loss == again.final_loss
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
