@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODEL = {"vocab_size": 4096, "d_model": 128, "n_layers": 4, "n_heads": 4, "context": 128}
+MODEL = {"vocab_size": 1024, "d_model": 64, "n_layers": 2, "n_heads": 4, "context": 64}
 BATCH = 8
 
 
-def make_data(home: Path, tokens: int = 2_000_000) -> None:
+def make_data(home: Path, tokens: int = 400_000) -> None:
     import numpy as np
 
     from granary.config import Settings
@@ -39,8 +39,10 @@ def make_data(home: Path, tokens: int = 2_000_000) -> None:
     store = open_store(Settings.from_env(home=home))
     store.create_dataset("bench-tok", kind="tokens", exist_ok=True)
     rng = np.random.default_rng(0)
+    vocab = MODEL["vocab_size"]
     with store.transaction("bench-tok") as txn:
-        docs = (rng.integers(0, MODEL["vocab_size"], size=int(n), dtype=np.uint16)
+        # learnable documents (a random start, then a random stride repeated), so losses can be compared
+        docs = (((rng.integers(0, vocab) + rng.integers(1, 8) * np.arange(int(n))) % vocab).astype(np.uint16)
                 for n in rng.integers(200, 2000, size=tokens // 1100))
         txn.write_tokens(docs)
         txn.commit(message="bench tokens")
@@ -182,10 +184,28 @@ def recovery(home: Path) -> float:
     return first - killed_at
 
 
+def single_process_rows(home: Path, steps: int) -> list[tuple[str, Any]]:
+    plain = plain_loop(steps)
+    g = granary_run(home, "nockpt", steps, 0)
+    c = granary_run(home, "ckpt", steps, 10)
+    io_ = checkpoint_io(home, g["store"], g["recipe"])
+    return [
+        ("plain PyTorch loop tokens/s", plain), ("Granary Trainer tokens/s", g["tokens_per_second"]),
+        ("  ratio (target >= 0.95 on GPU)", g["tokens_per_second"] / plain),
+        ("Granary, checkpoint every 10 steps, tokens/s", c["tokens_per_second"]),
+        ("  wall-clock step-rate ratio vs no checkpoints (target >= 0.95 at every 50)", g["wall_s"] / c["wall_s"]),
+        (f"checkpoint save s ({io_['state_mb']:.1f} MB) / torch.save s", f"{io_['save_s']:.3f} / "
+         f"{io_['torch_save_s']:.3f} = {io_['save_s'] / io_['torch_save_s']:.2f}x"),
+        ("checkpoint load s / torch.load s", f"{io_['load_s']:.3f} / {io_['torch_load_s']:.3f} = "
+         f"{io_['load_s'] / io_['torch_load_s']:.2f}x"),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--skip-dist", action="store_true", help="only the single-process parts")
+    ap.add_argument("--only-dist", action="store_true", help="only the 2-rank parts (communication, recovery)")
     args = ap.parse_args()
     if os.environ.get("TRAIN_BENCH_OUT"):  # a torchrun worker of the communication part
         worker(Path(os.environ["TRAIN_BENCH_OUT"]), int(os.environ["TRAIN_BENCH_STEPS"]))
@@ -195,20 +215,7 @@ def main() -> None:
         home = Path(tmp)
         os.environ["GRANARY_HOME"] = str(home)
         make_data(home)
-        plain = plain_loop(args.steps)
-        g = granary_run(home, "nockpt", args.steps, 0)
-        c = granary_run(home, "ckpt", args.steps, 10)
-        io_ = checkpoint_io(home, g["store"], g["recipe"])
-        rows = [
-            ("plain PyTorch loop tokens/s", plain), ("Granary Trainer tokens/s", g["tokens_per_second"]),
-            ("  ratio (target >= 0.95 on GPU)", g["tokens_per_second"] / plain),
-            ("Granary, checkpoint every 10 steps, tokens/s", c["tokens_per_second"]),
-            ("  wall-clock step-rate ratio vs no checkpoints (target >= 0.95 at every 50)", g["wall_s"] / c["wall_s"]),
-            (f"checkpoint save s ({io_['state_mb']:.1f} MB) / torch.save s", f"{io_['save_s']:.3f} / "
-             f"{io_['torch_save_s']:.3f} = {io_['save_s'] / io_['torch_save_s']:.2f}x"),
-            ("checkpoint load s / torch.load s", f"{io_['load_s']:.3f} / {io_['torch_load_s']:.3f} = "
-             f"{io_['load_s'] / io_['torch_load_s']:.2f}x"),
-        ]
+        rows: list[tuple[str, Any]] = [] if args.only_dist else single_process_rows(home, args.steps)
         if not args.skip_dist:
             out = home / "comm.json"
             torchrun(home, [__file__, "--nproc-per-node", "2"],
