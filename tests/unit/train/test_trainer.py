@@ -250,3 +250,13 @@ def test_async_checkpoints_commit_late_and_resume_exactly(home: Path, tmp_path: 
     assert sync.final_loss == again.final_loss
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_the_loader_refuses_checkpoint_versions(home: Path, tmp_path: Path) -> None:
+    from granary.errors import StreamError
+    from granary.stream import StreamingDataset
+    from granary.train import fit
+
+    fit(recipe(tmp_path, "nl", steps=1, checkpoint={"every": 1}))
+    with pytest.raises(StreamError, match="is a checkpoint version"):
+        StreamingDataset("nl-ckpt", batch_size=1, store=_store(home))
