@@ -54,6 +54,7 @@ def _fail_at(monkeypatch: pytest.MonkeyPatch, phase: str, at: int) -> None:
     monkeypatch.setattr(chaos, "maybe_fail", boom)
 
 
+@pytest.mark.slow
 def test_resume_after_failures_is_exact(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failure after step 6 (last checkpoint 4), then one in the middle of saving step 8: each new fit resumes
     from step 4 and the finished run equals an uninterrupted one exactly."""
@@ -178,6 +179,7 @@ def test_demo_step_trains_on_demo_tokens(home: Path) -> None:
     assert store.verify("demo-gpt-ckpt").problems == []  # checkpoint blobs are checksummed like any shard
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_at_the_step_boundary_and_exits(home: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import os
@@ -223,6 +225,11 @@ def test_train_cli_dry_run_and_bad_target(tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["train", str(path), "--nproc-per-node", "2", "--max-restarts", "1", "--dry-run"])
     assert out.exit_code == 0, out.output
     assert "--nproc-per-node=2" in out.output and "--standalone" in out.output and "granary.train.entry" in out.output
+    multi = CliRunner().invoke(app, ["train", str(path), "--nnodes", "2:4", "--rdzv-endpoint", "head:29400",
+                                     "--dry-run"])
+    assert multi.exit_code == 0 and "--rdzv-backend=c10d" in multi.output and "--nnodes=2:4" in multi.output
+    alone = CliRunner().invoke(app, ["train", str(path), "--nnodes", "2", "--dry-run"])
+    assert alone.exit_code == 1 and "needs --rdzv-endpoint" in alone.output
     bad = CliRunner().invoke(app, ["train", str(tmp_path / "missing.yaml")])
     assert bad.exit_code == 1 and "no recipe or script" in bad.output
     path.write_text("name: x\ndata: {dataset: d, bogus: 1}\n")
@@ -230,6 +237,7 @@ def test_train_cli_dry_run_and_bad_target(tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "unknown field 'data.bogus'" in bad.output
 
 
+@pytest.mark.slow
 def test_async_checkpoints_commit_late_and_resume_exactly(home: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Asynchronous saves: step 2's checkpoint is committed when step 4's starts; a failure at step 5 loses the
