@@ -158,6 +158,8 @@ class StreamingDataset:
         for ref in self.mix.sources:
             manifest = store.open_version(ref, purpose=getattr(self, "purpose", None))  # authorized and audited
             self._manifests.append(manifest)
+            if manifest.kind not in ("tokens", "documents"):
+                raise StreamError(f"{ref} is a {manifest.kind} version; the loader reads tokens or documents")
             if manifest.kind == "tokens":
                 if self.seq_len is None:
                     raise StreamError(f"{ref} is a tokens version: pass seq_len", hint="e.g. seq_len=2048")

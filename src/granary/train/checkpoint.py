@@ -18,6 +18,7 @@ reshards: a checkpoint saved at world size N loads at world size M.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import shutil
@@ -45,6 +46,17 @@ EXTRA = "extra-{rank}.pt"
 
 
 @dataclass(frozen=True)
+class _Pending:
+    """An asynchronous save whose files are being written."""
+
+    step: int
+    folder: Path
+    future: Any
+    metadata: dict[str, Any]
+    lineage: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Loaded:
     """A checkpoint read back: its version, its metadata (step, loader, lineage) and this rank's extras."""
 
@@ -65,13 +77,20 @@ class CheckpointManager:
     """
 
     def __init__(self, store: Store, dataset: str, *, dist: Dist, purpose: str | None = None,
-                 run_dir: Path | None = None) -> None:
+                 run_dir: Path | None = None, async_save: bool = False) -> None:
         self.store = store
         self.dataset = dataset
         self.dist = dist
         self.purpose = purpose
         self.run_dir = run_dir
         self.staging_root = store.settings.home / "staging"
+        self.async_save = async_save
+        self._pending: _Pending | None = None
+        self._group: Any = None
+        if async_save and dist.enabled:  # the background save's collectives get a group of their own
+            import torch.distributed as tdist
+
+            self._group = tdist.new_group(backend="gloo")
 
     def ensure_dataset(self, *, description: str = "") -> None:
         if self.dist.rank == 0:
@@ -88,13 +107,48 @@ class CheckpointManager:
     # -- save ---------------------------------------------------------------------------------------------
     def save(self, step: int, state: dict[str, Any], *, extra: dict[str, Any], metadata: dict[str, Any],
              lineage: dict[str, Any]) -> str:
-        """Write, publish and commit a checkpoint; returns the new version id (on every rank)."""
+        """Write, publish and commit a checkpoint; returns the new version id (on every rank).
+
+        With ``async_save``, the state is copied to memory and written by a background thread
+        (``dcp.async_save``) while training goes on; the files are published and the version committed at the
+        next ``save`` or ``finish`` (then returned; this call returns ``""``). Until then the previous checkpoint
+        stays the newest: a crash in between loses the pending one, never exposes half of it.
+        """
+        done = self.finish() if self.async_save else ""
         folder = Path(self.dist.broadcast_object(str(self.staging_root / f"ckpt-{step}-{uuid.uuid4().hex[:12]}")))
         folder.mkdir(parents=True, exist_ok=True)
+        torch.save(extra, folder / EXTRA.format(rank=self.dist.rank))
+        writer = dcp.FileSystemWriter(str(folder))
         try:
+            if self.async_save and self.dist.enabled:
+                future: Any = dcp.async_save(state, storage_writer=writer, process_group=self._group)
+                self._pending = _Pending(step, folder, future, metadata, lineage)
+                return done
+            if self.async_save:  # one process: copy now, write in a thread (dcp.async_save warns from its thread)
+                future = _executor().submit(_save_quietly, _copy(state), writer)
+                self._pending = _Pending(step, folder, future, metadata, lineage)
+                return done
             with _quiet():
-                dcp.save(state, storage_writer=dcp.FileSystemWriter(str(folder)), process_group=self.dist.group)
-            torch.save(extra, folder / EXTRA.format(rank=self.dist.rank))
+                dcp.save(state, storage_writer=writer, process_group=self.dist.group)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return self._publish(step, folder, metadata, lineage)
+
+    def finish(self) -> str:
+        """Complete a pending asynchronous save (publish and commit); returns its version id, or ``""``."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return ""
+        try:
+            pending.future.result()
+        except BaseException:
+            shutil.rmtree(pending.folder, ignore_errors=True)
+            raise
+        return self._publish(pending.step, pending.folder, pending.metadata, pending.lineage)
+
+    def _publish(self, step: int, folder: Path, metadata: dict[str, Any], lineage: dict[str, Any]) -> str:
+        try:
             self.dist.barrier()  # every rank's files are complete before anyone publishes
             entries = [self.store.write_blob(self.dataset, path, name=path.name)
                        for path in sorted(self._mine(folder))]
@@ -109,7 +163,7 @@ class CheckpointManager:
             self.dist.barrier()
             if self.dist.local_rank == 0:
                 shutil.rmtree(folder, ignore_errors=True)
-        return vid
+        return str(vid)
 
     def _mine(self, folder: Path) -> list[Path]:
         """The files this rank wrote: its ``__<rank>_*`` shards and extras; rank 0 also the rest (metadata)."""
@@ -157,6 +211,25 @@ class CheckpointManager:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return Loaded(manifest.version_id, dict(manifest.metadata), extra)
+
+
+def _copy(state: Any) -> Any:
+    """A snapshot of a state dict (tensors cloned), so training can go on while it is written."""
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda v: v.detach().clone() if isinstance(v, torch.Tensor) else v, state)
+
+
+def _save_quietly(state: dict[str, Any], writer: Any) -> None:
+    with _quiet():
+        dcp.save(state, storage_writer=writer, no_dist=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _executor() -> Any:
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="granary-ckpt")
 
 
 @contextlib.contextmanager

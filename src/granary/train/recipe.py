@@ -83,11 +83,15 @@ class ParallelConfig:
 
 @dataclass(kw_only=True, frozen=True)
 class CheckpointConfig:
-    """Checkpoints as versions of a ``checkpoint`` dataset in the store (default name ``<run>-ckpt``)."""
+    """Checkpoints as versions of a ``checkpoint`` dataset in the store (default name ``<run>-ckpt``).
+
+    ``async_save`` writes in a background thread and commits at the next checkpoint (or the end of the run).
+    """
 
     dataset: str | None = None
     every: int = 50
     resume: bool = True
+    async_save: bool = False
 
 
 @dataclass(kw_only=True, frozen=True)

@@ -125,7 +125,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=r.optim.lr, weight_decay=r.optim.weight_decay,
                                            betas=(r.optim.beta1, r.optim.beta2))
         self.ckpt = CheckpointManager(self.store, r.checkpoint_dataset, dist=self.dist, purpose=r.data.purpose,
-                                      run_dir=self.run_dir)
+                                      run_dir=self.run_dir, async_save=r.checkpoint.async_save)
         self.metrics = MetricsLogger(self.run_dir, enabled=self.dist.rank == 0)
         self.guard = LossGuard(r.fault.nan_policy, r.fault.spike_factor)
         if self.mode == "diloco":
@@ -271,12 +271,13 @@ class Trainer:
                 no_sync = getattr(self.model, "no_sync", None)
                 sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
                 cast = torch.autocast(device_type, dtype=amp) if amp is not None else contextlib.nullcontext()
-                with sync, cast:
-                    loss = loss_fn(self.model(x), y) / r.parallel.grad_accum
+                with sync:
+                    with cast:
+                        loss = loss_fn(self.model(x), y) / r.parallel.grad_accum
                     loss.backward()
                 loss_sum += float(loss.detach())
             grad_norm = self._clip()
-            mean_loss, skew = self._reduce(loss_sum, time.perf_counter() - t0)
+            mean_loss, skew, stop = self._reduce(loss_sum, time.perf_counter() - t0, preempt.requested)
             if self.pipeline is not None:
                 mean_loss = loss_sum  # already the pipeline's loss on every rank
             if self.guard.bad(mean_loss, step):
@@ -301,12 +302,14 @@ class Trainer:
                                   "mfu": _mfu(flops, tps), "comm_bytes": self.comm.take(), "attempt": self.attempt})
             if r.data.eval_dataset and r.data.eval_every and step % r.data.eval_every == 0:
                 self._evaluate(step)
-            stop = self._agree(preempt.requested)
             if (r.checkpoint.every and step % r.checkpoint.every == 0) or step == r.steps or stop:
                 checkpoints.append(self._save(step, ds, pinned, start_step, start_position))
             if stop:
+                self.ckpt.finish()
                 self.dist.barrier()
                 raise SystemExit(EXIT_PREEMPTED)
+        checkpoints.append(self.ckpt.finish())
+        checkpoints = [c for c in checkpoints if c]
         return FitResult(steps=step, resumed_from=start_step if resumed_id else None, final_loss=final_loss,
                          checkpoints=checkpoints, run_dir=str(self.run_dir), restarts=self.attempt)
 
@@ -316,16 +319,14 @@ class Trainer:
             return clip_grad_norm(list(self.model.parameters()), clip, self.dist)
         return clip_params(list(self.model.parameters()), clip)
 
-    def _reduce(self, loss: float, seconds: float) -> tuple[float, float]:
-        """Mean loss over ranks, and the slowest minus the fastest rank's step time (one collective)."""
+    def _reduce(self, loss: float, seconds: float, stop: bool) -> tuple[float, float, bool]:
+        """Mean loss over ranks, the slowest minus the fastest rank's step time, and whether any rank was asked
+        to stop (SIGTERM): two small collectives per step."""
         if not self.dist.enabled:
-            return loss, 0.0
-        out = self.dist.all_reduce([loss], op="sum")
-        mx = self.dist.all_reduce([seconds, -seconds], op="max")
-        return out[0] / self.dist.world_size, mx[0] + mx[1]
-
-    def _agree(self, flag: bool) -> bool:
-        return bool(self.dist.all_reduce([1.0 if flag else 0.0], op="max")[0]) if self.dist.enabled else flag
+            return loss, 0.0, stop
+        total = self.dist.all_reduce([loss], op="sum")[0]
+        mx = self.dist.all_reduce([seconds, -seconds, 1.0 if stop else 0.0], op="max")
+        return total / self.dist.world_size, mx[0] + mx[1], bool(mx[2])
 
     def _save(self, step: int, ds: Any, pinned: str, start_step: int, start_position: int) -> str:
         r = self.recipe

@@ -10,37 +10,47 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from granary.train import Dist, fit, recipe_from_dict
+from granary.train import Dist, Recipe, fit, recipe_from_dict
 from granary.train.metrics import read_metrics
 
-OUT = Path(sys.argv[1])
-dist = Dist.init()  # the script owns the process group; each fit joins it
 
-
-def run(name: str, steps: int = 4, **parallel: Any) -> dict[str, Any]:
-    recipe = recipe_from_dict({
-        "name": name, "steps": steps, "seed": 2, "run_dir": str(OUT.parent / name),
+def recipe_for(name: str, run_root: Path, steps: int = 4, async_save: bool = False, **parallel: Any) -> Recipe:
+    return recipe_from_dict({
+        "name": name, "steps": steps, "seed": 2, "run_dir": str(run_root / name),
         "model": {"vocab_size": 256, "d_model": 16, "n_layers": 2, "n_heads": 2, "context": 16},
         "data": {"dataset": "tiny-tok", "batch_size": 4}, "optim": {"lr": 0.01, "grad_clip": 1.0},
-        "checkpoint": {"every": 2}, "parallel": parallel,
+        "checkpoint": {"every": 2, "async_save": async_save}, "parallel": parallel,
     })
-    result = fit(recipe)
-    records = [r for r in read_metrics(OUT.parent / name) if "loss" in r] if dist.rank == 0 else []
-    return {"steps": result.steps, "resumed_from": result.resumed_from,
-            "losses": [r["loss"] for r in records], "bytes": [r["comm_bytes"] for r in records]}
 
 
-summary = {
-    "ddp": run("ddp", mode="ddp"),
-    "ddp_fp16": run("fp16", mode="ddp", comm_hook="fp16"),
-    "powersgd": run("psgd", steps=6, mode="ddp", comm_hook="powersgd", powersgd_rank=1),
-    "fsdp": run("fsdp", mode="fsdp", mixed_precision="bf16"),
-    "fsdp_resumed": run("fsdp", steps=6, mode="fsdp", mixed_precision="bf16"),
-    "tp": run("tp", mode="tp"),
-    "gpipe": run("gpipe", mode="pp", pp_schedule="gpipe", pp_microbatches=2),
-    "1f1b": run("1f1b", mode="pp", pp_schedule="1f1b", pp_microbatches=2),
-    "diloco": run("diloco", mode="diloco", diloco_h=2),
-}
-if dist.rank == 0:
-    OUT.write_text(json.dumps(summary))
-dist.close()
+def main(out: Path) -> None:
+    dist = Dist.init()  # the script owns the process group; each fit joins it
+
+    def run(name: str, steps: int = 4, **parallel: Any) -> dict[str, Any]:
+        result = fit(recipe_for(name, out.parent, steps, **parallel))
+        if name == "async":
+            return {"steps": result.steps, "checkpoints": result.checkpoints}
+        records = [r for r in read_metrics(out.parent / name) if "loss" in r] if dist.rank == 0 else []
+        return {"steps": result.steps, "resumed_from": result.resumed_from,
+                "losses": [r["loss"] for r in records], "bytes": [r["comm_bytes"] for r in records]}
+
+    summary = {
+        "ddp": run("ddp", mode="ddp"),
+        "async": run("async", mode="ddp", async_save=True),
+        "ddp_fp16": run("fp16", mode="ddp", comm_hook="fp16"),
+        "powersgd": run("psgd", steps=6, mode="ddp", comm_hook="powersgd", powersgd_rank=1),
+        "fsdp": run("fsdp", mode="fsdp", mixed_precision="bf16"),
+        "fsdp_resumed": run("fsdp", steps=6, mode="fsdp", mixed_precision="bf16"),
+        "elastic": run("elastic", mode="ddp"),  # its first 2 steps were trained at world size 1 (the test did)
+        "tp": run("tp", mode="tp"),
+        "gpipe": run("gpipe", mode="pp", pp_schedule="gpipe", pp_microbatches=2),
+        "1f1b": run("1f1b", mode="pp", pp_schedule="1f1b", pp_microbatches=2),
+        "diloco": run("diloco", mode="diloco", diloco_h=2),
+    }
+    if dist.rank == 0:
+        out.write_text(json.dumps(summary))
+    dist.close()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -21,8 +21,16 @@ def summary(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("modes")
     make_tokens(root / "home")
     out = root / "out.json"
+    # an elastic change: the first 2 steps of run "elastic" at world size 1, here; the rest at 2 ranks
+    from granary.config import Settings
+    from granary.store import open_store
+    from granary.train import fit
+    from tests.integration.train.modes_script import recipe_for
+
+    store = open_store(Settings.from_env(home=root / "home"))
+    fit(recipe_for("elastic", root, steps=2, mode="ddp"), store=store)
     check(run_train(root / "home", SCRIPT, "--nproc-per-node", "2", str(out)))
-    return dict(json.loads(out.read_text()))
+    return {**json.loads(out.read_text()), "store": store}
 
 
 def test_ddp_learns_and_counts_bytes(summary: dict[str, Any]) -> None:
@@ -58,3 +66,23 @@ def test_diloco_communicates_every_h_steps(summary: dict[str, Any]) -> None:
     d = summary["diloco"]
     assert d["bytes"][0] == d["bytes"][2] == 0 and d["bytes"][1] == d["bytes"][3] > 0
     assert all(math.isfinite(x) for x in d["losses"])
+
+
+def test_elastic_change_from_one_rank_to_two(summary: dict[str, Any]) -> None:
+    from granary.train.lineage import checkpoint_lineage, sample_ids
+
+    e = summary["elastic"]
+    assert e["resumed_from"] == 2 and e["steps"] == 4 and all(math.isfinite(x) for x in e["losses"])
+    lineage = checkpoint_lineage(summary["store"], "elastic-ckpt")
+    segments = [(s["first_step"], s["last_step"], s["first_position"], s["samples_per_step"], s["world_size"])
+                for s in lineage["segments"]]
+    assert segments == [(0, 2, 0, 4, 1), (2, 4, 8, 8, 2)]  # 4 samples a step alone, then 4 per rank
+    ids = sample_ids(summary["store"], lineage)
+    assert [s for s, _, _ in ids] == [1] * 4 + [2] * 4 + [3] * 8 + [4] * 8
+    assert len({(src, i) for _, src, i in ids}) == 24  # one epoch's shuffle: no sample twice
+
+
+def test_async_checkpoints_on_two_ranks(summary: dict[str, Any]) -> None:
+    assert summary["async"]["steps"] == 4 and len(summary["async"]["checkpoints"]) == 2
+    store = summary["store"]
+    assert [store.manifest(v).metadata["step"] for v in store.log("async-ckpt")] == [4, 2]

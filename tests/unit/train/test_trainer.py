@@ -54,6 +54,7 @@ def _fail_at(monkeypatch: pytest.MonkeyPatch, phase: str, at: int) -> None:
     monkeypatch.setattr(chaos, "maybe_fail", boom)
 
 
+@pytest.mark.slow
 def test_resume_after_failures_is_exact(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failure after step 6 (last checkpoint 4), then one in the middle of saving step 8: each new fit resumes
     from step 4 and the finished run equals an uninterrupted one exactly."""
@@ -176,3 +177,94 @@ def test_demo_step_trains_on_demo_tokens(home: Path) -> None:
     assert summary["steps"] == 4 and summary["samples trained on"] == 32
     assert store.resolve("demo-gpt-ckpt").kind == "checkpoint"
     assert store.verify("demo-gpt-ckpt").problems == []  # checkpoint blobs are checksummed like any shard
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_at_the_step_boundary_and_exits(home: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    from granary.train import chaos, fit
+
+    def term(phase: str, step: int, rank: int, run_dir: Path) -> None:
+        if (phase, step) == ("step", 5):
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler preempting the job would
+
+    monkeypatch.setattr(chaos, "maybe_fail", term)
+    with pytest.raises(SystemExit) as info:
+        fit(recipe(tmp_path, "pre"))
+    assert info.value.code == 143
+    store = _store(home)
+    # the ranks agree on the stop in the next step's collective: step 6 is finished and checkpointed (not 8)
+    assert store.manifest(store.resolve("pre-ckpt")).metadata["step"] == 6
+
+
+def test_watchdog_turns_a_hang_into_an_exit_with_a_reason(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import time, pathlib; from granary.train.fault import StepWatchdog; "
+            f"w = StepWatchdog(0.5, pathlib.Path({str(tmp_path)!r})).start(); w.beat(4); time.sleep(60)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 75, proc.stderr
+    assert "step 5 hung" in proc.stderr
+    from granary.train.fault import read_faults
+
+    (fault,) = read_faults(tmp_path)
+    assert fault["cause"] == "hang" and fault["step"] == 5
+
+
+def test_train_cli_dry_run_and_bad_target(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from granary.cli.main import app
+
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\ndata: {dataset: d}\n")
+    out = CliRunner().invoke(app, ["train", str(path), "--nproc-per-node", "2", "--max-restarts", "1", "--dry-run"])
+    assert out.exit_code == 0, out.output
+    assert "--nproc-per-node=2" in out.output and "--standalone" in out.output and "granary.train.entry" in out.output
+    multi = CliRunner().invoke(app, ["train", str(path), "--nnodes", "2:4", "--rdzv-endpoint", "head:29400",
+                                     "--dry-run"])
+    assert multi.exit_code == 0 and "--rdzv-backend=c10d" in multi.output and "--nnodes=2:4" in multi.output
+    alone = CliRunner().invoke(app, ["train", str(path), "--nnodes", "2", "--dry-run"])
+    assert alone.exit_code == 1 and "needs --rdzv-endpoint" in alone.output
+    bad = CliRunner().invoke(app, ["train", str(tmp_path / "missing.yaml")])
+    assert bad.exit_code == 1 and "no recipe or script" in bad.output
+    path.write_text("name: x\ndata: {dataset: d, bogus: 1}\n")
+    bad = CliRunner().invoke(app, ["train", str(path), "--dry-run"])
+    assert bad.exit_code == 1 and "unknown field 'data.bogus'" in bad.output
+
+
+@pytest.mark.slow
+def test_async_checkpoints_commit_late_and_resume_exactly(home: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asynchronous saves: step 2's checkpoint is committed when step 4's starts; a failure at step 5 loses the
+    pending step 4 (never half visible); the rerun resumes from 2 and ends where a synchronous run ends."""
+    from granary.train import fit
+
+    sync = fit(recipe(tmp_path, "sync", steps=6, checkpoint={"every": 2}))
+    with monkeypatch.context() as m:
+        _fail_at(m, "step", 5)
+        with pytest.raises(RuntimeError, match="injected"):
+            fit(recipe(tmp_path, "async", steps=6, checkpoint={"every": 2, "async_save": True}))
+    store = _store(home)
+    assert [store.manifest(v).metadata["step"] for v in store.log("async-ckpt")] == [2]
+    again = fit(recipe(tmp_path, "async", steps=6, checkpoint={"every": 2, "async_save": True}))
+    assert again.resumed_from == 2 and len(again.checkpoints) == 2  # 4 (committed at 6) and 6 (at the end)
+    assert [store.manifest(v).metadata["step"] for v in store.log("async-ckpt")] == [6, 4, 2]
+    a, b = final_state(home, "sync-ckpt"), final_state(home, "async-ckpt")
+    assert sync.final_loss == again.final_loss
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_the_loader_refuses_checkpoint_versions(home: Path, tmp_path: Path) -> None:
+    from granary.errors import StreamError
+    from granary.stream import StreamingDataset
+    from granary.train import fit
+
+    fit(recipe(tmp_path, "nl", steps=1, checkpoint={"every": 1}))
+    with pytest.raises(StreamError, match="is a checkpoint version"):
+        StreamingDataset("nl-ckpt", batch_size=1, store=_store(home))
