@@ -105,10 +105,11 @@ class StreamIngester:
         offset = read_offset(self.store.catalog, self.source.url, cfg.dataset, self.branch)
         position = offset.position if offset else None
         stats.position = position
-        pump = SourcePump(self.source, poll_records=cfg.poll_records, max_buffered=2 * cfg.batch_records)
+        pump = SourcePump(self.source, poll_records=min(cfg.poll_records, cfg.batch_records),
+                          max_buffered=2 * cfg.batch_records,
+                          limit=cfg.max_records)
         pump.start(position)
         t0 = time.perf_counter()
-        carry: list[Polled] = []
         try:
             while not self._stop:
                 want = cfg.batch_records
@@ -116,7 +117,7 @@ class StreamIngester:
                     want = min(want, cfg.max_records - stats.records)
                     if want <= 0:
                         break
-                batches, carry = self._gather(pump, want, carry)
+                batches = self._gather(pump, want)
                 if not batches:
                     if cfg.idle_stop_s is not None:
                         break
@@ -133,34 +134,27 @@ class StreamIngester:
             stats.lag = pump.lag
         return stats
 
-    def _gather(self, pump: SourcePump, want: int, carry: list[Polled]) -> tuple[list[Polled], list[Polled]]:
-        """Batches worth ``want`` messages, until ``every_s`` or a pause in the stream once some are buffered.
-
-        A batch that would overshoot ``want`` is split; its tail is returned to open the next micro-batch.
-        """
+    def _gather(self, pump: SourcePump, want: int) -> list[Polled]:
+        """Batches worth about ``want`` messages, until ``every_s``, or a pause in the stream once some arrived."""
         cfg = self.config
         out: list[Polled] = []
         got = 0
-        deadline = time.monotonic() + cfg.every_s
+        deadline = 0.0  # set by the first message: every_s counts from there
         while got < want and not self._stop:
             now = time.monotonic()
             if out and now >= deadline:
                 break
-            if carry:
-                polled: Polled | None = carry.pop(0)
-            else:
-                    polled = pump.get(min(deadline - now, WAIT_S))
+            polled = pump.get(min(deadline - now, WAIT_S) if out else WAIT_S)
             if polled is None:
                 idle = pump.idle_s()
                 if (out and idle > 0) or (not out and cfg.idle_stop_s is not None and idle >= cfg.idle_stop_s):
                     break  # the stream paused with messages buffered (commit them now), or stayed idle (stop)
                 continue
-            if got + len(polled) > want:
-                polled, rest = polled.split(want - got)
-                carry.insert(0, rest)
+            if not out:
+                deadline = time.monotonic() + cfg.every_s
             out.append(polled)
             got += len(polled)
-        return out, carry
+        return out
 
     def _commit(self, batches: list[Polled], position: str | None, stats: IngestStats) -> str:
         cfg = self.config
