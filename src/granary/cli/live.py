@@ -1,8 +1,9 @@
-"""`granary ingest-stream` and `granary stream-offsets`: message streams into versions, exactly once."""
+"""`granary ingest-stream`, `stream-offsets` and `ingest-table`: live and tabular data into table versions."""
 
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -88,3 +89,27 @@ def offsets_cmd(
 def register(app: typer.Typer) -> None:
     app.command("ingest-stream")(ingest_stream_cmd)
     app.command("stream-offsets")(offsets_cmd)
+    app.command("ingest-table")(ingest_table_cmd)
+
+
+def ingest_table_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="CSV (with a header row) or Parquet files.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Table dataset to commit to (created if missing).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace the branch's rows instead of appending.")] = False,
+    branch: Annotated[str | None, typer.Option(help="Branch to commit to (default: the dataset's default).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Commit CSV/Parquet files as a table version (any columns; malformed CSV rows go to its quarantine)."""
+    from granary.store import open_store
+    from granary.store.ingest.table import ingest_table
+
+    for p in paths:
+        if not p.is_file():
+            raise ValueError(f"no such file: {p}")
+    version, bad = ingest_table(open_store(), list(paths), dataset, branch=branch,
+                                mode="overwrite" if overwrite else "append")
+    out = {"dataset": dataset, "version": version.id, "rows": version.num_rows, "quarantined": bad}
+    if json_out:
+        print_json(out)
+        return
+    console.print(f"committed {version.ref}: {version.num_rows:,} rows, {bad:,} quarantined", highlight=False)

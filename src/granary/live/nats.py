@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 from urllib.parse import urlparse
@@ -71,10 +72,8 @@ class NatsJetStreamSource:
         except NotFoundError:
             hint = f"create it, e.g. `nats stream add {self.stream} --subjects '{self.stream}.>'`"
             raise SourceError(f"JetStream has no stream {self.stream!r} at {self.server}", hint=hint) from None
-        try:
+        with contextlib.suppress(NotFoundError):  # first start: no consumer yet
             await self.js.delete_consumer(self.stream, self.durable)
-        except NotFoundError:
-            pass
         config = ConsumerConfig(durable_name=self.durable, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                 opt_start_seq=start_seq, ack_policy=AckPolicy.ALL, max_ack_pending=-1,
                                 filter_subject=self.subject, ack_wait=3600)

@@ -87,6 +87,10 @@ class SourcePump:
         except BaseException as exc:
             self.error = exc
             self._started.set()
+            try:
+                self.source.close()  # a half-open client (connected, then refused) must not leak
+            except Exception:
+                log.debug("closing %s after a failed start failed", self.source.url, exc_info=True)
             return
         self._started.set()
         try:

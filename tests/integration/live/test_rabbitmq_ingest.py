@@ -16,7 +16,7 @@ from tests.integration.live.exactly_once import kill_and_resume
 
 pika = pytest.importorskip("pika", reason="pika is needed (pip install 'granary[live]')")
 pytestmark = [pytest.mark.rabbitmq,
-              pytest.mark.skipif(not reachable(5672), reason="no RabbitMQ server on 127.0.0.1:5672 (.ci/run starts one)")]
+              pytest.mark.skipif(not reachable(5672), reason="no RabbitMQ on 127.0.0.1:5672 (.ci/run starts one)")]
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 

@@ -128,6 +128,7 @@ def run_tabular(pipeline: TabularPipeline, data: pa.Table | pa.RecordBatchReader
         for step in pipeline.steps:
             rel = step.apply(ctx, rel)
         table = ctx.arrow(f"SELECT * FROM {rel}")
+        ctx.settle(rel, table.num_rows)
         quarantine = pa.concat_tables(ctx.quarantine) if ctx.quarantine else QUARANTINE_SCHEMA.empty_table()
         prof = profile(ctx, table, keys=pipeline.profile_keys, freshness=pipeline.freshness_column) \
             if with_profile else {}
