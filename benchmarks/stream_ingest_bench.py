@@ -117,7 +117,7 @@ def nats_bare(stream: str) -> int:
         while True:
             try:
                 msgs = await sub.fetch(batch=10_000, timeout=0.5)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 return got
             payloads = [m.data for m in msgs]
             await msgs[-1].ack()
