@@ -48,8 +48,8 @@ def redis_prepare(n: int) -> str:
     return stream
 
 
-def redis_bare(stream: str) -> int:
-    """XREADGROUP COUNT 20000 with raw replies, one XACK per read: the fastest plain redis-py loop we know."""
+def redis_bare(stream: str, noack: bool = False) -> int:
+    """XREADGROUP COUNT 20000 with raw replies, one XACK per read (or NOACK reads): a fast plain redis-py loop."""
     import redis
 
     client = redis.Redis(protocol=2)
@@ -58,19 +58,21 @@ def redis_bare(stream: str) -> int:
     got = 0
     while True:
         reply = client.execute_command("XREADGROUP", "GROUP", "bare", "c", "COUNT", 20_000, "BLOCK", 200,
-                                       "STREAMS", stream, ">")
+                                       *(("NOACK",) if noack else ()), "STREAMS", stream, ">")
         if not reply:
+            client.xgroup_destroy(stream, "bare")
             return got
         entries = reply[0][1]
         payloads = [e[1][1] for e in entries]
-        client.xack(stream, "bare", *[e[0] for e in entries])
+        if not noack:
+            client.xack(stream, "bare", *[e[0] for e in entries])
         got += len(payloads)
 
 
-def redis_source(stream: str) -> MessageSource:
+def redis_source(stream: str, ack: str = "xack") -> MessageSource:
     from granary.live.redis import RedisStreamSource
 
-    return RedisStreamSource("redis://127.0.0.1:6379/0", stream)
+    return RedisStreamSource("redis://127.0.0.1:6379/0", stream, ack=ack)
 
 
 def redis_cleanup(stream: str) -> None:
@@ -137,6 +139,8 @@ def nats_cleanup(stream: str) -> None:
 
 
 SOURCES = {"redis": (redis_prepare, redis_bare, redis_source, redis_cleanup),
+           "redis-noack": (redis_prepare, lambda s: redis_bare(s, noack=True), lambda s: redis_source(s, "none"),
+                           redis_cleanup),
            "nats": (nats_prepare, nats_bare, nats_source, nats_cleanup)}
 
 
@@ -167,7 +171,7 @@ def run_one(name: str, n: int, home: Path) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=500_000)
-    parser.add_argument("--sources", default="redis,nats")
+    parser.add_argument("--sources", default="redis,redis-noack,nats")
     args = parser.parse_args()
     results: dict[str, object] = {"load_avg": os.getloadavg(), "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:

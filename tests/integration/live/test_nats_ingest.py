@@ -88,4 +88,4 @@ def test_missing_stream_is_a_clear_error(store) -> None:  # type: ignore[no-unty
 def test_kill9_at_random_moments_keeps_every_message_exactly_once(producer: Producer, tmp_path: Path) -> None:
     kill_and_resume(source=f"{URL}?stream={producer.stream}",
                     source_id=lambda: NatsJetStreamSource(URL, producer.stream).url,
-                    produce=producer.publish, total=20_000, kills=4, tmp_path=tmp_path, seed=1)
+                    produce=producer.publish, total=10_000, kills=3, tmp_path=tmp_path, seed=1)

@@ -89,4 +89,4 @@ def test_a_classic_queue_is_refused_with_the_reason(store, name: str) -> None:  
 def test_kill9_at_random_moments_keeps_every_message_exactly_once(producer: Producer, tmp_path: Path) -> None:
     kill_and_resume(source=f"{URL}?queue={producer.queue}",
                     source_id=lambda: RabbitStreamSource(URL, producer.queue).url,
-                    produce=producer.publish, total=20_000, kills=4, tmp_path=tmp_path, seed=2)
+                    produce=producer.publish, total=10_000, kills=3, tmp_path=tmp_path, seed=2)
