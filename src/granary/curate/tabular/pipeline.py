@@ -19,6 +19,7 @@ from granary.curate.tabular.profile import profile
 def _load_steps() -> None:
     import granary.curate.tabular.clean
     import granary.curate.tabular.combine
+    import granary.curate.tabular.learned
     import granary.curate.tabular.validate  # noqa: F401
 
 
