@@ -24,6 +24,8 @@ def ingest_stream_cmd(
     schema: Annotated[str | None,
                       typer.Option(help="Column types of json bodies: n:int64,name:string,ts:timestamp")] = None,
     branch: Annotated[str | None, typer.Option(help="Branch to commit to (default: the dataset's default).")] = None,
+    pipeline: Annotated[Path | None, typer.Option("--pipeline", "-p",
+                                                  help="A kind: tabular pipeline run on each micro-batch.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Consume a message stream into versions: one commit per micro-batch, offsets committed with the data."""
@@ -35,7 +37,8 @@ def ingest_stream_cmd(
         raise ValueError(f"--format must be json or raw, got {fmt!r}")
     config = IngestConfig(dataset=dataset, branch=branch, every_s=parse_duration(every), max_records=max_records,
                           idle_stop_s=parse_duration(idle_stop) if idle_stop else None, batch_records=batch_records,
-                          fmt=fmt, schema=parse_schema(schema) if schema else None)  # type: ignore[arg-type]
+                          fmt=fmt, schema=parse_schema(schema) if schema else None,  # type: ignore[arg-type]
+                          pipeline=_tabular(pipeline) if pipeline else None)
     store = open_store()
     src = open_source(source)
     status = None if json_out else console.status(f"ingesting {src.url} into {dataset}")
@@ -67,6 +70,12 @@ def ingest_stream_cmd(
     console.print(table(f"ingest-stream {dataset}", ["what", "value"],
                         [(k, "" if v is None else (f"{v:,}" if isinstance(v, int) else str(v)))
                          for k, v in out.items()]))
+
+
+def _tabular(path: Path) -> Any:
+    from granary.curate.tabular import TabularPipeline
+
+    return TabularPipeline.from_yaml(path)
 
 
 def offsets_cmd(
