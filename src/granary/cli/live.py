@@ -1,8 +1,9 @@
-"""`granary ingest-stream` and `granary stream-offsets`: message streams into versions, exactly once."""
+"""`granary ingest-stream`, `stream-offsets` and `ingest-table`: live and tabular data into table versions."""
 
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -23,6 +24,8 @@ def ingest_stream_cmd(
     schema: Annotated[str | None,
                       typer.Option(help="Column types of json bodies: n:int64,name:string,ts:timestamp")] = None,
     branch: Annotated[str | None, typer.Option(help="Branch to commit to (default: the dataset's default).")] = None,
+    pipeline: Annotated[Path | None, typer.Option("--pipeline", "-p",
+                                                  help="A kind: tabular pipeline run on each micro-batch.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Consume a message stream into versions: one commit per micro-batch, offsets committed with the data."""
@@ -34,7 +37,8 @@ def ingest_stream_cmd(
         raise ValueError(f"--format must be json or raw, got {fmt!r}")
     config = IngestConfig(dataset=dataset, branch=branch, every_s=parse_duration(every), max_records=max_records,
                           idle_stop_s=parse_duration(idle_stop) if idle_stop else None, batch_records=batch_records,
-                          fmt=fmt, schema=parse_schema(schema) if schema else None)  # type: ignore[arg-type]
+                          fmt=fmt, schema=parse_schema(schema) if schema else None,  # type: ignore[arg-type]
+                          pipeline=_tabular(pipeline) if pipeline else None)
     store = open_store()
     src = open_source(source)
     status = None if json_out else console.status(f"ingesting {src.url} into {dataset}")
@@ -68,6 +72,12 @@ def ingest_stream_cmd(
                          for k, v in out.items()]))
 
 
+def _tabular(path: Path) -> Any:
+    from granary.curate.tabular import TabularPipeline
+
+    return TabularPipeline.from_yaml(path)
+
+
 def offsets_cmd(
     dataset: Annotated[str | None, typer.Argument(help="Only this dataset's offsets.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
@@ -88,3 +98,27 @@ def offsets_cmd(
 def register(app: typer.Typer) -> None:
     app.command("ingest-stream")(ingest_stream_cmd)
     app.command("stream-offsets")(offsets_cmd)
+    app.command("ingest-table")(ingest_table_cmd)
+
+
+def ingest_table_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="CSV (with a header row) or Parquet files.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Table dataset to commit to (created if missing).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace the branch's rows instead of appending.")] = False,
+    branch: Annotated[str | None, typer.Option(help="Branch to commit to (default: the dataset's default).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Commit CSV/Parquet files as a table version (any columns; malformed CSV rows go to its quarantine)."""
+    from granary.store import open_store
+    from granary.store.ingest.table import ingest_table
+
+    for p in paths:
+        if not p.is_file():
+            raise ValueError(f"no such file: {p}")
+    version, bad = ingest_table(open_store(), list(paths), dataset, branch=branch,
+                                mode="overwrite" if overwrite else "append")
+    out = {"dataset": dataset, "version": version.id, "rows": version.num_rows, "quarantined": bad}
+    if json_out:
+        print_json(out)
+        return
+    console.print(f"committed {version.ref}: {version.num_rows:,} rows, {bad:,} quarantined", highlight=False)

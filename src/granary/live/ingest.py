@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -15,6 +16,9 @@ from granary.live.pump import SourcePump
 from granary.live.source import MessageSource, Polled
 from granary.store.model import VersionInfo
 from granary.store.store import Store
+
+if TYPE_CHECKING:
+    from granary.curate.tabular import TabularPipeline
 
 log = logging.getLogger(__name__)
 WAIT_S = 0.05  # the longest the loop waits on the pump before looking at the clock and the stream again
@@ -34,6 +38,8 @@ class IngestConfig:
         poll_records: messages asked for in one read.
         fmt: message body format (``json`` or ``raw``).
         schema: column types for ``json`` bodies (None: inferred from the first batch, then kept).
+        pipeline: a tabular pipeline run on each micro-batch before its commit (its quarantined rows join the
+            version's quarantine; its fitted statistics and step facts go into the version's lineage).
     """
 
     dataset: str
@@ -45,6 +51,7 @@ class IngestConfig:
     poll_records: int = 20_000
     fmt: PayloadFormat = "json"
     schema: pa.Schema | None = None
+    pipeline: TabularPipeline | None = None
 
     def __post_init__(self) -> None:
         if self.every_s <= 0:
@@ -105,10 +112,11 @@ class StreamIngester:
         offset = read_offset(self.store.catalog, self.source.url, cfg.dataset, self.branch)
         position = offset.position if offset else None
         stats.position = position
-        pump = SourcePump(self.source, poll_records=cfg.poll_records, max_buffered=2 * cfg.batch_records)
+        pump = SourcePump(self.source, poll_records=min(cfg.poll_records, cfg.batch_records),
+                          max_buffered=2 * cfg.batch_records,
+                          limit=cfg.max_records)
         pump.start(position)
         t0 = time.perf_counter()
-        carry: list[Polled] = []
         try:
             while not self._stop:
                 want = cfg.batch_records
@@ -116,7 +124,7 @@ class StreamIngester:
                     want = min(want, cfg.max_records - stats.records)
                     if want <= 0:
                         break
-                batches, carry = self._gather(pump, want, carry)
+                batches = self._gather(pump, want)
                 if not batches:
                     if cfg.idle_stop_s is not None:
                         break
@@ -133,34 +141,27 @@ class StreamIngester:
             stats.lag = pump.lag
         return stats
 
-    def _gather(self, pump: SourcePump, want: int, carry: list[Polled]) -> tuple[list[Polled], list[Polled]]:
-        """Batches worth ``want`` messages, until ``every_s`` or a pause in the stream once some are buffered.
-
-        A batch that would overshoot ``want`` is split; its tail is returned to open the next micro-batch.
-        """
+    def _gather(self, pump: SourcePump, want: int) -> list[Polled]:
+        """Batches worth about ``want`` messages, until ``every_s``, or a pause in the stream once some arrived."""
         cfg = self.config
         out: list[Polled] = []
         got = 0
-        deadline = time.monotonic() + cfg.every_s
+        deadline = 0.0  # set by the first message: every_s counts from there
         while got < want and not self._stop:
             now = time.monotonic()
             if out and now >= deadline:
                 break
-            if carry:
-                polled: Polled | None = carry.pop(0)
-            else:
-                    polled = pump.get(min(deadline - now, WAIT_S))
+            polled = pump.get(min(deadline - now, WAIT_S) if out else WAIT_S)
             if polled is None:
                 idle = pump.idle_s()
                 if (out and idle > 0) or (not out and cfg.idle_stop_s is not None and idle >= cfg.idle_stop_s):
                     break  # the stream paused with messages buffered (commit them now), or stayed idle (stop)
                 continue
-            if got + len(polled) > want:
-                polled, rest = polled.split(want - got)
-                carry.insert(0, rest)
+            if not out:
+                deadline = time.monotonic() + cfg.every_s
             out.append(polled)
             got += len(polled)
-        return out, carry
+        return out
 
     def _commit(self, batches: list[Polled], position: str | None, stats: IngestStats) -> str:
         cfg = self.config
@@ -169,8 +170,19 @@ class StreamIngester:
         last = batches[-1].last
         with self.store.transaction(cfg.dataset, branch=self.branch) as txn:
             decoded = decode(payloads, positions, fmt=cfg.fmt, schema=cfg.schema or _data_schema(txn.schema))
-            if decoded.table is not None and decoded.table.num_rows:
-                txn.write(decoded.table)
+            curated: dict[str, Any] = {}
+            rows = decoded.table
+            if cfg.pipeline is not None and rows is not None and rows.num_rows:
+                from granary.curate.tabular import run_tabular
+
+                result = run_tabular(cfg.pipeline, rows, with_profile=False)
+                rows = result.table
+                curated = {"pipeline": cfg.pipeline.name, "fitted": result.fitted, "steps": result.report}
+                if result.quarantine.num_rows:
+                    txn.write_side_table("curate_quarantine", result.quarantine)
+                    stats.quarantined += result.quarantine.num_rows
+            if rows is not None and rows.num_rows:
+                txn.write(rows)
             if decoded.quarantine is not None and decoded.quarantine.num_rows:
                 txn.write_side_table("quarantine", decoded.quarantine)
             txn.add_catalog_write(lambda conn, version: advance(
@@ -179,7 +191,8 @@ class StreamIngester:
             version: VersionInfo = txn.commit(
                 message=f"ingest {len(payloads)} messages from {self.source.url} through {last}",
                 lineage={"ingest-stream": {"source": self.source.url, "from": positions[0].as_py(), "through": last,
-                                           "records": len(payloads), "quarantined": decoded.bad}},
+                                           "records": len(payloads), "quarantined": decoded.bad,
+                                           **({"curate": curated} if curated else {})}},
                 allow_empty=True)
         stats.records += len(payloads)
         stats.quarantined += decoded.bad

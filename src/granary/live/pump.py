@@ -22,8 +22,10 @@ POLL_S = 0.1  # the longest a poll blocks, so acknowledgements and stop requests
 class SourcePump:
     """Run ``source`` in a thread: ``get`` returns read-ahead batches, ``ack`` queues acknowledgements."""
 
-    def __init__(self, source: MessageSource, *, poll_records: int, max_buffered: int) -> None:
+    def __init__(self, source: MessageSource, *, poll_records: int, max_buffered: int,
+                 limit: int | None = None) -> None:
         self.source = source
+        self.remaining = limit  # read no more than this many messages in all (``max_records``)
         self.poll_records = poll_records
         self.max_buffered = max(max_buffered, poll_records)
         self._out: queue.Queue[Polled | BaseException] = queue.Queue()
@@ -85,6 +87,10 @@ class SourcePump:
         except BaseException as exc:
             self.error = exc
             self._started.set()
+            try:
+                self.source.close()  # a half-open client (connected, then refused) must not leak
+            except Exception:
+                log.debug("closing %s after a failed start failed", self.source.url, exc_info=True)
             return
         self._started.set()
         try:
@@ -94,7 +100,13 @@ class SourcePump:
                     if self._buffered >= self.max_buffered:
                         self._room.wait(POLL_S)
                         continue
-                polled = self.source.poll(self.poll_records, POLL_S)
+                ask = self.poll_records if self.remaining is None else min(self.poll_records, self.remaining)
+                if ask <= 0:
+                    self._stop.wait(POLL_S)
+                    continue
+                polled = self.source.poll(ask, POLL_S)
+                if polled is not None and self.remaining is not None:
+                    self.remaining -= len(polled)
                 if polled is None:
                     if self.idle_since is None:
                         self.idle_since = time.monotonic()

@@ -30,10 +30,15 @@ class RedisStreamSource:
         group: the consumer group (created at the stream's start if missing).
         consumer: this consumer's name inside the group.
         field: the entry field holding the message body.
+        ack: ``xack`` (entries wait in the group's pending list until their commit, then are acknowledged) or
+            ``none`` (reads with ``NOACK``: no pending list, about twice the read rate; still exactly once,
+            because a restart resumes from the catalog, but the server no longer shows what is in flight).
     """
 
     def __init__(self, url: str, stream: str, *, group: str = "granary", consumer: str = "granary-ingest",
-                 field: str = "data") -> None:
+                 field: str = "data", ack: str = "xack") -> None:
+        if ack not in ("xack", "none"):
+            raise ValueError(f"ack must be 'xack' or 'none', got {ack!r}")
         try:
             import redis
         except ImportError as exc:
@@ -42,6 +47,7 @@ class RedisStreamSource:
         db = (parsed.path or "/0").lstrip("/") or "0"
         self.url = f"redis://{parsed.hostname or '127.0.0.1'}:{parsed.port or 6379}/{db}#{stream}/{group}"
         self.stream, self.group, self.consumer = stream, group, consumer
+        self.noack = ack == "none"
         self.field = field.encode()
         self.client: Any = redis.Redis.from_url(url, protocol=2)  # RESP2: flat replies, parsed by hiredis
         # raw replies: redis-py would otherwise build a dict per entry
@@ -75,7 +81,8 @@ class RedisStreamSource:
 
     def poll(self, max_records: int, timeout_s: float) -> Polled | None:
         reply = self.client.execute_command("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", max_records,
-                                            "BLOCK", max(1, int(timeout_s * 1000)), "STREAMS", self.stream, ">")
+                                            "BLOCK", max(1, int(timeout_s * 1000)), *(("NOACK",) if self.noack else ()),
+                                            "STREAMS", self.stream, ">")
         if not reply:
             return None
         entries = reply[0][1]
@@ -101,6 +108,9 @@ class RedisStreamSource:
     def ack(self, polled: Polled) -> None:
         # XACK packed here: redis-py's generic packer costs ~10 us per id, more than the server's work
         ids: list[bytes] = polled.ack_token
+        if self.noack:
+            self._committed = position_key(polled.last)
+            return
         head = b"$4\r\nXACK\r\n" + _bulk(self.stream.encode()) + _bulk(self.group.encode())
         packed = []
         for i in range(0, len(ids), ACK_CHUNK):

@@ -25,7 +25,8 @@ def _redis(url: str, q: dict[str, str]) -> MessageSource:
     from granary.live.redis import RedisStreamSource
 
     return RedisStreamSource(url, _need(q, "stream", url), group=q.get("group", "granary"),
-                             consumer=q.get("consumer", "granary-ingest"), field=q.get("field", "data"))
+                             consumer=q.get("consumer", "granary-ingest"), field=q.get("field", "data"),
+                             ack=q.get("ack", "xack"))
 
 
 def _nats(url: str, q: dict[str, str]) -> MessageSource:

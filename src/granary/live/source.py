@@ -27,15 +27,6 @@ class Polled:
     def __len__(self) -> int:
         return len(self.payloads)
 
-    def split(self, n: int) -> tuple[Polled, Polled]:
-        """The first ``n`` messages and the rest, each with its own last position and acknowledgements."""
-        if not 0 < n < len(self):
-            raise ValueError(f"split point {n} outside 1..{len(self) - 1}")
-        head = Polled(self.payloads[:n], self.positions.slice(0, n), str(self.positions[n - 1].as_py()),
-                      self.ack_token[:n])
-        tail = Polled(self.payloads[n:], self.positions.slice(n), self.last, self.ack_token[n:])
-        return head, tail
-
 
 class MessageSource(Protocol):
     """A stream of messages with positions that can be resumed after a committed position."""

@@ -72,8 +72,13 @@ class ImputeStep(TabularStep):
         _, cols = _targets(ctx, rel, self.columns, self.display)
         if not cols:
             return rel
-        nulls = ctx.one("SELECT " + ", ".join(f"count_if({quote(c)} IS NULL)" for c in cols) + f" FROM {rel}")
-        ctx.note(self.display, missing={c: int(n) for c, n in zip(cols, nulls, strict=True)})
+        fns = {"mean": "avg({})", "median": "median({})", "mode": "mode({})"}
+        fit_now = self.strategy in fns and not self.fitted
+        # one scan: the missing counts, and the statistics when they are fitted here
+        exprs = [f"count_if({quote(c)} IS NULL)" for c in cols] + \
+            ([fns[self.strategy].format(quote(c)) for c in cols] if fit_now else [])
+        row = ctx.one("SELECT " + ", ".join(exprs) + f" FROM {rel}")
+        ctx.note(self.display, missing={c: int(n) for c, n in zip(cols, row[:len(cols)], strict=True)})
         if self.strategy == "drop":
             cond = " AND ".join(f"{quote(c)} IS NOT NULL" for c in cols)
             return ctx.view(f"SELECT * FROM {rel} WHERE {cond}")
@@ -84,13 +89,11 @@ class ImputeStep(TabularStep):
             cols = [c for c in cols if c != self.order_by and c not in self.by]
             repl = ", ".join(self._window(c, numeric) for c in cols)
             return ctx.view(f"SELECT * REPLACE ({repl}) FROM {rel}")
-        fns = {"mean": "avg({})", "median": "median({})", "mode": "mode({})"}
 
         def compute() -> dict[str, Any]:
             if self.strategy == "constant":
                 return {c: self.value for c in cols}
-            row = ctx.one("SELECT " + ", ".join(fns[self.strategy].format(quote(c)) for c in cols) + f" FROM {rel}")
-            return dict(zip(cols, row, strict=True))
+            return dict(zip(cols, row[len(cols):], strict=True))
 
         stats = _fitted(ctx, self, self.fitted, compute)
         fills = ", ".join(f"coalesce({quote(c)}, {literal(stats[c])}) AS {quote(c)}" for c in cols)

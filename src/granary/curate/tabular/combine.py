@@ -57,6 +57,8 @@ class DedupStep(TabularStep):
             direction = "DESC" if self.keep == "latest" else "ASC"
             out = ctx.view(f"SELECT * FROM {rel} QUALIFY row_number() OVER (PARTITION BY {keys} "
                            f"ORDER BY {quote(self.order_by or '')} {direction}) = 1")
+        ctx.count_later(self.display, "rows_in", rel)
+        ctx.count_later(self.display, "rows_out", out)
         return out
 
 
@@ -158,8 +160,11 @@ class UnionStep(TabularStep):
             order = f"{quote(self.order_by or '')} DESC, _src"
         else:
             order = "_src"
-        return ctx.view(f"SELECT * EXCLUDE (_src) FROM {unioned} QUALIFY row_number() OVER "
-                        f"(PARTITION BY {keys} ORDER BY {order}) = 1")
+        out = ctx.view(f"SELECT * EXCLUDE (_src) FROM {unioned} QUALIFY row_number() OVER "
+                       f"(PARTITION BY {keys} ORDER BY {order}) = 1")
+        ctx.count_later(self.display, "rows_in", unioned)
+        ctx.count_later(self.display, "rows_out", out)
+        return out
 
 
 @register("filter")
@@ -174,7 +179,10 @@ class FilterStep(TabularStep):
     where: str
 
     def apply(self, ctx: TabularContext, rel: str) -> str:
-        return ctx.view(f"SELECT * FROM {rel} WHERE coalesce(({self.where}), FALSE)")
+        out = ctx.view(f"SELECT * FROM {rel} WHERE coalesce(({self.where}), FALSE)")
+        ctx.count_later(self.display, "rows_in", rel)
+        ctx.count_later(self.display, "rows_out", out)
+        return out
 
 
 AGGREGATES = ("count", "sum", "avg", "min", "max", "median", "stddev", "count_distinct", "any_value")

@@ -58,6 +58,7 @@ class TabularContext:
     fitted: dict[str, Any] = field(default_factory=dict)
     report: dict[str, dict[str, Any]] = field(default_factory=dict)
     quarantine: list[pa.Table] = field(default_factory=list)
+    deferred: list[tuple[str, str, str]] = field(default_factory=list)
     _ids: itertools.count = field(default_factory=itertools.count)
 
     def register(self, table: pa.Table | pa.RecordBatchReader, name: str | None = None) -> str:
@@ -108,6 +109,16 @@ class TabularContext:
         if table.num_rows:
             self.quarantine.append(table.cast(QUARANTINE_SCHEMA))
         return table.num_rows
+
+    def count_later(self, step: str, key: str, rel: str) -> None:
+        """Report ``count(*)`` of ``rel`` as ``key`` once the run ends (free when ``rel`` is the output)."""
+        self.deferred.append((step, key, rel))
+
+    def settle(self, final_rel: str, final_rows: int) -> None:
+        """Compute the deferred counts."""
+        for step, key, rel in self.deferred:
+            self.note(step, **{key: final_rows if rel == final_rel else self.count(rel)})
+        self.deferred = []
 
     def note(self, step: str, **facts: Any) -> None:
         """Add facts to a step's report section."""

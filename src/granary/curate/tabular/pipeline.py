@@ -19,6 +19,7 @@ from granary.curate.tabular.profile import profile
 def _load_steps() -> None:
     import granary.curate.tabular.clean
     import granary.curate.tabular.combine
+    import granary.curate.tabular.learned
     import granary.curate.tabular.validate  # noqa: F401
 
 
@@ -128,6 +129,7 @@ def run_tabular(pipeline: TabularPipeline, data: pa.Table | pa.RecordBatchReader
         for step in pipeline.steps:
             rel = step.apply(ctx, rel)
         table = ctx.arrow(f"SELECT * FROM {rel}")
+        ctx.settle(rel, table.num_rows)
         quarantine = pa.concat_tables(ctx.quarantine) if ctx.quarantine else QUARANTINE_SCHEMA.empty_table()
         prof = profile(ctx, table, keys=pipeline.profile_keys, freshness=pipeline.freshness_column) \
             if with_profile else {}

@@ -171,7 +171,10 @@ class CastStep(TabularStep):
         columns = ctx.columns(rel)
         for col in self.types:
             check_column(col, columns, self.display)
-        conds = {c: f"({quote(c)} IS NOT NULL AND TRY_CAST({quote(c)} AS {t}) IS NULL)" for c, t in self.types.items()}
+        # blank text is a missing value, not a bad one
+        value = {c: f"NULLIF(trim({quote(c)}), '')" if columns[c].upper() == "VARCHAR" else quote(c)
+                 for c in self.types}
+        conds = {c: f"({value[c]} IS NOT NULL AND TRY_CAST({value[c]} AS {t}) IS NULL)" for c, t in self.types.items()}
         rules = "concat_ws(',', " + ", ".join(f"CASE WHEN {q} THEN {literal('cast:' + c)} END"
                                               for c, q in conds.items()) + ")"
         reasons = "concat_ws('; ', " + ", ".join(
@@ -181,5 +184,5 @@ class CastStep(TabularStep):
         flagged = ctx.materialize(f"SELECT *, {rules} AS _rules, {reasons} AS _reasons FROM {rel}")
         bad = ctx.add_rows(self.display, flagged, "_rules <> ''", "_rules", "_reasons")
         ctx.note(self.display, quarantined=bad)
-        replace = ", ".join(f"TRY_CAST({quote(c)} AS {t}) AS {quote(c)}" for c, t in self.types.items())
+        replace = ", ".join(f"TRY_CAST({value[c]} AS {t}) AS {quote(c)}" for c, t in self.types.items())
         return ctx.view(f"SELECT * EXCLUDE (_rules, _reasons) REPLACE ({replace}) FROM {flagged} WHERE _rules = ''")
