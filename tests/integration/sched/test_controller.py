@@ -97,6 +97,8 @@ def test_demo_runs_its_dag_quickly(tmp_path: Path) -> None:
     assert summary["succeeded"] == 3 and summary["failed"] == 0
     assert [j["name"] for j in summary["jobs"]] == ["prepare", "train", "evaluate"]
     assert summary["seconds"] < 15
+    catalog = open_catalog(Settings.from_env(home=tmp_path).catalog_url)
+    assert list_nodes(catalog) == []  # its simulated 2-GPU node does not stay to hold later jobs
 
 
 def test_agent_fences_attempts_the_controller_declared_lost(tmp_path: Path) -> None:
