@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/curate_bench.py [--docs 100000] [--dt-docs 15000] [--workers 2]
 
-Installs datatrove[processing] into benchmarks/.venv-datatrove on first use. Prints throughput per core,
+Installs datatrove[processing] and spaCy (its English word tokenizer needs it) into benchmarks/.venv-datatrove
+on first use (see _envs.py); a failing child's error is printed. Prints throughput per core,
 ratios, near-duplicate precision/recall, PII precision/recall per type and peak RSS; writes the same as
 JSON to benchmarks/out/curate_bench.json. Datatrove runs on the first --dt-docs documents (a subsample, to
 keep the run short); Granary runs on the full corpus and on the same subsample, for a like-for-like ratio.
@@ -15,7 +16,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+from _envs import datatrove_python, run_child  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 from granary.config import Settings
 from granary.curate.synth import PII_KINDS, Truth, generate
@@ -30,18 +31,13 @@ from granary.store import open_store
 
 ROOT = Path(__file__).resolve().parent
 REAL = ROOT.parent.parent / "shared" / "corpora" / "powershell-docs.jsonl.zst"
-DT_VENV = ROOT / ".venv-datatrove"
 STEPS = ["normalize_unicode", "normalize_whitespace", "gopher_repetition", "gopher_quality",
          {"step": "c4_quality", "filter_no_terminal_punct": False}, "fineweb_quality", "exact_dedup",
          "minhash_dedup", "pii"]
 
 
 def ensure_datatrove() -> Path:
-    py = DT_VENV / "bin" / "python"
-    if not py.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(DT_VENV)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "datatrove[processing]", "orjson"], check=True)
-    return py
+    return datatrove_python()  # creates or completes benchmarks/.venv-datatrove (with spaCy), see _envs.py
 
 
 def mb(docs: list[dict[str, str]]) -> float:
@@ -98,8 +94,8 @@ def granary_pipeline(docs: list[dict[str, str]], workers: int, tmp: Path, name: 
     store.commit_table("bench", pa.Table.from_pylist(docs))
     spec = {"name": "bench", "steps": STEPS}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", GRANARY_CHILD, str(home), json.dumps(spec), str(workers)],
-                          capture_output=True, text=True, check=True)
+    proc = run_child([sys.executable, "-c", GRANARY_CHILD, str(home), json.dumps(spec), str(workers)],
+                     "the Granary pipeline")
     wall = time.perf_counter() - t0
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     rej = store.read_side_table("out@main", "rejected")
@@ -161,8 +157,8 @@ def run_datatrove(docs: list[dict[str, str]], workers: int, tmp: Path) -> dict:
             for d in docs[f::files]:
                 fh.write(json.dumps({"id": d["id"], "text": d["text"]}) + "\n")
     t0 = time.perf_counter()
-    proc = subprocess.run([str(py), str(ROOT / "curate_datatrove_runner.py"), str(inp), str(tmp / "dt-work"),
-                           str(workers)], capture_output=True, text=True, check=True)
+    proc = run_child([py, ROOT / "curate_datatrove_runner.py", inp, tmp / "dt-work", workers],
+                     "the datatrove pipeline")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["wall_s"] = time.perf_counter() - t0
     return out
@@ -184,8 +180,8 @@ print(json.dumps({"wall_s": time.perf_counter() - t0, "rows_in": res.rows_in, "r
 
 
 def run_real(tmp: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", REAL_CHILD, str(REAL), str(tmp / "real-out"), str(tmp / "rw")],
-                          capture_output=True, text=True, check=True)
+    proc = run_child([sys.executable, "-c", REAL_CHILD, REAL, tmp / "real-out", tmp / "rw"],
+                     "the Granary pipeline on the real corpus")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,8 +62,11 @@ def child(mode: str, src: str, work: str) -> None:
 
 
 def run_child(mode: str, src: Path, work: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(src), str(work)], check=True,
+    out = subprocess.run([sys.executable, __file__, "--child", mode, str(src), str(work)], check=False,
                          capture_output=True, text=True)
+    if out.returncode != 0:  # show the child's own error, not only its exit code
+        sys.stderr.write(out.stderr[-8000:])
+        raise SystemExit(f"the {mode} ingest child failed with exit code {out.returncode} (its error is above)")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -81,7 +85,9 @@ def bench_commit(work: Path) -> float:
     from granary.store import open_store
     from granary.store.manifest import ShardEntry
 
-    store = open_store(Settings.from_env(home=work / "commit"))
+    home = work / "commit"
+    shutil.rmtree(home, ignore_errors=True)  # a fresh catalog on every run, so --work DIR can be re-used
+    store = open_store(Settings.from_env(home=home))
     store.create_dataset("big")
     times = []
     for r in range(5):

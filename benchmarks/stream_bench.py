@@ -3,11 +3,9 @@
 Dataset: 262,144 samples x 2,048 uint16 tokens (1 GiB) in the page cache, shuffled, batch 64, one process.
 All loaders run in the same invocation, so the printed ratios compare figures taken under the same load.
 
-Setup of the anchors (their own virtualenv; torch pinned first so nothing pulls CUDA wheels):
-    python3.11 -m venv benchmarks/.venv-stream-anchors
-    benchmarks/.venv-stream-anchors/bin/pip install torch==2.13.0 numpy      # the CPU wheel
-    benchmarks/.venv-stream-anchors/bin/pip install -c <(echo torch==2.13.0) litdata mosaicml-streaming webdataset
-    benchmarks/.venv-stream-anchors/bin/pip uninstall -y torchvision          # its CUDA build does not load here
+The anchors run in their own virtualenv, benchmarks/.venv-stream-anchors, which the first run creates (torch
+pinned to the CPU wheel first, then litdata, mosaicml-streaming and webdataset, torchvision removed: see
+benchmarks/_envs.py); a later run reuses it.
 
 Run:  .venv/bin/python benchmarks/stream_bench.py [--rounds 2] [--no-anchors] [--keep] [--threads 1,2]
       [--samples N --out DIR]   (a smaller version for smoke runs; benchmarks/gpu/stream.sh sweeps threads)
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _envs import stream_anchors_python  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 from granary.config import Settings
 from granary.store import open_store
@@ -90,9 +89,7 @@ def first_batch(home: Path) -> dict[str, float]:
 
 
 def anchors(names: list[str]) -> list[dict[str, Any]]:
-    if not ANCHOR_PY.exists():
-        print(f"no anchor venv at {ANCHOR_PY}; see this file's docstring", file=sys.stderr)
-        return []
+    stream_anchors_python()  # creates or completes benchmarks/.venv-stream-anchors (see benchmarks/_envs.py)
     out = subprocess.run([str(ANCHOR_PY), str(ROOT / "stream_anchors.py"), str(OUT / "anchors"), ",".join(names)],
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:

@@ -9,12 +9,15 @@ from typing import Any
 
 from granary.catalog import open_catalog
 from granary.config import Settings
+from granary.sched import tables as t
 from granary.sched.agent import Agent, AgentConfig
 from granary.sched.controller import Controller, ControllerConfig
 from granary.sched.journal import get_job
 from granary.sched.model import TERMINAL, JobSpec, NodeSpec
 from granary.sched.spec import submit_specs
 from granary.sched.state import SchedulerConfig
+
+DEMO_NODE = "demo-local"
 
 DEFAULT_DAG: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("prepare", f"{sys.executable} -c \"print('prepare: data ready')\"", ()),
@@ -41,7 +44,7 @@ def run(store_settings: Settings, console: Any, *, commands: list[tuple[str, str
     catalog = open_catalog(store_settings.catalog_url)
     home = store_settings.home / "sched"
     controller = Controller(catalog, ControllerConfig(tick_s=0.05, scheduler=SchedulerConfig(backoff_base_s=0.5)))
-    agent = Agent(catalog, AgentConfig(node=NodeSpec(name="demo-local", gpus=2, cpus=2.0), work_dir=home / "attempts",
+    agent = Agent(catalog, AgentConfig(node=NodeSpec(name=DEMO_NODE, gpus=2, cpus=2.0), work_dir=home / "attempts",
                                        poll_s=0.05))
     agent.register()
     specs = [JobSpec(name=name, command=cmd, depends_on=deps, gpus_per_replica=1 if name == "train" else 0,
@@ -65,6 +68,10 @@ def run(store_settings: Settings, console: Any, *, commands: list[tuple[str, str
         stop.set()
         for th in threads:
             th.join(10)
+        # the demo's node is simulated (2 GPUs that may not exist here): take it out of the catalog, so later
+        # jobs are not held for it (the jobs and their attempts stay, for `granary jobs --all`)
+        with catalog.write() as conn:
+            conn.execute(t.nodes.delete().where(t.nodes.c.name == DEMO_NODE))
     jobs = []
     for name, job_id in ids.items():
         row = get_job(catalog, job_id)[0]

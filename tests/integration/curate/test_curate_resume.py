@@ -30,11 +30,12 @@ curate(store, "web@main", spec, "out", executor="inline", report=False)
 """
 
 
-def _kill_when(proc: subprocess.Popen[bytes], pattern: str, home: Path, count: int, timeout_s: float = 60) -> bool:
+def _kill_when(proc: subprocess.Popen[bytes], pattern: str, home: Path, count: int, timeout_s: float = 180) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
+        if proc.poll() is not None:  # ended before it could be killed: show why
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise AssertionError(f"the curate child exited with {proc.returncode} before {pattern}:\n{err[-6000:]}")
         if len(list((home / "work").glob(pattern))) >= count:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
