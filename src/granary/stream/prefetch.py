@@ -33,8 +33,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, num_threads: int, d
     them to finish the item they hold.
     """
     shared = _Shared(items)
-    for i in range(num_threads):
-        background.start(_run, fn, shared, depth, name=f"granary-reader-{i}")
+    threads = [background.start(_run, fn, shared, depth, name=f"granary-reader-{i}") for i in range(num_threads)]
     try:
         n = 0
         while True:
