@@ -158,14 +158,16 @@ def pull(ref: Annotated[str, typer.Argument(help="DATASET[@BRANCH] to fetch.")],
 
 def sync(ref: Annotated[str, typer.Argument(help="DATASET[@BRANCH].")],
          remote: Annotated[str, typer.Argument(help="Remote name, path or s3:// URL.")],
-         jobs: JobsOpt = 8, bwlimit: BwOpt = None, json_out: JsonOpt = False) -> None:
+         purpose: Annotated[str | None, typer.Option(help="Purpose of the read, checked against the policy.")] =
+         None, jobs: JobsOpt = 8, bwlimit: BwOpt = None, json_out: JsonOpt = False) -> None:
     """Pull (fast-forward) then push, so both sides end at the same head."""
     from granary.store.sync import open_remote
     from granary.store.sync import sync as run
 
     store = _store()
     with _bytes_bar(f"sync {ref}", json_out) as (plan, moved):
-        reports = run(store, ref, open_remote(store, remote), options=_options(jobs, bwlimit, plan, moved))
+        reports = run(store, ref, open_remote(store, remote), purpose=purpose,
+                      options=_options(jobs, bwlimit, plan, moved))
     if json_out:
         print_json([r.to_dict() for r in reports])
         return

@@ -110,7 +110,7 @@ STORE_FILTERED: dict[str, Callable[[Store, World], list[Any]]] = {
     "versions": lambda s, w: [v.dataset for v in s.versions()],
 }
 STORE_WRITES = {"create_dataset", "branch", "tag", "delete_ref", "rollback", "transaction", "commit_table",
-                "write_shard", "write_token_shard", "gc"}
+                "write_shard", "write_token_shard", "write_blob", "gc"}
 STORE_OTHER = {"bind"}  # returns a view; every read through it passes the view's gate
 
 
@@ -213,19 +213,33 @@ CLI_READS: dict[str, list[str]] = {
     "key export": ["web", "{tmp}/enc.parquet"],
     "audit verify": [],
     "audit log": [],
+    "push": ["web", "{tmp}/remote"],
+    "sync": ["web", "{tmp}/remote"],
+    "backup create": ["{tmp}/backups"],
 }
 CLI_FILTERED = {"ls"}  # lists only what the caller may see (audited)
 CLI_WRITES = {"init", "ingest", "delete", "branch", "tag", "rollback", "gc", "forget", "demo", "audit checkpoint",
               "principal add", "principal clear", "principal disable", "token issue", "token revoke",
               "role grant", "role revoke", "role rule", "key rotate", "key shred", "policy set", "policy derive",
-              "policy budget"}
+              "policy budget", "pull", "remote add", "remote remove", "ingest-stream", "ingest-table", "train"}
 # Commands that read no dataset rows (governance listings are admin-only or the caller's own; schedulers and
 # gateways handle jobs and endpoints, whose data reads go through the loader and so through the gate).
 CLI_NO_DATA = {"audit public-key", "principal list", "token list", "role list", "submit", "jobs", "job", "cancel",
                "nodes", "drain",
                "sched up", "sched agent", "sched simulate", "gateway up", "gateway check", "gateway status",
                "gateway sim", "gateway endpoint", "gateway backend list", "gateway backend add",
-               "gateway backend remove", "gateway backend weight", "gateway backend drain"}
+               "gateway backend remove", "gateway backend weight", "gateway backend drain",
+               # monitoring reads node and job metrics, not dataset rows
+               "agent", "alerts", "metrics", "energy simulate", "watch run", "watch silence", "watch restart",
+               "watch evacuate", "watch requests",
+               # the HTTP server binds every request to its caller (granary.api.deps), and its reads pass the gate
+               "server",
+               # stream offsets are positions in a broker, not rows; lineage reads a checkpoint's recorded facts
+               # through Store methods (gated as metadata reads)
+               "stream-offsets", "lineage",
+               # these read and write backup folders, not this store (whoever can read a backup's files can read
+               # its data; docs/sync.md says to protect backup destinations like the store itself)
+               "remote list", "backup list", "backup verify", "backup restore", "backup prune"}
 
 
 def _commands() -> set[str]:
