@@ -87,10 +87,15 @@ def test_the_restore_drill_passes_and_catches_a_damaged_object(tmp_path: Path) -
 
 
 def test_a_backup_killed_midway_is_ignored_and_the_next_one_completes(tmp_path: Path) -> None:
+    import numpy as np
+
     home = tmp_path / "live"
     store = open_store(Settings.from_env(home=home))
-    for i in range(4):
-        _commit(store, f"c{i}", rows=3000)
+    store.create_dataset("web")
+    rng = np.random.default_rng(0)
+    for i in range(4):  # incompressible text: ~1 MB of shards per commit, ~4 MB in all
+        texts = [rng.bytes(1000).hex() for _ in range(500)]
+        store.commit_table("web", pa.table({"id": [f"c{i}-{j}" for j in range(500)], "text": texts}), message=f"c{i}")
     code = textwrap.dedent("""
         import sys
         from granary.config import Settings
@@ -98,7 +103,7 @@ def test_a_backup_killed_midway_is_ignored_and_the_next_one_completes(tmp_path: 
         from granary.store.sync import Remote
         from granary.store.sync.backup import create_backup
         create_backup(open_store(Settings.from_env(home=sys.argv[1])), Remote(sys.argv[2]), jobs=1,
-                      bwlimit_bytes_s=100_000)
+                      bwlimit_bytes_s=200_000)  # ~20 s for ~4 MB: the kill below lands after the first object
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.Popen([sys.executable, "-c", code, str(home), str(tmp_path / "backups")], env=env,

@@ -110,3 +110,21 @@ def _noop(_key: str) -> Iterator[IO[bytes]]:
 def test_jobs_must_be_positive() -> None:
     with pytest.raises(ValueError, match="jobs"):
         copy_many([], _source({}), _noop, jobs=0)
+
+
+def test_in_order_copies_keep_the_given_order_whatever_the_sizes(tmp_path: Path) -> None:
+    """Manifests travel oldest first (a manifest on the far side implies its ancestors'), even when the newest is
+    the largest: the default order (largest first) must not apply to them."""
+    remote = Remote(str(tmp_path / "r"))
+    blobs = [bytes([i]) * (100 + 1000 * i) for i in range(5)]  # growing sizes
+    objects = {_data_key(b): b for b in blobs}
+    seen: list[str] = []
+    copy_many(((k, len(v)) for k, v in objects.items()), _source(objects), remote.writer, jobs=1, in_order=True,
+              on_object=seen.append)
+    assert seen == list(objects)
+    seen.clear()
+    copy_many(((k, len(v)) for k, v in objects.items()), _source(objects), Remote(str(tmp_path / "r2")).writer,
+              jobs=1, on_object=seen.append)
+    assert seen == list(objects)[::-1]  # largest first by default
+    with pytest.raises(ValueError, match="jobs=1"):
+        copy_many([], _source({}), remote.writer, jobs=2, in_order=True)

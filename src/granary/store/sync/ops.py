@@ -108,8 +108,8 @@ def push(store: Any, ref: str, remote: Remote, *, to_branch: str | None = None, 
     limiter = RateLimiter(opts.bwlimit_bytes_s)
     report.transfer = copy_many(data.items(), store.objects.open, remote.writer, jobs=opts.jobs, limiter=limiter,
                                 on_bytes=opts.on_bytes)
-    manifest_stats = copy_many(manifests, store.objects.open, remote.writer, jobs=1, limiter=limiter,
-                               on_bytes=opts.on_bytes)  # oldest first: a manifest there means its history is
+    manifest_stats = copy_many(manifests, store.objects.open, remote.writer, jobs=1, in_order=True,
+                               limiter=limiter, on_bytes=opts.on_bytes)  # oldest first: a manifest there means its history is
     _merge(report.transfer, manifest_stats)
     report.transfer.skipped = len(skipped)
     report.transfer.skipped_bytes = sum(skipped.values())
@@ -174,8 +174,8 @@ def pull(store: Any, dataset: str, remote: Remote, *, branch: str | None = None,
     with _local_writer(store) as writer:
         report.transfer = copy_many(data.items(), remote.open_object, writer, jobs=opts.jobs, limiter=limiter,
                                     on_bytes=opts.on_bytes)
-        _merge(report.transfer, copy_many(manifests, remote.open_object, writer, jobs=1, limiter=limiter,
-                                          on_bytes=opts.on_bytes))
+        _merge(report.transfer, copy_many(manifests, remote.open_object, writer, jobs=1, in_order=True,
+                                          limiter=limiter, on_bytes=opts.on_bytes))
     now_author = store.settings.author
     with store.catalog.write() as conn:
         for vid, body, created, _segments in missing:

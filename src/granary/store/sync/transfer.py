@@ -143,8 +143,12 @@ def copy_object(key: str, src: Opener, dst: Writer, *, limiter: RateLimiter,
 
 def copy_many(keys: Iterable[tuple[str, int]], src: Opener, dst: Writer, *, jobs: int = 8,
               limiter: RateLimiter | None = None, on_bytes: Callable[[int], None] | None = None,
-              on_object: Callable[[str], None] | None = None) -> TransferStats:
-    """Copy objects in parallel (``jobs`` threads); the first failure stops the rest and is raised."""
+              on_object: Callable[[str], None] | None = None, in_order: bool = False) -> TransferStats:
+    """Copy objects in parallel (``jobs`` threads); the first failure stops the rest and is raised.
+
+    By default the largest objects go first (the tail stays short); ``in_order`` with ``jobs=1`` copies them one by
+    one in the order given (manifests, oldest first, so a manifest on the far side implies its ancestors').
+    """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     limiter = limiter or RateLimiter(None)
@@ -164,7 +168,10 @@ def copy_many(keys: Iterable[tuple[str, int]], src: Opener, dst: Writer, *, jobs
         if on_object is not None:
             on_object(key)
 
-    todo = [k for k, _size in sorted(keys, key=lambda kv: -kv[1])]  # big ones first: the tail stays short
+    listed = list(keys)
+    if in_order and jobs != 1:
+        raise ValueError("in_order copies need jobs=1")
+    todo = [k for k, _size in (listed if in_order else sorted(listed, key=lambda kv: -kv[1]))]
     if todo:
         with ThreadPoolExecutor(max_workers=min(jobs, len(todo)), thread_name_prefix="granary-sync") as pool:
             futures = [pool.submit(one, k) for k in todo]
