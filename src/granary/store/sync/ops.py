@@ -108,8 +108,9 @@ def push(store: Any, ref: str, remote: Remote, *, to_branch: str | None = None, 
     limiter = RateLimiter(opts.bwlimit_bytes_s)
     report.transfer = copy_many(data.items(), store.objects.open, remote.writer, jobs=opts.jobs, limiter=limiter,
                                 on_bytes=opts.on_bytes)
+    # oldest first, one by one: a manifest on the remote means its whole history is there
     manifest_stats = copy_many(manifests, store.objects.open, remote.writer, jobs=1, in_order=True,
-                               limiter=limiter, on_bytes=opts.on_bytes)  # oldest first: a manifest there means its history is
+                               limiter=limiter, on_bytes=opts.on_bytes)
     _merge(report.transfer, manifest_stats)
     report.transfer.skipped = len(skipped)
     report.transfer.skipped_bytes = sum(skipped.values())
