@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from granary.errors import GranaryError
@@ -21,8 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     except GranaryError as exc:
         sys.stderr.write(f"granary train: {exc}\n")
         return 1
-    import os
-
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps({"steps": result.steps, "resumed_from": result.resumed_from, "final_loss": result.final_loss,
                           "checkpoints": result.checkpoints[-1:], "restarts": result.restarts}))
@@ -30,4 +29,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The worker's work is done and committed (checkpoint versions, metrics closed, process group destroyed), so it
+    # leaves without interpreter teardown: after an elastic restart, a native thread left by the dead attempt's
+    # collectives could block the normal exit forever (a rank that printed its result and then never exited was
+    # seen once in a full-suite run), and torchrun would wait on it.
+    os._exit(code)

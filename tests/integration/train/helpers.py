@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,14 +47,19 @@ def write_recipe(path: Path, name: str, *, steps: int = 12, every: int = 4, run_
 
 def run_train(home: Path, target: Path, *args: str, env: dict[str, str] | None = None,
               timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """Run ``granary train`` in its own session; on a timeout the whole process group (agent and every rank) is
+    killed, so no rank outlives the test, and the error shows what it printed."""
     full_env = {**os.environ, "GRANARY_HOME": str(home), "OMP_NUM_THREADS": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "granary.cli.main", "train", str(target), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+                            start_new_session=True)
     try:
-        return subprocess.run([sys.executable, "-m", "granary.cli.main", "train", str(target), *args],
-                              capture_output=True, text=True, env=full_env, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout
-        err = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
         raise AssertionError(f"granary train did not finish in {timeout} s:\n{out}\n{(err or '')[-8000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def check(proc: subprocess.CompletedProcess[str]) -> None:
