@@ -68,6 +68,7 @@ def create_backup(store: Any, dest: Remote, *, jobs: int = 8, bwlimit_bytes_s: f
         report.transfer = copy_many(todo.items(), store.objects.open, dest.writer, jobs=jobs,
                                     limiter=RateLimiter(bwlimit_bytes_s), on_bytes=on_bytes)
         report.transfer.skipped = len(needed) - len(todo)
+        dest.flush()  # the objects are durable before the backup that needs them is recorded
         catalog_name = "catalog.sqlite.zst" if snap.kind == "sqlite" else "catalog.pgdump"
         catalog_bytes = _compress_file(snap.path) if snap.kind == "sqlite" else snap.path.read_bytes()
         listing = zstandard.compress(json.dumps(sorted(needed.items())).encode(), 10)

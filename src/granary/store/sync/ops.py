@@ -89,14 +89,15 @@ def push(store: Any, ref: str, remote: Remote, *, to_branch: str | None = None, 
         if not force:
             raise DivergedError(info.name, branch, head.id, current.version_id, direction="push")
         report.forced = True
-    present = remote.object_keys(f"datasets/{info.name}")
+    present = remote.list_objects(f"datasets/{info.name}")
     chain = _missing_chain(graph, head.id, lambda v: graph[v].manifest_key in present)
     data: dict[str, int] = {}
     skipped: dict[str, int] = {}
     for vid in chain:
         manifest = store.manifest(graph[vid])  # cached: open_version above already read the head's
         for key, size in _object_keys(manifest):
-            if key in present:
+            # an object there with another size than recorded (torn by a power loss) is sent again
+            if key in present and (size == 0 or present[key] == size):
                 skipped[key] = size
             else:
                 data[key] = size
@@ -106,15 +107,17 @@ def push(store: Any, ref: str, remote: Remote, *, to_branch: str | None = None, 
     if opts.on_plan is not None:
         opts.on_plan(len(data) + len(manifests), sum(data.values()) + sum(s for _, s in manifests))
     limiter = RateLimiter(opts.bwlimit_bytes_s)
-    report.transfer = copy_many(data.items(), store.objects.open, remote.writer, jobs=opts.jobs, limiter=limiter,
+    source = _opener(store)
+    report.transfer = copy_many(data.items(), source, remote.writer, jobs=opts.jobs, limiter=limiter,
                                 on_bytes=opts.on_bytes)
     # oldest first, one by one: a manifest on the remote means its whole history is there
-    manifest_stats = copy_many(manifests, store.objects.open, remote.writer, jobs=1, in_order=True,
+    manifest_stats = copy_many(manifests, source, remote.writer, jobs=1, in_order=True,
                                limiter=limiter, on_bytes=opts.on_bytes)
     _merge(report.transfer, manifest_stats)
     report.transfer.skipped = len(skipped)
     report.transfer.skipped_bytes = sum(skipped.values())
     remote.put_dataset_record(info.name, {**_record(info), "policy": _policy_doc(store, info.name)})
+    remote.flush()  # every object durable before the ref that makes them reachable moves
     remote.cas_ref(info.name, branch, expected=current, new=head.id)
     report.versions = chain
     store.hooks.record("push", info.name, version=head.id, details={
@@ -209,6 +212,16 @@ def sync(store: Any, ref: str, remote: Remote, *, purpose: str | None = None,
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
+def _opener(store: Any) -> Callable[[str], IO[bytes]]:
+    """Raw (as stored, still encrypted if it is) object bytes of the local store; a plain file on a local store
+    (fsspec's local file wrapper cost ~15% of a 10,000-object push)."""
+    objects = store.objects
+    if objects.is_local:
+        return lambda key: open(objects.path(key), "rb")
+    return objects.open
+
+
+
 def _branch_of(store: Any, info: DatasetInfo, rev: str | None) -> str:
     """The branch a ref names (a tag or a version id pushes to the default branch)."""
     if rev is None:
