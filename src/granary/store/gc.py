@@ -48,13 +48,7 @@ def referenced_keys(store: Store) -> tuple[set[str], list[str]]:
         except IntegrityError:
             unreadable.append(version.manifest_key)
             continue
-        for seg in manifest.body["segments"]:
-            keys.add(seg["key"])
-        for segs in (manifest.body.get("tables") or {}).values():
-            keys.update(s["key"] for s in segs)
-        keys.update(e.key for e in manifest.shards)
-        for entries in manifest.tables.values():
-            keys.update(e.key for e in entries)
+        keys.update(key for key, _size in manifest.object_keys())
     return keys, unreadable
 
 

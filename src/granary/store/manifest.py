@@ -107,6 +107,19 @@ class Manifest:
     def dataset(self) -> str:
         return str(self.body["dataset"])
 
+    def object_keys(self) -> Iterable[tuple[str, int]]:
+        """Every object the version needs besides its manifest, with its size (0 for segments: not recorded)."""
+        for seg in self.body["segments"]:
+            yield seg["key"], 0
+        for segs in (self.body.get("tables") or {}).values():
+            for seg in segs:
+                yield seg["key"], 0
+        for e in self.shards:
+            yield e.key, e.bytes
+        for entries in self.tables.values():
+            for e in entries:
+                yield e.key, e.bytes
+
     @property
     def kind(self) -> str:
         return str(self.body["kind"])

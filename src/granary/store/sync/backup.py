@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import secrets
 import tempfile
 import time
@@ -29,7 +28,7 @@ from granary.errors import NotFoundError, SyncError
 from granary.store.manifest import decode_segment, parse_envelope
 from granary.store.sync.remote import Remote
 from granary.store.sync.snapshot import digests_of, restore_catalog, scratch_pg_database, snapshot
-from granary.store.sync.transfer import RateLimiter, TransferStats, copy_many
+from granary.store.sync.transfer import RateLimiter, TransferStats, copy_many, publishing_writer
 
 log = logging.getLogger(__name__)
 FORMAT = "granary.backup/1"
@@ -73,8 +72,8 @@ def create_backup(store: Any, dest: Remote, *, jobs: int = 8, bwlimit_bytes_s: f
         catalog_bytes = _compress_file(snap.path) if snap.kind == "sqlite" else snap.path.read_bytes()
         listing = zstandard.compress(json.dumps(sorted(needed.items())).encode(), 10)
         base = f"{dest.root}/backups/{backup_id}"
-        _put(dest, f"{base}/{catalog_name}", catalog_bytes)
-        _put(dest, f"{base}/objects.json.zst", listing)
+        dest.put_file(f"{base}/{catalog_name}", catalog_bytes)
+        dest.put_file(f"{base}/objects.json.zst", listing)
         doc = {
             "format": FORMAT, "id": backup_id, "created_at": time.time(), "created_by": store.settings.author,
             "catalog": {"kind": snap.kind, "file": catalog_name, "bytes": len(catalog_bytes),
@@ -85,7 +84,7 @@ def create_backup(store: Any, dest: Remote, *, jobs: int = 8, bwlimit_bytes_s: f
             "source": {"catalog": store.catalog.url.render_as_string(hide_password=True),
                        "storage": store.settings.storage_url},
         }
-        _put(dest, f"{base}/backup.json", json.dumps(doc, indent=1, sort_keys=True).encode())
+        dest.put_file(f"{base}/backup.json", json.dumps(doc, indent=1, sort_keys=True).encode())
     report.details = {"versions": doc["versions"], "catalog_bytes": doc["catalog"]["bytes"],
                       "objects_total": len(needed), "dest": dest.url}
     store.hooks.record("backup", "*", details={"id": backup_id, "dest": dest.url, "objects": report.transfer.objects,
@@ -146,12 +145,9 @@ def restore_backup(dest: Remote, backup_id: str | None, *, catalog_url: str, sto
     todo = {k: s for k, s in needed.items() if k not in there}
     if on_plan is not None:
         on_plan(len(todo), sum(todo.values()))
-    staging = objects.staging_dir(f"restore-{secrets.token_hex(4)}")
-    try:
-        report.transfer = copy_many(todo.items(), dest.open_object, _publisher(objects, staging), jobs=jobs,
-                                    limiter=RateLimiter(None), on_bytes=on_bytes)
-    finally:
-        objects.remove_staging(staging.name)
+    with publishing_writer(objects, "restore") as writer:
+        report.transfer = copy_many(todo.items(), dest.open_object, writer, jobs=jobs, limiter=RateLimiter(None),
+                                    on_bytes=on_bytes)
     with tempfile.TemporaryDirectory(prefix="granary-restore-") as tmp:
         dump = Path(tmp) / "catalog"
         dump.write_bytes(zstandard.decompress(raw) if cat["kind"] == "sqlite" else raw)
@@ -251,35 +247,6 @@ def _compress_file(path: Path) -> bytes:
     cctx = zstandard.ZstdCompressor(level=10, threads=-1)
     with open(path, "rb") as f:
         return cctx.compress(f.read())
-
-
-def _put(dest: Remote, path: str, data: bytes) -> None:
-    if dest.is_local:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    else:
-        dest.fs.pipe_file(path, data)
-
-
-def _publisher(objects: Any, staging: Path) -> Callable[[str], Any]:
-    import contextlib
-
-    @contextlib.contextmanager
-    def writer(key: str) -> Any:
-        path = staging / secrets.token_hex(8)
-        try:
-            with open(path, "wb") as f:
-                yield f
-            objects.publish_file(path, key)
-        finally:
-            path.unlink(missing_ok=True)
-
-    return writer
 
 
 def _refuse_non_empty(catalog_url: str, force: bool) -> None:

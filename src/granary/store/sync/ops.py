@@ -10,12 +10,9 @@ checked). Branches move fast-forward only unless ``force`` is given, which is au
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 from granary.errors import DivergedError, NotFoundError, SyncError
@@ -24,7 +21,7 @@ from granary.store.manifest import decode_segment, parse_envelope
 from granary.store.model import DatasetInfo, VersionInfo
 from granary.store.names import parse_ref
 from granary.store.sync.remote import Remote
-from granary.store.sync.transfer import RateLimiter, TransferStats, copy_many
+from granary.store.sync.transfer import RateLimiter, TransferStats, copy_many, publishing_writer
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +92,7 @@ def push(store: Any, ref: str, remote: Remote, *, to_branch: str | None = None, 
     skipped: dict[str, int] = {}
     for vid in chain:
         manifest = store.manifest(graph[vid])  # cached: open_version above already read the head's
-        for key, size in _object_keys(manifest):
+        for key, size in manifest.object_keys():
             # an object there with another size than recorded (torn by a power loss) is sent again
             if key in present and (size == 0 or present[key] == size):
                 skipped[key] = size
@@ -175,7 +172,7 @@ def pull(store: Any, dataset: str, remote: Remote, *, branch: str | None = None,
     if opts.on_plan is not None:
         opts.on_plan(len(data) + len(manifests), sum(data.values()) + sum(s for _, s in manifests))
     limiter = RateLimiter(opts.bwlimit_bytes_s)
-    with _local_writer(store) as writer:
+    with publishing_writer(store.objects, "pull") as writer:
         report.transfer = copy_many(data.items(), remote.open_object, writer, jobs=opts.jobs, limiter=limiter,
                                     on_bytes=opts.on_bytes)
         _merge(report.transfer, copy_many(manifests, remote.open_object, writer, jobs=1, in_order=True,
@@ -267,20 +264,6 @@ def _missing_chain(graph: dict[str, VersionInfo], head: str, there: Callable[[st
     return order
 
 
-def _object_keys(manifest: Any) -> Iterator[tuple[str, int]]:
-    body = manifest.body
-    for seg in body["segments"]:
-        yield seg["key"], 0
-    for segs in (body.get("tables") or {}).values():
-        for seg in segs:
-            yield seg["key"], 0
-    for e in manifest.shards:
-        yield e.key, e.bytes
-    for entries in manifest.tables.values():
-        for e in entries:
-            yield e.key, e.bytes
-
-
 Segments = list[tuple[str, list[tuple[str, int]]]]  # (segment key, [(shard key, size)])
 
 
@@ -360,24 +343,3 @@ def _merge(into: TransferStats, more: TransferStats) -> None:
     into.bytes += more.bytes
     into.seconds += more.seconds
     into.keys.extend(more.keys)
-
-
-@contextlib.contextmanager
-def _local_writer(store: Any) -> Iterator[Callable[[str], contextlib.AbstractContextManager[IO[bytes]]]]:
-    """Writers into the local store: a staging file, published under its key only once complete and checked."""
-    staging: Path = store.objects.staging_dir(f"pull-{uuid.uuid4().hex}")
-
-    @contextlib.contextmanager
-    def writer(key: str) -> Iterator[IO[bytes]]:
-        path = staging / uuid.uuid4().hex
-        try:
-            with open(path, "wb") as f:
-                yield f
-            store.objects.publish_file(path, key)
-        finally:
-            path.unlink(missing_ok=True)
-
-    try:
-        yield writer
-    finally:
-        store.objects.remove_staging(staging.name)

@@ -96,27 +96,6 @@ class Remote:
             out[path[strip:]] = int(info.get("size") or 0)
         return out
 
-    def object_keys(self, prefix: str) -> set[str]:
-        """Every object key under the folder ``prefix`` (names only: no per-object stat on a local remote)."""
-        if not self.is_local:
-            return set(self.list_objects(prefix))
-        base = self.object_path(prefix).rstrip("/")
-        strip = len(self.root) + len("/objects/")
-        out: set[str] = set()
-        todo = [base]
-        while todo:
-            try:
-                it = os.scandir(todo.pop())
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            with it:
-                for entry in it:
-                    if entry.is_dir(follow_symlinks=False):
-                        todo.append(entry.path)
-                    elif not entry.name.startswith(TMP_PREFIX):
-                        out.add(entry.path[strip:].replace(os.sep, "/"))
-        return out
-
     def open_object(self, key: str) -> IO[bytes]:
         """Open a remote object for reading."""
         try:
@@ -192,8 +171,10 @@ class Remote:
 
     def put_dataset_record(self, dataset: str, record: dict[str, Any]) -> None:
         """Write (or replace) a dataset record."""
-        data = json.dumps(record, sort_keys=True, indent=1).encode()
-        path = f"{self.root}/datasets/{dataset}.json"
+        self.put_file(f"{self.root}/datasets/{dataset}.json", json.dumps(record, sort_keys=True, indent=1).encode())
+
+    def put_file(self, path: str, data: bytes) -> None:
+        """Write (or replace) a small file at a backend path of this remote atomically (records, backup files)."""
         if self.is_local:
             _atomic_local(path, data)
         else:

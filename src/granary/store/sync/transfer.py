@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -185,3 +187,25 @@ def copy_many(keys: Iterable[tuple[str, int]], src: Opener, dst: Writer, *, jobs
                 raise errors[0]  # type: ignore[misc]
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+@contextlib.contextmanager
+def publishing_writer(objects: Any, label: str) -> Iterator[Writer]:
+    """Writers into a local object store (pull, restore): each object goes to a staging file and is published under
+    its key only once complete and checked; the staging folder is removed at the end."""
+    staging = objects.staging_dir(f"{label}-{uuid.uuid4().hex}")
+
+    @contextlib.contextmanager
+    def writer(key: str) -> Iterator[IO[bytes]]:
+        path = staging / uuid.uuid4().hex
+        try:
+            with open(path, "wb") as f:
+                yield f
+            objects.publish_file(path, key)
+        finally:
+            path.unlink(missing_ok=True)
+
+    try:
+        yield writer
+    finally:
+        objects.remove_staging(staging.name)
