@@ -177,9 +177,15 @@ def sync(ref: Annotated[str, typer.Argument(help="DATASET[@BRANCH].")],
 
 # -- backups --------------------------------------------------------------------------------------------------
 def _dest(store: Store, url: str) -> Any:
+    from granary.errors import SyncError
     from granary.store.sync import open_remote
+    from granary.store.sync.remote import Remote
 
-    return open_remote(store, url)
+    dest = open_remote(store, url)
+    if not isinstance(dest, Remote):
+        raise SyncError(f"backups go to a folder or an s3:// URL, not to a Granary server ({url})",
+                        hint="give a folder or s3:// URL; a server takes datasets by `granary push`")
+    return dest
 
 
 @backup_app.command("create")

@@ -65,7 +65,8 @@ def create_backup(store: Any, dest: Remote, *, jobs: int = 8, bwlimit_bytes_s: f
         if on_plan is not None:
             on_plan(len(todo), sum(todo.values()))
         report.transfer = copy_many(todo.items(), store.objects.open, dest.writer, jobs=jobs,
-                                    limiter=RateLimiter(bwlimit_bytes_s), on_bytes=on_bytes)
+                                    limiter=RateLimiter(bwlimit_bytes_s), on_bytes=on_bytes,
+                                    dest=f"backup destination {dest.url}")
         report.transfer.skipped = len(needed) - len(todo)
         dest.flush()  # the objects are durable before the backup that needs them is recorded
         catalog_name = "catalog.sqlite.zst" if snap.kind == "sqlite" else "catalog.pgdump"
@@ -147,7 +148,7 @@ def restore_backup(dest: Remote, backup_id: str | None, *, catalog_url: str, sto
         on_plan(len(todo), sum(todo.values()))
     with publishing_writer(objects, "restore") as writer:
         report.transfer = copy_many(todo.items(), dest.open_object, writer, jobs=jobs, limiter=RateLimiter(None),
-                                    on_bytes=on_bytes)
+                                    on_bytes=on_bytes, dest=f"the restored store ({storage_url})")
     with tempfile.TemporaryDirectory(prefix="granary-restore-") as tmp:
         dump = Path(tmp) / "catalog"
         dump.write_bytes(zstandard.decompress(raw) if cat["kind"] == "sqlite" else raw)

@@ -20,7 +20,7 @@ from granary.store import refs as R
 from granary.store.manifest import decode_segment, parse_envelope
 from granary.store.model import DatasetInfo, VersionInfo
 from granary.store.names import parse_ref
-from granary.store.sync.remote import Remote
+from granary.store.sync.remote import Repository
 from granary.store.sync.transfer import RateLimiter, TransferStats, copy_many, publishing_writer
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class SyncReport:
 
 
 # -- push ---------------------------------------------------------------------------------------------------
-def push(store: Any, ref: str, remote: Remote, *, to_branch: str | None = None, force: bool = False,
+def push(store: Any, ref: str, remote: Repository, *, to_branch: str | None = None, force: bool = False,
          purpose: str | None = None, options: TransferOptions | None = None) -> SyncReport:
     """Send ``ref`` (``dataset[@branch|tag|version]``) and its history to ``remote``, then move its branch.
 
@@ -106,10 +106,10 @@ def push(store: Any, ref: str, remote: Remote, *, to_branch: str | None = None, 
     limiter = RateLimiter(opts.bwlimit_bytes_s)
     source = _opener(store)
     report.transfer = copy_many(data.items(), source, remote.writer, jobs=opts.jobs, limiter=limiter,
-                                on_bytes=opts.on_bytes)
+                                on_bytes=opts.on_bytes, dest=f"remote {remote.url}")
     # oldest first, one by one: a manifest on the remote means its whole history is there
     manifest_stats = copy_many(manifests, source, remote.writer, jobs=1, in_order=True,
-                               limiter=limiter, on_bytes=opts.on_bytes)
+                               limiter=limiter, on_bytes=opts.on_bytes, dest=f"remote {remote.url}")
     _merge(report.transfer, manifest_stats)
     report.transfer.skipped = len(skipped)
     report.transfer.skipped_bytes = sum(skipped.values())
@@ -124,7 +124,7 @@ def push(store: Any, ref: str, remote: Remote, *, to_branch: str | None = None, 
 
 
 # -- pull ---------------------------------------------------------------------------------------------------
-def pull(store: Any, dataset: str, remote: Remote, *, branch: str | None = None, to_branch: str | None = None,
+def pull(store: Any, dataset: str, remote: Repository, *, branch: str | None = None, to_branch: str | None = None,
          force: bool = False, options: TransferOptions | None = None) -> SyncReport:
     """Fetch ``dataset@branch`` from ``remote`` with the versions the local store lacks, then move the branch."""
     opts = options or TransferOptions()
@@ -174,9 +174,9 @@ def pull(store: Any, dataset: str, remote: Remote, *, branch: str | None = None,
     limiter = RateLimiter(opts.bwlimit_bytes_s)
     with publishing_writer(store.objects, "pull") as writer:
         report.transfer = copy_many(data.items(), remote.open_object, writer, jobs=opts.jobs, limiter=limiter,
-                                    on_bytes=opts.on_bytes)
+                                    on_bytes=opts.on_bytes, dest="the local store")
         _merge(report.transfer, copy_many(manifests, remote.open_object, writer, jobs=1, in_order=True,
-                                          limiter=limiter, on_bytes=opts.on_bytes))
+                                          limiter=limiter, on_bytes=opts.on_bytes, dest="the local store"))
     now_author = store.settings.author
     with store.catalog.write() as conn:
         for vid, body, created, _segments in missing:
@@ -195,7 +195,7 @@ def pull(store: Any, dataset: str, remote: Remote, *, branch: str | None = None,
     return report
 
 
-def sync(store: Any, ref: str, remote: Remote, *, purpose: str | None = None,
+def sync(store: Any, ref: str, remote: Repository, *, purpose: str | None = None,
          options: TransferOptions | None = None) -> list[SyncReport]:
     """Pull the remote's branch (fast-forward) if it has one, then push the local one: both sides converge."""
     parsed = parse_ref(ref)
@@ -267,7 +267,7 @@ def _missing_chain(graph: dict[str, VersionInfo], head: str, there: Callable[[st
 Segments = list[tuple[str, list[tuple[str, int]]]]  # (segment key, [(shard key, size)])
 
 
-def _remote_chain(remote: Remote, dataset: str, graph: dict[str, VersionInfo], head: str
+def _remote_chain(remote: Repository, dataset: str, graph: dict[str, VersionInfo], head: str
                   ) -> tuple[list[tuple[str, dict[str, Any], float, Segments]], set[str]]:
     """Remote versions the local store lacks (parents first, manifests checked) and every ancestor of ``head``."""
     missing: dict[str, tuple[dict[str, Any], float, Segments]] = {}

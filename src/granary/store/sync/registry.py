@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from granary.errors import AlreadyExistsError, NotFoundError
-from granary.store.sync.remote import Remote
+from granary.store.sync.remote import Repository, make_remote
 from granary.store.sync.tables import remotes
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -23,7 +23,7 @@ def add_remote(store: Any, name: str, url: str, *, options: dict[str, str] | Non
         raise ValueError(f"remote name {name!r} must start with a letter and hold only letters, digits, '_', '.', "
                          "'-' (at most 64)")
     store.hooks.authorize("remote", "*")
-    Remote(url, options=options)  # fails now, not at the first push, when the URL is unusable
+    make_remote(url, options=options)  # fails now, not at the first push, when the URL is unusable
     row = {"name": name, "url": url, "options": json.dumps(options or {}, sort_keys=True),
            "created_at": time.time(), "created_by": store.settings.author}
     with store.catalog.write() as conn:
@@ -55,16 +55,16 @@ def remove_remote(store: Any, name: str) -> None:
     store.hooks.record("remote-remove", "*", details={"name": name})
 
 
-def open_remote(store: Any, name_or_url: str) -> Remote:
+def open_remote(store: Any, name_or_url: str) -> Repository:
     """The remote recorded as ``name_or_url``, else the URL itself."""
     with store.catalog.read() as conn:
         row = conn.execute(sa.select(remotes).where(remotes.c.name == name_or_url)).first()
     if row is not None:
-        return Remote(row.url, options=json.loads(row.options))
-    if _NAME.match(name_or_url) and "/" not in name_or_url:
+        return make_remote(row.url, options=json.loads(row.options))
+    if _NAME.match(name_or_url) and "/" not in name_or_url and ":" not in name_or_url:
         raise NotFoundError(f"no remote named {name_or_url!r}",
                             hint=f"add it with `granary remote add {name_or_url} URL`, or give a path or s3:// URL")
-    return Remote(name_or_url, options=_env_options(name_or_url))
+    return make_remote(name_or_url, options=_env_options(name_or_url))
 
 
 def _env_options(url: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ ETag the reader saw, ``If-None-Match: *`` to create).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -23,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import fsspec
 import fsspec.asyn
@@ -41,6 +42,36 @@ class RemoteRef:
 
     version_id: str | None
     token: str | None
+
+
+class Repository(Protocol):
+    """What push, pull and sync need of a remote: a folder or ``s3://`` :class:`Remote`, or a server's
+    :class:`granary.store.sync.http.HttpRemote`."""
+
+    url: str
+    is_local: bool
+
+    def list_objects(self, prefix: str) -> dict[str, int]: ...
+    def open_object(self, key: str) -> IO[bytes]: ...
+    def get_object(self, key: str) -> bytes: ...
+    def has_object(self, key: str) -> bool: ...
+    def writer(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+    def flush(self) -> None: ...
+    def datasets(self) -> list[str]: ...
+    def dataset_record(self, dataset: str) -> dict[str, Any] | None: ...
+    def put_dataset_record(self, dataset: str, record: dict[str, Any]) -> None: ...
+    def branches(self, dataset: str) -> dict[str, str]: ...
+    def read_ref(self, dataset: str, branch: str) -> RemoteRef: ...
+    def cas_ref(self, dataset: str, branch: str, *, expected: RemoteRef, new: str) -> None: ...
+
+
+def make_remote(url: str, *, options: dict[str, Any] | None = None) -> Repository:
+    """The remote at ``url``: a Granary server for ``http(s)://``, else a folder or fsspec URL."""
+    if url.startswith(("http://", "https://")):
+        from granary.store.sync.http import HttpRemote
+
+        return HttpRemote(url, options=options)
+    return Remote(url, options=options)
 
 
 class Remote:
@@ -235,7 +266,7 @@ class Remote:
             with self._ref_lock():
                 current = self.read_ref(dataset, branch)
                 if current.version_id != expected.version_id:
-                    raise _moved(dataset, branch, expected.version_id, current.version_id)
+                    raise moved_error(dataset, branch, expected.version_id, current.version_id)
                 _atomic_local(path, data)
             return
         extra = {"IfNoneMatch": "*"} if expected.token is None else {"IfMatch": expected.token}
@@ -251,7 +282,7 @@ class Remote:
             fsspec.asyn.sync(self.fs.loop, put)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise _moved(dataset, branch, expected.version_id, self.read_ref(dataset, branch).version_id) \
+                raise moved_error(dataset, branch, expected.version_id, self.read_ref(dataset, branch).version_id) \
                     from None
             raise
 
@@ -272,7 +303,7 @@ class Remote:
         return path.split("/", 1)[1]
 
 
-def _moved(dataset: str, branch: str, expected: str | None, actual: str | None) -> SyncError:
+def moved_error(dataset: str, branch: str, expected: str | None, actual: str | None) -> SyncError:
     return SyncError(f"remote branch {dataset}@{branch} moved while pushing (expected {_s(expected)}, found "
                      f"{_s(actual)}): another push won the race; nothing was changed by this one",
                      hint="pull, then push again")
@@ -286,9 +317,17 @@ def _atomic_local(path: str, data: bytes) -> None:
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise SyncError(f"no space left writing {path}: {exc.strerror}; it was not changed",
+                            hint="free space (or grow the volume) and run the same command again") from exc
+        raise
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 import threading
 import time
@@ -65,7 +66,7 @@ def parse_rate(text: str | None) -> float | None:
     return float(m.group(1)) * scale
 
 
-class _Check:
+class ObjectCheck:
     """Incremental check of an object's bytes against what its key promises."""
 
     def __init__(self, key: str) -> None:
@@ -126,7 +127,7 @@ class TransferStats:
 def copy_object(key: str, src: Opener, dst: Writer, *, limiter: RateLimiter,
                 on_bytes: Callable[[int], None] | None = None) -> int:
     """Stream one object from ``src`` to ``dst``, checking it against its key; nothing appears at ``dst`` on failure."""
-    check = _Check(key)
+    check = ObjectCheck(key)
     size = 0
     with src(key) as fin, dst(key) as fout:
         while True:
@@ -145,7 +146,8 @@ def copy_object(key: str, src: Opener, dst: Writer, *, limiter: RateLimiter,
 
 def copy_many(keys: Iterable[tuple[str, int]], src: Opener, dst: Writer, *, jobs: int = 8,
               limiter: RateLimiter | None = None, on_bytes: Callable[[int], None] | None = None,
-              on_object: Callable[[str], None] | None = None, in_order: bool = False) -> TransferStats:
+              on_object: Callable[[str], None] | None = None, in_order: bool = False,
+              dest: str = "the destination") -> TransferStats:
     """Copy objects in parallel (``jobs`` threads); the first failure stops the rest and is raised.
 
     By default the largest objects go first (the tail stays short); ``in_order`` with ``jobs=1`` copies them one by
@@ -184,9 +186,21 @@ def copy_many(keys: Iterable[tuple[str, int]], src: Opener, dst: Writer, *, jobs
                 for f in futures:
                     f.cancel()
                 wait(futures)
-                raise errors[0]  # type: ignore[misc]
+                raise _explained(errors[0], dest, stats)  # type: ignore[arg-type]
     stats.seconds = time.perf_counter() - t0
     return stats
+
+
+def _explained(exc: BaseException, dest: str, stats: TransferStats) -> BaseException:
+    """A full disk or quota on the receiving side, said plainly (what was sent stays: a rerun skips it)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        err = SyncError(f"no space left on {dest} after {stats.objects} objects ({stats.bytes:,} bytes) were "
+                        f"written: {exc.strerror}; nothing that was incomplete is visible there and no ref moved",
+                        hint="free space (or grow the volume) and run the same command again: objects already "
+                             "there are not sent again")
+        err.__cause__ = exc
+        return err
+    return exc
 
 
 @contextlib.contextmanager
