@@ -48,6 +48,7 @@ _GROUPS = (
     "granary.cli.stream",
     "granary.cli.gateway",
     "granary.cli.sync",
+    "granary.cli.recurring",
     "granary.cli.live",
     "granary.cli.monitor",
     "granary.cli.watch",

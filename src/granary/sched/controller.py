@@ -28,6 +28,7 @@ from granary.sched.executors import Executor, get_executor
 from granary.sched.journal import job_from_row, job_values, node_spec, register_node
 from granary.sched.lease import Lease
 from granary.sched.model import ACTIVE, TERMINAL, Decision, JobSpec, NodeSpec, PreemptDecision, StartDecision
+from granary.sched.recurring import fire_due
 from granary.sched.state import SchedulerConfig, SchedulerState
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class Controller:
             for spec in self.config.remote_nodes:  # the controller is the agent of remote capacity
                 register_node(conn, spec, now)
             self._read_nodes(conn, now)
+            fire_due(conn, now)  # recurring jobs due now join this tick's new jobs
             failed_submits = self._read_new_jobs(conn)
             decisions += self._read_cancels(conn, now)
             decisions += self._read_requests(conn, now)

@@ -25,17 +25,21 @@ def new_job_id() -> str:
 
 def submit_job(catalog: Catalog, spec: JobSpec, *, job_id: str | None = None, now: float | None = None) -> str:
     """Record a job for the controller to pick up; returns its id. Works while no controller runs."""
-    job_id = job_id or new_job_id()
-    now = time.time() if now is None else now
     with catalog.write() as conn:
-        for dep in spec.depends_on:
-            if conn.execute(sa.select(t.jobs.c.id).where(t.jobs.c.id == dep)).first() is None:
-                raise JobNotFoundError(dep)
-        conn.execute(t.jobs.insert().values(
-            id=job_id, name=spec.name, tenant=spec.tenant, spec=json.dumps(spec.to_dict()), state="pending",
-            reason="submitted", accepted=False, cancel_requested=False, submit_time=now, attempt=0,
-            node_restarts=0, job_restarts=0, preemptions=0, attained_gpu_s=0.0, run_s=0.0, not_before=0.0,
-            resumed_step=None, first_start=None, finish_time=None, updated_at=now))
+        return insert_job(conn, spec, job_id=job_id, now=time.time() if now is None else now)
+
+
+def insert_job(conn: Connection, spec: JobSpec, *, now: float, job_id: str | None = None) -> str:
+    """:func:`submit_job` inside a caller's transaction (the controller firing a recurring job)."""
+    job_id = job_id or new_job_id()
+    for dep in spec.depends_on:
+        if conn.execute(sa.select(t.jobs.c.id).where(t.jobs.c.id == dep)).first() is None:
+            raise JobNotFoundError(dep)
+    conn.execute(t.jobs.insert().values(
+        id=job_id, name=spec.name, tenant=spec.tenant, spec=json.dumps(spec.to_dict()), state="pending",
+        reason="submitted", accepted=False, cancel_requested=False, submit_time=now, attempt=0,
+        node_restarts=0, job_restarts=0, preemptions=0, attained_gpu_s=0.0, run_s=0.0, not_before=0.0,
+        resumed_step=None, first_start=None, finish_time=None, updated_at=now))
     return job_id
 
 

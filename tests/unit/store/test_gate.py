@@ -239,7 +239,10 @@ CLI_NO_DATA = {"audit public-key", "principal list", "token list", "role list", 
                "stream-offsets", "lineage",
                # these read and write backup folders, not this store (whoever can read a backup's files can read
                # its data; docs/sync.md says to protect backup destinations like the store itself)
-               "remote list", "backup list", "backup verify", "backup restore", "backup prune"}
+               "remote list", "backup list", "backup verify", "backup restore", "backup prune",
+               # recurring jobs are jobs: each run is a command whose reads pass the gate as its own principal
+               "schedule add", "schedule list", "schedule pause", "schedule resume", "schedule remove",
+               "backup schedule"}
 
 
 def _commands() -> set[str]:
