@@ -32,6 +32,7 @@ from granary.store.sync.transfer import ObjectCheck
 
 router = APIRouter(prefix="/sync", tags=["sync"])
 DECISION_TTL_S = 60.0
+_AUDITED = {"write": "sync.receive", "list": "sync.send", "forget": "sync.forget"}
 _lock = threading.Lock()
 _decide = threading.Lock()
 
@@ -65,7 +66,7 @@ def _allow(request: Request, ctx: Context, action: str, dataset: str) -> None:
         if now - decisions.get(key, -DECISION_TTL_S) < DECISION_TTL_S:
             return
         ctx.guard.authorize(action, dataset, obj="sync")
-        ctx.guard.record(f"sync.{'receive' if action == 'write' else 'send'}", dataset, obj="sync")
+        ctx.guard.record(_AUDITED[action], dataset, obj="sync")
         decisions[key] = now
 
 
@@ -151,6 +152,16 @@ async def put_object(key: str, request: Request, ctx: Ctx) -> dict[str, Any] | R
     except IntegrityError as exc:
         return problem(422, "integrity", str(exc.args[0]), hint="the object was damaged in transit; send it again")
     return {"key": key, "bytes": size}
+
+
+@router.delete("/objects/{key:path}")
+def delete_object(key: str, request: Request, ctx: Ctx) -> dict[str, str]:
+    """Delete an object: the data of a version a forget request expired (needs ``forget`` on the dataset)."""
+    repo = _repo(request)
+    _allow(request, ctx, "forget", dataset_of_key(key))
+    _object_path(repo, key)
+    repo.delete_object(key)
+    return {"deleted": key}
 
 
 @router.post("/flush")

@@ -103,6 +103,10 @@ class HttpRemote:
         """Whether the remote holds ``key``."""
         return self._call("HEAD", f"/objects/{quote(key)}", ok=(200, 404)).status_code == 200
 
+    def delete_object(self, key: str) -> None:
+        """Remove an object (the data of a forgotten version; the server requires ``forget`` rights)."""
+        self._call("DELETE", f"/objects/{quote(key)}", ok=(200, 404))
+
     @contextlib.contextmanager
     def writer(self, key: str) -> Iterator[IO[bytes]]:
         """A file to write object ``key`` into; it is sent when the block exits cleanly, and the server keeps it

@@ -20,6 +20,7 @@ from granary.store import refs as R
 from granary.store.manifest import decode_segment, parse_envelope
 from granary.store.model import DatasetInfo, VersionInfo
 from granary.store.names import parse_ref
+from granary.store.sync import forgotten
 from granary.store.sync.remote import Repository
 from granary.store.sync.transfer import RateLimiter, TransferStats, copy_many, publishing_writer
 
@@ -81,6 +82,7 @@ def push(store: Any, ref: str, remote: Repository, *, to_branch: str | None = No
                         old_head=current.version_id, new_head=head.id)
     if current.version_id == head.id:
         report.up_to_date = True
+        _send_forgets(store, info, remote)
         return report
     if current.version_id is not None and current.version_id not in _ancestors(graph, head.id):
         if not force:
@@ -113,9 +115,12 @@ def push(store: Any, ref: str, remote: Repository, *, to_branch: str | None = No
     _merge(report.transfer, manifest_stats)
     report.transfer.skipped = len(skipped)
     report.transfer.skipped_bytes = sum(skipped.values())
-    remote.put_dataset_record(info.name, {**_record(info), "policy": _policy_doc(store, info.name)})
+    there = remote.dataset_record(info.name) or {}
+    remote.put_dataset_record(info.name, {**_record(info), "policy": _policy_doc(store, info.name),
+                                          "forgotten": there.get("forgotten", [])})
     remote.flush()  # every object durable before the ref that makes them reachable moves
     remote.cas_ref(info.name, branch, expected=current, new=head.id)
+    _send_forgets(store, info, remote)
     report.versions = chain
     store.hooks.record("push", info.name, version=head.id, details={
         "remote": remote.url, "branch": branch, "old_head": current.version_id, "forced": report.forced,
@@ -138,6 +143,8 @@ def pull(store: Any, dataset: str, remote: Repository, *, branch: str | None = N
         raise NotFoundError(f"remote {remote.url} has no branch {dataset}@{branch}",
                             hint=f"branches there: {', '.join(remote.branches(dataset)) or 'none'}")
     store.hooks.authorize("write", dataset)
+    receipts = record.get("forgotten") or []
+    forgotten.check(store, dataset, receipts, remote.url)  # before anything moves
     store.create_dataset(dataset, kind=record["kind"], description=record.get("description", ""),
                          metadata=record.get("metadata") or {}, default_branch=record["default_branch"],
                          exist_ok=True)
@@ -150,6 +157,7 @@ def pull(store: Any, dataset: str, remote: Repository, *, branch: str | None = N
                         new_head=current.version_id)
     if old == current.version_id:
         report.up_to_date = True
+        forgotten.apply_locally(store, dataset, receipts, remote.url)
         return report
     missing, reachable = _remote_chain(remote, dataset, graph, current.version_id)
     if old is not None and old not in reachable:
@@ -158,11 +166,12 @@ def pull(store: Any, dataset: str, remote: Repository, *, branch: str | None = N
         report.forced = True
     local = {o.key: o.size for o in store.objects.list(f"datasets/{dataset}")}
     data: dict[str, int] = {}
-    for _vid, _body, _created, segments in missing:
+    gone = forgotten.expired_by(receipts)  # their shards were deleted there: the versions arrive expired
+    for vid, _body, _created, segments in missing:
         for seg_key, entries in segments:
             if seg_key not in local:
                 data[seg_key] = 0
-            for key, size in entries:
+            for key, size in entries if vid not in gone else ():
                 if key not in local:
                     data[key] = size
     sizes = remote.list_objects(f"datasets/{dataset}")
@@ -189,6 +198,7 @@ def pull(store: Any, dataset: str, remote: Repository, *, branch: str | None = N
     report.versions = [vid for vid, *_ in missing]
     if record.get("policy"):
         _adopt_policy(store, dataset, record["policy"], remote.url)
+    forgotten.apply_locally(store, dataset, receipts, remote.url)
     store.hooks.record("pull", dataset, version=current.version_id, details={
         "remote": remote.url, "branch": local_branch, "old_head": old, "forced": report.forced,
         "objects": report.transfer.objects, "bytes": report.transfer.bytes})
@@ -336,6 +346,18 @@ def _adopt_policy(store: Any, dataset: str, doc: dict[str, Any], url: str) -> No
     if merged != own:
         book.set(dataset, merged)
         store.hooks.record("policy.pull", dataset, details={"remote": url, "policy": merged.to_dict()})
+
+
+def _send_forgets(store: Any, info: DatasetInfo, remote: Repository) -> None:
+    """Bring the remote up to date with the dataset's forget requests (their data deleted there, receipts kept);
+    the record is written last, so a push killed midway does it again next time."""
+    receipts = forgotten.outgoing(store, info.name)
+    record = remote.dataset_record(info.name) or {**_record(info), "policy": _policy_doc(store, info.name)}
+    previous = record.get("forgotten") or []
+    if len(receipts) == len(previous):
+        return
+    forgotten.apply_at_remote(remote, info.name, receipts, previous)
+    remote.put_dataset_record(info.name, {**record, "forgotten": receipts})
 
 
 def _merge(into: TransferStats, more: TransferStats) -> None:

@@ -1,0 +1,93 @@
+"""A subject forgotten at one site is forgotten at its replicas: receipts travel with push and pull, the remote
+drops the forgotten versions' shards, and replicas expire those versions (three real homes, a folder remote)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from granary.config import Settings
+from granary.errors import SyncError
+from granary.secure.forget import forget, receipts
+from granary.secure.hooks import SecureHooks
+from granary.store import Store
+from granary.store.sync import Remote, pull, push
+
+
+def _site(tmp_path: Path, name: str) -> tuple[Store, SecureHooks]:
+    settings = Settings.from_env(environ={}, home=tmp_path / name, gc_grace_s=0.0, shard_size_bytes=16 * 1024,
+                                 row_group_bytes=8 * 1024)
+    hooks = SecureHooks.from_settings(settings, environ={})
+    return Store(settings, hooks=hooks, catalog=hooks.guard.catalog), hooks
+
+
+def _rows(n: int, start: int = 0) -> pa.Table:
+    return pa.table({"id": [f"d{i}" for i in range(start, start + n)],
+                     "text": [f"note {i} " * 20 for i in range(start, start + n)],
+                     "subject_id": ["alice" if i < 20 else f"s{i % 10}" for i in range(start, start + n)]})
+
+
+def _subjects(store: Store, ref: str) -> set[str]:
+    return set(store.read_table(ref).column("subject_id").to_pylist())
+
+
+def test_a_forget_at_one_site_reaches_the_remote_and_every_replica(tmp_path: Path) -> None:
+    a, a_hooks = _site(tmp_path, "a")
+    a.create_dataset("web")
+    v1 = a.commit_table("web", _rows(200), message="crawl").id
+    remote = Remote(str(tmp_path / "remote"))
+    push(a, "web", remote)
+    b, b_hooks = _site(tmp_path, "b")
+    pull(b, "web", remote)
+    assert "alice" in _subjects(b, "web")
+    v1_shards = {k for k in remote.list_objects("datasets/web/data")}
+
+    receipt = forget(a, a_hooks.guard, "web", "alice")
+    head = a.resolve("web").id
+    report = push(a, "web", remote)
+    assert report.new_head == head
+    left = set(remote.list_objects("datasets/web/data"))
+    assert v1_shards - left, "the remote still holds every shard of the forgotten version"
+    record = remote.dataset_record("web") or {}
+    assert [json.loads(r["record"])["id"] for r in record["forgotten"]] == [receipt.id]
+    assert "alice" not in json.dumps(record)  # the subject travels only as a digest
+
+    got = pull(b, "web", remote)
+    assert got.new_head == head and "alice" not in _subjects(b, "web")
+    with pytest.raises(LookupError, match="expired"):
+        b.read_table(f"web@{v1[:12]}")
+    here = receipts(b_hooks.guard, "web")
+    assert [r.id for r in here] == [receipt.id]
+    here[0].verify()
+    pulled = b_hooks.guard.audit.query(action="forget.pull")
+    assert len(pulled) == 1 and pulled[0].details["expired"] == [v1]
+    assert b_hooks.guard.audit.verify().ok
+
+    # a new replica pulls the whole history: the forgotten version arrives expired, without its data
+    c, _ = _site(tmp_path, "c")
+    fresh = pull(c, "web", remote)
+    assert fresh.versions == [v1, head] and "alice" not in _subjects(c, "web")
+    with pytest.raises(LookupError, match="expired"):
+        c.read_table(f"web@{v1[:12]}")
+    assert push(a, "web", remote).up_to_date  # nothing left to send
+
+
+def test_a_receipt_altered_on_the_remote_is_refused_by_the_replica(tmp_path: Path) -> None:
+    a, a_hooks = _site(tmp_path, "a")
+    a.create_dataset("web")
+    a.commit_table("web", _rows(100), message="crawl")
+    remote = Remote(str(tmp_path / "remote"))
+    forget(a, a_hooks.guard, "web", "alice")
+    push(a, "web", remote)
+    record = remote.dataset_record("web") or {}
+    body = json.loads(record["forgotten"][0]["record"])
+    body["affected_versions"] = []  # someone tries to keep the subject's data alive at the replicas
+    record["forgotten"][0]["record"] = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    remote.put_dataset_record("web", record)
+    b, b_hooks = _site(tmp_path, "b")
+    with pytest.raises(SyncError, match="does not verify"):
+        pull(b, "web", remote)
+    assert receipts(b_hooks.guard, "web") == [] and b.datasets() == []
