@@ -65,6 +65,12 @@ def test_a_forget_at_one_site_reaches_the_remote_and_every_replica(tmp_path: Pat
     pulled = b_hooks.guard.audit.query(action="forget.pull")
     assert len(pulled) == 1 and pulled[0].details["expired"] == [v1]
     assert b_hooks.guard.audit.verify().ok
+    # site a's own audit records of the dataset came along, marked as imported, once
+    imported = [r for r in b_hooks.guard.audit.query(dataset="web") if "imported" in r.details]
+    assert {"create", "write", "forget"} <= {r.action for r in imported}
+    assert all(r.origin.startswith("import:") for r in imported)
+    pull(b, "web", remote)
+    assert len([r for r in b_hooks.guard.audit.query(dataset="web") if "imported" in r.details]) == len(imported)
 
     # a new replica pulls the whole history: the forgotten version arrives expired, without its data
     c, _ = _site(tmp_path, "c")
@@ -91,3 +97,22 @@ def test_a_receipt_altered_on_the_remote_is_refused_by_the_replica(tmp_path: Pat
     with pytest.raises(SyncError, match="does not verify"):
         pull(b, "web", remote)
     assert receipts(b_hooks.guard, "web") == [] and b.datasets() == []
+
+
+def test_audit_records_altered_on_the_remote_are_refused(tmp_path: Path) -> None:
+    import zstandard
+
+    a, _ = _site(tmp_path, "a")
+    a.create_dataset("web")
+    a.commit_table("web", _rows(50), message="crawl")
+    remote = Remote(str(tmp_path / "remote"))
+    push(a, "web", remote)
+    [site] = remote.audit_sites("web")
+    lines = zstandard.decompress(remote.get_audit("web", site)).decode().splitlines()
+    first = json.loads(lines[0])
+    first["principal"] = "someone-else"
+    remote.put_audit("web", site, zstandard.compress("\n".join([json.dumps(first), *lines[1:]]).encode()))
+    b, b_hooks = _site(tmp_path, "b")
+    with pytest.raises(SyncError, match="does not match its hash"):
+        pull(b, "web", remote)
+    assert not [r for r in b_hooks.guard.audit.query(dataset="web") if "imported" in r.details]

@@ -164,6 +164,34 @@ def delete_object(key: str, request: Request, ctx: Ctx) -> dict[str, str]:
     return {"deleted": key}
 
 
+@router.get("/audit/{dataset}")
+def audit_sites(dataset: str, request: Request, ctx: Ctx) -> list[str]:
+    """Sites whose audit records of ``dataset`` were pushed here."""
+    repo = _repo(request)
+    _allow(request, ctx, "list", dataset)
+    return repo.audit_sites(dataset)
+
+
+@router.get("/audit/{dataset}/{site}", response_model=None)
+def get_audit(dataset: str, site: str, request: Request, ctx: Ctx) -> Response:
+    """One site's audit records of ``dataset`` (zstd-compressed JSON lines)."""
+    repo = _repo(request)
+    _allow(request, ctx, "list", dataset)
+    if site not in repo.audit_sites(dataset):
+        return problem(404, "not-found", f"no audit records of {dataset} from site {site}")
+    return Response(repo.get_audit(dataset, site), media_type="application/octet-stream")
+
+
+@router.put("/audit/{dataset}/{site}")
+async def put_audit(dataset: str, site: str, request: Request, ctx: Ctx) -> dict[str, str]:
+    """Replace one site's audit records of ``dataset`` (sent by its pushes)."""
+    repo = _repo(request)
+    await run_in_threadpool(_allow, request, ctx, "write", dataset)
+    blob = await request.body()
+    await run_in_threadpool(repo.put_audit, dataset, site, blob)
+    return {"dataset": dataset, "site": site}
+
+
 @router.post("/flush")
 def flush(request: Request, ctx: Ctx) -> dict[str, bool]:
     """Make every object received so far durable (before a ref that reaches them moves)."""

@@ -135,6 +135,19 @@ class HttpRemote:
         check_dataset_name(dataset)
         self._call("PUT", f"/datasets/{dataset}", json=record)
 
+    def audit_sites(self, dataset: str) -> list[str]:
+        check_dataset_name(dataset)
+        return [str(x) for x in self._call("GET", f"/audit/{dataset}").json()]
+
+    def get_audit(self, dataset: str, site: str) -> bytes:
+        check_dataset_name(dataset)
+        return bytes(self._call("GET", f"/audit/{dataset}/{quote(site)}").content)
+
+    def put_audit(self, dataset: str, site: str, blob: bytes) -> None:
+        check_dataset_name(dataset)
+        self._call("PUT", f"/audit/{dataset}/{quote(site)}", content=blob,
+                   headers={"Content-Type": "application/octet-stream"})
+
     def put_file(self, path: str, data: bytes) -> None:
         raise SyncError(f"a Granary server ({self.url}) takes datasets, not backup files",
                         hint="back up to a folder or an s3:// URL; push datasets to the server")

@@ -20,7 +20,7 @@ from granary.store import refs as R
 from granary.store.manifest import decode_segment, parse_envelope
 from granary.store.model import DatasetInfo, VersionInfo
 from granary.store.names import parse_ref
-from granary.store.sync import forgotten
+from granary.store.sync import audits, forgotten
 from granary.store.sync.remote import Repository
 from granary.store.sync.transfer import RateLimiter, TransferStats, copy_many, publishing_writer
 
@@ -83,6 +83,7 @@ def push(store: Any, ref: str, remote: Repository, *, to_branch: str | None = No
     if current.version_id == head.id:
         report.up_to_date = True
         _send_forgets(store, info, remote)
+        audits.send(store, info.name, remote)
         return report
     if current.version_id is not None and current.version_id not in _ancestors(graph, head.id):
         if not force:
@@ -121,6 +122,7 @@ def push(store: Any, ref: str, remote: Repository, *, to_branch: str | None = No
     remote.flush()  # every object durable before the ref that makes them reachable moves
     remote.cas_ref(info.name, branch, expected=current, new=head.id)
     _send_forgets(store, info, remote)
+    audits.send(store, info.name, remote)
     report.versions = chain
     store.hooks.record("push", info.name, version=head.id, details={
         "remote": remote.url, "branch": branch, "old_head": current.version_id, "forced": report.forced,
@@ -158,6 +160,7 @@ def pull(store: Any, dataset: str, remote: Repository, *, branch: str | None = N
     if old == current.version_id:
         report.up_to_date = True
         forgotten.apply_locally(store, dataset, receipts, remote.url)
+        audits.receive(store, dataset, remote)
         return report
     missing, reachable = _remote_chain(remote, dataset, graph, current.version_id)
     if old is not None and old not in reachable:
@@ -199,6 +202,7 @@ def pull(store: Any, dataset: str, remote: Repository, *, branch: str | None = N
     if record.get("policy"):
         _adopt_policy(store, dataset, record["policy"], remote.url)
     forgotten.apply_locally(store, dataset, receipts, remote.url)
+    audits.receive(store, dataset, remote)
     store.hooks.record("pull", dataset, version=current.version_id, details={
         "remote": remote.url, "branch": local_branch, "old_head": old, "forced": report.forced,
         "objects": report.transfer.objects, "bytes": report.transfer.bytes})

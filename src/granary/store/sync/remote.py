@@ -19,6 +19,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ from granary.errors import MissingDependencyError, SyncError
 from granary.store.names import check_dataset_name, check_ref_name
 
 TMP_PREFIX = ".tmp-"
+AUDIT_SUFFIX = ".jsonl.zst"
+SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class Repository(Protocol):
     def datasets(self) -> list[str]: ...
     def dataset_record(self, dataset: str) -> dict[str, Any] | None: ...
     def put_dataset_record(self, dataset: str, record: dict[str, Any]) -> None: ...
+    def audit_sites(self, dataset: str) -> list[str]: ...
+    def get_audit(self, dataset: str, site: str) -> bytes: ...
+    def put_audit(self, dataset: str, site: str, blob: bytes) -> None: ...
     def branches(self, dataset: str) -> dict[str, str]: ...
     def read_ref(self, dataset: str, branch: str) -> RemoteRef: ...
     def cas_ref(self, dataset: str, branch: str, *, expected: RemoteRef, new: str) -> None: ...
@@ -212,6 +218,31 @@ class Remote:
     def put_dataset_record(self, dataset: str, record: dict[str, Any]) -> None:
         """Write (or replace) a dataset record."""
         self.put_file(f"{self.root}/datasets/{dataset}.json", json.dumps(record, sort_keys=True, indent=1).encode())
+
+    # -- audit records of the sites that pushed ---------------------------------------------------------------
+    def audit_sites(self, dataset: str) -> list[str]:
+        """Sites whose audit records of ``dataset`` the remote holds."""
+        check_dataset_name(dataset)
+        try:
+            names = self.fs.ls(f"{self.root}/audit/{dataset}", detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(os.path.basename(str(n))[:-len(AUDIT_SUFFIX)] for n in names
+                      if str(n).endswith(AUDIT_SUFFIX))
+
+    def get_audit(self, dataset: str, site: str) -> bytes:
+        """One site's audit records of ``dataset`` (zstd-compressed JSON lines)."""
+        return bytes(self.fs.cat_file(self._audit_path(dataset, site)))
+
+    def put_audit(self, dataset: str, site: str, blob: bytes) -> None:
+        """Replace one site's audit records of ``dataset``."""
+        self.put_file(self._audit_path(dataset, site), blob)
+
+    def _audit_path(self, dataset: str, site: str) -> str:
+        check_dataset_name(dataset)
+        if not SITE_RE.match(site):
+            raise SyncError(f"site name {site!r} is not valid", hint="site names hold letters, digits, '.', '_', '-'")
+        return f"{self.root}/audit/{dataset}/{site}{AUDIT_SUFFIX}"
 
     def put_file(self, path: str, data: bytes) -> None:
         """Write (or replace) a small file at a backend path of this remote atomically (records, backup files)."""
