@@ -98,6 +98,7 @@ class Remote:
             raise MissingDependencyError("s3fs", "s3") from exc
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.root = root.rstrip("/")
+        self._dirs: set[str] = set()  # object folders known to exist (one makedirs each, not one per object)
         if self.is_local:
             Path(self.root, "objects").mkdir(parents=True, exist_ok=True)
             Path(self.root, "refs").mkdir(parents=True, exist_ok=True)
@@ -171,7 +172,9 @@ class Remote:
         path = self.object_path(key)
         if self.is_local:
             parent = os.path.dirname(path)
-            os.makedirs(parent, exist_ok=True)
+            if parent not in self._dirs:
+                os.makedirs(parent, exist_ok=True)
+                self._dirs.add(parent)
             fd, tmp = tempfile.mkstemp(dir=parent, prefix=TMP_PREFIX)
             try:
                 with os.fdopen(fd, "wb") as f:
