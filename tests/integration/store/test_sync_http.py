@@ -59,9 +59,12 @@ def test_a_push_to_a_server_is_pulled_identically_at_a_third_site(
         server: tuple[str, dict[str, str], Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url, tokens, settings = server
     a = _store(tmp_path / "a")
-    v1, v2 = _commit(a, "one", dataset="pages"), _commit(a, "two", dataset="pages")
+    v1 = _commit(a, "one", dataset="pages")
+    a.tag("pages", "first")
+    v2 = _commit(a, "two", dataset="pages")
     first = push(a, "pages", _remote(url, tokens["wendy"], monkeypatch))
     assert first.new_head == v2 and first.versions == [v1, v2] and first.transfer.objects > 2
+    assert first.tags == ["first"]
     again = push(a, "pages", _remote(url, tokens["wendy"], monkeypatch))
     assert again.up_to_date
     b = _store(tmp_path / "b")
@@ -69,12 +72,14 @@ def test_a_push_to_a_server_is_pulled_identically_at_a_third_site(
     assert got.new_head == v2
     assert b.read_table("pages").sort_by("id").equals(a.read_table("pages").sort_by("id"))
     assert [v.id for v in b.log("pages")] == [v.id for v in a.log("pages")]
+    assert got.tags == ["first"] and b.resolve("pages@first").id == v1
     # the server audited who looked, who sent and who fetched, and the branch move, once each (not per object)
     entries = AuditLog(SecureHooks.from_settings(settings, environ={}).guard.catalog).query(dataset="pages")
     actions = [(e.principal, e.action) for e in entries]
     assert actions.count(("wendy", "sync.receive")) == 1 and actions.count(("rex", "sync.send")) == 1
-    assert all(action.startswith("sync.") for _, action in actions) and len(actions) == 4
+    assert all(action.startswith("sync.") for _, action in actions) and len(actions) == 5
     assert [e.details["new"] for e in entries if e.action == "sync.ref"] == [v2]
+    assert [(e.object, e.details["version"]) for e in entries if e.action == "sync.tag"] == [("first", v1)]
 
 
 def test_a_reader_cannot_push_and_a_stranger_cannot_even_look(

@@ -207,6 +207,34 @@ def branches(dataset: str, request: Request, ctx: Ctx) -> dict[str, str]:
     return repo.branches(dataset)
 
 
+class TagCreate(BaseModel):
+    """Create a tag (tags never move: an existing tag keeps its version, which the answer gives)."""
+
+    version_id: str = Field(..., min_length=1, max_length=64)
+
+
+@router.get("/tags/{dataset}")
+def tags(dataset: str, request: Request, ctx: Ctx) -> dict[str, str]:
+    """Every tag of ``dataset`` in the repository and its version."""
+    repo = _repo(request)
+    _allow(request, ctx, "list", dataset)
+    return repo.tags(dataset)
+
+
+@router.put("/tags/{dataset}/{tag}")
+def create_tag(dataset: str, tag: str, body: TagCreate, request: Request, ctx: Ctx) -> dict[str, str]:
+    """Create a tag at a version whose manifest is in the repository; returns the version the tag names."""
+    repo = _repo(request)
+    _allow(request, ctx, "write", dataset)
+    if f"datasets/{dataset}/manifests/{body.version_id}.json" not in repo.list_objects(f"datasets/{dataset}/manifests"):
+        raise SyncError(f"version {body.version_id[:12]} of {dataset} has no manifest in the repository",
+                        hint="push the version before tagging it")
+    named = repo.create_tag(dataset, tag, body.version_id)
+    if named == body.version_id:
+        ctx.guard.record("sync.tag", dataset, obj=tag, details={"version": named})
+    return {"dataset": dataset, "tag": tag, "version_id": named}
+
+
 @router.get("/refs/{dataset}/{branch:path}")
 def read_ref(dataset: str, branch: str, request: Request, ctx: Ctx) -> dict[str, str | None]:
     """A branch's version and the token a compare-and-swap presents."""

@@ -157,6 +157,16 @@ class HttpRemote:
         check_dataset_name(dataset)
         return {str(k): str(v) for k, v in self._call("GET", f"/refs/{dataset}").json().items()}
 
+    def tags(self, dataset: str) -> dict[str, str]:
+        check_dataset_name(dataset)
+        return {str(k): str(v) for k, v in self._call("GET", f"/tags/{dataset}").json().items()}
+
+    def create_tag(self, dataset: str, tag: str, version_id: str) -> str:
+        check_dataset_name(dataset)
+        check_ref_name(tag, "tag")
+        body = self._call("PUT", f"/tags/{dataset}/{quote(tag)}", json={"version_id": version_id}).json()
+        return str(body["version_id"])
+
     def read_ref(self, dataset: str, branch: str) -> RemoteRef:
         check_dataset_name(dataset)
         check_ref_name(branch)

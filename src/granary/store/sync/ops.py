@@ -55,11 +55,14 @@ class SyncReport:
     transfer: TransferStats = field(default_factory=TransferStats)
     forced: bool = False
     up_to_date: bool = False
+    tags: list[str] = field(default_factory=list)
+    tag_conflicts: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"direction": self.direction, "dataset": self.dataset, "branch": self.branch, "remote": self.remote,
                 "old_head": self.old_head, "new_head": self.new_head, "versions": self.versions,
-                "forced": self.forced, "up_to_date": self.up_to_date, **self.transfer.to_dict()}
+                "forced": self.forced, "up_to_date": self.up_to_date, "tags": self.tags,
+                "tag_conflicts": self.tag_conflicts, **self.transfer.to_dict()}
 
 
 # -- push ---------------------------------------------------------------------------------------------------
@@ -84,6 +87,7 @@ def push(store: Any, ref: str, remote: Repository, *, to_branch: str | None = No
         report.up_to_date = True
         _send_forgets(store, info, remote)
         audits.send(store, info.name, remote)
+        _send_tags(store, info.name, remote, report)
         return report
     if current.version_id is not None and current.version_id not in _ancestors(graph, head.id):
         if not force:
@@ -123,6 +127,7 @@ def push(store: Any, ref: str, remote: Repository, *, to_branch: str | None = No
     remote.cas_ref(info.name, branch, expected=current, new=head.id)
     _send_forgets(store, info, remote)
     audits.send(store, info.name, remote)
+    _send_tags(store, info.name, remote, report)
     report.versions = chain
     store.hooks.record("push", info.name, version=head.id, details={
         "remote": remote.url, "branch": branch, "old_head": current.version_id, "forced": report.forced,
@@ -161,6 +166,7 @@ def pull(store: Any, dataset: str, remote: Repository, *, branch: str | None = N
         report.up_to_date = True
         forgotten.apply_locally(store, dataset, receipts, remote.url)
         audits.receive(store, dataset, remote)
+        _take_tags(store, dataset, remote, report)
         return report
     missing, reachable = _remote_chain(remote, dataset, graph, current.version_id)
     if old is not None and old not in reachable:
@@ -203,6 +209,7 @@ def pull(store: Any, dataset: str, remote: Repository, *, branch: str | None = N
         _adopt_policy(store, dataset, record["policy"], remote.url)
     forgotten.apply_locally(store, dataset, receipts, remote.url)
     audits.receive(store, dataset, remote)
+    _take_tags(store, dataset, remote, report)
     store.hooks.record("pull", dataset, version=current.version_id, details={
         "remote": remote.url, "branch": local_branch, "old_head": old, "forced": report.forced,
         "objects": report.transfer.objects, "bytes": report.transfer.bytes})
@@ -350,6 +357,41 @@ def _adopt_policy(store: Any, dataset: str, doc: dict[str, Any], url: str) -> No
     if merged != own:
         book.set(dataset, merged)
         store.hooks.record("policy.pull", dataset, details={"remote": url, "policy": merged.to_dict()})
+
+
+def _send_tags(store: Any, dataset: str, remote: Repository, report: SyncReport) -> None:
+    """Create on the remote the dataset's tags whose versions it holds (tags never move: a tag there that names
+    another version is reported, not changed)."""
+    there = remote.tags(dataset)
+    local = {r.name: r.version_id for r in store._refs(dataset, "tag")}
+    todo = {n: v for n, v in local.items() if there.get(n) != v}
+    if not todo:
+        return
+    manifests = remote.list_objects(f"datasets/{dataset}/manifests")
+    for name, vid in sorted(todo.items()):
+        if f"datasets/{dataset}/manifests/{vid}.json" not in manifests:
+            continue  # a tag on a version of another branch: it travels with that branch
+        named = remote.create_tag(dataset, name, vid) if name not in there else there[name]
+        (report.tags if named == vid else report.tag_conflicts).append(name)
+
+
+def _take_tags(store: Any, dataset: str, remote: Repository, report: SyncReport) -> None:
+    """Create locally the remote's tags whose versions the local store now holds; report those that differ."""
+    there = remote.tags(dataset)
+    if not there:
+        return
+    local = {r.name: r.version_id for r in store._refs(dataset)}
+    graph = _local_graph(store, dataset)
+    with store.catalog.write() as conn:
+        for name, vid in sorted(there.items()):
+            if name in local:
+                if local[name] != vid:
+                    report.tag_conflicts.append(name)
+            elif vid in graph:
+                R.create_ref(conn, dataset, "tag", name, vid, store.settings.author)
+                report.tags.append(name)
+    if report.tags:
+        store.hooks.record("tag", dataset, details={"pulled": report.tags, "remote": remote.url})
 
 
 def _send_forgets(store: Any, info: DatasetInfo, remote: Repository) -> None:

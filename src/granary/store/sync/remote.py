@@ -68,6 +68,8 @@ class Repository(Protocol):
     def get_audit(self, dataset: str, site: str) -> bytes: ...
     def put_audit(self, dataset: str, site: str, blob: bytes) -> None: ...
     def branches(self, dataset: str) -> dict[str, str]: ...
+    def tags(self, dataset: str) -> dict[str, str]: ...
+    def create_tag(self, dataset: str, tag: str, version_id: str) -> str: ...
     def read_ref(self, dataset: str, branch: str) -> RemoteRef: ...
     def cas_ref(self, dataset: str, branch: str, *, expected: RemoteRef, new: str) -> None: ...
 
@@ -277,6 +279,50 @@ class Remote:
             if ref.version_id:
                 out[name] = ref.version_id
         return out
+
+    def tags(self, dataset: str) -> dict[str, str]:
+        """Every tag of ``dataset`` on the remote and its version."""
+        check_dataset_name(dataset)
+        base = f"{self.root}/tags/{dataset}"
+        try:
+            paths = self.fs.ls(base, detail=False)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for p in paths:
+            name = os.path.basename(str(p))
+            if not name.startswith((".", TMP_PREFIX)):
+                out[name] = bytes(self.fs.cat_file(f"{base}/{name}")).decode().strip()
+        return out
+
+    def create_tag(self, dataset: str, tag: str, version_id: str) -> str:
+        """Create ``dataset@tag`` -> ``version_id`` unless the tag exists (tags never move); returns the version
+        the tag names afterwards (another one when it already named another version)."""
+        check_dataset_name(dataset)
+        check_ref_name(tag, "tag")
+        path = f"{self.root}/tags/{dataset}/{tag}"
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with self._ref_lock():
+                if os.path.exists(path):
+                    return Path(path).read_text().strip()
+                _atomic_local(path, (version_id + "\n").encode())
+            return version_id
+        bucket, key = self._bucket, self._s3_key(path)
+
+        async def put() -> None:
+            client = await self.fs.set_session()
+            await client.put_object(Bucket=bucket, Key=key, Body=(version_id + "\n").encode(), IfNoneMatch="*")
+
+        from botocore.exceptions import ClientError
+
+        try:
+            fsspec.asyn.sync(self.fs.loop, put)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise
+            return bytes(self.fs.cat_file(path)).decode().strip()
+        return version_id
 
     def read_ref(self, dataset: str, branch: str) -> RemoteRef:
         """The version a remote branch points at, with the token a later CAS must present."""
