@@ -20,7 +20,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 JobsOpt = Annotated[int, typer.Option("--jobs", "-j", min=1, max=256, help="Parallel object transfers.")]
 BwOpt = Annotated[str | None, typer.Option("--bwlimit", help="Bandwidth cap in bytes/s, e.g. 50M or 1.5G.")]
 
-remote_app = typer.Typer(help="Named remotes: other Granary repositories on a path or s3://.", no_args_is_help=True)
+remote_app = typer.Typer(help="Named remotes: other Granary repositories on a path, s3:// or a Granary server.",
+                         no_args_is_help=True)
 backup_app = typer.Typer(help="Backups of the whole store (catalog and objects), restores and restore drills.",
                          no_args_is_help=True)
 
@@ -67,21 +68,26 @@ def _options(jobs: int, bwlimit: str | None, plan: Any, moved: Any) -> Any:
 
 def _show(report: SyncReport) -> None:
     r = report
+    tags = [("tags", ", ".join(r.tags))] if r.tags else []
+    if r.tag_conflicts:
+        tags.append(("tags left as they are (they name another version there)", ", ".join(r.tag_conflicts)))
     if r.up_to_date:
         console.print(f"{r.dataset}@{r.branch} is up to date with {r.remote} ({(r.new_head or '')[:12]})")
+        if tags:
+            console.print(table("tags", ["", ""], tags))
         return
     t = r.transfer
     console.print(table(f"{r.direction} {r.dataset}@{r.branch}", ["", ""], [
         ("remote", r.remote), ("head", f"{(r.old_head or 'none')[:12]} -> {(r.new_head or '')[:12]}"),
         ("versions", len(r.versions)), ("objects sent", f"{t.objects:,} ({_size(t.bytes)})"),
         ("objects already there", f"{t.skipped:,}"), ("rate", f"{_size(t.bytes_per_s)}/s"),
-        ("forced", "yes (audited)" if r.forced else "no")]))
+        ("forced", "yes (audited)" if r.forced else "no"), *tags]))
 
 
 # -- remotes ------------------------------------------------------------------------------------------------
 @remote_app.command("add")
 def remote_add(name: Annotated[str, typer.Argument(help="Short name.")],
-               url: Annotated[str, typer.Argument(help="A path or s3://bucket/prefix.")],
+               url: Annotated[str, typer.Argument(help="A path, s3://bucket/prefix or https://server.")],
                endpoint_url: Annotated[str | None, typer.Option(help="S3 endpoint (MinIO, Ceph, ...).")] = None,
                replace: Annotated[bool, typer.Option(help="Replace an existing remote of that name.")] = False,
                json_out: JsonOpt = False) -> None:
