@@ -26,6 +26,8 @@ def ingest_stream_cmd(
     branch: Annotated[str | None, typer.Option(help="Branch to commit to (default: the dataset's default).")] = None,
     pipeline: Annotated[Path | None, typer.Option("--pipeline", "-p",
                                                   help="A kind: tabular pipeline run on each micro-batch.")] = None,
+    dedup_keys: Annotated[str | None, typer.Option(help="Key columns (comma separated): a record whose key the "
+                                                        "branch already holds is not committed again.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Consume a message stream into versions: one commit per micro-batch, offsets committed with the data."""
@@ -38,7 +40,8 @@ def ingest_stream_cmd(
     config = IngestConfig(dataset=dataset, branch=branch, every_s=parse_duration(every), max_records=max_records,
                           idle_stop_s=parse_duration(idle_stop) if idle_stop else None, batch_records=batch_records,
                           fmt=fmt, schema=parse_schema(schema) if schema else None,  # type: ignore[arg-type]
-                          pipeline=_tabular(pipeline) if pipeline else None)
+                          pipeline=_tabular(pipeline) if pipeline else None,
+                          dedup_keys=tuple(k.strip() for k in dedup_keys.split(",") if k.strip()) if dedup_keys else ())
     store = open_store()
     src = open_source(source)
     status = None if json_out else console.status(f"ingesting {src.url} into {dataset}")
@@ -62,6 +65,7 @@ def ingest_stream_cmd(
     finally:
         signal.signal(signal.SIGTERM, previous)
     out = {"source": src.url, "dataset": dataset, "records": stats.records, "quarantined": stats.quarantined,
+           "duplicates": stats.duplicates,
            "commits": stats.commits, "seconds": round(stats.seconds, 3), "records_per_s": round(stats.records_per_s),
            "position": stats.position, "lag": stats.lag, "head": stats.versions[-1] if stats.versions else None}
     if json_out:

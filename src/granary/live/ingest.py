@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from granary.live.decode import PayloadFormat, decode
+from granary.live.dedup import KeyIndex
 from granary.live.offsets import advance, read_offset
 from granary.live.pump import SourcePump
 from granary.live.source import MessageSource, Polled
@@ -40,6 +41,8 @@ class IngestConfig:
         schema: column types for ``json`` bodies (None: inferred from the first batch, then kept).
         pipeline: a tabular pipeline run on each micro-batch before its commit (its quarantined rows join the
             version's quarantine; its fitted statistics and step facts go into the version's lineage).
+        dedup_keys: key columns: a record whose key the branch already holds (from any earlier micro-batch, or
+            earlier in its own) is not committed; each version's lineage counts them (``duplicates``).
     """
 
     dataset: str
@@ -52,6 +55,7 @@ class IngestConfig:
     fmt: PayloadFormat = "json"
     schema: pa.Schema | None = None
     pipeline: TabularPipeline | None = None
+    dedup_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.every_s <= 0:
@@ -68,6 +72,7 @@ class IngestStats:
 
     records: int = 0
     quarantined: int = 0
+    duplicates: int = 0
     commits: int = 0
     seconds: float = 0.0
     position: str | None = None
@@ -100,6 +105,7 @@ class StreamIngester:
                                     description=f"ingested from {source.url}")
         self.branch = config.branch or info.default_branch
         self._stop = False
+        self._index = KeyIndex(config.dedup_keys) if config.dedup_keys else None
 
     def stop(self) -> None:
         """Ask the loop to finish after the current micro-batch (safe from a signal handler)."""
@@ -112,6 +118,8 @@ class StreamIngester:
         offset = read_offset(self.store.catalog, self.source.url, cfg.dataset, self.branch)
         position = offset.position if offset else None
         stats.position = position
+        if self._index is not None:
+            self._index.load(self.store, self._head_ref())
         pump = SourcePump(self.source, poll_records=min(cfg.poll_records, cfg.batch_records),
                           max_buffered=2 * cfg.batch_records,
                           limit=cfg.max_records)
@@ -140,6 +148,15 @@ class StreamIngester:
             pump.close()
             stats.lag = pump.lag
         return stats
+
+    def _head_ref(self) -> str | None:
+        """The branch head to index keys from (None while the branch has no version)."""
+        ref = f"{self.config.dataset}@{self.branch}"
+        try:
+            self.store.resolve(ref)
+        except LookupError:
+            return None
+        return ref
 
     def _gather(self, pump: SourcePump, want: int) -> list[Polled]:
         """Batches worth about ``want`` messages, until ``every_s``, or a pause in the stream once some arrived."""
@@ -181,6 +198,9 @@ class StreamIngester:
                 if result.quarantine.num_rows:
                     txn.write_side_table("curate_quarantine", result.quarantine)
                     stats.quarantined += result.quarantine.num_rows
+            duplicates = 0
+            if self._index is not None and rows is not None and rows.num_rows:
+                rows, duplicates = self._index.filter(rows, where=f"{self.source.url} through {last}")
             if rows is not None and rows.num_rows:
                 txn.write(rows)
             if decoded.quarantine is not None and decoded.quarantine.num_rows:
@@ -192,10 +212,14 @@ class StreamIngester:
                 message=f"ingest {len(payloads)} messages from {self.source.url} through {last}",
                 lineage={"ingest-stream": {"source": self.source.url, "from": positions[0].as_py(), "through": last,
                                            "records": len(payloads), "quarantined": decoded.bad,
-                                           **({"curate": curated} if curated else {})}},
+                                           **({"curate": curated} if curated else {}),
+                                           **({"duplicates": duplicates} if self._index is not None else {})}},
                 allow_empty=True)
+        if self._index is not None:
+            self._index.commit()
         stats.records += len(payloads)
         stats.quarantined += decoded.bad
+        stats.duplicates += duplicates
         stats.commits += 1
         stats.position = last
         stats.versions.append(version.id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pytest
 
 from granary.live import IngestConfig, StreamIngester, read_offset
@@ -127,3 +128,26 @@ def test_a_tabular_pipeline_runs_on_each_micro_batch(store, client, name: str) -
     q = store.read_side_table("ev", "curate_quarantine")
     assert q is not None and q.num_rows >= 1  # the head version's own batch (each version keeps its side tables)
     assert store.manifest("ev").lineage["ingest-stream"]["curate"]["pipeline"] == "guard"
+
+
+def test_streaming_dedup_drops_keys_the_branch_already_holds_across_batches_and_restarts(  # type: ignore[no-untyped-def]
+        store, client, name: str) -> None:
+    def send(ids: list[int]) -> None:
+        pipe = client.pipeline(transaction=False)
+        for i in ids:
+            pipe.xadd(name, {"data": json.dumps({"id": f"k{i}", "n": i})})
+        pipe.execute()
+
+    config = IngestConfig(dataset="dd", every_s=0.3, idle_stop_s=0.5, batch_records=700, dedup_keys=("id",))
+    send([*range(1000), *range(500, 1500), *range(1200, 1300)])  # 2,100 messages, 1,500 distinct keys
+    first = StreamIngester(store, RedisStreamSource(URL, name), config).run()
+    assert first.records == 2100 and first.commits >= 3 and first.duplicates == 600
+    send([*range(1400, 1600), 7])  # a new ingester (a restart) indexes what the branch holds
+    second = StreamIngester(store, RedisStreamSource(URL, name), config).run()
+    assert second.records == 201 and second.duplicates == 101
+    ids = store.read_table("dd").column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 1600 and set(ids) == {f"k{i}" for i in range(1600)}
+    table = store.read_table("dd")
+    assert table.filter(pc.equal(table.column("id"), "k7")).column("n").to_pylist() == [7]
+    counted = [store.manifest(f"dd@{v.id}").lineage["ingest-stream"]["duplicates"] for v in store.log("dd")]
+    assert sum(counted) == 701
