@@ -25,6 +25,7 @@ from granary.sched.model import (
     JobSpec,
     NodeSpec,
     PreemptDecision,
+    ResizeDecision,
     StartDecision,
     Transition,
 )
@@ -357,6 +358,53 @@ class SchedulerState:
         job.preemptions += 1
         self.counters["preemptions"] += 1
         self._requeue(job, now, "requeued after preemption", 0.0, None)
+        return decision
+
+    def resize(self, job: Job, gpus: int, now: float, *, batch_size: int | None = None,
+               reason: str = "") -> ResizeDecision | None:
+        """Move a running resizable job to ``gpus`` GPUs (policies call this); None when it cannot be placed.
+
+        The running attempt is stopped (SIGTERM: the job checkpoints at a step boundary) and the next attempt is
+        admitted on the new placement at once, so the GPUs it keeps are never handed to another job in between.
+        When the new size does not fit, nothing changes.
+
+        Raises:
+            InvalidJobError: ``gpus`` lies outside the job's range (or the job is not resizable).
+            TransitionError: the job is not running.
+        """
+        if job.state != "running":
+            raise TransitionError(job.id, job.state, "admitted")
+        old_spec, old_placement = job.spec, job.placement or ()
+        new_spec = old_spec.resized(gpus, max(1, len(self.cluster.by_free) - 1))
+        for i, ids in old_placement:
+            self.cluster.release(self.cluster.nodes[i], old_spec, ids, job.id)
+        nodes = self.place(self.cluster, new_spec)
+        if nodes is None:
+            for i, ids in old_placement:
+                self.cluster.allocate_ids(self.cluster.nodes[i], old_spec, ids, job.id)
+            return None
+        for i, ids in old_placement:  # put the old allocation back so that _stop accounts and frees it once
+            self.cluster.allocate_ids(self.cluster.nodes[i], old_spec, ids, job.id)
+        self._stop(job, now)
+        job.spec = new_spec
+        placement = tuple((i, self.cluster.allocate(self.cluster.nodes[i], new_spec, job.id)) for i in nodes)
+        why = reason or f"resized {old_spec.gpus} -> {gpus} GPUs"
+        decision = ResizeDecision(job.id, job.attempt, placement, tuple(self.cluster.nodes[i].spec.name for i in nodes),
+                                  gpus, batch_size, old_spec.grace_s, why)
+        self._record(job, "running", "admitted", why, None, now)
+        job.placement = placement
+        job.attempt += 1
+        job.state = "admitted"
+        job.resizes += 1
+        job.resized_at = now
+        job.batch_size = batch_size
+        self.counters["resizes"] += 1
+        self.active[job.id] = job
+        self.usage[job.spec.tenant] += job.gpus
+        job.key = self.policy.key(job, now)
+        self._push_victim(job)
+        if new_spec.gang and new_spec.replicas > 1:
+            self._timer(now + new_spec.gang_timeout_s, "gang", job)
         return decision
 
     def victims(self) -> Iterator[Job]:
