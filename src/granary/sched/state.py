@@ -16,6 +16,7 @@ from typing import Any
 
 from granary.sched.cluster import Cluster
 from granary.sched.errors import JobNotFoundError, TransitionError
+from granary.sched.goodput import GoodputModel
 from granary.sched.model import (
     ACTIVE,
     TERMINAL,
@@ -98,6 +99,7 @@ class SchedulerState:
         self._timers: list[tuple[float, int, str, str, tuple[Any, ...]]] = []
         self._seq = itertools.count()
         self._ids = itertools.count(1)
+        self.models: dict[str, GoodputModel] = {}  # goodput models of elastic jobs (fed by the controller / simulator)
         self.changes = 0  # bumped whenever resources or the queue change (policies memoize on it)
         self._zero_gpu = 0
 
