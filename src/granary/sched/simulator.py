@@ -46,7 +46,8 @@ class SimConfig:
             type and neighbours, and restarts and checkpoints cost time (see ``COSTS`` and docs/sched.md);
             ``ideal``: every job runs at its trace speed wherever it lands and (re)starts for free.
         disabled_costs: names from ``COSTS`` to switch off in the realistic model (for cost breakdowns).
-        elastic: trace jobs are resizable (1 GPU up to their family's maximum); only resizing policies use it.
+        elastic: trace jobs are resizable (1 GPU up to their family's maximum); only resizing policies use it, and
+            only the realistic model (the ideal one has no speed-vs-size curve, so jobs keep their trace size).
         gpu_types: (label, share of nodes, speed relative to the trace's GPUs) per GPU type ("hetero").
         interference: slowdown of a single-node job started on a node another job uses ("interference").
         interference_multi_node: the same for a job spanning several nodes (its all-reduce shares links).
@@ -203,8 +204,8 @@ class Simulator:
                 cache[(g, tenant)] = split_gpus(g, cfg.gpus_per_node)
             replicas, per = cache[(g, tenant)]
             elastic: dict[str, Any] = {}
-            if cfg.elastic:
-                cap = self.families[i].max_gpus if self.families is not None else g
+            if cfg.elastic and self.families is not None:  # the ideal model has no speed-vs-size curve to resize by
+                cap = self.families[i].max_gpus
                 elastic = dict(resizable=True, min_gpus=1, max_gpus=min(cfg.gpus, max(g, cap)))
             out.append(JobSpec(
                 name=f"trace-{i}", tenant=trace.tenants[tenant], gpus_per_replica=per, replicas=replicas,

@@ -21,7 +21,8 @@ def trace(submit: list[float], duration: list[float], gpus: list[int]) -> Trace:
 
 def test_energy_of_an_always_on_cluster_by_hand() -> None:
     # 2 nodes x 2 GPUs; one 2-GPU job for 100 s: makespan 100 s
-    r = simulate_energy(trace([0.0], [100.0], [2]), SimConfig(gpus=4, gpus_per_node=2, policy="fifo", cost_model="ideal"), P)
+    r = simulate_energy(trace([0.0], [100.0], [2]),
+                        SimConfig(gpus=4, gpus_per_node=2, policy="fifo", cost_model="ideal"), P)
     busy_node = 100 + 2 * 50
     idle_node = 100 + 2 * 10
     assert r.energy_kwh * 3.6e6 == pytest.approx((busy_node + idle_node) * 100.0)

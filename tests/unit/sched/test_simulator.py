@@ -45,8 +45,10 @@ def test_every_policy_finishes_every_job(policy: str) -> None:
     assert m.unfinished == 0 and m.jobs == 300
     assert 0 < m.gpu_util <= 1.0 + 1e-9
     assert m.goodput == pytest.approx(1.0)
-    real = simulate(tr, gpus=32, gpus_per_node=8, policy=policy)  # every cost on: slower, never faster
-    assert real.unfinished == 0 and real.avg_jct_s > m.avg_jct_s
+    real = simulate(tr, gpus=32, gpus_per_node=8, policy=policy)
+    assert real.unfinished == 0
+    if policy != "pollux":  # every cost on and a fixed size: slower, never faster (pollux grows jobs instead)
+        assert real.avg_jct_s > m.avg_jct_s and real.resizes == 0
 
 
 def test_mlfq_beats_fifo_on_heavy_tailed_load() -> None:
