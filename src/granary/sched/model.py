@@ -308,6 +308,7 @@ class Job:
     reason: str = ""
     resizes: int = 0
     resized_at: float | None = None
+    resumed_attempt: int = 0  # the latest attempt that reported the checkpoint step it resumed from (it is up)
     batch_size: int | None = None
 
     @property

@@ -186,6 +186,7 @@ class SchedulerState:
             return False
         if resumed_step is not None:
             job.resumed_step = resumed_step
+            job.resumed_attempt = attempt
         if not all_started:
             return True
         job.started_at = now
@@ -200,7 +201,10 @@ class SchedulerState:
     def note_resumed(self, job_id: str, attempt: int, step: int, now: float, *, cid: str | None = None) -> None:
         """A running job reported the checkpoint step it resumed from."""
         job = self.jobs.get(job_id)
-        if job is None or job.attempt != attempt or job.state != "running" or job.resumed_step == step:
+        if job is None or job.attempt != attempt or job.state != "running":
+            return
+        job.resumed_attempt = attempt
+        if job.resumed_step == step:
             return
         job.resumed_step = step
         self._record(job, "running", "running", f"resumed from step {step}", cid, now)

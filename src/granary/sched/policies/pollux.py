@@ -52,6 +52,9 @@ class PolluxPolicy(MlfqPolicy):
         min_resize_interval_s: a job's size is held at least this long.
         restart_cost_s: what one resize costs the job (stop, checkpoint, restart).
         quotas: the most GPUs each tenant's jobs may hold together (tenants not named: unlimited).
+        hold_until_resumed: a restarted job keeps its size until it reported the step it resumed from (it is up
+            and training); on a real cluster this keeps a slow start from being resized again before its first
+            step. The simulator has no reports and leaves it off.
         **mlfq: ``MlfqPolicy``'s options (levels, starvation guard, ``min_run_s``).
     """
 
@@ -59,6 +62,7 @@ class PolluxPolicy(MlfqPolicy):
 
     def __init__(self, *, interval_s: float = 60.0, p: float = -1.0, min_resize_interval_s: float = 600.0,
                  restart_cost_s: float = 60.0, quotas: dict[str, int] | None = None,
+                 hold_until_resumed: bool = False,
                  thresholds_gpu_s: Sequence[float] = (1800.0, 28800.0, 230400.0), starve_factor: float = 8.0,
                  starve_min_s: float = 6 * 3600.0, min_run_s: float = 300.0) -> None:
         super().__init__(thresholds_gpu_s=thresholds_gpu_s, starve_factor=starve_factor, starve_min_s=starve_min_s,
@@ -74,6 +78,7 @@ class PolluxPolicy(MlfqPolicy):
         self.min_resize_interval_s = min_resize_interval_s
         self.restart_cost_s = restart_cost_s
         self.quotas = dict(quotas or {})
+        self.hold_until_resumed = hold_until_resumed
         self._next_round = -math.inf
         self._seen = -1
         self._ref: dict[str, int] = {}
@@ -131,6 +136,8 @@ class PolluxPolicy(MlfqPolicy):
         since = job.resized_at if job.resized_at is not None else job.started_at
         if since is None:
             return job.state == "admitted"
+        if self.hold_until_resumed and job.attempt > 1 and job.resumed_attempt < job.attempt:
+            return True
         return now - since < max(self.min_resize_interval_s, 0.0) or (
             not job.spec.resizable and now - since < self.min_run_s)
 
