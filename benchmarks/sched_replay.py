@@ -165,9 +165,10 @@ def main() -> None:
         elastic_main(a)
         return
     sizes = [int(g) for g in a.gpus.split(",")]
-    jobs = [(a.trace, pol, g, {}) for g in sizes for pol in a.policies.split(",")]
+    jobs = [(a.trace, pol, g, {"cost_model": a.cost_model}) for g in sizes for pol in a.policies.split(",")]
     fail_jobs = [(a.trace, "mlfq", 640, {"node_mtbf_s": 30 * 86400.0, "node_repair_s": 4 * 3600.0,
                                          "job_error_rate": 0.02, "restart_overhead_s": 60.0, "seed": 1,
+                                         "cost_model": a.cost_model,
                                          "checkpoint_interval_s": c})
                  for c in (None, 7200.0, 1800.0, 600.0)] if a.failures else []
     t0 = time.time()
