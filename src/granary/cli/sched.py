@@ -167,6 +167,12 @@ def simulate_cmd(
     limit: int = typer.Option(0, help="Replay only the first N jobs (0: all)."),
     node_mtbf_h: float = typer.Option(0.0, help="Inject node failures with this MTBF per node (hours)."),
     checkpoint_min: float = typer.Option(0.0, help="Checkpoint interval in minutes (with failures)."),
+    cost_model: str = typer.Option("realistic", help="realistic: speed depends on GPU count, placement, batch, GPU "
+                                   "type and neighbours, restarts and checkpoints cost time; ideal: jobs run at "
+                                   "trace speed anywhere and restart for free."),
+    disable_cost: list[str] = typer.Option([], "--disable-cost", help="Switch one cost of the realistic model off "
+                                           "(scaling, restart, checkpoint, interference, hetero); repeatable."),
+    elastic: bool = typer.Option(True, help="Trace jobs are resizable (used by resizing policies like pollux)."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Replay a job trace through the real scheduler code and print the metrics."""
@@ -183,7 +189,8 @@ def simulate_cmd(
             tr = tr.slice(0, limit)
         t0 = time.process_time()
         m = simulate(tr, gpus=gpus, policy=policy, placement=placement,
-                     node_mtbf_s=node_mtbf_h * 3600 or None, checkpoint_interval_s=checkpoint_min * 60 or None)
+                     node_mtbf_s=node_mtbf_h * 3600 or None, checkpoint_interval_s=checkpoint_min * 60 or None,
+                     cost_model=cost_model, disabled_costs=tuple(disable_cost), elastic=elastic)
         cpu_s = time.process_time() - t0
     except (GranaryError, ValueError) as exc:
         fail(exc if isinstance(exc, GranaryError) else str(exc))
@@ -209,6 +216,13 @@ def register(app: typer.Typer) -> None:
         checkpoint_dir: str = typer.Option(None, help="Checkpoint directory for restarts."),
         max_restarts: int = typer.Option(0, help="Retries after the job fails."),
         executor: str = typer.Option("local", help="local, slurm, ray or k8s."),
+        resizable: bool = typer.Option(False, help="The scheduler may resize the job while it runs (elastic; "
+                                       "the `pollux` policy does)."),
+        min_gpus: int = typer.Option(None, help="Elastic: the fewest GPUs (default 1)."),
+        max_gpus: int = typer.Option(None, help="Elastic: the most GPUs (default: --gpus x --replicas)."),
+        batch_size: int = typer.Option(None, help="Preferred global batch size."),
+        min_batch_size: int = typer.Option(None, help="Smallest global batch size the scheduler may choose."),
+        max_batch_size: int = typer.Option(None, help="Largest global batch size the scheduler may choose."),
         as_json: bool = typer.Option(False, "--json", help="Print the job ids as JSON."),
         command: list[str] = typer.Argument(None, help="Command to run (after --)."),
     ) -> None:
@@ -222,7 +236,9 @@ def register(app: typer.Typer) -> None:
             elif command:
                 specs = [JobSpec(name=name or Path(command[0]).name, tenant=tenant, command=tuple(command),
                                  gpus_per_replica=gpus, replicas=replicas, priority=priority,
-                                 checkpoint_dir=checkpoint_dir, max_restarts=max_restarts, executor=executor)]
+                                 checkpoint_dir=checkpoint_dir, max_restarts=max_restarts, executor=executor,
+                                 resizable=resizable, min_gpus=min_gpus, max_gpus=max_gpus, batch_size=batch_size,
+                                 min_batch_size=min_batch_size, max_batch_size=max_batch_size)]
             else:
                 fail("give a command after `--` or a spec with --file")
             import dataclasses

@@ -27,7 +27,16 @@ from granary.sched.errors import SchedError
 from granary.sched.executors import Executor, get_executor
 from granary.sched.journal import job_from_row, job_values, node_spec, register_node
 from granary.sched.lease import Lease
-from granary.sched.model import ACTIVE, TERMINAL, Decision, JobSpec, NodeSpec, PreemptDecision, StartDecision
+from granary.sched.model import (
+    ACTIVE,
+    TERMINAL,
+    Decision,
+    JobSpec,
+    NodeSpec,
+    PreemptDecision,
+    ResizeDecision,
+    StartDecision,
+)
 from granary.sched.recurring import fire_due
 from granary.sched.state import SchedulerConfig, SchedulerState
 
@@ -80,6 +89,7 @@ class Controller:
         self.executors: dict[str, Executor] = {}
         self.ticks = 0
         self.lease: Lease | None = None
+        self.resizing: dict[str, ResizeDecision] = {}  # resized jobs whose old attempt has not exited yet
 
     # ------------------------------------------------------------ recovery
     def recover(self) -> None:
@@ -108,8 +118,8 @@ class Controller:
         for row in [*done, *live]:
             job = job_from_row(row)
             rows = sorted(placements.get((job.id, job.attempt), []), key=lambda a: a.replica)
-            if job.state in ACTIVE and not rows:  # cannot happen: attempts commit with the job row
-                log.error("job %s is %s without attempt rows; requeueing it", job.id, job.state)
+            if job.state in ACTIVE and not rows:  # a resize whose old attempt had not exited when we stopped
+                log.warning("job %s is %s without attempt rows (a resize in flight); requeueing it", job.id, job.state)
                 job.state = "pending"
             starts = [a.started_at for a in rows if a.started_at is not None]
             st.restore(job, [(a.node, tuple(json.loads(a.gpu_ids))) for a in rows],
@@ -137,6 +147,7 @@ class Controller:
             decisions += st.tick(now)
             decisions += st.schedule(now)
             self._write(conn, decisions, failed_submits, now)
+            self._launch_resized(conn, now)
         st.transitions.clear()
         self.ticks += 1
         self._drive_remote(now)
@@ -270,17 +281,47 @@ class Controller:
         return []
 
     # -------------------------------------------------------------- outputs
+    def _insert_attempt(self, conn: Connection, d: StartDecision | ResizeDecision, now: float) -> None:
+        job = self.state.jobs[d.job_id]
+        attempt = d.attempt if isinstance(d, StartDecision) else d.new_attempt
+        for replica, ((_, ids), name) in enumerate(zip(d.placement, d.nodes, strict=True)):
+            conn.execute(t.attempts.insert().values(
+                job_id=d.job_id, attempt=attempt, replica=replica, node=name,
+                executor=job.spec.executor, gpu_ids=json.dumps(list(ids)), state="assigned",
+                acked="assigned", stop_requested=False, stop_reason="", grace_s=job.spec.grace_s,
+                usage="{}", created_at=now))
+
+    def _launch_resized(self, conn: Connection, now: float) -> None:
+        """Create the next attempt of each resized job once its old attempt has exited (it checkpoints on the
+        way out, and the next attempt resumes from that checkpoint at the new size)."""
+        for job_id, d in list(self.resizing.items()):
+            job = self.state.jobs.get(job_id)
+            if job is None or job.attempt != d.new_attempt or job.state not in ACTIVE:
+                del self.resizing[job_id]  # cancelled, failed or preempted meanwhile
+                continue
+            q = sa.select(t.attempts.c.state).where(t.attempts.c.job_id == job_id, t.attempts.c.attempt == d.attempt)
+            if any(state in t.ATTEMPT_OPEN for (state,) in conn.execute(q)):
+                continue
+            self._insert_attempt(conn, d, now)
+            del self.resizing[job_id]
+
     def _write(self, conn: Connection, decisions: list[Decision], failed: list[tuple[str, str]], now: float) -> None:
         st = self.state
         for d in decisions:
             if isinstance(d, StartDecision):
                 job = st.jobs[d.job_id]
-                for replica, ((_, ids), name) in enumerate(zip(d.placement, d.nodes, strict=True)):
-                    conn.execute(t.attempts.insert().values(
-                        job_id=d.job_id, attempt=d.attempt, replica=replica, node=name,
-                        executor=job.spec.executor, gpu_ids=json.dumps(list(ids)), state="assigned",
-                        acked="assigned", stop_requested=False, stop_reason="", grace_s=job.spec.grace_s,
-                        usage="{}", created_at=now))
+                if job.spec.resizable:  # the policy may have sized it: agents launch what the row says
+                    conn.execute(t.jobs.update().where(t.jobs.c.id == d.job_id)
+                                 .values(spec=json.dumps(job.spec.to_dict())))
+                self._insert_attempt(conn, d, now)
+            elif isinstance(d, ResizeDecision):
+                job = st.jobs[d.job_id]
+                conn.execute(t.attempts.update().where(
+                    t.attempts.c.job_id == d.job_id, t.attempts.c.attempt == d.attempt,
+                    t.attempts.c.state.in_(t.ATTEMPT_OPEN)).values(stop_requested=True, stop_reason=d.reason,
+                                                                  grace_s=d.grace_s))
+                conn.execute(t.jobs.update().where(t.jobs.c.id == d.job_id).values(spec=json.dumps(job.spec.to_dict())))
+                self.resizing[d.job_id] = d
             else:
                 lost = d.reason.startswith("node ")
                 q = t.attempts.update().where(t.attempts.c.job_id == d.job_id, t.attempts.c.attempt == d.attempt,

@@ -27,6 +27,7 @@ class RunMetrics:
         goodput: useful GPU-seconds over GPU-seconds held (1 - recomputation and restart overhead).
         lost_gpu_h: GPU-hours held but not useful (recomputed after failures, restart overhead).
         restarts_node, restarts_job: restarts by cause.
+        resizes: running jobs moved to another GPU count (elastic policies).
     """
 
     jobs: int
@@ -48,6 +49,7 @@ class RunMetrics:
     lost_gpu_h: float
     restarts_node: int
     restarts_job: int
+    resizes: int = 0
 
     def to_dict(self) -> dict[str, float | int]:
         """The metrics as a JSON-able dict."""
@@ -68,15 +70,17 @@ def jain_index(values: np.ndarray) -> float:
 
 def compute_metrics(*, submit: np.ndarray, finish: np.ndarray, duration: np.ndarray, gpus: np.ndarray,
                     held_s: np.ndarray, tenant: np.ndarray, total_gpus: int, preemptions: int,
-                    restarts_node: int = 0, restarts_job: int = 0) -> RunMetrics:
-    """Compute :class:`RunMetrics` from per-job arrays (``finish`` is NaN for unfinished jobs)."""
+                    restarts_node: int = 0, restarts_job: int = 0, held_gpu_s: np.ndarray | None = None,
+                    resizes: int = 0) -> RunMetrics:
+    """Compute :class:`RunMetrics` from per-job arrays (``finish`` is NaN for unfinished jobs; ``held_gpu_s``,
+    GPU-seconds held per job, defaults to ``held_s * gpus`` - pass it when jobs changed size)."""
     done = np.isfinite(finish)
     jct = (finish - submit)[done]
     dur, g, held = duration[done], gpus[done], held_s[done]
     queue = np.maximum(jct - held, 0.0)
     bsld = np.maximum(1.0, jct / np.maximum(dur, BOUND_S))
     makespan = float(finish[done].max() - submit.min()) if done.any() else 0.0
-    held_gpu_s = float((held_s * gpus).sum())
+    held_total = float((held_s * gpus).sum()) if held_gpu_s is None else float(np.sum(held_gpu_s))
     useful = float((dur * g).sum())
     speed = dur / np.maximum(jct, 1e-9)
     tenants = tenant[done]
@@ -87,8 +91,8 @@ def compute_metrics(*, submit: np.ndarray, finish: np.ndarray, duration: np.ndar
         avg_jct_s=float(jct.mean()) if len(jct) else 0.0, p50_jct_s=_pct(jct, 50), p95_jct_s=_pct(jct, 95),
         p99_jct_s=_pct(jct, 99), avg_queue_s=float(queue.mean()) if len(queue) else 0.0,
         p99_queue_s=_pct(queue, 99), avg_bsld=float(bsld.mean()) if len(bsld) else 0.0, p99_bsld=_pct(bsld, 99),
-        makespan_s=makespan, gpu_util=held_gpu_s / max(total_gpus * makespan, 1e-9), preemptions=preemptions,
+        makespan_s=makespan, gpu_util=held_total / max(total_gpus * makespan, 1e-9), preemptions=preemptions,
         jain=jain_index(per_tenant), max_queue_large_s=float(queue[large].max()) if large.any() else 0.0,
-        goodput=useful / max(held_gpu_s, 1e-9), lost_gpu_h=max(0.0, held_gpu_s - useful) / 3600.0,
-        restarts_node=restarts_node, restarts_job=restarts_job,
+        goodput=useful / max(held_total, 1e-9), lost_gpu_h=max(0.0, held_total - useful) / 3600.0,
+        restarts_node=restarts_node, restarts_job=restarts_job, resizes=resizes,
     )

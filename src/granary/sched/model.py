@@ -19,10 +19,11 @@ MAX_REPLICAS = 100_000  # more than any cluster has nodes; a larger count is a t
 MAX_GPUS_PER_REPLICA = 1024  # a replica runs on one node
 
 # Every allowed state change. "preempted" is transient: a preempted job goes back to pending at once.
+# running -> admitted is a resize: the attempt stops and the next one is placed at the new size.
 TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"admitted", "cancelled", "failed"}),
     "admitted": frozenset({"running", "pending", "cancelled", "failed", "succeeded", "preempted"}),
-    "running": frozenset({"succeeded", "failed", "preempted", "cancelled", "pending"}),
+    "running": frozenset({"succeeded", "failed", "preempted", "cancelled", "pending", "admitted"}),
     "preempted": frozenset({"pending", "cancelled"}),
     "succeeded": frozenset(),
     "failed": frozenset(),
@@ -58,6 +59,13 @@ class JobSpec:
         executor: where it runs: ``local``, ``slurm``, ``ray`` or ``k8s``.
         grace_s: seconds between SIGTERM and SIGKILL on preemption or cancel.
         gang_timeout_s: an admitted gang whose replicas are not all running by then is released and requeued.
+        resizable: the scheduler may change the job's GPU count while it runs (through its checkpoint: stop at a
+            step boundary, save, restart at the new size); ``gpus_per_replica * replicas`` is the starting size.
+        min_gpus: the fewest GPUs a resizable job runs on (default: 1).
+        max_gpus: the most GPUs a resizable job runs on (default: its starting size).
+        batch_size: the preferred global batch size (what the job's hyper-parameters were tuned for).
+        min_batch_size: the smallest global batch size the scheduler may choose (default: ``batch_size``).
+        max_batch_size: the largest global batch size the scheduler may choose (default: ``batch_size``).
     """
 
     name: str
@@ -82,6 +90,12 @@ class JobSpec:
     executor: str = "local"
     grace_s: float = 10.0
     gang_timeout_s: float = 300.0
+    resizable: bool = False
+    min_gpus: int | None = None
+    max_gpus: int | None = None
+    batch_size: int | None = None
+    min_batch_size: int | None = None
+    max_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 128:
@@ -108,6 +122,7 @@ class JobSpec:
             raise InvalidJobError("duration_estimate_s", f"must be > 0, got {self.duration_estimate_s}")
         if self.grace_s < 0 or self.gang_timeout_s <= 0:
             raise InvalidJobError("grace_s", "grace_s must be >= 0 and gang_timeout_s > 0")
+        _check_elastic(self)
         # Computed once (a spec is immutable; policies ask for it in every pass) and set here, in every instance
         # in the same order, so instances keep sharing their attribute layout (fast attribute access).
         object.__setattr__(self, "_shape", (self.gpus_per_replica, self.cpus_per_replica,
@@ -118,6 +133,37 @@ class JobSpec:
     def gpus(self) -> int:
         """Total GPUs of the job (all replicas)."""
         return self.gpus_per_replica * self.replicas
+
+    @property
+    def gpu_range(self) -> tuple[int, int]:
+        """(fewest, most) GPUs the job may run on; both equal its size when it is not resizable."""
+        if not self.resizable:
+            return self.gpus, self.gpus
+        return self.min_gpus or 1, self.max_gpus or self.gpus
+
+    @property
+    def batch_range(self) -> tuple[int, int] | None:
+        """(smallest, largest) global batch size the scheduler may choose; None when the job names no batch size."""
+        if self.batch_size is None:
+            return None
+        return self.min_batch_size or self.batch_size, self.max_batch_size or self.batch_size
+
+    def resized(self, gpus: int, gpus_per_node: int) -> JobSpec:
+        """This spec at another size: ``gpus`` split into as few equal replicas as nodes of ``gpus_per_node`` allow.
+
+        Raises:
+            InvalidJobError: the job is not resizable, or ``gpus`` lies outside its range.
+        """
+        lo, hi = self.gpu_range
+        if not self.resizable or not lo <= gpus <= hi:
+            raise InvalidJobError("gpus", f"job {self.name!r} cannot run on {gpus} GPUs (resizable={self.resizable}, "
+                                          f"range {lo}-{hi})")
+        replicas = max(1, -(-gpus // max(1, gpus_per_node)))
+        while gpus % replicas:
+            replicas += 1
+        fields = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        fields.update(gpus_per_replica=gpus // replicas, replicas=replicas)
+        return JobSpec(**fields)
 
     @property
     def shape(self) -> tuple[int, float, int, int, tuple[tuple[str, str], ...]]:
@@ -151,6 +197,33 @@ class JobSpec:
             raise InvalidJobError(exc.field, exc.reason, source=source) from exc
         except TypeError as exc:
             raise InvalidJobError("?", str(exc), source=source) from exc
+
+
+def _check_elastic(spec: JobSpec) -> None:
+    """Validate the elastic fields of a spec (each error names the field and what to change)."""
+    for name in ("min_gpus", "max_gpus", "batch_size", "min_batch_size", "max_batch_size"):
+        value = getattr(spec, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise InvalidJobError(name, f"must be a whole number >= 1, got {value!r}")
+    if not spec.resizable and (spec.min_gpus is not None or spec.max_gpus is not None):
+        raise InvalidJobError("min_gpus", "min_gpus/max_gpus need resizable: true (or remove them)")
+    if spec.resizable:
+        if spec.gpus < 1:
+            raise InvalidJobError("resizable", "a resizable job needs GPUs: set gpus_per_replica >= 1")
+        lo, hi = spec.gpu_range
+        if lo > hi:
+            raise InvalidJobError("min_gpus", f"min_gpus ({lo}) is above max_gpus ({hi}); swap or fix them")
+        if not lo <= spec.gpus <= hi:
+            raise InvalidJobError("gpus_per_replica", f"the starting size ({spec.gpus} GPUs = gpus_per_replica x "
+                                  f"replicas) must lie in min_gpus..max_gpus ({lo}..{hi})")
+    if spec.batch_size is None:
+        if spec.min_batch_size is not None or spec.max_batch_size is not None:
+            raise InvalidJobError("batch_size", "min_batch_size/max_batch_size need batch_size (the preferred one)")
+        return
+    blo, bhi = spec.batch_range or (0, 0)
+    if not blo <= spec.batch_size <= bhi:
+        raise InvalidJobError("batch_size", f"the preferred batch size {spec.batch_size} must lie in "
+                              f"min_batch_size..max_batch_size ({blo}..{bhi})")
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -233,6 +306,10 @@ class Job:
     resumed_step: int | None = None
     checkpoint: str | None = None
     reason: str = ""
+    resizes: int = 0
+    resized_at: float | None = None
+    resumed_attempt: int = 0  # the latest attempt that reported the checkpoint step it resumed from (it is up)
+    batch_size: int | None = None
 
     @property
     def gpus(self) -> int:
@@ -272,4 +349,24 @@ class PreemptDecision:
     reason: str
 
 
-Decision = StartDecision | PreemptDecision
+@dataclass(frozen=True, slots=True)
+class ResizeDecision:
+    """Change a running job's size: stop attempt ``attempt`` at a step boundary (SIGTERM: it checkpoints), then
+    start attempt ``attempt + 1`` on ``placement`` with ``gpus`` GPUs and global batch ``batch_size``."""
+
+    job_id: str
+    attempt: int
+    placement: Placement
+    nodes: tuple[str, ...]
+    gpus: int
+    batch_size: int | None
+    grace_s: float
+    reason: str
+
+    @property
+    def new_attempt(self) -> int:
+        """The attempt that runs at the new size."""
+        return self.attempt + 1
+
+
+Decision = StartDecision | PreemptDecision | ResizeDecision

@@ -16,6 +16,7 @@ from typing import Any
 
 from granary.sched.cluster import Cluster
 from granary.sched.errors import JobNotFoundError, TransitionError
+from granary.sched.goodput import GoodputModel
 from granary.sched.model import (
     ACTIVE,
     TERMINAL,
@@ -25,6 +26,7 @@ from granary.sched.model import (
     JobSpec,
     NodeSpec,
     PreemptDecision,
+    ResizeDecision,
     StartDecision,
     Transition,
 )
@@ -97,6 +99,7 @@ class SchedulerState:
         self._timers: list[tuple[float, int, str, str, tuple[Any, ...]]] = []
         self._seq = itertools.count()
         self._ids = itertools.count(1)
+        self.models: dict[str, GoodputModel] = {}  # goodput models of elastic jobs (fed by the controller / simulator)
         self.changes = 0  # bumped whenever resources or the queue change (policies memoize on it)
         self._zero_gpu = 0
 
@@ -183,6 +186,7 @@ class SchedulerState:
             return False
         if resumed_step is not None:
             job.resumed_step = resumed_step
+            job.resumed_attempt = attempt
         if not all_started:
             return True
         job.started_at = now
@@ -197,7 +201,10 @@ class SchedulerState:
     def note_resumed(self, job_id: str, attempt: int, step: int, now: float, *, cid: str | None = None) -> None:
         """A running job reported the checkpoint step it resumed from."""
         job = self.jobs.get(job_id)
-        if job is None or job.attempt != attempt or job.state != "running" or job.resumed_step == step:
+        if job is None or job.attempt != attempt or job.state != "running":
+            return
+        job.resumed_attempt = attempt
+        if job.resumed_step == step:
             return
         job.resumed_step = step
         self._record(job, "running", "running", f"resumed from step {step}", cid, now)
@@ -357,6 +364,53 @@ class SchedulerState:
         job.preemptions += 1
         self.counters["preemptions"] += 1
         self._requeue(job, now, "requeued after preemption", 0.0, None)
+        return decision
+
+    def resize(self, job: Job, gpus: int, now: float, *, batch_size: int | None = None,
+               reason: str = "") -> ResizeDecision | None:
+        """Move a running resizable job to ``gpus`` GPUs (policies call this); None when it cannot be placed.
+
+        The running attempt is stopped (SIGTERM: the job checkpoints at a step boundary) and the next attempt is
+        admitted on the new placement at once, so the GPUs it keeps are never handed to another job in between.
+        When the new size does not fit, nothing changes.
+
+        Raises:
+            InvalidJobError: ``gpus`` lies outside the job's range (or the job is not resizable).
+            TransitionError: the job is not running.
+        """
+        if job.state != "running":
+            raise TransitionError(job.id, job.state, "admitted")
+        old_spec, old_placement = job.spec, job.placement or ()
+        new_spec = old_spec.resized(gpus, max(1, len(self.cluster.by_free) - 1))
+        for i, ids in old_placement:
+            self.cluster.release(self.cluster.nodes[i], old_spec, ids, job.id)
+        nodes = self.place(self.cluster, new_spec)
+        if nodes is None:
+            for i, ids in old_placement:
+                self.cluster.allocate_ids(self.cluster.nodes[i], old_spec, ids, job.id)
+            return None
+        for i, ids in old_placement:  # put the old allocation back so that _stop accounts and frees it once
+            self.cluster.allocate_ids(self.cluster.nodes[i], old_spec, ids, job.id)
+        self._stop(job, now)
+        job.spec = new_spec
+        placement = tuple((i, self.cluster.allocate(self.cluster.nodes[i], new_spec, job.id)) for i in nodes)
+        why = reason or f"resized {old_spec.gpus} -> {gpus} GPUs"
+        decision = ResizeDecision(job.id, job.attempt, placement, tuple(self.cluster.nodes[i].spec.name for i in nodes),
+                                  gpus, batch_size, old_spec.grace_s, why)
+        self._record(job, "running", "admitted", why, None, now)
+        job.placement = placement
+        job.attempt += 1
+        job.state = "admitted"
+        job.resizes += 1
+        job.resized_at = now
+        job.batch_size = batch_size
+        self.counters["resizes"] += 1
+        self.active[job.id] = job
+        self.usage[job.spec.tenant] += job.gpus
+        job.key = self.policy.key(job, now)
+        self._push_victim(job)
+        if new_spec.gang and new_spec.replicas > 1:
+            self._timer(now + new_spec.gang_timeout_s, "gang", job)
         return decision
 
     def victims(self) -> Iterator[Job]:

@@ -114,3 +114,29 @@ def test_every_command_has_json_except_those_the_readme_names() -> None:
     line = next(x for x in readme.splitlines() if x.startswith("Commands without `--json`:"))
     stated = sorted(x.strip(" `.") for x in line.split(":", 1)[1].split(","))
     assert without == stated, "update the README's list of commands without --json (or add --json)"
+
+
+def test_elastic_submit_and_simulate_flags(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from granary.catalog import open_catalog
+    from granary.config import Settings
+    from granary.sched.journal import get_job
+
+    result = runner.invoke(app, ["submit", "--name", "e", "--gpus", "2", "--resizable", "--max-gpus", "8",
+                                 "--batch-size", "64", "--max-batch-size", "512", "--json", "--", "true"])
+    assert result.exit_code == 0, result.output
+    row = get_job(open_catalog(Settings.from_env().catalog_url), json.loads(result.stdout)["e"])[0]
+    spec = row.spec
+    assert (spec["resizable"], spec["min_gpus"], spec["max_gpus"], spec["max_batch_size"]) == (True, None, 8, 512)
+    bad = runner.invoke(app, ["submit", "--name", "e", "--gpus", "2", "--max-gpus", "8", "--", "true"])
+    assert bad.exit_code == 1 and "need resizable: true" in bad.stderr
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp,duration,num_gpus\n0,600,1\n10,300,2\n20,900,1\n")
+    runs = {}
+    for args in (["--policy", "pollux"], ["--cost-model", "ideal"], ["--disable-cost", "restart"]):
+        out = runner.invoke(app, ["sched", "simulate", "--trace", str(trace), "--gpus", "8", "--json", *args])
+        assert out.exit_code == 0, out.output
+        runs[args[-1]] = json.loads(out.stdout)
+    assert runs["pollux"]["resizes"] >= 0 and runs["pollux"]["jobs"] == 3
+    assert runs["ideal"]["avg_jct_s"] == (600 + 300 + 900) / 3  # the ideal model: trace durations exactly
+    bad = runner.invoke(app, ["sched", "simulate", "--trace", str(trace), "--gpus", "8", "--disable-cost", "free"])
+    assert bad.exit_code == 1 and "unknown costs" in bad.stderr

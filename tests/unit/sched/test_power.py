@@ -21,7 +21,8 @@ def trace(submit: list[float], duration: list[float], gpus: list[int]) -> Trace:
 
 def test_energy_of_an_always_on_cluster_by_hand() -> None:
     # 2 nodes x 2 GPUs; one 2-GPU job for 100 s: makespan 100 s
-    r = simulate_energy(trace([0.0], [100.0], [2]), SimConfig(gpus=4, gpus_per_node=2, policy="fifo"), P)
+    r = simulate_energy(trace([0.0], [100.0], [2]),
+                        SimConfig(gpus=4, gpus_per_node=2, policy="fifo", cost_model="ideal"), P)
     busy_node = 100 + 2 * 50
     idle_node = 100 + 2 * 10
     assert r.energy_kwh * 3.6e6 == pytest.approx((busy_node + idle_node) * 100.0)
@@ -31,7 +32,7 @@ def test_energy_of_an_always_on_cluster_by_hand() -> None:
 def test_power_down_saves_idle_energy_and_costs_a_boot() -> None:
     # job A at t=0 for 10 s, job B at t=200 for 10 s; nodes power down after 50 s idle
     tr = trace([0.0, 200.0], [10.0, 10.0], [2, 2])
-    cfg = SimConfig(gpus=4, gpus_per_node=2, policy="fifo", placement="binpack")
+    cfg = SimConfig(gpus=4, gpus_per_node=2, policy="fifo", cost_model="ideal", placement="binpack")
     on = simulate_energy(tr, cfg, P)
     off = simulate_energy(tr, cfg, PowerConfig(**{**P.__dict__, "power_down_after_s": 50.0}))
     assert off.wakeups >= 1
@@ -44,7 +45,7 @@ def test_power_cap_bounds_busy_gpus() -> None:
     floor = 2 * (100 + 2 * 10)
     assert gpus_under_cap(floor + 40.0 * 2, nodes=2, gpus_per_node=2, power=P) == 2
     tr = trace([0.0, 0.0, 0.0], [100.0, 100.0, 100.0], [1, 1, 1])
-    sim = PowerSimulator(SimConfig(gpus=4, gpus_per_node=2, policy="fifo"),
+    sim = PowerSimulator(SimConfig(gpus=4, gpus_per_node=2, policy="fifo", cost_model="ideal"),
                          PowerConfig(**{**P.__dict__, "cap_w": floor + 80.0}))
     m = sim.run(tr)
     assert sim.state.config.max_busy_gpus == 2 and sim.peak_busy == 2

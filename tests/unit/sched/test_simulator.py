@@ -23,7 +23,7 @@ def _trace(rows: list[tuple[float, float, int]]) -> Trace:
 
 def test_fifo_by_hand() -> None:
     tr = _trace([(0, 100, 8), (10, 10, 8), (20, 10, 1)])
-    m = simulate(tr, gpus=8, gpus_per_node=8, policy="fifo")
+    m = simulate(tr, gpus=8, gpus_per_node=8, policy="fifo", cost_model="ideal")
     # job0 runs 0-100, job1 100-110, job2 110-120 (strict FIFO: job2 waits behind job1)
     assert m.jobs == 3 and m.avg_jct_s == pytest.approx((100 + 100 + 100) / 3)
     assert m.makespan_s == pytest.approx(120) and m.preemptions == 0
@@ -32,7 +32,7 @@ def test_fifo_by_hand() -> None:
 
 def test_mlfq_preempts_long_job_for_short_ones() -> None:
     tr = _trace([(0, 10_000, 8), (2000, 10, 8)])
-    m = simulate(tr, gpus=8, gpus_per_node=8, policy="mlfq",
+    m = simulate(tr, gpus=8, gpus_per_node=8, policy="mlfq", cost_model="ideal",
                  policy_options={"thresholds_gpu_s": (3600.0,), "min_run_s": 0.0})
     assert m.preemptions == 1 and m.jobs == 2
     assert m.avg_jct_s == pytest.approx((10 + 10_010) / 2)
@@ -41,10 +41,14 @@ def test_mlfq_preempts_long_job_for_short_ones() -> None:
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 def test_every_policy_finishes_every_job(policy: str) -> None:
     tr = synthetic_trace(300, seed=1, load=0.95, gpus=32)
-    m = simulate(tr, gpus=32, gpus_per_node=8, policy=policy)
+    m = simulate(tr, gpus=32, gpus_per_node=8, policy=policy, cost_model="ideal")
     assert m.unfinished == 0 and m.jobs == 300
     assert 0 < m.gpu_util <= 1.0 + 1e-9
     assert m.goodput == pytest.approx(1.0)
+    real = simulate(tr, gpus=32, gpus_per_node=8, policy=policy)
+    assert real.unfinished == 0
+    if policy != "pollux":  # every cost on and a fixed size: slower, never faster (pollux grows jobs instead)
+        assert real.avg_jct_s > m.avg_jct_s and real.resizes == 0
 
 
 def test_mlfq_beats_fifo_on_heavy_tailed_load() -> None:

@@ -72,8 +72,11 @@ def command_line(spec: JobSpec) -> str:
             raise ValueError(f"job {spec.name!r} has neither command nor recipe")
         # a `train` job: torchrun's elastic agent, one worker per GPU (one on CPU); a restarted attempt resumes
         # from the newest checkpoint in the store and reports the step (granary.sched.checkpoint.report_resumed)
+        # `exec`: the runner then waits on torchrun's agent itself, which on SIGTERM passes it to its workers (they
+        # live in sessions of their own), waits for their checkpoint and exits; a shell in between would exit at
+        # once and the next attempt (a resize) could start while the old one still saves
         nproc = max(1, spec.gpus_per_replica)
-        return (f"{shlex.quote(sys.executable)} -m granary.cli.main train {shlex.quote(spec.recipe)} "
+        return (f"exec {shlex.quote(sys.executable)} -m granary.cli.main train {shlex.quote(spec.recipe)} "
                 f"--nproc-per-node {nproc}")
     if isinstance(spec.command, str):
         return spec.command

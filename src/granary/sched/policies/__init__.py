@@ -25,6 +25,6 @@ def get_policy(name: str, **options: Any) -> Policy:
     return POLICIES[name](**options)
 
 
-from granary.sched.policies import classic, fairshare, mlfq  # noqa: E402,F401  (registration)
+from granary.sched.policies import classic, fairshare, mlfq, pollux  # noqa: E402,F401  (registration)
 
 __all__ = ["DEFAULT_POLICY", "POLICIES", "Policy", "get_policy", "register"]
