@@ -227,6 +227,12 @@ class Registry:
         log.info("registered %s (%s) as store version %s", mv.ref, method, info.short_id)
         return mv
 
+    def update_facts(self, mv: ModelVersion) -> None:
+        """Store a version's facts again (measurements added after it was committed)."""
+        with self.catalog.write() as conn:
+            conn.execute(t.versions.update().where(t.versions.c.name == mv.name, t.versions.c.version == mv.version)
+                         .values(facts=json.dumps(mv.facts, default=str)))
+
     def _next_number(self, name: str) -> int:
         with self.catalog.read() as conn:
             top = conn.execute(sa.select(sa.func.max(t.versions.c.version)).where(t.versions.c.name == name)).scalar()
