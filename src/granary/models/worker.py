@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     sv = sub.add_parser("serve", help="serve a model version over HTTP and register it with the gateway")
     sv.add_argument("--model", required=True, help="name@version")
     sv.add_argument("--served-as", required=True, help="the model name requests carry")
-    sv.add_argument("--weight", type=float, default=1.0)
+    sv.add_argument("--port", type=int, required=True)
     sv.add_argument("--fail-rate", type=float, default=0.0, help="answer this share of requests with 500 (tests)")
     sv.add_argument("--never-ready", action="store_true", help="never report healthy (tests)")
     args = parser.parse_args(argv)
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_trial(store, study=args.study, storage=args.storage, spec_json=args.spec)
     from granary.models.server import serve
 
-    return serve(store, args.model, served_as=args.served_as, weight=args.weight, fail_rate=args.fail_rate,
+    return serve(store, args.model, served_as=args.served_as, port=args.port, fail_rate=args.fail_rate,
                  never_ready=args.never_ready)
 
 
