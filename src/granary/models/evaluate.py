@@ -144,13 +144,15 @@ def metrics_of(sums: Sequence[dict[str, float]]) -> dict[str, float]:
 
 def make_plan(store: Store, model: str, data: str, *, num_shards: int = 16, max_samples: int = 0,
               batch_size: int = 64, purpose: str = EVAL_PURPOSE) -> EvalPlan:
-    """Resolve the model and the data version (pinned by id) into a plan."""
-    mv = Registry(store).get(model)
-    info = store.resolve(data)
-    if info.kind != "tokens":
-        raise EvalError(f"{data} is a {info.kind} version; evaluation reads a tokens version",
+    """Resolve the model and the data version (pinned by id) into a plan; the data is opened through the gate
+    first, so a caller who may not read it for ``purpose`` is refused (and audited) before anything runs."""
+    manifest = store.open_version(data, purpose=purpose)
+    if manifest.kind != "tokens":
+        raise EvalError(f"{data} is a {manifest.kind} version; evaluation reads a tokens version",
                         hint="tokenize the held-out data first: granary tokenize REF --output NAME")
-    return EvalPlan(model=mv.ref, data=info.id, data_ref=f"{info.dataset}@{info.id}", num_shards=num_shards,
+    mv = Registry(store).get(model)
+    vid = manifest.version_id
+    return EvalPlan(model=mv.ref, data=vid, data_ref=f"{manifest.dataset}@{vid}", num_shards=num_shards,
                     seq_len=int(mv.facts["arch"]["context"]) + 1, max_samples=max_samples, batch_size=batch_size,
                     purpose=purpose)
 
