@@ -77,7 +77,8 @@ def list_cmd(name: Annotated[str | None, typer.Argument(help="Only this model.")
 
 
 @model_app.command("show")
-def show_cmd(ref: Annotated[str, typer.Argument(help="name, name@N or name@alias.")], json_out: JsonOpt = False) -> None:
+def show_cmd(ref: Annotated[str, typer.Argument(help="name, name@N or name@alias.")],
+             json_out: JsonOpt = False) -> None:
     """A version's lineage back to raw data, licenses and purposes, evaluations, deployments."""
     from granary.models.card import model_facts
 

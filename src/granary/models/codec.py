@@ -56,6 +56,8 @@ class WeightOnlyLinear(nn.Module):
         groups = weight.detach().float().reshape(out_f, in_f // group_size, group_size)
         scales = groups.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / qmax
         q = torch.clamp(torch.round(groups / scales), -qmax, qmax).to(torch.int8).reshape(out_f, in_f)
+        self.qweight: torch.Tensor
+        self.scales: torch.Tensor
         self.register_buffer("qweight", pack_int4(q) if bits == 4 else q)
         self.register_buffer("scales", scales.squeeze(-1).to(torch.float16))
 
@@ -161,7 +163,7 @@ def decode(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> nn
         qmodel = to_dynamic_int8(model.eval())
         with quiet_quantization():
             for name in linear_names(model):
-                module = qmodel.get_submodule(name)
+                module: Any = qmodel.get_submodule(name)
                 q = torch._make_per_tensor_quantized_tensor(tensors[f"{name}.qweight"],
                                                             float(tensors[f"{name}.qscale"].item()),
                                                             int(tensors[f"{name}.qzero"].item()))

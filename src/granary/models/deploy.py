@@ -14,6 +14,7 @@ takes the full weight and the previous version is drained and stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -288,10 +289,8 @@ class Deployer:
         for i in range(d.replicas):
             self.book.withdraw(d.served_as, d.backend(i))
         for job_id in d.job_ids:
-            try:
+            with contextlib.suppress(TransitionError):  # it ended already
                 request_cancel(self.catalog, job_id)
-            except TransitionError:  # it ended already
-                pass
         self._set_state(d, state)
 
     def undeploy(self, ref: str) -> list[str]:

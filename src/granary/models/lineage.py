@@ -50,7 +50,7 @@ def lineage_graph(store: Store, mv: ModelVersion) -> dict[str, Any]:
     nodes: dict[str, dict[str, Any]] = {model_id: {"id": model_id, "dataset": mv.dataset, "kind": "model",
                                                    "made_by": mv.method}}
     edges: list[list[str]] = []
-    start = [mv.facts.get("checkpoint", {}).get("version")] + list(mv.facts.get("data", {}).get("versions", []))
+    start = [mv.facts.get("checkpoint", {}).get("version"), *list(mv.facts.get("data", {}).get("versions", []))]
     todo = [(model_id, v) for v in dict.fromkeys(start) if v]
     while todo and len(nodes) < MAX_NODES:
         parent, vid = todo.pop(0)

@@ -176,15 +176,16 @@ class Registry:
         model, manifest = checkpoint_model(self.store, checkpoint, arch=arch, purpose=purpose)
         lineage = dict(manifest.lineage)
         data = dict(lineage.get("data") or {})
-        facts = {"checkpoint": {"dataset": manifest.dataset, "version": manifest.version_id,
+        versions = [str(v) for v in data.get("versions") or []]
+        facts: dict[str, Any] = {"checkpoint": {"dataset": manifest.dataset, "version": manifest.version_id,
                                 "step": manifest.metadata.get("step"), "run": manifest.metadata.get("run")},
                  "data": {"refs": data.get("refs") or ([data["ref"]] if data.get("ref") else []),
-                          "versions": data.get("versions") or [], "weights": data.get("weights"),
+                          "versions": versions, "weights": data.get("weights"),
                           "purpose": data.get("purpose"), "samples": lineage.get("samples_consumed"),
                           "seq_len": data.get("seq_len")},
                  "recipe": manifest.metadata.get("recipe"), "description": description}
         return self.add_version(name, model, method="registered", parent=None, facts=facts,
-                                inputs=[manifest.version_id, *facts["data"]["versions"]])
+                                inputs=[manifest.version_id, *versions])
 
     def add_version(self, name: str, model: nn.Module, *, method: str, parent: ModelVersion | None,
                     facts: dict[str, Any], inputs: list[str] | None = None) -> ModelVersion:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -16,7 +17,7 @@ from tests.unit.models.conftest import Trained
 def test_shards_cover_every_sample_once(n: int, shards: int) -> None:
     ranges = [shard_range(n, s, shards) for s in range(shards)]
     assert ranges[0][0] == 0 and ranges[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     assert max(b - a for a, b in ranges) - min(b - a for a, b in ranges) <= 1
 
 
