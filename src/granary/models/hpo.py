@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PRUNERS = ("median", "asha", "none")
+SAMPLERS = ("tpe", "random", "grid")
 PARAMS = {"lr": float, "d_model": int, "n_layers": int, "weight_decay": float, "batch_size": int}
 
 
@@ -57,7 +58,9 @@ class SearchSpec:
         report_every: steps between reports (and pruning decisions).
         eval_samples: held-out samples per report.
         pruner: ``median``, ``asha`` or ``none``.
-        seed: sampler seed.
+        sampler: ``tpe``, ``random`` or ``grid`` (every space entry a ``choices`` list; each trial job takes a
+            point no other trial took, so two studies on one grid try the same configurations).
+        seed: sampler seed (``grid``, ``random``; TPE trial jobs draw their own).
         purpose: declared purpose of the data reads.
     """
 
@@ -69,6 +72,7 @@ class SearchSpec:
     report_every: int = 10
     eval_samples: int = 128
     pruner: str = "median"
+    sampler: str = "tpe"
     seed: int = 0
     purpose: str = "pretraining"
 
@@ -78,6 +82,10 @@ class SearchSpec:
             raise ModelError(f"search space names unknown parameter(s) {unknown}", hint=f"use {sorted(PARAMS)}")
         if self.pruner not in PRUNERS:
             raise ModelError(f"unknown pruner {self.pruner!r}", hint=f"one of {list(PRUNERS)}")
+        if self.sampler not in SAMPLERS:
+            raise ModelError(f"unknown sampler {self.sampler!r}", hint=f"one of {list(SAMPLERS)}")
+        if self.sampler == "grid" and not all("choices" in s for s in self.space.values()):
+            raise ModelError("the grid sampler needs a choices list for every parameter of the space")
         if self.steps < 1 or not 1 <= self.report_every <= self.steps:
             raise ModelError("steps must be >= 1 and report_every in [1, steps]")
 
@@ -126,6 +134,15 @@ def make_pruner(name: str, *, report_every: int, steps: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
+def make_sampler(spec: SearchSpec, *, seed: int | None) -> Any:
+    optuna = _optuna()
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler({k: list(v["choices"]) for k, v in spec.space.items()}, seed=spec.seed)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
 def distributions(spec: SearchSpec) -> dict[str, Any]:
     optuna = _optuna()
     out: dict[str, Any] = {}
@@ -144,7 +161,7 @@ def run_trial(store: Store, *, study: str, storage: str, spec_json: str) -> int:
     """One trial (what a trial job runs): ask, train with reports and pruning, tell. Returns the exit code."""
     optuna = _optuna()
     spec = SearchSpec.from_json(spec_json)
-    st = optuna.load_study(study_name=study, storage=open_storage(storage),
+    st = optuna.load_study(study_name=study, storage=open_storage(storage), sampler=make_sampler(spec, seed=None),
                            pruner=make_pruner(spec.pruner, report_every=spec.report_every, steps=spec.steps))
     trial = st.ask(distributions(spec))
     data, heldout = store.resolve(spec.data), store.resolve(spec.heldout)
@@ -218,7 +235,7 @@ def search(store: Store, spec: SearchSpec, *, study: str, trials: int, workers: 
     catalog_url = store.settings.catalog_url
     storage = open_storage(catalog_url)
     st = optuna.create_study(study_name=study, storage=storage, direction="minimize", load_if_exists=True,
-                             sampler=optuna.samplers.TPESampler(seed=spec.seed),
+                             sampler=make_sampler(spec, seed=spec.seed),
                              pruner=make_pruner(spec.pruner, report_every=spec.report_every, steps=spec.steps))
     st.set_user_attr("spec", json.loads(spec.to_json()))
     t0 = time.perf_counter()
