@@ -267,13 +267,15 @@ def tune_cmd(
     study: Annotated[str, typer.Option(help="Study name (continued when it exists).")],
     trials: Annotated[int, typer.Option(help="Trials to run.")] = 20,
     workers: Annotated[int, typer.Option(help="Trials at once (scheduler jobs).")] = 2,
+    executor: Annotated[str, typer.Option(help="sched (scheduler jobs) or ray (Ray tasks).")] = "sched",
     json_out: JsonOpt = False,
 ) -> None:
     """Hyperparameter search with Optuna; each trial a scheduler job, pruned early by median or ASHA."""
     from granary.models.hpo import SearchSpec, search
 
     data = _read_mapping(spec) or {}
-    result = search(read_store(), SearchSpec(**data), study=study, trials=trials, workers=workers)
+    result = search(read_store(), SearchSpec(**data), study=study, trials=trials, workers=workers,
+                    executor=executor)
     if json_out:
         print_json(result)
         return

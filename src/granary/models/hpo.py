@@ -221,32 +221,74 @@ def _train(store: Store, spec: SearchSpec, trial: Any, data_ref: str, heldout_re
 
 
 def search(store: Store, spec: SearchSpec, *, study: str, trials: int, workers: int = 2,
-           timeout_s: float = 3600.0) -> dict[str, Any]:
-    """Run ``trials`` trials of ``spec`` as scheduler jobs, at most ``workers`` at a time; returns a summary.
+           timeout_s: float = 3600.0, executor: str = "sched") -> dict[str, Any]:
+    """Run ``trials`` trials of ``spec``, at most ``workers`` at a time; returns a summary.
 
-    The study is created (or continued) in the catalog's Optuna storage under the name ``study``.
+    The study is created (or continued) in the catalog's Optuna storage under the name ``study``. ``executor``
+    ``sched`` runs each trial as a scheduler job; ``ray`` as a Ray task with one CPU (a running Ray instance, or
+    a local one started here), running the same trial code against the same storage.
     """
     optuna = _optuna()
-    from granary.models.evaluate import job_env
-    from granary.models.jobs import LocalJobs
-
     if trials < 1 or workers < 1:
         raise ValueError("trials and workers must be >= 1")
+    if executor not in ("sched", "ray"):
+        raise ModelError(f"unknown executor {executor!r}", hint="sched or ray")
     catalog_url = store.settings.catalog_url
-    storage = open_storage(catalog_url)
-    st = optuna.create_study(study_name=study, storage=storage, direction="minimize", load_if_exists=True,
-                             sampler=make_sampler(spec, seed=spec.seed),
+    st = optuna.create_study(study_name=study, storage=open_storage(catalog_url), direction="minimize",
+                             load_if_exists=True, sampler=make_sampler(spec, seed=spec.seed),
                              pruner=make_pruner(spec.pruner, report_every=spec.report_every, steps=spec.steps))
     st.set_user_attr("spec", json.loads(spec.to_json()))
     t0 = time.perf_counter()
+    run = _ray_trials if executor == "ray" else _sched_trials
+    failed = run(store, spec, study=study, trials=trials, workers=workers, timeout_s=timeout_s)
+    return summary(st, seconds=time.perf_counter() - t0, failed_jobs=failed)
+
+
+def _sched_trials(store: Store, spec: SearchSpec, *, study: str, trials: int, workers: int,
+                  timeout_s: float) -> int:
+    from granary.models.evaluate import job_env
+    from granary.models.jobs import LocalJobs
+
     work = store.settings.home / "models" / "attempts"
     with LocalJobs(store.catalog, work, cpus=workers) as jobs:
-        argv = ["-m", "granary.models.worker", "trial", "--study", study, "--storage", catalog_url,
+        argv = ["-m", "granary.models.worker", "trial", "--study", study, "--storage", store.settings.catalog_url,
                 "--spec", spec.to_json()]
         ids = [jobs.submit(jobs.spec(f"trial-{study}-{i}", argv, env=job_env(store))) for i in range(trials)]
         rows = jobs.wait(ids, timeout_s=timeout_s)
-    failed = [r for r in rows.values() if r.state != "succeeded"]
-    return summary(st, seconds=time.perf_counter() - t0, failed_jobs=len(failed))
+    return sum(r.state != "succeeded" for r in rows.values())
+
+
+def _ray_trial(env: dict[str, str], study: str, spec_json: str) -> int:
+    """A trial in a Ray worker process (the store is opened from the caller's settings)."""
+    import os
+
+    os.environ.update(env)
+    from granary.store import open_store
+
+    return run_trial(open_store(), study=study, storage=env["GRANARY_CATALOG_URL"], spec_json=spec_json)
+
+
+def _ray_trials(store: Store, spec: SearchSpec, *, study: str, trials: int, workers: int, timeout_s: float) -> int:
+    try:
+        import ray
+    except ImportError:
+        raise MissingDependencyError("ray", "ray") from None
+    from granary.curate.executors.ray import init_ray
+    from granary.models.evaluate import job_env
+
+    if not ray.is_initialized():
+        init_ray(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    task = ray.remote(num_cpus=1)(_ray_trial)
+    deadline = time.monotonic() + timeout_s
+    pending: list[Any] = []
+    codes: list[int] = []
+    for _ in range(trials):
+        if len(pending) >= workers:  # at most `workers` trials at once, whatever the cluster's size
+            done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            codes += ray.get(done)
+        pending.append(task.remote(job_env(store), study, spec.to_json()))
+    codes += ray.get(pending, timeout=max(0.0, deadline - time.monotonic()))
+    return sum(c != 0 for c in codes)
 
 
 def summary(st: Any, *, seconds: float | None = None, failed_jobs: int = 0) -> dict[str, Any]:

@@ -62,3 +62,14 @@ def test_trials_run_as_jobs_with_pruning_and_lineage(trained: Trained) -> None:
     assert load_summary(store, "t1")["trials"] == 4
     with pytest.raises(ModelError, match="no study named"):
         load_summary(store, "nope")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_trials_run_as_ray_tasks(trained: Trained, ray_instance: None) -> None:
+    store = trained.store()
+    spec = SearchSpec(data=trained.data, heldout=trained.heldout, base=BASE, steps=8, report_every=4,
+                      space={"lr": {"choices": [1e-3, 1e-2, 3e-2]}}, sampler="grid", pruner="none", eval_samples=32)
+    result = search(store, spec, study="ray1", trials=3, workers=2, executor="ray")
+    assert result["trials"] == 3 and result["failed_jobs"] == 0 and result["states"] == {"complete": 3}
+    assert result["best"]["params"]["lr"] in (1e-3, 1e-2, 3e-2)
