@@ -295,6 +295,7 @@ def deploy_cmd(
     max_error_rate: Annotated[float, typer.Option(help="Roll back above this error rate.")] = 0.05,
     max_p95_ms: Annotated[float | None, typer.Option(help="Roll back above this p95 latency.")] = None,
     ready_timeout_s: Annotated[float, typer.Option(help="Servers not healthy by then fail the deploy.")] = 120.0,
+    purpose: PurposeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Serve a model version behind the gateway (servers are scheduler jobs: run `granary sched up` first)."""
@@ -302,7 +303,7 @@ def deploy_cmd(
 
     policy = None if canary is None else CanaryPolicy(weight=canary, watch_s=watch_s, max_error_rate=max_error_rate,
                                                       max_p95_ms=max_p95_ms)
-    result = Deployer(_registry(), ready_timeout_s=ready_timeout_s).deploy(model, replicas=replicas,
+    result = Deployer(_registry(), ready_timeout_s=ready_timeout_s, purpose=purpose).deploy(model, replicas=replicas,
                                                                            served_as=served_as, canary=policy)
     if json_out:
         print_json(result)

@@ -128,9 +128,9 @@ def compress(registry: Registry, ref: str, method: str, *, options: CompressOpti
         raise CompressError(f"{original.ref} is already compressed ({original.method})",
                             hint="compress the full-precision version it was made from")
     arch = original.facts["arch"]
-    base = registry.load(original)
+    base = registry.load(original, purpose=purpose)
     before_ms = latency_ms(base, vocab_size=arch["vocab_size"], context=arch["context"])
-    compressed = apply(registry.load(original), opts)  # type: ignore[arg-type]
+    compressed = apply(registry.load(original, purpose=purpose), opts)  # type: ignore[arg-type]
     after_ms = latency_ms(compressed, vocab_size=arch["vocab_size"], context=arch["context"])
     facts: dict[str, Any] = {"options": opts.__dict__,
                              "latency_ms": {"original": round(before_ms, 3), "compressed": round(after_ms, 3)}}

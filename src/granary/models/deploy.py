@@ -98,10 +98,11 @@ class Deployer:
             submits them to the scheduler that runs on the catalog (``granary sched up``).
         ready_timeout_s: servers not healthy by then fail the deployment.
         lease_s: endpoint registrations lapse this long after a server's last heartbeat.
+        purpose: declared purpose of the servers' reads of the model files (which carry the data's policy).
     """
 
     def __init__(self, registry: Registry, *, jobs: LocalJobs | None = None, ready_timeout_s: float = 120.0,
-                 lease_s: float = 10.0) -> None:
+                 lease_s: float = 10.0, purpose: str | None = None) -> None:
         from granary.serve.endpoints import EndpointBook
 
         self.registry = registry
@@ -109,6 +110,7 @@ class Deployer:
         self.jobs = jobs
         self.ready_timeout_s = ready_timeout_s
         self.lease_s = lease_s
+        self.purpose = purpose
         self.book = EndpointBook(self.catalog)
 
     # -- state ----------------------------------------------------------------------------------------
@@ -197,6 +199,8 @@ class Deployer:
             serve += ["--fail-rate", str(float(fault["fail_rate"]))]
         if fault.get("never_ready"):
             serve.append("--never-ready")
+        if self.purpose:
+            serve += ["--purpose", self.purpose]
         argv = ["-m", "granary.cli.main", "gateway", "endpoint", "--model", d.served_as, "--weight",
                 f"{d.weight:.6g}", "--backend-name", d.backend(replica), "--lease-s", str(self.lease_s),
                 "--drain-s", "0.5", "--ready-timeout-s", str(self.ready_timeout_s), "--", *serve]

@@ -67,7 +67,7 @@ def distill(registry: Registry, teacher_ref: str, recipe: DistillRecipe) -> Mode
     from granary.train.model import GPT
 
     teacher_mv = registry.get(teacher_ref)
-    teacher = registry.load(teacher_mv).eval()
+    teacher = registry.load(teacher_mv, purpose=recipe.purpose).eval()
     cfg = model_config({**teacher_mv.facts["arch"], **dict(recipe.student)})
     torch.manual_seed(recipe.seed)
     student = GPT(cfg)

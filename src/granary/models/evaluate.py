@@ -101,7 +101,7 @@ def run_shards(store: Store, plan: EvalPlan, shards: Sequence[int]) -> list[int]
     todo = [s for s in shards if s not in done_shards(store, mv, plan)]
     if not todo:
         return []
-    model = registry.load(mv)
+    model = registry.load(mv, purpose=plan.purpose)
     source = TokenSource(store, store.open_version(plan.data_ref, purpose=plan.purpose), seq_len=plan.seq_len)
     total = _num_samples(source.num_samples, plan)
     for shard in todo:

@@ -113,7 +113,7 @@ def make_app(engine: Engine, *, served_as: str, fail_rate: float = 0.0, ready: b
 
 
 def serve(store: Store, ref: str, *, served_as: str, port: int, fail_rate: float = 0.0,
-          never_ready: bool = False, host: str = "127.0.0.1") -> int:
+          never_ready: bool = False, host: str = "127.0.0.1", purpose: str | None = None) -> int:
     """Load ``ref`` from the registry and serve it until SIGTERM; returns the exit code."""
     from aiohttp import web
 
@@ -121,7 +121,7 @@ def serve(store: Store, ref: str, *, served_as: str, port: int, fail_rate: float
 
     registry = Registry(store)
     mv = registry.get(ref)
-    model = registry.load(mv, purpose=None)
+    model = registry.load(mv, purpose=purpose)  # the model's files carry its data's policy
     arch = mv.facts["arch"]
     engine = Engine(model, vocab_size=int(arch["vocab_size"]), context=int(arch["context"]))
     app = make_app(engine, served_as=served_as, fail_rate=fail_rate, ready=not never_ready)

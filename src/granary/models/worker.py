@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--port", type=int, required=True)
     sv.add_argument("--fail-rate", type=float, default=0.0, help="answer this share of requests with 500 (tests)")
     sv.add_argument("--never-ready", action="store_true", help="never report healthy (tests)")
+    sv.add_argument("--purpose", default=None, help="declared purpose of reading the model's files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import torch
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from granary.models.server import serve
 
     return serve(store, args.model, served_as=args.served_as, port=args.port, fail_rate=args.fail_rate,
-                 never_ready=args.never_ready)
+                 never_ready=args.never_ready, purpose=args.purpose)
 
 
 if __name__ == "__main__":  # pragma: no cover - run as a scheduler job

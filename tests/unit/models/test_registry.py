@@ -85,6 +85,8 @@ def test_research_only_data_cannot_reach_production_without_an_audited_override(
     PolicyBook(store.catalog).set(tr.data, Policy(purposes=frozenset({"research"}), licenses=frozenset({"MIT"})))
     reg = Registry(store)
     reg.register(tr.checkpoint, "res", purpose="research")
+    inherited = PolicyBook(store.catalog).get("model.res")  # the model's files carry their data's restrictions
+    assert inherited.purposes == frozenset({"research"}) and inherited.licenses == frozenset({"MIT"})
     reg.set_alias("res@1", "staging")  # only production is guarded
     with pytest.raises(PromotionRefusedError, match=r"may only be used for \['research'\]"):
         reg.set_alias("res@1", "production")
