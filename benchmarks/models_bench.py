@@ -79,14 +79,20 @@ def bench_eval(store: Any, ckpt: str, samples: int, workers: int) -> dict[str, A
     reg = Registry(store)
     one, many = reg.register(ckpt, "bench"), reg.register(ckpt, "bench")  # the same weights, separate results
     out = {}
+    attempts = store.settings.home / "models" / "attempts"
     for label, mv, n in (("1 worker", one, 1), (f"{workers} workers", many, workers)):
         plan = make_plan(store, mv.ref, "bench-heldout", num_shards=16, max_samples=samples, batch_size=128)
+        before = set(attempts.glob("*")) if attempts.exists() else set()
         t0 = time.perf_counter()
         res = evaluate(store, plan, workers=n)
-        out[label] = {"seconds": time.perf_counter() - t0, "metrics": res["metrics"]}
+        cpu = [json.loads((d / "usage.json").read_text())["cpu_s"] for d in set(attempts.glob("*")) - before]
+        out[label] = {"seconds": time.perf_counter() - t0, "metrics": res["metrics"], "cpu_s": cpu}
     a, b = out["1 worker"], out[f"{workers} workers"]
+    # what the split allows where every worker has a free core: the 1-worker CPU time over the busiest worker's
+    cpu_bound = sum(a["cpu_s"]) / max(b["cpu_s"]) if b["cpu_s"] else None
     return {"samples": samples, "one_s": a["seconds"], "many_s": b["seconds"], "speedup": a["seconds"] / b["seconds"],
-            "identical": a["metrics"] == b["metrics"], "perplexity": a["metrics"]["perplexity"]}
+            "identical": a["metrics"] == b["metrics"], "perplexity": a["metrics"]["perplexity"],
+            "worker_cpu_s": {"1": a["cpu_s"], str(workers): b["cpu_s"]}, "cpu_bound_speedup": cpu_bound}
 
 
 def bench_int8(store: Any) -> dict[str, Any]:

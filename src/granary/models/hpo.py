@@ -137,7 +137,14 @@ def make_pruner(name: str, *, report_every: int, steps: int) -> Any:
 def make_sampler(spec: SearchSpec, *, seed: int | None) -> Any:
     optuna = _optuna()
     if spec.sampler == "grid":
-        return optuna.samplers.GridSampler({k: list(v["choices"]) for k, v in spec.space.items()}, seed=spec.seed)
+        class JobGridSampler(optuna.samplers.GridSampler):  # type: ignore[name-defined]
+            """Optuna's grid, without stopping the study when the grid is used up: that stop is only allowed
+            inside ``Study.optimize``, and a trial job uses ask/tell (the number of trials bounds the search)."""
+
+            def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+                return None
+
+        return JobGridSampler({k: list(v["choices"]) for k, v in spec.space.items()}, seed=spec.seed)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
