@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,postgres,s3,tokenize,curate,torch,hf,ray,k8s,dp,serve,tabular,live,monitor,server
+EXTRAS ?= dev,postgres,s3,tokenize,curate,torch,hf,ray,k8s,dp,serve,tabular,live,monitor,server,models
 TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-random lint typecheck clean

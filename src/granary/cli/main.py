@@ -55,6 +55,7 @@ _GROUPS = (
     "granary.cli.energy",
     "granary.cli.server",
     "granary.cli.train",
+    "granary.cli.model",
 )
 
 for _module in _GROUPS:

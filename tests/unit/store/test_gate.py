@@ -216,12 +216,16 @@ CLI_READS: dict[str, list[str]] = {
     "push": ["web", "{tmp}/remote"],
     "sync": ["web", "{tmp}/remote"],
     "backup create": ["{tmp}/backups"],
+    "model register": ["web", "--name", "m"],
+    "eval": ["m", "--data", "toks", "--inline"],
 }
 CLI_FILTERED = {"ls"}  # lists only what the caller may see (audited)
 CLI_WRITES = {"init", "ingest", "delete", "branch", "tag", "rollback", "gc", "forget", "demo", "audit checkpoint",
               "principal add", "principal clear", "principal disable", "token issue", "token revoke",
               "role grant", "role revoke", "role rule", "key rotate", "key shred", "policy set", "policy derive",
-              "policy budget", "pull", "remote add", "remote remove", "ingest-stream", "ingest-table", "train"}
+              "policy budget", "pull", "remote add", "remote remove", "ingest-stream", "ingest-table", "train",
+              # new model versions and alias moves; the model files and data they read pass the gate
+              "model alias", "model compress", "model distill", "tune"}
 # Commands that read no dataset rows (governance listings are admin-only or the caller's own; schedulers and
 # gateways handle jobs and endpoints, whose data reads go through the loader and so through the gate).
 CLI_NO_DATA = {"audit public-key", "principal list", "token list", "role list", "submit", "jobs", "job", "cancel",
@@ -242,7 +246,9 @@ CLI_NO_DATA = {"audit public-key", "principal list", "token list", "role list", 
                "remote list", "backup list", "backup verify", "backup restore", "backup prune",
                # recurring jobs are jobs: each run is a command whose reads pass the gate as its own principal
                "schedule add", "schedule list", "schedule pause", "schedule resume", "schedule remove",
-               "backup schedule"}
+               "backup schedule",
+               # the registry's own rows and manifests (metadata); model servers are jobs whose reads pass the gate
+               "model list", "model show", "model card", "model compare", "deploy", "undeploy"}
 
 
 def _commands() -> set[str]:

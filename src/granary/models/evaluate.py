@@ -1,0 +1,302 @@
+"""Evaluation: a model version on a held-out tokens version, sharded over the samples, shards run by workers.
+
+Sample ``i`` of a tokens version is its tokens ``[i * L, (i + 1) * L)`` with ``L = context + 1`` (inputs and
+next-token targets). The samples are cut into ``num_shards`` contiguous shards; each worker (a scheduler job, a
+real process) computes the sums of its shards (token negative log-likelihood, correct top-1 predictions, tokens)
+and writes one catalog row per finished shard. The result is a pure function of the shard sums added in shard
+order, so it is identical for any number of workers, and a run killed halfway resumes with only the missing
+shards. Data is read through the store's gate with the declared purpose (default ``evaluation``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from granary.models import tables as t
+from granary.models.errors import EvalError, ModelError
+from granary.models.registry import ModelVersion, Registry
+
+if TYPE_CHECKING:
+    from granary.store import Store
+
+log = logging.getLogger(__name__)
+METRICS = ("perplexity", "accuracy", "loss")
+EVAL_PURPOSE = "evaluation"
+
+
+@dataclass(kw_only=True, frozen=True)
+class EvalPlan:
+    """What one evaluation computes.
+
+    Attributes:
+        model: the model version ref (``name@N``).
+        data: the tokens version id.
+        data_ref: ``dataset@id`` of the tokens version.
+        num_shards: shards the samples are cut into.
+        seq_len: tokens per sample (context + 1).
+        max_samples: evaluate only the first N samples (0: all).
+        batch_size: samples per forward pass.
+        purpose: declared purpose of the data read.
+    """
+
+    model: str
+    data: str
+    data_ref: str
+    num_shards: int = 16
+    seq_len: int
+    max_samples: int = 0
+    batch_size: int = 64
+    purpose: str = EVAL_PURPOSE
+
+    def __post_init__(self) -> None:
+        if self.num_shards < 1 or self.batch_size < 1 or self.max_samples < 0:
+            raise ValueError("num_shards and batch_size must be >= 1, max_samples >= 0")
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+
+def shard_range(num_samples: int, shard: int, num_shards: int) -> tuple[int, int]:
+    """Samples ``[start, stop)`` of shard ``shard`` (contiguous, sizes differ by at most one)."""
+    return shard * num_samples // num_shards, (shard + 1) * num_samples // num_shards
+
+
+def shard_sums(model: Any, tokens: np.ndarray, *, batch_size: int) -> dict[str, float]:
+    """Sums over samples (rows of ``tokens``, each context + 1 long): nll, correct, tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    nll, correct, count = 0.0, 0, 0
+    with torch.inference_mode():
+        for start in range(0, len(tokens), batch_size):
+            batch = torch.from_numpy(tokens[start:start + batch_size].astype(np.int64))
+            logits = model(batch[:, :-1]).float()
+            targets = batch[:, 1:]
+            nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                         reduction="sum").double())
+            correct += int((logits.argmax(-1) == targets).sum())
+            count += targets.numel()
+    return {"nll": nll, "correct": correct, "tokens": count}
+
+
+def run_shards(store: Store, plan: EvalPlan, shards: Sequence[int]) -> list[int]:
+    """Compute the given shards that are not done yet and record each as it finishes; returns those computed.
+
+    This is what an evaluation job runs (see :mod:`granary.models.worker`).
+    """
+    from granary.stream.source import TokenSource
+
+    registry = Registry(store)
+    mv = registry.get(plan.model)
+    todo = [s for s in shards if s not in done_shards(store, mv, plan)]
+    if not todo:
+        return []
+    model = registry.load(mv, purpose=plan.purpose)
+    source = TokenSource(store, store.open_version(plan.data_ref, purpose=plan.purpose), seq_len=plan.seq_len)
+    total = _num_samples(source.num_samples, plan)
+    for shard in todo:
+        a, b = shard_range(total, shard, plan.num_shards)
+        tokens = source.gather(np.arange(a, b, dtype=np.int64)) if b > a else np.zeros((0, plan.seq_len))
+        sums = shard_sums(model, tokens, batch_size=plan.batch_size)
+        with store.catalog.write() as conn:
+            conn.execute(t.evals.insert().values(name=mv.name, version=mv.version, data_version=plan.data,
+                                                 num_shards=plan.num_shards, shard=shard, seq_len=plan.seq_len,
+                                                 sums=json.dumps(sums), at=time.time()))
+        log.info("eval %s on %s: shard %d/%d done (%d samples)", mv.ref, plan.data[:12], shard, plan.num_shards,
+                 b - a)
+    return todo
+
+
+def _num_samples(available: int, plan: EvalPlan) -> int:
+    return min(available, plan.max_samples) if plan.max_samples else available
+
+
+def done_shards(store: Store, mv: ModelVersion, plan: EvalPlan) -> dict[int, dict[str, float]]:
+    """Shard -> sums of the shards of this evaluation already recorded."""
+    c = t.evals.c
+    with store.catalog.read() as conn:
+        rows = conn.execute(sa.select(c.shard, c.sums).where(
+            c.name == mv.name, c.version == mv.version, c.data_version == plan.data,
+            c.num_shards == plan.num_shards, c.seq_len == plan.seq_len)).all()
+    return {int(r.shard): json.loads(r.sums) for r in rows}
+
+
+def metrics_of(sums: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Perplexity, accuracy and mean loss from shard sums (added in the given order)."""
+    nll = math.fsum(s["nll"] for s in sums)
+    tokens = sum(int(s["tokens"]) for s in sums)
+    correct = sum(int(s["correct"]) for s in sums)
+    if tokens == 0:
+        raise EvalError("the evaluation covered no tokens", hint="evaluate on a larger tokens version")
+    loss = nll / tokens
+    return {"loss": loss, "perplexity": math.exp(loss), "accuracy": correct / tokens, "tokens": float(tokens)}
+
+
+def make_plan(store: Store, model: str, data: str, *, num_shards: int = 16, max_samples: int = 0,
+              batch_size: int = 64, purpose: str = EVAL_PURPOSE) -> EvalPlan:
+    """Resolve the model and the data version (pinned by id) into a plan; the data is opened through the gate
+    first, so a caller who may not read it for ``purpose`` is refused (and audited) before anything runs."""
+    manifest = store.open_version(data, purpose=purpose)
+    if manifest.kind != "tokens":
+        raise EvalError(f"{data} is a {manifest.kind} version; evaluation reads a tokens version",
+                        hint="tokenize the held-out data first: granary tokenize REF --output NAME")
+    mv = Registry(store).get(model)
+    vid = manifest.version_id
+    return EvalPlan(model=mv.ref, data=vid, data_ref=f"{manifest.dataset}@{vid}", num_shards=num_shards,
+                    seq_len=int(mv.facts["arch"]["context"]) + 1, max_samples=max_samples, batch_size=batch_size,
+                    purpose=purpose)
+
+
+def evaluate(store: Store, plan: EvalPlan, *, workers: int = 2, timeout_s: float = 3600.0,
+             inline: bool = False) -> dict[str, Any]:
+    """Run (or resume) an evaluation: the missing shards as ``workers`` scheduler jobs, then the metrics.
+
+    Args:
+        store: the store.
+        plan: what to evaluate (see :func:`make_plan`).
+        workers: parallel worker processes (scheduler jobs), each taking every ``workers``-th missing shard.
+        timeout_s: give up waiting for the jobs after this long.
+        inline: compute in this process instead (no scheduler; for small runs and debugging).
+
+    Returns:
+        ``{"model", "data", "metrics": {...}, "shards", "computed", "workers", "seconds"}``.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    mv = Registry(store).get(plan.model)
+    t0 = time.perf_counter()
+    missing = [s for s in range(plan.num_shards) if s not in done_shards(store, mv, plan)]
+    if missing and inline:
+        run_shards(store, plan, missing)
+    elif missing:
+        _run_jobs(store, plan, [missing[i::workers] for i in range(workers) if missing[i::workers]])
+    sums = done_shards(store, mv, plan)
+    if len(sums) < plan.num_shards:
+        raise EvalError(f"{plan.num_shards - len(sums)} shard(s) of the evaluation are missing",
+                        hint="run the same `granary eval` again: finished shards are kept")
+    metrics = metrics_of([sums[s] for s in range(plan.num_shards)])
+    Registry(store).record(mv.name, mv.version, "eval", {"data": plan.data_ref, "metrics": metrics})
+    return {"model": mv.ref, "data": plan.data_ref, "metrics": metrics, "shards": plan.num_shards,
+            "computed": len(missing), "workers": 1 if inline else workers, "seconds": time.perf_counter() - t0}
+
+
+def _run_jobs(store: Store, plan: EvalPlan, parts: list[list[int]]) -> None:
+    from granary.models.jobs import LocalJobs
+
+    env = job_env(store)
+    work = store.settings.home / "models" / "attempts"
+    with LocalJobs(store.catalog, work, cpus=len(parts)) as jobs:
+        ids = [jobs.submit(jobs.spec(f"eval-{plan.model}-{i}",
+                                     ["-m", "granary.models.worker", "eval", "--plan", plan.to_json(),
+                                      "--shards", ",".join(map(str, part))], env=env))
+               for i, part in enumerate(parts)]
+        rows = jobs.wait(ids, timeout_s=3600.0)
+        failed = [r for r in rows.values() if r.state != "succeeded"]
+        if failed:
+            raise EvalError(f"evaluation job {failed[0].id} {failed[0].state}: {failed[0].reason or ''}".strip(),
+                            hint=f"finished shards are kept; rerun to resume. Its output ends with: "
+                                 f"{jobs.log_tail(failed[0].id, 600)}")
+
+
+def job_env(store: Store) -> dict[str, str]:
+    """What a worker process needs to open the same store."""
+    s = store.settings
+    return {"GRANARY_HOME": str(s.home), "GRANARY_CATALOG_URL": s.catalog_url, "GRANARY_STORAGE_URL": s.storage_url,
+            "OMP_NUM_THREADS": "1"}
+
+
+def results(store: Store, mv: ModelVersion) -> list[dict[str, Any]]:
+    """Finished evaluations of a version: one entry per (data version, shards) with every shard present."""
+    c = t.evals.c
+    with store.catalog.read() as conn:
+        rows = conn.execute(sa.select(t.evals).where(c.name == mv.name, c.version == mv.version)
+                            .order_by(c.data_version, c.num_shards, c.shard)).all()
+    groups: dict[tuple[str, int, int], dict[int, dict[str, float]]] = {}
+    for r in rows:
+        groups.setdefault((r.data_version, r.num_shards, r.seq_len), {})[int(r.shard)] = json.loads(r.sums)
+    out = []
+    for (data, n, seq_len), sums in groups.items():
+        if len(sums) == n:
+            out.append({"data": data, "shards": n, "seq_len": seq_len,
+                        "metrics": metrics_of([sums[s] for s in range(n)])})
+    return out
+
+
+def compare(store: Store, refs: Sequence[str], data: str) -> list[dict[str, Any]]:
+    """One row per model version with its metrics on tokens version ``data`` (None where not evaluated)."""
+    registry = Registry(store)
+    vid = store.resolve(data).id
+    rows = []
+    for ref in refs:
+        mv = registry.get(ref)
+        found = [r for r in results(store, mv) if r["data"] == vid]
+        rows.append({"model": mv.ref, "method": mv.method, "size_bytes": mv.facts.get("size_bytes"),
+                     "metrics": found[-1]["metrics"] if found else None})
+    return rows
+
+
+@dataclass(kw_only=True, frozen=True)
+class Verdict:
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(kw_only=True, frozen=True)
+class Gate:
+    """A regression gate for alias moves: block if ``metric`` worsens by more than ``max_change`` (relative).
+
+    Attributes:
+        data: the tokens version both versions must have been evaluated on.
+        metric: ``perplexity`` or ``loss`` (lower is better) or ``accuracy`` (higher is better).
+        max_change: allowed relative worsening (0.01 = 1%).
+    """
+
+    data: str
+    metric: str = "perplexity"
+    max_change: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ModelError(f"unknown gate metric {self.metric!r}", hint=f"one of {list(METRICS)}")
+
+    def check(self, registry: Registry, current: ModelVersion, candidate: ModelVersion) -> Verdict:
+        vid = registry.store.resolve(self.data).id
+        values = {}
+        for mv in (current, candidate):
+            found = [r for r in results(registry.store, mv) if r["data"] == vid]
+            if not found:
+                return Verdict(ok=False, reason=f"{mv.ref} has no evaluation on {self.data}; run `granary eval "
+                                                f"{mv.ref} --data {self.data}` first")
+            values[mv.ref] = found[-1]["metrics"][self.metric]
+        old, new = values[current.ref], values[candidate.ref]
+        change = (old - new) / old if self.metric == "accuracy" else (new - old) / old
+        if change > self.max_change:
+            return Verdict(ok=False, reason=f"{self.metric} worsens by {change:.2%} ({old:.4g} -> {new:.4g}), "
+                                            f"more than the gate's {self.max_change:.2%}")
+        return Verdict(ok=True, reason=f"{self.metric} {old:.4g} -> {new:.4g}")
+
+
+def parse_metrics(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m not in METRICS]
+    if bad or not names:
+        raise ModelError(f"unknown metric(s) {bad or text!r}", hint=f"choose from {', '.join(METRICS)}")
+    return names
+
+
+def read_plan(text: str) -> EvalPlan:
+    return EvalPlan(**json.loads(text))
+
+
+def attempt_logs(store: Store) -> Path:
+    return store.settings.home / "models" / "attempts"

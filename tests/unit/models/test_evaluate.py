@@ -1,0 +1,78 @@
+"""Evaluation: shards, identical results for any number of workers (real scheduler jobs), resume, gate, compare."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from granary.models.errors import EvalError, PromotionRefusedError
+from granary.models.evaluate import Gate, compare, done_shards, evaluate, make_plan, metrics_of, run_shards, shard_range
+from granary.models.registry import Registry
+from tests.unit.models.conftest import Trained
+
+
+@pytest.mark.parametrize("n,shards", [(10, 3), (7, 7), (3, 5), (1000, 16)])
+def test_shards_cover_every_sample_once(n: int, shards: int) -> None:
+    ranges = [shard_range(n, s, shards) for s in range(shards)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    assert max(b - a for a, b in ranges) - min(b - a for a, b in ranges) <= 1
+
+
+def test_metrics_from_sums() -> None:
+    m = metrics_of([{"nll": 2.0, "correct": 1, "tokens": 2}, {"nll": 4.0, "correct": 3, "tokens": 4}])
+    assert m["loss"] == 1.0 and m["perplexity"] == pytest.approx(math.e) and m["accuracy"] == pytest.approx(4 / 6)
+    with pytest.raises(EvalError, match="no tokens"):
+        metrics_of([])
+
+
+@pytest.mark.slow
+def test_workers_give_identical_results_and_a_killed_run_resumes(trained: Trained) -> None:
+    """Version 1 evaluated in one process; version 2 (the same weights) first half-done (as if its job was killed
+    after two shards), then finished by two scheduler jobs: only the missing shards run, the metrics are equal."""
+    store = trained.store()
+    reg = Registry(store)
+    one = reg.register(trained.checkpoint, "ev")
+    two = reg.register(trained.checkpoint, "ev")
+    full = evaluate(store, make_plan(store, one.ref, trained.heldout, num_shards=6), inline=True)
+    plan = make_plan(store, two.ref, trained.heldout, num_shards=6)
+    assert run_shards(store, plan, [0, 3]) == [0, 3]
+    assert sorted(done_shards(store, two, plan)) == [0, 3]
+    resumed = evaluate(store, plan, workers=2)
+    assert resumed["computed"] == 4 and resumed["workers"] == 2
+    assert resumed["metrics"] == full["metrics"]
+    again = evaluate(store, plan, workers=2)
+    assert again["computed"] == 0 and again["metrics"] == full["metrics"]
+    events = [e for e in reg.events("ev") if e["action"] == "eval"]
+    assert [e["version"] for e in events] == [1, 2, 2]
+
+
+def test_regression_gate_blocks_a_worse_version(trained: Trained) -> None:
+    from granary.models.compress import compress
+
+    store = trained.store()
+    reg = Registry(store)
+    base = reg.register(trained.checkpoint, "gate")
+    same = reg.register(trained.checkpoint, "gate")
+    worse = compress(reg, base.ref, "pruned-structured")  # half the rows gone: much worse
+    for mv in (base, same, worse):
+        evaluate(store, make_plan(store, mv.ref, trained.heldout, num_shards=2), inline=True)
+    reg.set_alias(base.ref, "production")
+    gate = Gate(data=trained.heldout, metric="perplexity", max_change=0.01)
+    with pytest.raises(PromotionRefusedError, match=r"perplexity worsens by \d+\.\d+%"):
+        reg.set_alias(worse.ref, "production", gate=gate)
+    assert reg.aliases("gate")["production"] == base.version
+    reg.set_alias(same.ref, "production", gate=gate)
+    assert reg.aliases("gate")["production"] == same.version
+    rows = compare(store, [base.ref, worse.ref, "gate"], trained.heldout)
+    assert [r["model"] for r in rows] == ["gate@1", "gate@3", "gate@3"]
+    assert rows[1]["metrics"]["perplexity"] > rows[0]["metrics"]["perplexity"] * 1.01
+
+
+def test_evaluation_of_a_non_tokens_version_is_refused(trained: Trained) -> None:
+    store = trained.store()
+    Registry(store).register(trained.checkpoint, "ev-bad")
+    with pytest.raises(EvalError, match="is a checkpoint version"):
+        make_plan(store, "ev-bad", trained.checkpoint)
