@@ -54,6 +54,7 @@ _GROUPS = (
     "granary.cli.energy",
     "granary.cli.server",
     "granary.cli.train",
+    "granary.cli.fed",
 )
 
 for _module in _GROUPS:
