@@ -120,7 +120,7 @@ def fit_private(recipe: Recipe, dp: DPConfig | None, *, store: Any = None, save:
     dataset's budget cannot pay for the run.
     """
     from granary.stream import StreamingDataset
-    from granary.train.trainer import lr_at, seed_all
+    from granary.train.trainer import seed_all
 
     if store is None:
         from granary.store import open_store
@@ -141,6 +141,28 @@ def fit_private(recipe: Recipe, dp: DPConfig | None, *, store: Any = None, save:
     if dp is not None:
         model, optimizer, accountant, privacy = _make_private(model, optimizer, recipe, dp, ds.num_samples)
         _charge(store, version.dataset, recipe.name, privacy["charged_epsilon"], dp.delta)
+    with warnings.catch_warnings():  # Opacus' hooks on the embedding, whose integer input needs no gradient
+        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
+        losses, seconds = _loop(model, optimizer, ds, recipe, clip=dp is None)
+    result = DPResult(steps=recipe.steps, final_loss=losses[-1], losses=losses,
+                      samples_per_second=recipe.steps * recipe.data.batch_size / seconds)
+    if accountant is not None and dp is not None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            privacy["epsilon"] = float(accountant.get_epsilon(dp.delta))
+        result.epsilon, result.delta = privacy["epsilon"], dp.delta
+        result.noise_multiplier, result.privacy = privacy["noise_multiplier"], privacy
+    if save:
+        raw = getattr(model, "_module", model)
+        result.checkpoint = _save(store, recipe, raw, version, ds, privacy)
+    return result
+
+
+def _loop(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ds: Any, recipe: Recipe, *,
+          clip: bool) -> tuple[list[float], float]:
+    from granary.train.trainer import lr_at
+
+    o = recipe.optim
     losses: list[float] = []
     batches = iter(ds)
     model.train()
@@ -156,24 +178,12 @@ def fit_private(recipe: Recipe, dp: DPConfig | None, *, store: Any = None, save:
             g["lr"] = lr_at(recipe, step)
         loss = loss_fn(model(tokens[:, :-1]), tokens[:, 1:])
         loss.backward()
-        if dp is None and o.grad_clip:
+        if clip and o.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
-    seconds = time.perf_counter() - t0
-    result = DPResult(steps=recipe.steps, final_loss=losses[-1], losses=losses,
-                      samples_per_second=recipe.steps * recipe.data.batch_size / seconds)
-    if accountant is not None and dp is not None:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-            privacy["epsilon"] = float(accountant.get_epsilon(dp.delta))
-        result.epsilon, result.delta = privacy["epsilon"], dp.delta
-        result.noise_multiplier, result.privacy = privacy["noise_multiplier"], privacy
-    if save:
-        raw = getattr(model, "_module", model)
-        result.checkpoint = _save(store, recipe, raw, version, ds, privacy)
-    return result
+    return losses, time.perf_counter() - t0
 
 
 def _make_private(model: torch.nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe, dp: DPConfig,
