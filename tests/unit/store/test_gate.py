@@ -216,6 +216,7 @@ CLI_READS: dict[str, list[str]] = {
     "push": ["web", "{tmp}/remote"],
     "sync": ["web", "{tmp}/remote"],
     "backup create": ["{tmp}/backups"],
+    "fed client": ["web", "--site", "a", "--server", "127.0.0.1:9"],
 }
 CLI_FILTERED = {"ls"}  # lists only what the caller may see (audited)
 CLI_WRITES = {"init", "ingest", "delete", "branch", "tag", "rollback", "gc", "forget", "demo", "audit checkpoint",
@@ -239,7 +240,10 @@ CLI_NO_DATA = {"audit public-key", "principal list", "token list", "role list", 
                "stream-offsets", "lineage",
                # these read and write backup folders, not this store (whoever can read a backup's files can read
                # its data; docs/sync.md says to protect backup destinations like the store itself)
-               "remote list", "backup list", "backup verify", "backup restore", "backup prune"}
+               "remote list", "backup list", "backup verify", "backup restore", "backup prune",
+               # the coordinator holds no data (it receives model updates); `fed run` starts `fed client` processes,
+               # whose reads pass the gate; keys makes a CKKS context
+               "fed server", "fed run", "fed keys"}
 
 
 def _commands() -> set[str]:

@@ -25,7 +25,8 @@ def flatten(arrays: Sequence[np.ndarray]) -> np.ndarray:
 
 def unflatten(vec: np.ndarray, shapes: Shapes, dtype: type = np.float32) -> list[np.ndarray]:
     """Arrays of ``shapes`` from a flat vector."""
-    out, at = [], 0
+    out: list[np.ndarray] = []
+    at = 0
     for shape in shapes:
         n = math.prod(shape)
         out.append(np.asarray(vec[at:at + n], dtype=dtype).reshape(shape))
@@ -70,7 +71,7 @@ def mean(updates: np.ndarray, weights: np.ndarray, trim_fraction: float) -> np.n
 def trimmed_mean(updates: np.ndarray, weights: np.ndarray, trim_fraction: float) -> np.ndarray:
     """Coordinate-wise mean after dropping the ``trim_fraction`` largest and smallest values (Yin et al. 2018)."""
     n = updates.shape[0]
-    k = int(math.floor(trim_fraction * n))
+    k = math.floor(trim_fraction * n)
     if n - 2 * k < 1:
         raise FederatedError(f"trimming {k} of {n} updates at each end leaves none")
     s = np.sort(updates, axis=0)

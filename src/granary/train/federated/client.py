@@ -222,7 +222,7 @@ def flower_client(site: Site) -> Any:
     """Wrap a :class:`Site` as a Flower ``NumPyClient``."""
     fl = _flwr()
 
-    class _Client(fl.client.NumPyClient):  # type: ignore[misc, name-defined]
+    class _Client(fl.client.NumPyClient):  # type: ignore[name-defined]
         def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
             step = config.get("granary")
             if step == wire.HELLO:

@@ -90,7 +90,7 @@ class FedConfig:
         """Map plain data (JSON/YAML) onto the config; an unknown or mistyped field names ``source``."""
         from granary.train.recipe import build_dataclass
 
-        return build_dataclass(cls, data, source=source)  # type: ignore[no-any-return]
+        return build_dataclass(cls, data, source=source)  # type: ignore[no-any-return,unused-ignore]
 
     @classmethod
     def load(cls, path: str | Path) -> FedConfig:

@@ -9,7 +9,7 @@ class FederatedError(TrainError):
     """A federated run cannot start or a round cannot complete (too few clients, bad config, refused site)."""
 
 
-class UpdateRejected(FederatedError):  # noqa: N818 - a verdict on one update, not a failure of the run
+class UpdateRejected(FederatedError):
     """One client's update was refused (malformed, non-finite, or above the norm bound).
 
     Attributes:

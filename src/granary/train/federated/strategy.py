@@ -44,7 +44,7 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
 
         raise MissingDependencyError("flwr", "privacy") from None
 
-    class GranaryStrategy(Strategy):  # type: ignore[misc]
+    class GranaryStrategy(Strategy):
         def __init__(self) -> None:
             self.cfg = cfg
             self.weights = initial_weights(cfg)
@@ -246,7 +246,7 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
             except Exception as exc:
                 raise FederatedError(f"encrypted updates cannot be added: {exc}") from None
             size = int(self.global_vec.size)
-            for proxy, site, _, _ in items:  # any live site holding the key decrypts the sum
+            for proxy, _site, _, _ in items:  # any live site holding the key decrypts the sum
                 props = self._ask(proxy, rnd, wire.DECRYPT, blob=total, length=size, summands=len(items))
                 if props is not None and isinstance(props.get("sum"), bytes):
                     vec = np.frombuffer(props["sum"], dtype=np.float64)
