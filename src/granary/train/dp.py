@@ -89,6 +89,7 @@ class DPResult:
     noise_multiplier: float | None = None
     checkpoint: str = ""
     privacy: dict[str, Any] = field(default_factory=dict)
+    model: torch.nn.Module | None = field(default=None, repr=False)
 
 
 class PerSampleGPT(GPT):
@@ -152,8 +153,9 @@ def fit_private(recipe: Recipe, dp: DPConfig | None, *, store: Any = None, save:
             privacy["epsilon"] = float(accountant.get_epsilon(dp.delta))
         result.epsilon, result.delta = privacy["epsilon"], dp.delta
         result.noise_multiplier, result.privacy = privacy["noise_multiplier"], privacy
+    raw = getattr(model, "_module", model)
+    result.model = raw
     if save:
-        raw = getattr(model, "_module", model)
         result.checkpoint = _save(store, recipe, raw, version, ds, privacy)
     return result
 
