@@ -18,6 +18,7 @@ from tests.integration.train.helpers import make_tokens
 
 pytest.importorskip("flwr")
 pytest.importorskip("torch")
+pytestmark = pytest.mark.slow  # each run starts 4-5 Python processes (torch + Flower): 10-40 s on a busy machine
 
 MODEL = {"vocab_size": 256, "d_model": 16, "n_layers": 1, "n_heads": 2, "context": 16}
 
@@ -96,7 +97,8 @@ def _version(home: str) -> str:
 def test_poisoned_and_malformed_updates_are_rejected(tmp_path: Path) -> None:
     sites = _sites(tmp_path, "abcd")
     env = {"c": {"GRANARY_FED_CHAOS": "scale@1"}, "d": {"GRANARY_FED_CHAOS": "shape@1,nan@2"}}
-    run = _run(_cfg(aggregation="median", norm_bound=2.0, expected_clients=4), sites, tmp_path / "out",
+    run = _run(_cfg(aggregation="median", norm_bound=2.0, expected_clients=4, strategy="fedadam", server_lr=0.01),
+               sites, tmp_path / "out",
                site_env=env)
     assert run.server_code == 0, run.logs["server"][-3000:]
     r1, r2 = run.result["rounds"]
@@ -118,7 +120,8 @@ def test_sites_refuse_a_run_their_purpose_or_budget_does_not_allow(tmp_path: Pat
         stats = PrivateStats(_guard(site.home))
         stats.set_budget("tok", epsilon=1.0 if site.name == "c" else 10.0, delta=1e-4)
     _guard(sites[3].home).set_policy("tok", Policy(purposes=frozenset({"evaluation"})))
-    cfg = _cfg(rounds=1, dp_epsilon=4.0, norm_bound=1.0, expected_clients=4, round_timeout_s=20)
+    cfg = _cfg(rounds=1, dp_epsilon=4.0, norm_bound=1.0, expected_clients=4, round_timeout_s=20,
+               strategy="fedprox", proximal_mu=0.01)
     run = _run(cfg, sites, tmp_path / "out")
     assert run.server_code == 0 and run.site_codes == {"a": 0, "b": 0, "c": 3, "d": 3}
     assert "budget of tok exhausted" in run.result["refused"]["c"]
