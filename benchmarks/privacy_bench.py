@@ -1,6 +1,6 @@
 """Privacy benchmark: federated vs centralised training, secure-aggregation overhead, DP-SGD cost, in one run.
 
-    .venv/bin/python benchmarks/privacy_bench.py [--rounds 8] [--local-steps 5] [--dp-steps 120] [--quick]
+    .venv/bin/python benchmarks/privacy_bench.py [--rounds 20] [--local-steps 2] [--strategy fedadam] [--dp-steps 60]
 
 1. Federated: 4 sites, each its own Granary home holding a non-IID tokens version (each site's documents are
    arithmetic token sequences with its own stride), FedAvg over real processes (Flower), against centralised
@@ -9,7 +9,8 @@
 2. Secure aggregation: the same federated run in plain, masked and CKKS modes (seconds per round, bytes received
    by the coordinator per round) and, in process, the cost of protecting one update of the model's size (mask +
    unmask, encrypt + add + decrypt) against plain summation; the protected sums are checked against the plain one.
-3. DP-SGD at epsilon 8 (Opacus) against the same recipe without privacy: held-out loss gap and samples/second.
+3. DP-SGD at epsilon 8 (Opacus) against the same recipe without privacy (a larger version of the same four
+   strides, batch 256: DP needs many samples per step): held-out loss gap and samples/second.
 
 Writes benchmarks/out/privacy_bench.json.
 """
@@ -102,13 +103,13 @@ def federated(cfg: FedConfig, sites: list[SiteConfig], out: Path, **kw: Any) -> 
 
 
 def train_central(central: Path, root: Path, *, name: str, steps: int, batch: int, lr: float,
-                  dp: Any = None) -> Any:
+                  dp: Any = None, dataset: str = "all") -> Any:
     """The recipe's model trained in one process on the union of the sites' data (DP-SGD when ``dp``)."""
     from granary.train.dp import fit_private
 
     recipe = recipe_from_dict({
         "name": name, "steps": steps, "seed": 0, "run_dir": str(root / name), "model": dataclasses.asdict(MODEL),
-        "data": {"dataset": "all", "batch_size": batch}, "optim": {"lr": lr, "schedule": "constant"},
+        "data": {"dataset": dataset, "batch_size": batch}, "optim": {"lr": lr, "schedule": "constant"},
     })
     return fit_private(recipe, dp, store=open_store(Settings.from_env(home=central)), save=False)
 
@@ -150,12 +151,16 @@ def protect_costs(size: int, clients: int = 4) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--local-steps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--local-steps", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--docs", type=int, default=150)
-    ap.add_argument("--dp-steps", type=int, default=120)
+    ap.add_argument("--lr", type=float, default=6e-3, help="site (and centralised) AdamW learning rate")
+    ap.add_argument("--strategy", default="fedadam")
+    ap.add_argument("--server-lr", type=float, default=0.012)
+    ap.add_argument("--docs", type=int, default=150, help="documents per site")
+    ap.add_argument("--dp-docs", type=int, default=1000, help="documents per stride for the DP-SGD runs")
+    ap.add_argument("--dp-steps", type=int, default=60)
+    ap.add_argument("--dp-batch", type=int, default=256)
     ap.add_argument("--secure-rounds", type=int, default=3)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="privacy-bench-"))
@@ -170,7 +175,8 @@ def main() -> None:
 
 def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     sites, central = setup(root, args.docs)
-    base = FedConfig(name="bench", rounds=args.rounds, min_clients=4, expected_clients=4,
+    base = FedConfig(name="bench", rounds=args.rounds, min_clients=4, expected_clients=4, strategy=args.strategy,
+                     server_lr=args.server_lr,
                      local_steps=args.local_steps, batch_size=args.batch, lr=args.lr, address="127.0.0.1:0",
                      model=MODEL, round_timeout_s=300)
     fed = federated(base, sites, root / "fed")
@@ -209,14 +215,18 @@ def dp_report(central: Path, root: Path, args: argparse.Namespace) -> dict[str, 
     from granary.secure.settings import SecureSettings
     from granary.train.dp import DPConfig
 
+    write(central, "dp-all", [d for k, s in enumerate(STRIDES) for d in docs(s, args.dp_docs, seed=500 + k)])
     store = open_store(Settings.from_env(home=central))
-    PrivateStats(Guard(store.catalog, SecureSettings.from_env(central))).set_budget("all", epsilon=100.0, delta=1e-3)
+    PrivateStats(Guard(store.catalog, SecureSettings.from_env(central))).set_budget("dp-all", epsilon=100.0,
+                                                                                    delta=1e-3)
     out: dict[str, Any] = {}
     for label, dp in (("plain", None), ("dp", DPConfig(epsilon=8.0, delta=1e-5, max_grad_norm=1.0))):
-        res = train_central(central, root, name=f"dpsgd-{label}", steps=args.dp_steps, batch=16, lr=3e-3, dp=dp)
+        res = train_central(central, root, name=f"dpsgd-{label}", steps=args.dp_steps, batch=args.dp_batch, lr=1e-2,
+                            dp=dp, dataset="dp-all")
         out[label] = {"held_out_loss": held_out_loss(central, res.model.state_dict()), "final_train_loss":
                       res.final_loss, "samples_per_second": res.samples_per_second, "epsilon": res.epsilon,
                       "noise_multiplier": res.noise_multiplier}
+    out["samples"] = res.privacy.get("sample_rate") and round(args.dp_batch / res.privacy["sample_rate"])
     out["loss_gap"] = out["dp"]["held_out_loss"] - out["plain"]["held_out_loss"]
     out["loss_ratio"] = out["dp"]["held_out_loss"] / out["plain"]["held_out_loss"]
     out["throughput_ratio"] = out["dp"]["samples_per_second"] / out["plain"]["samples_per_second"]
