@@ -109,3 +109,25 @@ def test_plain_run_is_the_baseline(home: Path, tmp_path: Path) -> None:
     result = fit_private(_recipe(tmp_path, "plain", steps=4), None, store=store, save=False)
     assert result.epsilon is None and len(result.losses) == 4 and result.checkpoint == ""
     assert _stats(home).ledger("tiny-tok") == []
+
+
+def test_train_cli_with_dp_epsilon(home: Path, tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from granary.cli.main import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "cli-dp", "steps": 3, "run_dir": str(tmp_path / "cli-dp"),
+        "model": {"vocab_size": 256, "d_model": 16, "n_layers": 1, "n_heads": 2, "context": 16},
+        "data": {"dataset": "tiny-tok", "batch_size": 8},
+    }))
+    refused = CliRunner().invoke(app, ["train", str(recipe), "--dp-epsilon", "8"])
+    assert refused.exit_code == 1 and "privacy budget of tiny-tok exhausted" in refused.output  # default 1.0
+    _stats(home).set_budget("tiny-tok", epsilon=20.0, delta=1e-4)
+    ok = CliRunner().invoke(app, ["train", str(recipe), "--dp-epsilon", "8", "--dp-max-grad-norm", "0.5"])
+    assert ok.exit_code == 0, ok.output
+    assert "epsilon (accountant)" in ok.output and "charged to budget" in ok.output
+    bad = CliRunner().invoke(app, ["train", str(recipe), "--dp-epsilon", "8", "--nproc-per-node", "2"])
+    assert bad.exit_code == 1 and "in one process" in bad.output

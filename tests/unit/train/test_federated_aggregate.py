@@ -86,8 +86,9 @@ def test_config_validation() -> None:
         FedConfig(secure="mask", aggregation="median")
     with pytest.raises(FederatedError, match="norm_bound"):
         FedConfig(dp_epsilon=1.0)
-    with pytest.raises(FederatedError, match="min_clients >= 2"):
-        FedConfig(secure="mask", min_clients=1, expected_clients=1)
+    for secure in ("mask", "ckks"):
+        with pytest.raises(FederatedError, match="min_clients >= 2"):
+            FedConfig(secure=secure, min_clients=1, expected_clients=1)
     with pytest.raises(FederatedError, match="fedprox"):
         FedConfig(proximal_mu=0.1)
     with pytest.raises(TrainError, match="unknown field 'rounds_'"):

@@ -75,8 +75,8 @@ class FedConfig:
             raise FederatedError(f"aggregation {self.aggregation!r} needs each update in the clear; secure "
                                  f"aggregation ({self.secure}) gives the server only the sum",
                                  hint="use aggregation: mean with secure aggregation (and norm_bound at the sites)")
-        if self.secure == "mask" and self.min_clients < 2:
-            raise FederatedError("masking needs min_clients >= 2: a sum of one update is that update")
+        if self.secure != "none" and self.min_clients < 2:
+            raise FederatedError(f"secure: {self.secure} needs min_clients >= 2: a sum of one update is that update")
         if self.dp_epsilon is not None and (self.dp_epsilon <= 0 or self.norm_bound <= 0):
             raise FederatedError("client-level DP needs dp_epsilon > 0 and a norm_bound > 0 (the sensitivity)")
         if self.strategy != "fedprox" and self.proximal_mu:
