@@ -153,6 +153,13 @@ def test_ckks_rounds_equal_plain_rounds(tmp_path: Path) -> None:
     plain = _run(_cfg(rounds=1), _sites(tmp_path / "p", "abc"), tmp_path / "plain")
     assert enc.server_code == 0 and plain.server_code == 0
     assert enc.result["rounds"][0]["accepted"] == 3
+    from granary.store import open_store
+
+    manifests = [open_store(Settings.from_env(home=Path(s.home))).manifest("tok") for s in sites]
+    stats = enc.result["site_stats"]  # summed under CKKS; each site audited what it sent
+    assert stats["documents"] == sum(m.num_rows for m in manifests) == 180
+    assert stats["tokens"] == sum(m.num_tokens for m in manifests) and stats["samples"] > 0
+    assert all(len(_guard(s.home).audit.query(action="fed.stats")) == 1 for s in sites)
     assert enc.result["rounds"][0]["bytes_received"] > 10 * plain.result["rounds"][0]["bytes_received"]
     import torch
 

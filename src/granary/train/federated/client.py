@@ -205,6 +205,24 @@ class Site:
         seeds = self._masker.reveal(wire.loads(config, "dropped"))
         return {"seeds": wire.dumps({k: v.hex() for k, v in seeds.items()})}
 
+    def stats(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Statistics of the site's version (documents, tokens, samples), encrypted for a homomorphic sum."""
+        from granary.secure import he
+
+        run = str(config.get("run", ""))
+        if self._runs.get(run, "not joined") is not None:
+            raise FederatedError(f"site {self.config.name} has not joined run {run!r}")
+        keys = [str(k) for k in wire.loads(config, "keys")]
+        manifest = self.store.manifest(self.version)
+        samples = self._loader.num_samples if self._loader is not None else 0
+        values = {"documents": float(manifest.num_rows), "tokens": float(manifest.num_tokens or 0),
+                  "samples": float(samples)}
+        blob = he.encrypt_stats(self._context(), {k: v for k, v in values.items() if k in keys}, keys)
+        self.guard.record("fed.stats", self.version.dataset, obj=f"fed:{run}",
+                          details={"run": run, "version": self.version.id, "sent": "encrypted statistics",
+                                   "keys": keys, "bytes": len(blob)})
+        return {"stats": blob}
+
     def decrypt(self, config: dict[str, Any]) -> dict[str, Any]:
         """Decrypt a homomorphic *sum* (the coordinator sends nothing else) into float64 bytes."""
         from granary.secure import he
@@ -231,6 +249,8 @@ def flower_client(site: Site) -> Any:
                 return site.reveal(config)
             if step == wire.DECRYPT:
                 return site.decrypt(config)
+            if step == wire.STATS:
+                return site.stats(config)
             return {"site": site.config.name}
 
         def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> Any:

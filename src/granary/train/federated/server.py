@@ -50,6 +50,8 @@ def run_server(cfg: FedConfig, out_dir: str | Path, *, he_public: bytes | None =
         and all(r.get("status") == "ok" for r in strategy.rounds),
         "bytes_received": sum(int(r.get("bytes_received", 0)) for r in strategy.rounds),
     }
+    if strategy.site_stats is not None:
+        result["site_stats"] = strategy.site_stats
     if cfg.dp_epsilon is not None:
         from granary.train.federated.aggregate import dp_spent
 

@@ -66,6 +66,7 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
             self.refused: dict[str, str] = {}
             self.sites: dict[str, str] = {}  # proxy cid -> site name
             self.keys: dict[str, bytes] = {}  # site -> mask public key of the current round
+            self.site_stats: dict[str, float] | None = None  # summed site statistics (ckks runs)
 
         # -- Flower hooks ---------------------------------------------------------------------
         def initialize_parameters(self, client_manager: Any) -> Any:
@@ -106,6 +107,8 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
                           train_loss=float(np.nanmean(losses)) if losses else None,
                           seconds=time.perf_counter() - self._t0)
             self.rounds.append(report)
+            if cfg.secure == "ckks" and server_round == cfg.rounds:
+                self.site_stats = self._site_stats(server_round, [p for p, _ in results])
             log.info("round %d: %d updates aggregated (%s), %d failures, %d rejected", server_round, accepted,
                      cfg.secure, len(failures), len(report["rejected"]))
             return ndarrays_to_parameters(self.weights), {"accepted": accepted}
@@ -254,6 +257,24 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
                     n = len(items)
                     return vec / (n if cfg.dp_epsilon is not None else max(samples, 1)), n
             raise FederatedError("no site decrypted the encrypted sum")
+
+        def _site_stats(self, rnd: int, proxies: list[Any]) -> dict[str, float] | None:
+            """Documents, tokens and samples summed over the sites under CKKS: no site's own figures are seen."""
+            from granary.secure import he
+
+            keys = list(wire.STATS_KEYS)
+            answers = [self._ask(p, rnd, wire.STATS, keys=wire.dumps(keys)) for p in proxies]
+            blobs = [a["stats"] for a in answers if a is not None and isinstance(a.get("stats"), bytes)]
+            if len(blobs) < 2:
+                log.warning("site statistics: %d encrypted answers, at least 2 are needed", len(blobs))
+                return None
+            total = he.add(self.he_ctx, blobs)
+            for proxy in proxies:
+                props = self._ask(proxy, rnd, wire.DECRYPT, blob=total, length=len(keys), summands=len(blobs))
+                if props is not None and isinstance(props.get("sum"), bytes):
+                    values = np.frombuffer(props["sum"], dtype=np.float64)
+                    return {k: float(round(v)) for k, v in zip(keys, values, strict=True)}
+            return None
 
         def _fail(self, rnd: int, reason: str, report: dict[str, Any] | None = None) -> None:
             log.error("round %d failed: %s", rnd, reason)

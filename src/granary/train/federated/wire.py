@@ -14,6 +14,8 @@ from granary.train.federated.errors import FederatedError
 HELLO = "hello"  # join the round: the site checks the run's purpose and budget, returns its name (and mask key)
 REVEAL = "secagg-reveal"  # survivors reveal their seeds with dropped peers
 DECRYPT = "he-decrypt"  # a site decrypts the homomorphic sum (only the sum ever reaches it)
+STATS = "he-stats"  # a site sends statistics of its data, CKKS-encrypted
+STATS_KEYS = ("documents", "tokens", "samples")
 
 
 def dumps(value: Any) -> str:
