@@ -67,6 +67,7 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
             self.sites: dict[str, str] = {}  # proxy cid -> site name
             self.keys: dict[str, bytes] = {}  # site -> mask public key of the current round
             self.site_stats: dict[str, float] | None = None  # summed site statistics (ckks runs)
+            self._t0 = time.perf_counter()
 
         # -- Flower hooks ---------------------------------------------------------------------
         def initialize_parameters(self, client_manager: Any) -> Any:
