@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,postgres,s3,tokenize,curate,torch,hf,ray,k8s,dp,serve,tabular,live,monitor,server,models
+EXTRAS ?= dev,postgres,s3,tokenize,curate,torch,hf,ray,k8s,dp,serve,tabular,live,monitor,server,models,privacy
 TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-random lint typecheck clean
@@ -13,6 +13,9 @@ $(BIN)/.installed: pyproject.toml
 	# the CPU build of PyTorch first, so no extra pulls a CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	# Flower (federated training) without its pins on protobuf<7 / typer<0.21 (see the `flower` extra)
+	$(BIN)/pip install -q --no-deps 'flwr==1.42.0' 'iterators==0.0.2' 'pycryptodome>=3.18,<4' 'tomli>=2' 'tomli-w>=1' \
+		'grpcio-health-checking>=1.70,<2'
 	touch $@
 
 install: $(BIN)/.installed

@@ -56,6 +56,7 @@ _GROUPS = (
     "granary.cli.server",
     "granary.cli.train",
     "granary.cli.model",
+    "granary.cli.fed",
 )
 
 for _module in _GROUPS:

@@ -21,9 +21,18 @@ def train(
     max_restarts: Annotated[int, typer.Option("--max-restarts", help="Restarts of all workers after a failure.")]
     = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the torchrun arguments and stop.")] = False,
+    dp_epsilon: Annotated[float | None, typer.Option("--dp-epsilon", help="Train with DP-SGD (Opacus) to this "
+                                                     "epsilon over the run, charged to the dataset's budget.")]
+    = None,
+    dp_delta: Annotated[float, typer.Option("--dp-delta", help="DP-SGD delta.")] = 1e-5,
+    dp_max_grad_norm: Annotated[float, typer.Option("--dp-max-grad-norm", help="DP-SGD per-sample clipping norm.")]
+    = 1.0,
     script_args: Annotated[list[str] | None, typer.Argument(help="Arguments passed to a .py script.")] = None,
 ) -> None:
     """Train: run a recipe or script on torchrun (restarts resume from the newest checkpoint in the store)."""
+    if dp_epsilon is not None:
+        _train_private(target, nproc_per_node, dp_epsilon, dp_delta, dp_max_grad_norm)
+        return
     from granary.train.launch import launch, torchrun_args
 
     args = torchrun_args(target, nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
@@ -32,6 +41,24 @@ def train(
         console.print("torchrun " + " ".join(args))
         return
     raise typer.Exit(launch(args))
+
+
+def _train_private(target: Path, nproc: int, epsilon: float, delta: float, max_grad_norm: float) -> None:
+    from granary.errors import TrainError
+    from granary.train.dp import DPConfig, fit_private
+    from granary.train.recipe import load_recipe
+
+    if target.suffix not in (".yaml", ".yml") or nproc != 1:
+        raise TrainError("--dp-epsilon trains a recipe (.yaml) in one process",
+                         hint="drop --nproc-per-node, and pass a recipe file")
+    result = fit_private(load_recipe(target), DPConfig(epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm))
+    p = result.privacy
+    console.print(table("DP-SGD run", ["field", "value"], [
+        ("steps", result.steps), ("final loss", f"{result.final_loss:.4f}"),
+        ("epsilon (accountant)", f"{result.epsilon:.3f}"), ("delta", f"{result.delta:g}"),
+        ("noise multiplier", f"{p['noise_multiplier']:.3f}"), ("sample rate", f"{p['sample_rate']:.4g}"),
+        ("charged to budget", f"{p['charged_epsilon']:.3f}"), ("checkpoint", result.checkpoint[:16]),
+    ]))
 
 
 def lineage(

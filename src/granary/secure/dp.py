@@ -138,6 +138,25 @@ class PrivateStats:
             scale = gaussian_scale(sensitivity, epsilon, delta)
         meas = _measurement(mechanism, vector=vector, integer=integer, scale=scale)
         eps_cost, delta_cost = _cost(meas, mechanism, sensitivity, delta)
+        self._spend(dataset, query, mechanism, eps_cost, delta_cost)
+        return Release(query=query, value=meas(value), mechanism=mechanism, epsilon=eps_cost, delta=delta_cost,
+                       scale=scale)
+
+    def charge(self, dataset: str, *, query: str, mechanism: str, epsilon: float, delta: float) -> None:
+        """Spend (epsilon, delta) of a dataset's budget for a release made elsewhere (DP training, federated
+        rounds), or raise :class:`BudgetExhaustedError` (audited) and spend nothing.
+
+        The check and the ledger entry are one catalog transaction, so two runs cannot both spend the last of a
+        budget; every charge is in :meth:`ledger`, so a budget is never spent twice unnoticed.
+        """
+        if not (epsilon > 0 and 0 <= delta < 1):
+            raise ValueError(f"a charge needs epsilon > 0 and 0 <= delta < 1, got ({epsilon}, {delta})")
+        if not 0 < len(mechanism) <= 16:
+            raise ValueError(f"mechanism must be a name of 1 to 16 characters, got {mechanism!r}")
+        self.guard.authorize("stats", dataset)
+        self._spend(dataset, query, mechanism, epsilon, delta)
+
+    def _spend(self, dataset: str, query: str, mechanism: str, eps_cost: float, delta_cost: float) -> None:
         principal = self.guard.principal.name
         with self.catalog.write() as conn:
             total_eps, total_delta, spent_eps, spent_delta = self._totals(conn, dataset)
@@ -147,7 +166,6 @@ class PrivateStats:
             elif spent_delta + delta_cost > total_delta * (1 + 1e-9):
                 refused = BudgetExhaustedError(dataset, delta_cost, max(0.0, total_delta - spent_delta), what="delta")
             else:
-                refused = None
                 conn.execute(t.dp_ledger.insert().values(dataset=dataset, at=time.time(), principal=principal,
                                                          query=query, mechanism=mechanism, epsilon=eps_cost,
                                                          delta=delta_cost))
@@ -158,8 +176,6 @@ class PrivateStats:
             self.guard.audit.append(principal=principal, action="dp.release", dataset=dataset, object=query,
                                     outcome="denied", details={"reason": str(refused)})
             raise refused
-        return Release(query=query, value=meas(value), mechanism=mechanism, epsilon=eps_cost, delta=delta_cost,
-                       scale=scale)
 
     def count(self, dataset: str, true_count: int, *, epsilon: float, mechanism: Mechanism = "laplace",
               delta: float = DEFAULT_DELTA, query: str = "count") -> Release:

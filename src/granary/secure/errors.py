@@ -90,3 +90,11 @@ class BudgetExhaustedError(SecurityError):
             f"but only {remaining:g} is left",
             hint="release fewer statistics, or an admin raises the budget with `granary policy budget`",
         )
+
+
+class SecAggError(SecurityError):
+    """A secure-aggregation message is malformed or the masked sum cannot be completed (too few survivors)."""
+
+
+class HomomorphicError(SecurityError):
+    """A CKKS context or ciphertext is malformed, or an operation was asked of a context without the key."""

@@ -157,6 +157,11 @@ def recipe_from_dict(data: Any, *, source: str = "<dict>", lines: dict[str, int]
     return typing.cast(Recipe, _build(Recipe, data, "", source, lines or {}))
 
 
+def build_dataclass(cls: type, data: Any, *, source: str = "<dict>") -> Any:
+    """Build any config dataclass from nested dicts with the same checks and errors as a recipe."""
+    return _build(cls, data, "", source, {})
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read a YAML recipe file."""
     import yaml

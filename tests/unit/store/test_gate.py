@@ -218,6 +218,7 @@ CLI_READS: dict[str, list[str]] = {
     "backup create": ["{tmp}/backups"],
     "model register": ["web", "--name", "m"],
     "eval": ["m", "--data", "toks", "--inline"],
+    "fed client": ["web", "--site", "a", "--server", "127.0.0.1:9"],
 }
 CLI_FILTERED = {"ls"}  # lists only what the caller may see (audited)
 CLI_WRITES = {"init", "ingest", "delete", "branch", "tag", "rollback", "gc", "forget", "demo", "audit checkpoint",
@@ -248,7 +249,10 @@ CLI_NO_DATA = {"audit public-key", "principal list", "token list", "role list", 
                "schedule add", "schedule list", "schedule pause", "schedule resume", "schedule remove",
                "backup schedule",
                # the registry's own rows and manifests (metadata); model servers are jobs whose reads pass the gate
-               "model list", "model show", "model card", "model compare", "deploy", "undeploy"}
+               "model list", "model show", "model card", "model compare", "deploy", "undeploy",
+               # the coordinator holds no data (it receives model updates); `fed run` starts `fed client` processes,
+               # whose reads pass the gate; keys makes a CKKS context
+               "fed server", "fed run", "fed keys"}
 
 
 def _commands() -> set[str]:

@@ -1,0 +1,34 @@
+"""What travels between the coordinator and the sites besides model arrays: small, typed config values.
+
+Flower configs hold scalars only (bool, bytes, float, int, str); structured values travel as JSON strings.
+Keys of the exchanges the coordinator starts with ``get_properties``: ``granary`` names the step.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from granary.train.federated.errors import FederatedError
+
+HELLO = "hello"  # join the round: the site checks the run's purpose and budget, returns its name (and mask key)
+REVEAL = "secagg-reveal"  # survivors reveal their seeds with dropped peers
+DECRYPT = "he-decrypt"  # a site decrypts the homomorphic sum (only the sum ever reaches it)
+STATS = "he-stats"  # a site sends statistics of its data, CKKS-encrypted
+STATS_KEYS = ("documents", "tokens", "samples")
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def loads(config: dict[str, Any], key: str) -> Any:
+    """A JSON value from a Flower config, or a clear error naming the key."""
+    raw = config.get(key)
+    if not isinstance(raw, str):
+        raise FederatedError(f"the coordinator's message lacks {key!r} (got {type(raw).__name__})",
+                             hint="coordinator and site must run the same Granary version")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise FederatedError(f"the coordinator's {key!r} is not valid JSON") from None
