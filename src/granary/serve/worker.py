@@ -16,7 +16,7 @@ from granary.serve.backend import LoadReport
 from granary.serve.config import GatewayConfig
 from granary.serve.metrics import AccessLog, GatewayMetrics
 from granary.serve.pool import MemberSpec
-from granary.serve.proxy import Proxy, clock
+from granary.serve.router import clock
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 0.1
@@ -56,8 +56,17 @@ class Worker:
     def __init__(self, config: GatewayConfig, *, metrics: GatewayMetrics, seed: int | None = None) -> None:
         self.config = config
         self.access_log = AccessLog(config.access_log) if config.access_log else None
-        self.proxy = Proxy(config, metrics=metrics, access_log=self.access_log, seed=seed)
+        self.proxy: Any
+        if config.server == "lean":
+            from granary.serve.lean import LeanProxy
+
+            self.proxy = LeanProxy(config, metrics=metrics, access_log=self.access_log, seed=seed)
+        else:
+            from granary.serve.proxy import Proxy
+
+            self.proxy = Proxy(config, metrics=metrics, access_log=self.access_log, seed=seed)
         self.server: web.Server | None = None
+        self.lean: Any = None
         self.listener: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.stopping = False
@@ -65,9 +74,16 @@ class Worker:
     async def start(self, sock: socket.socket) -> None:
         """Serve on ``sock`` (listening already)."""
         await self.proxy.start()
-        self.server = web.Server(self.proxy.handle, handler_cancellation=True, access_log=None)
         loop = asyncio.get_running_loop()
-        self.listener = await loop.create_server(self.server, sock=sock, backlog=4096)
+        if self.config.server == "lean":
+            from granary.serve.httpserver import LeanServer
+
+            self.lean = LeanServer(self.proxy.handle, max_body_bytes=self.config.max_body_bytes,
+                                   client_idle_s=self.config.client_idle_s)
+            self.listener = await loop.create_server(self.lean, sock=sock, backlog=4096)
+        else:
+            self.server = web.Server(self.proxy.handle, handler_cancellation=True, access_log=None)
+            self.listener = await loop.create_server(self.server, sock=sock, backlog=4096)
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
 
     async def _housekeeping(self) -> None:
@@ -88,6 +104,9 @@ class Worker:
                     m.set_healthy(name, b.name, b.available(now))
             if self.access_log is not None:
                 self.access_log.flush()
+            upstream = getattr(self.proxy, "upstream", None)
+            if upstream is not None:
+                upstream.prune(now)
 
     def apply_members(self, routes: Mapping[str, Sequence[MemberSpec]]) -> None:
         """Take the supervisor's backend table (the whole table, every time)."""
@@ -115,6 +134,8 @@ class Worker:
             self.listener.close()
         if self.server is not None:
             await self.server.shutdown(timeout=drain_s)
+        if self.lean is not None:
+            await self.lean.shutdown(drain_s)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
