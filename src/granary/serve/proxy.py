@@ -39,12 +39,12 @@ class Proxy(Router):
         config: the gateway configuration.
         metrics: where to record metrics.
         access_log: the JSON access log, or None.
-        seed: seed of the policies' random choices (tests).
+        kw: the keyword arguments of :class:`Router` (seed, shared_dir, worker_index, num_workers).
     """
 
     def __init__(self, config: GatewayConfig, *, metrics: GatewayMetrics, access_log: AccessLog | None = None,
-                 seed: int | None = None) -> None:
-        super().__init__(config, metrics=metrics, access_log=access_log, seed=seed)
+                 **kw: Any) -> None:
+        super().__init__(config, metrics=metrics, access_log=access_log, **kw)
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:

@@ -18,6 +18,7 @@ from granary.serve.admission import WaitRoom
 from granary.serve.backend import Backend
 from granary.serve.balancers import RequestInfo
 from granary.serve.balancers.prefix import prompt_of
+from granary.serve.balancers.shared import SharedRouteState
 from granary.serve.config import GatewayConfig, RouteConfig
 from granary.serve.forward import Relay
 from granary.serve.metrics import AccessLog, GatewayMetrics
@@ -73,10 +74,14 @@ class Router:
         metrics: where to record metrics.
         access_log: the JSON access log, or None.
         seed: seed of the policies' random choices (tests).
+        shared_dir: folder of the state files the workers share (None: this process is the only worker).
+        worker_index: this worker's number, in [0, num_workers).
+        num_workers: worker processes of the gateway.
     """
 
     def __init__(self, config: GatewayConfig, *, metrics: GatewayMetrics, access_log: AccessLog | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, shared_dir: str | None = None, worker_index: int = 0,
+                 num_workers: int = 1) -> None:
         self.config = config
         self.metrics = metrics
         self.access_log = access_log
@@ -91,9 +96,16 @@ class Router:
                                          timeout_s=r.circuit.pending_timeout_s) for r in config.routes}
         self.ids = itertools.count(1)
         self.prefix_id = f"{os.getpid():x}"
+        self.shared: list[SharedRouteState] = []
         for pool in self.pools.values():
             for b in pool.members.values():
                 metrics.set_healthy(pool.route.name, b.name, True)
+            if pool.balancer.shares_state:
+                state = (SharedRouteState.in_memory() if shared_dir is None else SharedRouteState.open(
+                    os.path.join(shared_dir, f"route-{pool.route.name}.state"), worker=worker_index,
+                    num_workers=num_workers))
+                pool.balancer.attach(state)
+                self.shared.append(state)
 
     async def read_body(self, request: Any) -> bytes:
         """The request's whole body (refused with 413 or 408 as the path can tell)."""

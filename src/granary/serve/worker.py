@@ -51,20 +51,25 @@ class Worker:
         config: the gateway configuration.
         metrics: metrics sink (a private registry in-process; multiprocess files in worker processes).
         seed: seed of the policies' random choices (tests).
+        shared_dir: folder of the state files the worker processes share (None: the only worker).
+        worker_index: this worker's number.
     """
 
-    def __init__(self, config: GatewayConfig, *, metrics: GatewayMetrics, seed: int | None = None) -> None:
+    def __init__(self, config: GatewayConfig, *, metrics: GatewayMetrics, seed: int | None = None,
+                 shared_dir: str | None = None, worker_index: int = 0) -> None:
         self.config = config
         self.access_log = AccessLog(config.access_log) if config.access_log else None
+        kw: dict[str, Any] = {"seed": seed, "shared_dir": shared_dir, "worker_index": worker_index,
+                              "num_workers": config.num_workers if shared_dir else 1}
         self.proxy: Any
         if config.server == "lean":
             from granary.serve.lean import LeanProxy
 
-            self.proxy = LeanProxy(config, metrics=metrics, access_log=self.access_log, seed=seed)
+            self.proxy = LeanProxy(config, metrics=metrics, access_log=self.access_log, **kw)
         else:
             from granary.serve.proxy import Proxy
 
-            self.proxy = Proxy(config, metrics=metrics, access_log=self.access_log, seed=seed)
+            self.proxy = Proxy(config, metrics=metrics, access_log=self.access_log, **kw)
         self.server: web.Server | None = None
         self.lean: Any = None
         self.listener: asyncio.AbstractServer | None = None
@@ -154,15 +159,16 @@ def worker_main(config: GatewayConfig, port: int, conn: Any, metrics_dir: str, i
     loop = new_event_loop(config.uvloop)
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_worker_async(config, port, conn))
+        loop.run_until_complete(_worker_async(config, port, conn, metrics_dir, index))
     finally:
         loop.close()
 
 
-async def _worker_async(config: GatewayConfig, port: int, conn: Any) -> None:
+async def _worker_async(config: GatewayConfig, port: int, conn: Any, shared_dir: str, index: int) -> None:
     import prometheus_client
 
-    worker = Worker(config, metrics=GatewayMetrics(prometheus_client.REGISTRY))
+    worker = Worker(config, metrics=GatewayMetrics(prometheus_client.REGISTRY), shared_dir=shared_dir,
+                    worker_index=index)
     await worker.start(reuseport_socket(config.host, port))
     loop = asyncio.get_running_loop()
     done: asyncio.Future[float] = loop.create_future()
