@@ -118,7 +118,8 @@ def test_headers_and_bodies_are_forwarded(server: str, tmp_path: Path, monkeypat
 
     async def body(port: int, gw: Gateway) -> None:
         raw = await exchange(port, b"POST /v1/x%20y?q=1 HTTP/1.1\r\nHost: client.example\r\n"
-                                   b"X-Forwarded-For: 10.1.1.1\r\nX-Request-Id: abc\r\nProxy-Authorization: secret\r\nTransfer-Encoding: chunked\r\n"
+                                   b"X-Forwarded-For: 10.1.1.1\r\nX-Request-Id: abc\r\n"
+                                   b"Proxy-Authorization: secret\r\nTransfer-Encoding: chunked\r\n"
                                    b"Connection: close\r\nX-Custom: 1\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
         [(status, headers, payload)] = responses(raw)
         got = json.loads(payload)
