@@ -140,6 +140,8 @@ class RoutePool:
         """A request on ``b`` ended; returns True when its outcome ejected ``b``."""
         b.in_flight -= 1
         self.balancer.on_done(b, req, ok=outcome == "ok", latency_s=latency_s, now=now)
+        if outcome == "ok" and not b.consecutive_failures:  # the common case: nothing to count
+            return False
         members = [m for m in self.members.values() if not m.draining]
         ejected = self.detector.record(b, outcome, members, now)
         if ejected:

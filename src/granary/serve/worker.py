@@ -20,6 +20,7 @@ from granary.serve.router import clock
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 0.1
+GC_YOUNG_THRESHOLD = 20_000
 
 
 def reuseport_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
@@ -34,6 +35,18 @@ def reuseport_socket(host: str, port: int, *, listen: bool = True) -> socket.soc
         sock.listen(4096)
     sock.setblocking(False)
     return sock
+
+
+def tune_gc(young_threshold: int = GC_YOUNG_THRESHOLD) -> None:
+    """Fewer cyclic collections on the request path: what start-up allocated moves out of the collector's
+    sight (``gc.freeze``), and the youngest generation is collected every ``young_threshold`` allocations rather
+    than every 700. With hundreds of connections in flight, the collector otherwise walks their protocols,
+    tasks and futures over and over (about 8 % of a worker's CPU at 256 connections, measured with py-spy)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(young_threshold, 20, 20)
 
 
 def member_from_dict(d: Mapping[str, Any]) -> MemberSpec:
@@ -158,6 +171,7 @@ def worker_main(config: GatewayConfig, port: int, conn: Any, metrics_dir: str, i
 
     loop = new_event_loop(config.uvloop)
     asyncio.set_event_loop(loop)
+    tune_gc()
     try:
         loop.run_until_complete(_worker_async(config, port, conn, metrics_dir, index))
     finally:
