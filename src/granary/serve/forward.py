@@ -42,6 +42,7 @@ class Relay:
         bytes_out: body bytes passed to the client.
         chunks: body chunks passed to the client (whole events for SSE).
         gaps: times between chunks (streams).
+        last_at: when the last chunk went to the client.
     """
 
     outcome: Outcome = "ok"
@@ -51,6 +52,15 @@ class Relay:
     bytes_out: int = 0
     chunks: int = 0
     gaps: list[float] = field(default_factory=list)
+    last_at: float = 0.0
+
+    def tick(self, now: float, started: float) -> None:
+        """A chunk goes to the client at ``now``: the first one sets the time to first chunk, later ones a gap."""
+        if self.first_chunk_s is None:
+            self.first_chunk_s = now - started
+        else:
+            self.gaps.append(now - self.last_at)
+        self.last_at = now
 
 
 def upstream_headers(request: web.BaseRequest, request_id: str) -> CIMultiDict[str]:
@@ -136,7 +146,6 @@ async def relay_stream(request: web.BaseRequest, resp: ClientResponse, *, idle_s
         info.client_gone = True
         raise ClientGone(info) from exc
     pending = bytearray()
-    last = started
     content = resp.content
     while True:
         try:
@@ -159,19 +168,10 @@ async def relay_stream(request: web.BaseRequest, resp: ClientResponse, *, idle_s
             return out, info
         if not chunk:
             break
-        if sse:
-            pending += chunk
-            end = _event_end(pending)
-            if not end:
-                continue
-            chunk = bytes(pending[:end])
-            del pending[:end]
+        if sse and not (chunk := complete_events(pending, chunk)):
+            continue
         now = loop.time()
-        if info.first_chunk_s is None:
-            info.first_chunk_s = now - started
-        else:
-            info.gaps.append(now - last)
-        last = now
+        info.tick(now, started)
         if not await _write(out, chunk, idle_s):
             info.client_gone = True
             return out, info
@@ -189,6 +189,17 @@ async def relay_stream(request: web.BaseRequest, resp: ClientResponse, *, idle_s
     except (ConnectionError, RuntimeError):
         info.client_gone = True
     return out, info
+
+
+def complete_events(pending: bytearray, chunk: bytes) -> bytes:
+    """Add ``chunk`` to ``pending`` and take out the SSE events now complete (b"" while none is)."""
+    pending += chunk
+    end = _event_end(pending)
+    if not end:
+        return b""
+    out = bytes(pending[:end])
+    del pending[:end]
+    return out
 
 
 def _events(data: bytes | bytearray) -> int:

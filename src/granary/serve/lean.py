@@ -17,9 +17,16 @@ from typing import Any
 
 from granary.serve.backend import Backend
 from granary.serve.balancers import RequestInfo
-from granary.serve.budget import retry_is_safe
 from granary.serve.config import GatewayConfig
-from granary.serve.forward import SMALL_BODY_BYTES, Relay, TryFailed, _event_end, _events, sse_error_event
+from granary.serve.forward import (
+    SMALL_BODY_BYTES,
+    Relay,
+    TryFailed,
+    _event_end,
+    _events,
+    complete_events,
+    sse_error_event,
+)
 from granary.serve.httpserver import ClientConnection, Incoming
 from granary.serve.metrics import AccessLog, GatewayMetrics
 from granary.serve.outlier import Outcome
@@ -106,57 +113,20 @@ class LeanProxy(Router):
         return t
 
     # -- forwarding -------------------------------------------------------------------------------------
-    async def forward(self, request: Incoming, pool: RoutePool, body: bytes, info: RequestInfo, request_id: str,
-                      t0: float) -> None:
-        """Try backends until one answers (retrying only when safe and within the budget), then relay."""
-        route = pool.route
-        name = route.name
+    def prepare(self, request: Incoming, body: bytes, request_id: str) -> bytes:
+        """The header lines the gateway adds to every try (X-Forwarded-For, X-Request-Id)."""
         peer = request.remote
         prior = request.headers.get("x-forwarded-for")
         extra = (f"X-Forwarded-For: {prior}, {peer}\r\n" if prior else f"X-Forwarded-For: {peer}\r\n").encode(
             "latin-1") + b"X-Request-Id: " + request_id.encode("latin-1") + b"\r\n"
-        pool.budget.record_request(clock())
-        tried: list[Backend] = []
-        failure = "no try was made"
-        fail_outcome: Outcome = "connect"
-        for attempt in range(route.retry.attempts):
-            if attempt and not pool.budget.try_spend(clock()):
-                failure += " (retry budget exhausted)"
-                break
-            backend = await self.acquire(pool, info, tried)
-            if attempt:
-                self.metrics.retried(name, tried[-1].name)
-            tried.append(backend)
-            self._started(pool, backend)
-            sent = clock()
-            try:
-                conn = await self.send(backend, request, body, extra, pool)
-            except TryFailed as f:
-                self._finished(pool, backend, info, f.outcome, clock() - sent)
-                failure, fail_outcome = f"{backend.name}: {f.reason}", f.outcome
-                continue
-            except BaseException:
-                self._finished(pool, backend, info, "ok", clock() - sent)
-                raise
-            if conn.status >= 500 and attempt + 1 < route.retry.attempts and retry_is_safe(
-                    method=request.method, got_response_bytes=True, status=conn.status,
-                    retry_statuses=route.retry.retry_statuses):
-                self.upstream.release(conn)
-                self._finished(pool, backend, info, "5xx", clock() - sent)
-                failure, fail_outcome = f"{backend.name}: answered {conn.status}", "5xx"
-                continue
-            await self.respond(request, pool, backend, conn, info, request_id, t0, sent, attempt)
-            return
-        timeout = fail_outcome == "timeout"
-        raise Reject(504 if timeout else 502, "upstream_timeout" if timeout else "upstream_error",
-                     f"no backend of route {name} answered after {len(tried)} tries; last: {failure}", route=name)
+        return extra
 
-    async def send(self, backend: Backend, request: Incoming, body: bytes, extra: bytes,
-                   pool: RoutePool) -> UpstreamConnection:
+    async def send_try(self, pool: RoutePool, backend: Backend, request: Incoming, body: bytes,
+                       prepared: bytes) -> UpstreamConnection:
         """Send the request on a pooled connection and wait for the response head; failures raise TryFailed."""
         timeouts = pool.route.timeouts
         target = self.target(backend)
-        data = build_head(request.method, target, request.raw_path, request.headers.raw, extra, len(body)) + body
+        data = build_head(request.method, target, request.raw_path, request.headers.raw, prepared, len(body)) + body
         for _ in range(2):  # a reused connection the backend closed meanwhile is replaced once
             conn = await self.upstream.acquire(target, timeouts.connect_s)
             conn.send(data, head_only=request.method == "HEAD")
@@ -175,6 +145,18 @@ class LeanProxy(Router):
                 conn.abort()
                 raise
         raise TryFailed("reset", "the backend closed two connections before answering")
+
+    def status_of(self, resp: UpstreamConnection) -> int:
+        """The response's status."""
+        return resp.status
+
+    def discard(self, resp: UpstreamConnection) -> None:
+        """Give the connection back (closed unless its response was read whole)."""
+        self.upstream.release(resp)
+
+    def abort(self, resp: UpstreamConnection) -> None:
+        """Reset the connection (the backend stops working on the request)."""
+        resp.abort()
 
     async def respond(self, request: Incoming, pool: RoutePool, backend: Backend, conn: UpstreamConnection,
                       info: RequestInfo, request_id: str, t0: float, sent: float, attempt: int) -> None:
@@ -207,14 +189,8 @@ class LeanProxy(Router):
             relay.client_gone = True
             raise
         finally:
-            if relay.client_gone or relay.broken:
-                conn.abort()
-            else:
-                self.upstream.release(conn)
-            latency = relay.first_chunk_s if relay.first_chunk_s is not None else clock() - sent
-            self._finished(pool, backend, info, outcome, latency)
-            if recorded:
-                self._record(request, route.name, backend.name, conn.status, relay, request_id, t0, sent, attempt)
+            self.settle(request, pool, backend, info, conn, outcome=outcome, relay=relay, recorded=recorded,
+                        request_id=request_id, t0=t0, sent=sent, attempt=attempt)
 
 
 def _downstream(raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], int | None, bool]:
@@ -246,7 +222,6 @@ async def relay_lean(out: ClientConnection, req: Incoming, conn: UpstreamConnect
     info = Relay()
     out.start_stream(conn.status, headers, req, length)
     pending = bytearray()
-    last = started
     while True:
         try:
             chunk = await conn.read(idle_s)
@@ -265,19 +240,10 @@ async def relay_lean(out: ClientConnection, req: Incoming, conn: UpstreamConnect
             return info
         if not chunk:
             break
-        if sse:
-            pending += chunk
-            end = _event_end(pending)
-            if not end:
-                continue
-            chunk = bytes(pending[:end])
-            del pending[:end]
+        if sse and not (chunk := complete_events(pending, chunk)):
+            continue
         now = clock()
-        if info.first_chunk_s is None:
-            info.first_chunk_s = now - started
-        else:
-            info.gaps.append(now - last)
-        last = now
+        info.tick(now, started)
         if not await out.write(chunk, idle_s):
             info.client_gone = True
             return info

@@ -9,11 +9,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from granary.serve.backend import Backend
 from granary.serve.balancers import RequestInfo
-from granary.serve.budget import retry_is_safe
-from granary.serve.config import GatewayConfig
 from granary.serve.forward import (
     SMALL_BODY_BYTES,
     ClientGone,
@@ -24,7 +23,6 @@ from granary.serve.forward import (
     send,
     upstream_headers,
 )
-from granary.serve.metrics import AccessLog, GatewayMetrics
 from granary.serve.outlier import Outcome
 from granary.serve.pool import RoutePool
 from granary.serve.router import Reject, Router, clock
@@ -33,19 +31,10 @@ log = logging.getLogger(__name__)
 
 
 class Proxy(Router):
-    """The aiohttp path of a worker: aiohttp's server and client (``server: aiohttp`` in the config).
+    """The aiohttp path of a worker: aiohttp's server and client (``server: aiohttp`` in the config); built with
+    :class:`Router`'s arguments."""
 
-    Args:
-        config: the gateway configuration.
-        metrics: where to record metrics.
-        access_log: the JSON access log, or None.
-        kw: the keyword arguments of :class:`Router` (seed, shared_dir, worker_index, num_workers).
-    """
-
-    def __init__(self, config: GatewayConfig, *, metrics: GatewayMetrics, access_log: AccessLog | None = None,
-                 **kw: Any) -> None:
-        super().__init__(config, metrics=metrics, access_log=access_log, **kw)
-        self.session: aiohttp.ClientSession | None = None
+    session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         """Open the connection pool to the backends (keep-alive, no cookie jar, bytes passed as they are)."""
@@ -119,49 +108,29 @@ class Proxy(Router):
             raise Reject(408, "client_gone", f"the client sent no body bytes for {idle:g} s") from exc
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def forward(self, request: web.BaseRequest, pool: RoutePool, body: bytes, info: RequestInfo,
-                      request_id: str, t0: float) -> web.StreamResponse:
-        """Try backends until one answers (retrying only when safe and within the budget), then relay."""
+    def prepare(self, request: web.BaseRequest, body: bytes, request_id: str) -> CIMultiDict[str]:
+        """The headers every try sends."""
+        return upstream_headers(request, request_id)
+
+    async def send_try(self, pool: RoutePool, backend: Backend, request: web.BaseRequest, body: bytes,
+                       prepared: CIMultiDict[str]) -> Any:
+        """One try with aiohttp's client."""
         assert self.session is not None, "Proxy.start() was not awaited"
-        route = pool.route
-        name = route.name
-        headers = upstream_headers(request, request_id)
-        path_qs = request.raw_path
-        pool.budget.record_request(clock())
-        tried: list[Backend] = []
-        failure = "no try was made"
-        fail_outcome: Outcome = "connect"
-        for attempt in range(route.retry.attempts):
-            if attempt and not pool.budget.try_spend(clock()):
-                failure += " (retry budget exhausted)"
-                break
-            backend = await self.acquire(pool, info, tried)
-            if attempt:
-                self.metrics.retried(name, tried[-1].name)
-            tried.append(backend)
-            self._started(pool, backend)
-            sent = clock()
-            try:
-                resp = await send(self.session, request.method, backend.url + path_qs, headers=headers, body=body,
-                                  connect_s=route.timeouts.connect_s, first_byte_s=route.timeouts.first_byte_s)
-            except TryFailed as f:
-                self._finished(pool, backend, info, f.outcome, clock() - sent)
-                failure, fail_outcome = f"{backend.name}: {f.reason}", f.outcome
-                continue
-            except BaseException:
-                self._finished(pool, backend, info, "ok", clock() - sent)
-                raise
-            if resp.status >= 500 and attempt + 1 < route.retry.attempts and retry_is_safe(
-                    method=request.method, got_response_bytes=True, status=resp.status,
-                    retry_statuses=route.retry.retry_statuses):
-                resp.release()
-                self._finished(pool, backend, info, "5xx", clock() - sent)
-                failure, fail_outcome = f"{backend.name}: answered {resp.status}", "5xx"
-                continue
-            return await self.respond(request, pool, backend, resp, info, request_id, t0, sent, attempt)
-        timeout = fail_outcome == "timeout"
-        raise Reject(504 if timeout else 502, "upstream_timeout" if timeout else "upstream_error",
-                     f"no backend of route {name} answered after {len(tried)} tries; last: {failure}", route=name)
+        t = pool.route.timeouts
+        return await send(self.session, request.method, backend.url + request.raw_path, headers=prepared,
+                          body=body, connect_s=t.connect_s, first_byte_s=t.first_byte_s)
+
+    def status_of(self, resp: Any) -> int:
+        """The response's status."""
+        return int(resp.status)
+
+    def discard(self, resp: Any) -> None:
+        """Give the connection back."""
+        resp.release()
+
+    def abort(self, resp: Any) -> None:
+        """Close the connection (the backend stops working on the request)."""
+        resp.close()
 
     async def respond(self, request: web.BaseRequest, pool: RoutePool, backend: Backend, resp: Any,
                       info: RequestInfo, request_id: str, t0: float, sent: float, attempt: int
@@ -194,13 +163,7 @@ class Proxy(Router):
             relay.client_gone = True
             raise
         finally:
-            if relay.client_gone or relay.broken:
-                resp.close()
-            else:
-                resp.release()
-            latency = relay.first_chunk_s if relay.first_chunk_s is not None else clock() - sent
-            self._finished(pool, backend, info, outcome, latency)
-            if recorded:
-                self._record(request, route.name, backend.name, resp.status, relay, request_id, t0, sent, attempt)
+            self.settle(request, pool, backend, info, resp, outcome=outcome, relay=relay, recorded=recorded,
+                        request_id=request_id, t0=t0, sent=sent, attempt=attempt)
         return out if out is not None else web.Response(status=499)
 

@@ -19,8 +19,9 @@ from granary.serve.backend import Backend
 from granary.serve.balancers import RequestInfo
 from granary.serve.balancers.prefix import prompt_of
 from granary.serve.balancers.shared import SharedRouteState
+from granary.serve.budget import retry_is_safe
 from granary.serve.config import GatewayConfig, RouteConfig
-from granary.serve.forward import Relay
+from granary.serve.forward import Relay, TryFailed
 from granary.serve.metrics import AccessLog, GatewayMetrics
 from granary.serve.outlier import Outcome
 from granary.serve.pool import RoutePool
@@ -111,10 +112,73 @@ class Router:
         """The request's whole body (refused with 413 or 408 as the path can tell)."""
         raise NotImplementedError
 
+    # -- what each HTTP path implements -----------------------------------------------------------------
+    def prepare(self, request: Any, body: bytes, request_id: str) -> Any:
+        """What every try of the request sends (headers, head bytes), built once."""
+        raise NotImplementedError
+
+    async def send_try(self, pool: RoutePool, backend: Backend, request: Any, body: bytes, prepared: Any) -> Any:
+        """Send the request to ``backend`` and return once its response head is in; failures raise TryFailed."""
+        raise NotImplementedError
+
+    def status_of(self, resp: Any) -> int:
+        """The HTTP status of a response from :meth:`send_try`."""
+        raise NotImplementedError
+
+    def discard(self, resp: Any) -> None:
+        """Give back the connection of a response read whole, or of one not relayed (a retried 5xx)."""
+        raise NotImplementedError
+
+    def abort(self, resp: Any) -> None:
+        """Reset the connection of a response whose relay broke off."""
+        raise NotImplementedError
+
+    async def respond(self, request: Any, pool: RoutePool, backend: Backend, resp: Any, info: RequestInfo,
+                      request_id: str, t0: float, sent: float, attempt: int) -> Any:
+        """Relay the chosen backend's response to the client and record the outcome."""
+        raise NotImplementedError
+
     async def forward(self, request: Any, pool: RoutePool, body: bytes, info: RequestInfo, request_id: str,
                       t0: float) -> Any:
-        """Try backends until one answers, then relay its response."""
-        raise NotImplementedError
+        """Try backends until one answers (retrying only when safe and within the budget), then relay."""
+        route = pool.route
+        name = route.name
+        prepared = self.prepare(request, body, request_id)
+        pool.budget.record_request(clock())
+        tried: list[Backend] = []
+        failure = "no try was made"
+        fail_outcome: Outcome = "connect"
+        for attempt in range(route.retry.attempts):
+            if attempt and not pool.budget.try_spend(clock()):
+                failure += " (retry budget exhausted)"
+                break
+            backend = await self.acquire(pool, info, tried)
+            if attempt:
+                self.metrics.retried(name, tried[-1].name)
+            tried.append(backend)
+            self._started(pool, backend)
+            sent = clock()
+            try:
+                resp = await self.send_try(pool, backend, request, body, prepared)
+            except TryFailed as f:
+                self._finished(pool, backend, info, f.outcome, clock() - sent)
+                failure, fail_outcome = f"{backend.name}: {f.reason}", f.outcome
+                continue
+            except BaseException:
+                self._finished(pool, backend, info, "ok", clock() - sent)
+                raise
+            status = self.status_of(resp)
+            if status >= 500 and attempt + 1 < route.retry.attempts and retry_is_safe(
+                    method=request.method, got_response_bytes=True, status=status,
+                    retry_statuses=route.retry.retry_statuses):
+                self.discard(resp)
+                self._finished(pool, backend, info, "5xx", clock() - sent)
+                failure, fail_outcome = f"{backend.name}: answered {status}", "5xx"
+                continue
+            return await self.respond(request, pool, backend, resp, info, request_id, t0, sent, attempt)
+        timeout = fail_outcome == "timeout"
+        raise Reject(504 if timeout else 502, "upstream_timeout" if timeout else "upstream_error",
+                     f"no backend of route {name} answered after {len(tried)} tries; last: {failure}", route=name)
 
     def models_payload(self) -> dict[str, Any]:
         """``GET /v1/models``: every model any route serves."""
@@ -226,6 +290,21 @@ class Router:
             self.pending[name].wake_all()
         else:
             self.pending[name].wake_one()
+
+    def settle(self, request: RequestView, pool: RoutePool, backend: Backend, info: RequestInfo, resp: Any, *,
+               outcome: Outcome, relay: Relay, recorded: bool, request_id: str, t0: float, sent: float,
+               attempt: int) -> None:
+        """A relayed response ended: free its connection (reset if the relay broke off), book the backend's
+        outcome and, unless ``recorded`` is False, the request."""
+        if relay.client_gone or relay.broken:
+            self.abort(resp)
+        else:
+            self.discard(resp)
+        status = self.status_of(resp)
+        latency = relay.first_chunk_s if relay.first_chunk_s is not None else clock() - sent
+        self._finished(pool, backend, info, outcome, latency)
+        if recorded:
+            self._record(request, pool.route.name, backend.name, status, relay, request_id, t0, sent, attempt)
 
     def _record(self, request: RequestView, route: str, backend: str, status: int, relay: Relay,
                 request_id: str, t0: float, sent: float, attempt: int) -> None:
