@@ -169,7 +169,9 @@ class LeanProxy(Router):
         relay = Relay()
         recorded = True
         try:
-            if not sse and (conn.done or (length is not None and length <= SMALL_BODY_BYTES)):
+            if request.method == "HEAD":  # the head only, with the length a GET would have
+                out.start_stream(conn.status, headers, request, length or 0)
+            elif not sse and (conn.done or (length is not None and length <= SMALL_BODY_BYTES)):
                 try:
                     data = conn.take() if conn.done else await conn.read_all(route.timeouts.idle_s)
                 except (TimeoutError, OSError) as exc:

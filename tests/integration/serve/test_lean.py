@@ -148,7 +148,8 @@ def test_keep_alive_pipelining_http10_and_head(tmp_path: Path, monkeypatch: pyte
         old = await exchange(port, b"GET /old HTTP/1.0\r\n\r\n")  # HTTP/1.0: no keep-alive, closed after
         assert json.loads(responses(old)[0][2])["line"] == "GET /base/old HTTP/1.1"
         head = await exchange(port, b"HEAD /h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+        assert b"Content-Length: 11\r\n" in head  # as the backend said, with no body
 
     run_with(handle, body, tmp_path=tmp_path, monkeypatch=monkeypatch)
 
