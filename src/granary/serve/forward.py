@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ class Relay:
         chunks: body chunks passed to the client (whole events for SSE).
         gaps: times between chunks (streams).
         last_at: when the last chunk went to the client.
+        on_first: called when the first chunk goes out (the balancer learns the prefill is over).
     """
 
     outcome: Outcome = "ok"
@@ -53,11 +55,14 @@ class Relay:
     chunks: int = 0
     gaps: list[float] = field(default_factory=list)
     last_at: float = 0.0
+    on_first: Callable[[], None] | None = None
 
     def tick(self, now: float, started: float) -> None:
         """A chunk goes to the client at ``now``: the first one sets the time to first chunk, later ones a gap."""
         if self.first_chunk_s is None:
             self.first_chunk_s = now - started
+            if self.on_first is not None:
+                self.on_first()
         else:
             self.gaps.append(now - self.last_at)
         self.last_at = now
@@ -129,7 +134,8 @@ async def relay_small(request: web.BaseRequest, resp: ClientResponse, idle_s: fl
 
 
 async def relay_stream(request: web.BaseRequest, resp: ClientResponse, *, idle_s: float, started: float,
-                       cut_at: float, backend_name: str) -> tuple[web.StreamResponse, Relay]:
+                       cut_at: float, backend_name: str, on_first: Callable[[], None] | None = None
+                       ) -> tuple[web.StreamResponse, Relay]:
     """Pass the body on chunk by chunk; each read and each write may stay idle at most ``idle_s``.
 
     SSE responses are passed on whole events at a time, so that when the backend dies mid-stream the client
@@ -139,7 +145,7 @@ async def relay_stream(request: web.BaseRequest, resp: ClientResponse, *, idle_s
     loop = asyncio.get_running_loop()
     sse = resp.headers.get("Content-Type", "").startswith("text/event-stream")
     out = web.StreamResponse(status=resp.status, headers=downstream_headers(resp))
-    info = Relay()
+    info = Relay(on_first=on_first)
     try:
         await out.prepare(request)
     except (ConnectionError, RuntimeError) as exc:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from granary.serve.backend import Backend
@@ -179,12 +180,14 @@ class LeanProxy(Router):
                     relay.broken, recorded = True, False
                     raise Reject(502, "upstream_error", f"backend {backend.name}: body cut ({exc})",
                                  route=route.name) from exc
+                self.first_byte(pool, backend, info)
                 out.send_response(conn.status, headers, data, request)
                 relay.bytes_out, relay.chunks = len(data), 1
             else:
                 relay = await relay_lean(out, request, conn, headers, sse=sse, length=None if sse else length,
                                          idle_s=route.timeouts.idle_s, started=sent,
-                                         cut_at=pool.cut_deadline(backend), backend_name=backend.name)
+                                         cut_at=pool.cut_deadline(backend), backend_name=backend.name,
+                                         on_first=lambda: self.first_byte(pool, backend, info))
                 if relay.broken:
                     outcome = relay.outcome
         except asyncio.CancelledError:
@@ -214,14 +217,14 @@ def _downstream(raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes
 
 async def relay_lean(out: ClientConnection, req: Incoming, conn: UpstreamConnection, headers: list[tuple[bytes, bytes]],
                      *, sse: bool, length: int | None, idle_s: float, started: float, cut_at: float,
-                     backend_name: str) -> Relay:
+                     backend_name: str, on_first: Callable[[], None] | None = None) -> Relay:
     """Pass the body on as it comes; each read and each write may stay idle at most ``idle_s``.
 
     SSE is passed on whole events at a time, so that when the backend dies mid-stream the client gets a clean
     error event (never half an event, never a hang). Other bodies that break are cut, so the client sees a
     truncated response rather than waiting.
     """
-    info = Relay()
+    info = Relay(on_first=on_first)
     out.start_stream(conn.status, headers, req, length)
     pending = bytearray()
     while True:

@@ -146,6 +146,7 @@ class Proxy(Router):
             if length is not None and length <= SMALL_BODY_BYTES \
                     and not resp.headers.get("Content-Type", "").startswith("text/event-stream"):
                 try:
+                    self.first_byte(pool, backend, info)
                     out, relay = await relay_small(request, resp, route.timeouts.idle_s)
                 except TryFailed as f:
                     outcome, relay.broken, recorded = f.outcome, True, False
@@ -154,7 +155,8 @@ class Proxy(Router):
             else:
                 try:
                     out, relay = await relay_stream(request, resp, idle_s=route.timeouts.idle_s, started=sent,
-                                                    cut_at=pool.cut_deadline(backend), backend_name=backend.name)
+                                                    cut_at=pool.cut_deadline(backend), backend_name=backend.name,
+                                                    on_first=lambda: self.first_byte(pool, backend, info))
                 except ClientGone as gone:
                     relay = gone.info
                 if relay.broken:

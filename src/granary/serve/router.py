@@ -291,6 +291,10 @@ class Router:
         else:
             self.pending[name].wake_one()
 
+    def first_byte(self, pool: RoutePool, backend: Backend, info: RequestInfo) -> None:
+        """The response's first body bytes reach the client: the backend is done with the prompt."""
+        pool.balancer.on_first_byte(backend, info, clock())
+
     def settle(self, request: RequestView, pool: RoutePool, backend: Backend, info: RequestInfo, resp: Any, *,
                outcome: Outcome, relay: Relay, recorded: bool, request_id: str, t0: float, sent: float,
                attempt: int) -> None:

@@ -81,6 +81,9 @@ class Balancer:
         """Choose one of ``backends`` (the available ones, at least one) for ``req``."""
         raise NotImplementedError
 
+    def on_first_byte(self, backend: Backend, req: RequestInfo, now: float) -> None:
+        """The response of a request sent to ``backend`` started flowing (a stream's first token is out)."""
+
     def on_done(self, backend: Backend, req: RequestInfo, *, ok: bool, latency_s: float, now: float) -> None:
         """A request sent to ``backend`` ended (``latency_s`` to its first byte, or to its failure)."""
 

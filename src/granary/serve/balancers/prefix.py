@@ -191,8 +191,13 @@ class PrefixAwareBalancer(Balancer):
                 self.shared.place(akey, self._hash(chosen.name), n)
         return chosen
 
+    def on_first_byte(self, backend: Backend, req: RequestInfo, now: float) -> None:
+        """The prompt is processed (its first token is out): its prefill work leaves the backend's queue."""
+        self._add_load(backend, -req.cost)
+        req.cost = 0.0
+
     def on_done(self, backend: Backend, req: RequestInfo, *, ok: bool, latency_s: float, now: float) -> None:
-        """The request's work left the backend's queue."""
+        """The request ended (its work left the queue, if the first byte did not take it out already)."""
         self._add_load(backend, -req.cost)
         req.cost = 0.0
 
