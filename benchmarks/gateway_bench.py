@@ -116,13 +116,33 @@ def wrk(url: str, conns: int, seconds: float) -> dict[str, float]:
     unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p50.group(2)]  # type: ignore[union-attr]
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_ms": float(p50.group(1)) * unit,  # type: ignore[union-attr]
+    total = re.search(r"(\d+) requests in", out)
+    return {"rps": rps, "requests": float(total.group(1)) if total else 0.0, "p50_ms": float(p50.group(1)) * unit,  # type: ignore[union-attr]
             "timeouts": float(errors.group(4)) if errors else 0.0,
             "errors": (sum(float(errors.group(i)) for i in (1, 2, 3)) if errors else 0.0)
             + (float(non2xx.group(1)) if non2xx else 0.0)}
 
 
-def overhead(seconds: float) -> dict[str, Any]:
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its children."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def overhead(seconds: float, workers: int = 2) -> dict[str, Any]:
     if not (shutil.which("nginx") and shutil.which("wrk")):
         print("overhead: skipped (needs nginx and wrk: apt-get install -y nginx wrk)")
         return {}
@@ -134,18 +154,22 @@ def overhead(seconds: float) -> dict[str, Any]:
     PROCS.extend([backend, nginx])
     (TMP / "plain.py").write_text(PLAIN_PROXY)
     plain, pinfo = start([PY, str(TMP / "plain.py"), f"http://127.0.0.1:{bport}"], "plain")
-    gw, ginfo = gateway("overhead", {"workers": 2, "routes": [{
+    gw, ginfo = gateway("overhead", {"workers": workers, "routes": [{
         "name": "api", "path_prefix": "/", "policy": "round_robin", "health": {"interval_s": 1},
         "backends": [{"name": "b0", "url": f"http://127.0.0.1:{bport}"}]}]})
     time.sleep(1.0)
     targets = {"direct": f"http://127.0.0.1:{bport}/v1/x", "nginx": f"http://127.0.0.1:{pport}/v1/x",
                "aiohttp-proxy": f"{pinfo['url']}/v1/x", "granary": f"{ginfo['url']}/v1/x"}
+    pids = {"direct": backend.pid, "nginx": nginx.pid, "aiohttp-proxy": plain.pid, "granary": gw.pid}
     res: dict[str, Any] = {}
     for conns in (1, 64, 256):
         for name, url in targets.items():
+            cpu0 = tree_cpu_s(pids[name])
             res[f"{name}@{conns}"] = r = wrk(url, conns, seconds)
+            r["cpu_us_per_req"] = (tree_cpu_s(pids[name]) - cpu0) * 1e6 / max(1.0, r["requests"])
             print(f"  {name:14s} c={conns:<4d} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
-                  f"timeouts {r['timeouts']:.0f} errors {r['errors']:.0f}   (load {loadavg()})")
+                  f"timeouts {r['timeouts']:.0f} errors {r['errors']:.0f}  "
+                  f"CPU {r['cpu_us_per_req']:6.1f} us/req  (load {loadavg()})")
     for p in (gw, plain, nginx, backend):
         stop(p)
     g64, n64 = res["granary@64"], res["nginx@64"]
@@ -157,6 +181,8 @@ def overhead(seconds: float) -> dict[str, Any]:
         "granary @256 / @64": round(res["granary@256"]["rps"] / g64["rps"], 3),
         "granary timeouts @256": res["granary@256"]["timeouts"],
         "granary/aiohttp-proxy throughput @64": round(g64["rps"] / res["aiohttp-proxy@64"]["rps"], 3),
+        "CPU us per proxied request @64 (granary, nginx, aiohttp-proxy)": [
+            round(res[f"{n}@64"]["cpu_us_per_req"], 1) for n in ("granary", "nginx", "aiohttp-proxy")],
     }
     return {"runs": res, "summary": summary}
 
@@ -374,6 +400,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--parts", default="overhead,sse,routing,failover")
     ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--workers", type=int, default=2, help="Gateway worker processes in the overhead part.")
     ap.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = ap.parse_args()
     parts = args.parts.split(",")
@@ -381,7 +408,7 @@ def main() -> None:
     try:
         if "overhead" in parts:
             print("overhead (small JSON responses; backend: nginx returning a constant):")
-            out["overhead"] = overhead(args.seconds)
+            out["overhead"] = overhead(args.seconds, args.workers)
         if "sse" in parts:
             print("SSE pass-through:")
             out["sse"] = sse()

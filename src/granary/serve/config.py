@@ -15,6 +15,7 @@ from granary.serve.errors import GatewayConfigError, UnknownPolicyError
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 MAX_WEIGHT = 10_000.0
+SERVERS = ("lean", "aiohttp")
 
 
 def check_weight(weight: object, where: str) -> float:
@@ -266,6 +267,8 @@ class GatewayConfig:
         access_log: a file for the JSON access log, ``-`` for stderr, or None.
         discovery_interval_s: how often serving jobs registered in the catalog are picked up (0: off).
         uvloop: use uvloop's event loop when installed.
+        server: the HTTP path: ``lean`` (asyncio protocols and httptools on both sides, pooled keep-alive
+            connections; the default) or ``aiohttp`` (aiohttp's server and client; same features, slower).
         routes: the routes, matched by model first, then by the longest path prefix.
     """
 
@@ -280,6 +283,7 @@ class GatewayConfig:
     access_log: str | None = None
     discovery_interval_s: float = 0.0
     uvloop: bool = True
+    server: str = "lean"
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     routes: tuple[RouteConfig, ...] = ()
 
@@ -292,6 +296,8 @@ class GatewayConfig:
         if self.workers < 0:
             raise GatewayConfigError("workers", f"must be >= 0 (0: one per core), got {self.workers}")
         _positive(self, "max_body_bytes", "client_idle_s")
+        if self.server not in SERVERS:
+            raise GatewayConfigError("server", f"must be one of {', '.join(SERVERS)}, got {self.server!r}")
         if self.discovery_interval_s < 0:
             raise GatewayConfigError("discovery_interval_s", "must be >= 0")
         names = [r.name for r in self.routes]

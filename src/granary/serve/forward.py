@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,8 @@ class Relay:
         bytes_out: body bytes passed to the client.
         chunks: body chunks passed to the client (whole events for SSE).
         gaps: times between chunks (streams).
+        last_at: when the last chunk went to the client.
+        on_first: called when the first chunk goes out (the balancer learns the prefill is over).
     """
 
     outcome: Outcome = "ok"
@@ -51,6 +54,18 @@ class Relay:
     bytes_out: int = 0
     chunks: int = 0
     gaps: list[float] = field(default_factory=list)
+    last_at: float = 0.0
+    on_first: Callable[[], None] | None = None
+
+    def tick(self, now: float, started: float) -> None:
+        """A chunk goes to the client at ``now``: the first one sets the time to first chunk, later ones a gap."""
+        if self.first_chunk_s is None:
+            self.first_chunk_s = now - started
+            if self.on_first is not None:
+                self.on_first()
+        else:
+            self.gaps.append(now - self.last_at)
+        self.last_at = now
 
 
 def upstream_headers(request: web.BaseRequest, request_id: str) -> CIMultiDict[str]:
@@ -119,7 +134,8 @@ async def relay_small(request: web.BaseRequest, resp: ClientResponse, idle_s: fl
 
 
 async def relay_stream(request: web.BaseRequest, resp: ClientResponse, *, idle_s: float, started: float,
-                       cut_at: float, backend_name: str) -> tuple[web.StreamResponse, Relay]:
+                       cut_at: float, backend_name: str, on_first: Callable[[], None] | None = None
+                       ) -> tuple[web.StreamResponse, Relay]:
     """Pass the body on chunk by chunk; each read and each write may stay idle at most ``idle_s``.
 
     SSE responses are passed on whole events at a time, so that when the backend dies mid-stream the client
@@ -129,14 +145,13 @@ async def relay_stream(request: web.BaseRequest, resp: ClientResponse, *, idle_s
     loop = asyncio.get_running_loop()
     sse = resp.headers.get("Content-Type", "").startswith("text/event-stream")
     out = web.StreamResponse(status=resp.status, headers=downstream_headers(resp))
-    info = Relay()
+    info = Relay(on_first=on_first)
     try:
         await out.prepare(request)
     except (ConnectionError, RuntimeError) as exc:
         info.client_gone = True
         raise ClientGone(info) from exc
     pending = bytearray()
-    last = started
     content = resp.content
     while True:
         try:
@@ -159,19 +174,10 @@ async def relay_stream(request: web.BaseRequest, resp: ClientResponse, *, idle_s
             return out, info
         if not chunk:
             break
-        if sse:
-            pending += chunk
-            end = _event_end(pending)
-            if not end:
-                continue
-            chunk = bytes(pending[:end])
-            del pending[:end]
+        if sse and not (chunk := complete_events(pending, chunk)):
+            continue
         now = loop.time()
-        if info.first_chunk_s is None:
-            info.first_chunk_s = now - started
-        else:
-            info.gaps.append(now - last)
-        last = now
+        info.tick(now, started)
         if not await _write(out, chunk, idle_s):
             info.client_gone = True
             return out, info
@@ -189,6 +195,17 @@ async def relay_stream(request: web.BaseRequest, resp: ClientResponse, *, idle_s
     except (ConnectionError, RuntimeError):
         info.client_gone = True
     return out, info
+
+
+def complete_events(pending: bytearray, chunk: bytes) -> bytes:
+    """Add ``chunk`` to ``pending`` and take out the SSE events now complete (b"" while none is)."""
+    pending += chunk
+    end = _event_end(pending)
+    if not end:
+        return b""
+    out = bytes(pending[:end])
+    del pending[:end]
+    return out
 
 
 def _events(data: bytes | bytearray) -> int:

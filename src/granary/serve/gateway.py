@@ -34,7 +34,7 @@ from granary.serve.config import GatewayConfig
 from granary.serve.health import HealthChecker
 from granary.serve.metrics import GatewayMetrics
 from granary.serve.table import BackendTable
-from granary.serve.worker import Worker, member_from_dict, reuseport_socket, worker_main
+from granary.serve.worker import Worker, member_from_dict, reuseport_socket, tune_gc, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,8 @@ class Gateway:
             loop.add_signal_handler(sig, stop.set)
         try:
             loop.run_until_complete(self.start())
+            if self.local is not None:  # this process serves requests itself (workers: 1)
+                tune_gc()
             loop.run_until_complete(stop.wait())
         finally:
             loop.run_until_complete(self.stop())

@@ -112,9 +112,15 @@ class RoutePool:
     def candidates(self, now: float, exclude: Sequence[Backend] = ()) -> tuple[list[Backend], bool]:
         """Backends that may take a request now (available, not tried yet, under ``max_concurrent``), and whether
         any backend is usable at all (False: 503 at once rather than waiting)."""
+        limit = self.route.circuit.max_concurrent
+        if not exclude and not self.panic:  # the common case in one pass: every member usable and with room
+            members = self.members.values()
+            fast = [b for b in members if b.active_healthy and not b.draining and now >= b.ejected_until
+                    and b.in_flight < limit]
+            if fast and len(fast) == len(members):
+                return fast, True
         pool, self.panic = available(list(self.members.values()), now, self.route.outlier.panic_threshold_percent)
         usable = [b for b in pool if b not in exclude]
-        limit = self.route.circuit.max_concurrent
         return [b for b in usable if b.in_flight < limit], bool(usable)
 
     def choose(self, req: RequestInfo, now: float, exclude: Sequence[Backend] = ()) -> tuple[Backend | None, bool]:
@@ -134,6 +140,8 @@ class RoutePool:
         """A request on ``b`` ended; returns True when its outcome ejected ``b``."""
         b.in_flight -= 1
         self.balancer.on_done(b, req, ok=outcome == "ok", latency_s=latency_s, now=now)
+        if outcome == "ok" and not b.consecutive_failures:  # the common case: nothing to count
+            return False
         members = [m for m in self.members.values() if not m.draining]
         ejected = self.detector.record(b, outcome, members, now)
         if ejected:

@@ -23,7 +23,7 @@ def _route(name: str, sims: list[Proc], **kw: object) -> dict[str, object]:
 
 
 def test_openai_routes_streams_and_bad_input(sim: Callable[..., Proc], gateway: Callable[..., Proc]) -> None:
-    sims = [sim(model="m", per_token_ms=1) for _ in range(2)]
+    sims = [sim(model="m", per_token_ms=20) for _ in range(2)]  # tokens 20 ms apart stay apart on a busy machine
     gw = gateway({"workers": 2, "max_body_bytes": 4096, "routes": [
         _route("chat", sims, models=["m"], policy="round_robin"),
         _route("plain", sims, path_prefix="/ping", policy="weighted_round_robin")]})

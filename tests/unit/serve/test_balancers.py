@@ -234,3 +234,77 @@ def test_prefix_index_is_bounded_lru() -> None:
     assert sum(len(v) for v in lb.holders.values()) == 10
     lb.update([])
     assert lb.holders == {} and lb.lru == {}
+
+
+def test_peak_ewma_avoids_a_backend_whose_first_answer_is_late() -> None:
+    """Before any latency sample, a backend sitting on an unanswered request loses the next picks."""
+    bs = backends([1, 1, 1])
+    lb = make_balancer("peak_ewma", {"choices": 0, "seed": 1})
+    stuck = RequestInfo()
+    assert lb.pick(stuck, bs, 0.0) is not None
+    first = next(b for b in bs if lb.waiting.get(b.name))
+    first.in_flight = 1
+    for b in bs:  # the others answer in 50 ms
+        if b is not first:
+            b.observe_latency(0.05, 0.0)
+    picks = Counter(lb.pick(RequestInfo(), bs, 0.5).name for _ in range(20))
+    assert picks[first.name] == 0  # 0.5 s without an answer is worse than 50 ms with one in flight
+    lb.on_done(first, stuck, ok=True, latency_s=0.5, now=0.5)
+    assert not lb.waiting[first.name] and first.ewma_s == 0.5
+
+
+def _conversation(i: int, turns: int) -> RequestInfo:
+    system = "You are a helpful assistant. " * 20
+    msgs = [f"conversation {i}: " + "words " * 40]
+    for t in range(1, turns):
+        msgs += [f"answer {t} " * 5, f"follow-up {t} " * 5]
+    return _chat(system, msgs)
+
+
+def test_prefix_aware_spreads_new_conversations_by_queued_work() -> None:
+    bs = backends([1] * 4)
+    lb = make_balancer("prefix_aware", {"block_chars": 16})
+    lb.update(bs)
+    reqs = [_conversation(i, 1) for i in range(8)]
+    first = [lb.pick(r, bs, 0.0) for r in reqs]  # none answered yet: work piles up
+    assert Counter(b.name for b in first) == {"b0": 2, "b1": 2, "b2": 2, "b3": 2}
+    for b in bs:
+        assert lb.load(b) == pytest.approx(sum(r.cost for r, c in zip(reqs, first, strict=True) if c is b))
+    assert all(r.cost > 1.0 for r in reqs)
+
+
+def test_prefix_aware_keeps_a_conversation_home_until_the_queue_there_costs_more() -> None:
+    bs = backends([1] * 4)
+    lb = make_balancer("prefix_aware", {"block_chars": 16})
+    lb.update(bs)
+    req = _conversation(0, 1)
+    home = lb.pick(req, bs, 0.0)
+    lb.on_done(home, req, ok=True, latency_s=0.1, now=0.0)
+    assert lb.load(home) == 0.0
+    for turns in (2, 3):
+        nxt = _conversation(0, turns)
+        assert lb.pick(nxt, bs, 0.0) is home  # cached there: only the new turn's blocks are work
+        lb.on_done(home, nxt, ok=True, latency_s=0.1, now=0.0)
+    lb.pending[home.name] = 1_000.0  # a long queue of cold prefills at home
+    assert lb.pick(_conversation(0, 4), bs, 0.0) is not home
+
+
+def test_prefix_aware_workers_share_placements_and_load() -> None:
+    """A turn that reaches another worker process goes where the conversation's start is cached."""
+    from granary.serve.balancers.shared import SharedRouteState
+
+    buf = bytearray(SharedRouteState.in_memory(2).buf)
+    a, b = make_balancer("prefix_aware", {"block_chars": 16}), make_balancer("prefix_aware", {"block_chars": 16})
+    a.attach(SharedRouteState(buf, worker=0, num_workers=2))
+    b.attach(SharedRouteState(buf, worker=1, num_workers=2))
+    bs_a, bs_b = backends([1] * 4), backends([1] * 4)
+    busy = _conversation(99, 1)
+    a.pick(busy, bs_a, 0.0)  # worker a books work on one backend ...
+    blocked = next(x for x in bs_b if a.pending.get(x.name))
+    assert b.load(blocked) > 0  # ... which worker b sees
+    req = _conversation(0, 1)
+    home = a.pick(req, bs_a, 0.0)
+    assert home.name != blocked.name  # the new conversation went where no work waits
+    a.on_done(home, req, ok=True, latency_s=0.1, now=0.0)
+    later = b.pick(_conversation(0, 3), bs_b, 0.0)
+    assert later.name == home.name

@@ -69,3 +69,12 @@ def test_top_level_checks() -> None:
     with pytest.raises(GatewayConfigError, match="cannot be read"):
         load_config("/nonexistent/gw.yaml")
     assert config_from_dict({"workers": 0}).num_workers >= 1
+
+
+def test_the_data_path_is_lean_unless_aiohttp_is_asked_for() -> None:
+    assert config_from_dict({"routes": [_route()]}).server == "lean"
+    assert config_from_dict({"server": "aiohttp", "routes": [_route()]}).server == "aiohttp"
+    with pytest.raises(GatewayConfigError, match="server must be one of lean, aiohttp, got 'nginx'"):
+        config_from_dict({"server": "nginx", "routes": [_route()]})
+    with pytest.raises(GatewayConfigError, match="cached_cost must be a number >= 0"):
+        config_from_dict({"routes": [_route(policy="prefix_aware", policy_params={"cached_cost": -1})]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from granary.serve.backend import Backend
@@ -28,11 +29,14 @@ class _Sampled(Balancer):
 
 @register
 class PeakEwmaBalancer(_Sampled):
-    """Latency-aware: cost = peak-EWMA latency x (requests in flight + 1) / weight, over two random backends.
+    """Latency-aware: cost = expected latency x (requests in flight + 1) / weight, over two random backends.
 
-    The moving average jumps up at once on a slow response and decays over ``decay_s``, so a backend that turns
-    slow loses traffic within a few requests and wins it back gradually (Finagle, Linkerd). Backends with no
-    sample yet are assumed as fast as the best known one.
+    The expected latency is the peak-EWMA of response latencies, which jumps up at once on a slow response and
+    decays over ``decay_s``, so a backend that turns slow loses traffic within a few requests and wins it back
+    gradually (Finagle, Linkerd); or, when larger, the age of the backend's oldest request still waiting for its
+    answer: a backend that has not answered for longer than its average is slower than its average says, which
+    is known before its slow answer arrives (a new replica that is slow, or one that just stalled). Backends with
+    no sample yet are assumed as fast as the best known one.
 
     Args:
         decay_s: time constant of the average.
@@ -46,6 +50,19 @@ class PeakEwmaBalancer(_Sampled):
         if not decay_s > 0:
             raise ValueError(f"decay_s must be > 0, got {decay_s!r}")
         self.decay_s = decay_s
+        self.waiting: dict[str, deque[float]] = {}
+
+    def update(self, members: Sequence[Backend]) -> None:
+        """Forget removed backends' requests."""
+        names = {b.name for b in members}
+        for gone in [n for n in self.waiting if n not in names]:
+            del self.waiting[gone]
+
+    def expected_s(self, b: Backend, now: float, default_s: float) -> float:
+        """The latency to expect from ``b`` now."""
+        est = b.latency_estimate(now, decay_s=self.decay_s) or default_s
+        waiting = self.waiting.get(b.name)
+        return max(est, now - waiting[0]) if waiting else est
 
     def pick(self, req: RequestInfo, backends: Sequence[Backend], now: float) -> Backend:
         """The cheapest of the drawn backends."""
@@ -54,13 +71,21 @@ class PeakEwmaBalancer(_Sampled):
         default = min(known) if known else 1.0
 
         def cost(b: Backend) -> float:
-            est = b.latency_estimate(now, decay_s=self.decay_s) or default
-            return est * (b.in_flight + 1) / b.effective_weight(now)
+            return self.expected_s(b, now, default) * (b.in_flight + 1) / b.effective_weight(now)
 
-        return weighted_min(drawn, cost, self.rng)
+        chosen = weighted_min(drawn, cost, self.rng)
+        req.picked_at = now
+        self.waiting.setdefault(chosen.name, deque()).append(now)
+        return chosen
 
     def on_done(self, backend: Backend, req: RequestInfo, *, ok: bool, latency_s: float, now: float) -> None:
         """Fold the latency in; a failure counts as a slow response so an erroring backend loses traffic too."""
+        waiting = self.waiting.get(backend.name)
+        if waiting:
+            try:
+                waiting.remove(req.picked_at)
+            except ValueError:  # not booked by this policy's pick: one request fewer all the same
+                waiting.popleft()
         if not ok:
             latency_s = max(latency_s, 2.0 * backend.latency_estimate(now, decay_s=self.decay_s), 1.0)
         backend.observe_latency(latency_s, now, decay_s=self.decay_s)

@@ -22,6 +22,8 @@ class RequestInfo:
         prompt: the prompt text (completions) or the concatenated messages (chat), for prefix-aware routing.
         method: the HTTP method.
         path: the request path.
+        cost: the work the policy booked for the request on the backend it picked (released in ``on_done``).
+        picked_at: when the policy picked its backend.
     """
 
     client_ip: str = ""
@@ -29,6 +31,8 @@ class RequestInfo:
     prompt: str | None = None
     method: str = "GET"
     path: str = "/"
+    cost: float = 0.0
+    picked_at: float = 0.0
 
 
 def hash64(data: str | bytes, seed: int = 0) -> int:
@@ -61,10 +65,14 @@ class Balancer:
 
     name: ClassVar[str] = ""
     needs_prompt: ClassVar[bool] = False
+    shares_state: ClassVar[bool] = False
     key_source: tuple[str, str] | None = None
 
     def __init__(self, *, seed: int | None = None) -> None:
         self.rng = random.Random(seed)
+
+    def attach(self, shared: Any) -> None:
+        """Worker processes share ``shared`` (a ``SharedRouteState``); policies that use it keep it."""
 
     def update(self, members: Sequence[Backend]) -> None:
         """The route's backends changed (all members, available or not)."""
@@ -72,6 +80,9 @@ class Balancer:
     def pick(self, req: RequestInfo, backends: Sequence[Backend], now: float) -> Backend:
         """Choose one of ``backends`` (the available ones, at least one) for ``req``."""
         raise NotImplementedError
+
+    def on_first_byte(self, backend: Backend, req: RequestInfo, now: float) -> None:
+        """The response of a request sent to ``backend`` started flowing (a stream's first token is out)."""
 
     def on_done(self, backend: Backend, req: RequestInfo, *, ok: bool, latency_s: float, now: float) -> None:
         """A request sent to ``backend`` ended (``latency_s`` to its first byte, or to its failure)."""
