@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -20,9 +21,10 @@ from granary.api.schemas import problem_responses
 from granary.api.state import AppState
 from granary.catalog import open_catalog
 from granary.config import Settings
+from granary.secure.guard import Guard
+from granary.secure.hooks import SecureHooks
 from granary.secure.settings import SecureSettings
 from granary.store import Store
-from granary.store.hooks import NullHooks
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
@@ -39,10 +41,10 @@ def create_app(settings: Settings | None = None, server: ServerSettings | None =
     settings = settings or Settings.from_env()
     server = server or ServerSettings.from_env()
     catalog = open_catalog(settings.catalog_url)
-    # requests never use these hooks: each one gets a copy bound to its principal (granary.api.deps.bind)
-    store = Store(settings, hooks=NullHooks(), catalog=catalog)
-    state = AppState(settings=settings, server=server, secure=SecureSettings.from_env(settings.home),
-                     catalog=catalog, store=store)
+    secure = SecureSettings.from_env(settings.home)
+    # requests never act as the server's own principal: each gets a view bound to its caller (granary.api.deps.bind)
+    store = Store(settings, hooks=SecureHooks(Guard(catalog, replace(secure, auth="local"))), catalog=catalog)
+    state = AppState(settings=settings, server=server, secure=secure, catalog=catalog, store=store)
     app = FastAPI(title="Granary", version=granary.__version__, openapi_url=f"{API_PREFIX}/openapi.json",
                   docs_url=f"{API_PREFIX}/docs", redoc_url=None, root_path=server.root_path,
                   description="Datasets, versions, lineage, curation reports, jobs, nodes, audit and the gateway "

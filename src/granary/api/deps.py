@@ -2,14 +2,14 @@
 authorises and audits every read and write as that principal.
 
 :func:`bind` is the one place that does it. Every route takes a :class:`Context` through it and reads data only
-through ``ctx.store`` (Store methods) and ``ctx.guard`` (decisions and audit), never behind them. The view is a
-copy of the server's store with the principal's :class:`SecureHooks`; a store-side ``Store.bind`` (a view that
-authorises and audits every read) would replace those two lines and nothing else.
+through ``ctx.store`` (Store methods) and ``ctx.guard`` (decisions and audit), never behind them. The view is
+``Store.bind`` of the server's store to the request's principal: it shares the catalog, objects and manifest cache
+and has its own read gate, which authorises and audits every read as that principal. A route that reads data for
+a declared purpose binds once more: ``ctx.store.bind(purpose=...)``.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from dataclasses import dataclass, replace
@@ -59,30 +59,37 @@ def bearer_token(request: Request) -> str | None:
 
 
 def bind(request: Request) -> Context:
-    """Authenticate the request and bind the store to its principal.
+    """Authenticate the request and bind the store to its principal (:meth:`granary.store.Store.bind`).
 
     In ``local`` mode every request acts as the local admin (the server then only listens on loopback). In
     ``tokens`` mode a missing, unknown, expired or revoked token is refused with 401, and the refusal audited.
     """
     state: AppState = request.app.state.granary
     token = bearer_token(request)
-    secure = replace(state.secure, auth=state.server.auth, token=token,
-                     origin=f"http:{request.client.host if request.client else '?'}")
+    origin = f"http:{request.client.host if request.client else '?'}"
     key = hashlib.sha256(token.encode()).digest() if token and state.server.auth == "tokens" else None
-    known = _cached(state, key)
-    guard = Guard(state.catalog, secure, principal=known)
+    principal = _cached(state, key)
+    if principal is None:
+        principal = _authenticate(state, request, token, origin)
+        if key is not None:
+            _remember(state, key, principal)
+    view = state.store.bind(principal=principal)
+    hooks = view.hooks
+    assert isinstance(hooks, SecureHooks)  # the server's store always runs the security layer
+    hooks.guard.audit.origin = origin  # the bound guard is this request's own: its records name the client
+    return Context(store=view, guard=hooks.guard, principal=principal, catalog=state.catalog)
+
+
+def _authenticate(state: AppState, request: Request, token: str | None, origin: str) -> Principal:
+    """Who holds ``token`` (the local admin in ``local`` mode); refusals are audited and raised."""
+    guard = Guard(state.catalog, replace(state.secure, auth=state.server.auth, token=token, origin=origin))
     if state.server.auth == "tokens" and token is None:
         guard.audit.append(principal="anonymous", action="authenticate", outcome="denied",
                            object=f"http:{request.method} {request.url.path}",
                            details={"reason": "no bearer token"})
         raise AuthenticationError("no API token given", hint="send `Authorization: Bearer <token>` with a token "
                                                              "from `granary token issue`")
-    principal = guard.principal  # authenticates (and audits a refusal) unless known
-    if key is not None and known is None:
-        _remember(state, key, principal)
-    view = copy.copy(state.store)
-    view.hooks = SecureHooks(guard)
-    return Context(store=view, guard=guard, principal=principal, catalog=state.catalog)
+    return guard.principal  # authenticates (and audits a refusal)
 
 
 def _cached(state: AppState, key: bytes | None) -> Principal | None:

@@ -38,6 +38,34 @@ def versions_page(catalog: Catalog, *, dataset: str | None, after: tuple[float, 
         return [{**row._asdict(), "parents": json.loads(row.parents)} for row in conn.execute(q)]
 
 
+def runs_page(catalog: Catalog, *, after: str | None, limit: int) -> list[dict[str, Any]]:
+    """Checkpoint datasets (training runs) by name after ``after``, each with its head checkpoint and how many
+    live checkpoints it has: one query (the step is the head's commit message, ``step N``)."""
+    d, r, v = ct.datasets.c, ct.refs.c, ct.versions.c
+    other = ct.versions.alias("ckpt")
+    live = (sa.select(sa.func.count()).select_from(other)
+            .where(other.c.dataset == d.name, other.c.state == "live").correlate(ct.datasets).scalar_subquery())
+    q = (sa.select(d.name, d.description, d.created_at, r.version_id.label("head"), v.message, v.created_at
+                   .label("last_checkpoint_at"), live.label("checkpoints"))
+         .select_from(ct.datasets.outerjoin(ct.refs, sa.and_(r.dataset == d.name, r.kind == "branch",
+                                                              r.name == d.default_branch))
+                      .outerjoin(ct.versions, v.id == r.version_id))
+         .where(d.kind == "checkpoint").order_by(d.name).limit(limit))
+    if after is not None:
+        q = q.where(d.name > after)
+    with catalog.read() as conn:
+        rows = [row._asdict() for row in conn.execute(q)]
+    for row in rows:
+        row["step"] = checkpoint_step(row.pop("message") or "")
+    return rows
+
+
+def checkpoint_step(message: str) -> int | None:
+    """The step of a checkpoint version from its commit message (``step N``, see granary.train.checkpoint)."""
+    word, _, number = message.partition(" ")
+    return int(number) if word == "step" and number.isdigit() else None
+
+
 def count_versions(catalog: Catalog, dataset: str) -> int:
     """How many versions a dataset has."""
     with catalog.read() as conn:
@@ -68,6 +96,13 @@ def jobs_page(catalog: Catalog, *, tenant: str | None, states: list[str] | None,
         d["priority"] = spec.get("priority")
         out.append(d)
     return out
+
+
+def jobs_of_tenant(catalog: Catalog, job_ids: set[str], tenant: str) -> set[str]:
+    """Which of ``job_ids`` belong to ``tenant`` (one query)."""
+    j = st.jobs.c
+    with catalog.read() as conn:
+        return set(conn.execute(sa.select(j.id).where(j.id.in_(sorted(job_ids)), j.tenant == tenant)).scalars())
 
 
 def gpus_of_spec(dialect: str) -> sa.ColumnElement[Any]:

@@ -215,6 +215,19 @@ class DayCount(BaseModel):
     count: int
 
 
+class Alert(BaseModel):
+    id: int
+    detector: str
+    severity: str
+    summary: str
+    labels: dict[str, str]
+    starts_at: float
+    updated_at: float
+    runbook: str
+    action: str
+    silenced: bool = Field(..., description="a silence mutes its notifications")
+
+
 class Overview(BaseModel):
     datasets: int
     versions: int
@@ -225,7 +238,74 @@ class Overview(BaseModel):
     gpus_used: int
     nodes: dict[str, int]
     audit_records: int
-    alerts: list[dict[str, Any]]
+    alerts: list[Alert] = Field(..., description="firing alerts of the monitor, critical first, newest first")
+
+
+class Run(BaseModel):
+    name: str = Field(..., description="the run's checkpoint dataset")
+    description: str
+    created_at: float
+    checkpoints: int = Field(..., description="live checkpoint versions")
+    head: str | None = Field(None, description="the newest complete checkpoint (version id)")
+    step: int | None = Field(None, description="the step of the newest checkpoint")
+    last_checkpoint_at: float | None = None
+
+
+class RunCheckpoint(BaseModel):
+    id: str
+    step: int | None
+    created_at: float
+    num_bytes: int
+    state: str
+
+
+class RunRestart(BaseModel):
+    time: float | None = None
+    attempt: int | None = None
+    cause: str | None = None
+    resumed_from: int | None = None
+    checkpoint: str | None = None
+
+
+class RunDetail(BaseModel):
+    name: str = Field(..., description="the run's checkpoint dataset")
+    run: str = Field(..., description="the recipe's run name")
+    status: str = Field(..., description="finished, running (logged in the last 5 minutes) or stopped")
+    step: int
+    steps: int | None = Field(None, description="the recipe's last step")
+    world_size: int | None
+    parallel: str | None
+    head: str
+    last_checkpoint_at: float
+    last_logged_at: float | None
+    run_dir: str
+    data: dict[str, Any] = Field(..., description="the data version(s) it trains on (pinned ids, weights, seed)")
+    lineage: dict[str, Any] = Field(..., description="the newest checkpoint's lineage (data, segments, code)")
+    recipe: dict[str, Any]
+    checkpoints: list[RunCheckpoint] = Field(..., description="newest first (at most 200)")
+    restarts: list[RunRestart]
+    faults: list[dict[str, Any]]
+    last_metrics: dict[str, Any] = Field(..., description="the last logged record")
+
+
+class CurvePoint(BaseModel):
+    step: int
+    time: float | None = None
+    loss: float | None = None
+    grad_norm: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    step_seconds: float | None = None
+    data_seconds: float | None = None
+    mfu: float | None = None
+    eval_loss: float | None = None
+    eval_perplexity: float | None = None
+
+
+class RunMetrics(BaseModel):
+    name: str
+    steps_logged: int
+    points: list[CurvePoint]
 
 
 class Accepted(BaseModel):

@@ -138,13 +138,20 @@ GATEWAY = (
     _m("granary_gateway_rejected_total", "counter", "Refused requests", "route", "reason"),
 )
 
-TRAIN = (  # pushed by training ranks to their node agent (see docs/watch.md "Pushing from a job")
+TRAIN = (  # pushed by training ranks to their node agent (see docs/watch.md "Pushing from a job"); the rest are
+    # rank 0's run-wide figures in its metrics.prom (granary.train.metrics.EXPORTED; a test keeps the two equal)
     _m("granary_train_step", "gauge", "Last completed optimizer step", "rank"),
     _m("granary_train_loss", "gauge", "Loss of the last step", "rank"),
     _m("granary_train_grad_norm", "gauge", "Gradient norm of the last step", "rank"),
     _m("granary_train_step_seconds", "gauge", "Wall time of the last step", "rank"),
     _m("granary_train_data_wait_seconds", "gauge", "Time the last step waited for data", "rank"),
     _m("granary_train_tokens_total", "counter", "Tokens trained on", "rank"),
+    _m("granary_train_learning_rate", "gauge", "Learning rate of the last step", "rank"),
+    _m("granary_train_tokens_per_second", "gauge", "Training tokens per second, all ranks", "rank"),
+    _m("granary_train_step_skew_seconds", "gauge", "Slowest minus fastest rank's step time", "rank"),
+    _m("granary_train_mfu", "gauge", "Model FLOPs utilisation of the last step", "rank"),
+    _m("granary_train_checkpoint_seconds", "gauge", "Wall time of the last checkpoint save", "rank"),
+    _m("granary_train_restarts_total", "counter", "Restarts of the run", "rank"),
 )
 
 MONITOR = NODE + GPU + ENERGY + SCHED + CURATE

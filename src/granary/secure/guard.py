@@ -85,11 +85,13 @@ class Guard:
                     raise
         return self._principal
 
-    def bound(self, *, principal: str | None = None, token: str | None = None) -> Guard:
+    def bound(self, *, principal: str | Principal | None = None, token: str | None = None) -> Guard:
         """A guard over the same catalog acting for the holder of ``token`` or the registered ``principal``.
 
         A token is authenticated at once (refusals audited) and again every REAUTH_S; a principal name is
-        trusted (the caller authenticated it) but must exist and not be disabled.
+        trusted (the caller authenticated it) but must exist and not be disabled. A :class:`Principal` object
+        is one the caller authenticated itself (a server that caches its token lookups) and is used as is,
+        with its token's scopes.
         """
         if token is not None:
             guard = Guard(self.catalog, replace(self.settings, auth="tokens", token=token))
@@ -98,6 +100,10 @@ class Guard:
             return guard
         if principal is None:
             return self
+        if isinstance(principal, Principal):
+            guard = Guard(self.catalog, self.settings, principal=principal)
+            guard._keys = self._keys
+            return guard
         local = local_principal(self.settings)
         if principal == local.name and self.settings.auth == "local":
             found = local

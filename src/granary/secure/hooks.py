@@ -71,7 +71,7 @@ class SecureHooks:
         secure = SecureSettings.from_env(settings.home, **overrides)
         return cls(Guard(catalog or open_catalog(settings.catalog_url), secure, principal=principal))
 
-    def bind(self, *, principal: str | None = None, token: str | None = None) -> SecureHooks:
+    def bind(self, *, principal: str | Principal | None = None, token: str | None = None) -> SecureHooks:
         """Hooks acting for another principal (see :meth:`granary.store.Store.bind`); a bad token is refused
         and audited here, before any data is touched."""
         return SecureHooks(self.guard.bound(principal=principal, token=token))

@@ -11,7 +11,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +43,9 @@ from granary.store.names import check_dataset_name, check_ref_name, looks_like_v
 from granary.store.objects import ObjectStore
 from granary.store.shard import iter_shard_batches, open_plain, publish, read_shard
 from granary.store.transaction import Mode, Transaction
+
+if TYPE_CHECKING:
+    from granary.secure.tokens import Principal
 
 log = logging.getLogger(__name__)
 MANIFEST_FORMAT_VERSION = 1
@@ -87,7 +90,7 @@ class Store:
         self.gate = ReadGate(hooks, purpose=self.gate.purpose)
 
     # -- views ----------------------------------------------------------------------------------
-    def bind(self, *, principal: str | None = None, token: str | None = None,
+    def bind(self, *, principal: str | Principal | None = None, token: str | None = None,
              purpose: str | None = None) -> Store:
         """A view of this store acting for ``principal`` (or the holder of ``token``) reading for ``purpose``.
 
@@ -95,7 +98,9 @@ class Store:
         is authorised for that principal and purpose and audited under its name. ``token`` is authenticated
         (a bad one is refused and audited); ``principal`` names a registered principal and is for trusted
         services that authenticated the caller themselves. With neither, the view keeps this store's principal
-        and only changes the purpose. Binding a principal turns the security layer on for the view.
+        and only changes the purpose. Binding a principal turns the security layer on for the view. A
+        ``Principal`` object (from :mod:`granary.secure.tokens`) is one the caller authenticated itself, used as
+        is with its token's scopes (the HTTP server, which remembers its token lookups briefly).
         """
         view = copy.copy(self)
         if principal is not None or token is not None:

@@ -30,7 +30,7 @@ from granary.train.diloco import DiLoCo
 from granary.train.dist import Dist
 from granary.train.fault import EXIT_PREEMPTED, LossGuard, Preemption, StepWatchdog, read_faults
 from granary.train.lineage import code_hash, run_lineage
-from granary.train.metrics import MetricsLogger
+from granary.train.metrics import MetricsLogger, MonitorPush
 from granary.train.model import GPT, loss_fn
 from granary.train.parallel import autocast_dtype, wrap_ddp, wrap_fsdp, wrap_tp
 from granary.train.parallel import clip_grad_norm as clip_params
@@ -127,6 +127,7 @@ class Trainer:
         self.ckpt = CheckpointManager(self.store, r.checkpoint_dataset, dist=self.dist, purpose=r.data.purpose,
                                       run_dir=self.run_dir, async_save=r.checkpoint.async_save)
         self.metrics = MetricsLogger(self.run_dir, enabled=self.dist.rank == 0)
+        self.monitor = MonitorPush(rank=self.dist.rank, job=os.environ.get("GRANARY_JOB_ID") or f"train:{r.name}")
         self.guard = LossGuard(r.fault.nan_policy, r.fault.spike_factor)
         if self.mode == "diloco":
             self.diloco = DiLoCo(self.model, r.parallel, self.dist, self.comm)
@@ -212,6 +213,7 @@ class Trainer:
             watchdog.stop()
             preempt.uninstall()
             self.metrics.close()
+            self.monitor.close()
             self.dist.close()
 
     def _resume(self) -> tuple[int, str | None, dict[str, Any] | None, str | None]:
@@ -246,7 +248,8 @@ class Trainer:
         amp = autocast_dtype(r.parallel)
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
         flops = self.raw_model.flops_per_token() if isinstance(self.raw_model, GPT) else None
-        tokens_per_step = r.data.batch_size * r.model.context * r.parallel.grad_accum * self.data_parallel[1]
+        rank_tokens = r.data.batch_size * r.model.context * r.parallel.grad_accum  # this rank's replica, per step
+        tokens_per_step = rank_tokens * self.data_parallel[1]
         batches = iter(ds)
         checkpoints: list[str] = []
         final_loss = None
@@ -296,10 +299,12 @@ class Trainer:
             elapsed = time.perf_counter() - t0
             if step % r.log_every == 0 or step == r.steps:
                 tps = tokens_per_step / elapsed
-                self.metrics.log({"step": step, "loss": mean_loss, "grad_norm": grad_norm,
-                                  "learning_rate": lr_at(r, step - 1), "tokens_per_second": tps,
-                                  "step_seconds": elapsed, "data_seconds": data_s, "step_skew_seconds": skew,
-                                  "mfu": _mfu(flops, tps), "comm_bytes": self.comm.take(), "attempt": self.attempt})
+                record = {"step": step, "loss": mean_loss, "grad_norm": grad_norm, "learning_rate": lr_at(r, step - 1),
+                          "tokens_per_second": tps, "step_seconds": elapsed, "data_seconds": data_s,
+                          "step_skew_seconds": skew, "mfu": _mfu(flops, tps), "comm_bytes": self.comm.take(),
+                          "attempt": self.attempt, "tokens_total": step * rank_tokens}
+                self.metrics.log(record)
+                self.monitor.offer(record)  # every rank: its own step time and data wait
             if r.data.eval_dataset and r.data.eval_every and step % r.data.eval_every == 0:
                 self._evaluate(step)
             if (r.checkpoint.every and step % r.checkpoint.every == 0) or step == r.steps or stop:

@@ -76,3 +76,20 @@ def seed(settings: Settings) -> Seeded:
         register_node(conn, NodeSpec(name="gpu-02", gpus=8, cpus=64, memory_bytes=512 << 30), now)
     EndpointBook(catalog).register("llama-8b", "replica-0", "http://127.0.0.1:9", job_id=jobs[0])
     return Seeded(raw=[v1.id, v2.id], clean=v3.id, tokens=v4.id, jobs=jobs, other_job=other, tokens_by_role=tokens)
+
+
+def seed_run(settings: Settings, name: str = "tiny", *, steps: int = 6) -> str:
+    """Train the reference GPT for ``steps`` steps on ``corpus-tok`` (checkpoints every 2 steps, run folder under
+    ``home/train``), as the local admin; returns the run's checkpoint dataset."""
+    from granary.train import fit
+    from granary.train.recipe import recipe_from_dict
+
+    hooks = SecureHooks.from_settings(settings, environ={})
+    store = Store(settings, hooks=hooks, catalog=hooks.guard.catalog)
+    recipe = recipe_from_dict({
+        "name": name, "steps": steps, "seed": 1, "run_dir": str(settings.home / "train" / name),
+        "model": {"vocab_size": 4096, "d_model": 16, "n_layers": 1, "n_heads": 2, "context": 16},
+        "data": {"dataset": "corpus-tok", "batch_size": 2}, "optim": {"lr": 0.01},
+        "checkpoint": {"every": 2}, "fault": {"step_timeout_s": 0}})
+    fit(recipe, store=store)
+    return recipe.checkpoint_dataset

@@ -263,3 +263,21 @@ def test_revoked_token_stops_working(tokens: Any, backend: tuple[Settings, Seede
     monkeypatch.setattr(deps, "AUTH_CACHE_S", 0.0)  # the cache would keep it valid for up to 10 s
     r = tokens.get(f"{API}/whoami", headers=h)
     assert r.status_code == 401 and "revoked" in r.json()["detail"]
+
+
+def test_bound_view_keeps_token_scopes_and_client_origin(tokens: Any, backend: tuple[Settings, Seeded]) -> None:
+    """The store view of a request is ``Store.bind`` to the cached principal: a writer's read-only token stays
+    read-only on the cached path too, and the view's read records name the client."""
+    from granary.secure.guard import Guard
+    from granary.secure.settings import SecureSettings
+
+    settings, _seeded = backend
+    guard = Guard(open_catalog(settings.catalog_url), SecureSettings.from_env(settings.home, environ={}))
+    h = {"Authorization": f"Bearer {guard.issue_token('olive', scopes=('read',)).secret}"}
+    for _ in range(2):  # the first request authenticates, the second uses the remembered principal
+        r = tokens.post(f"{API}/datasets/web/tags", json={"name": "scoped"}, headers=h)
+        assert r.status_code == 403, r.text
+    assert tokens.get(f"{API}/versions/web/preview", headers=h).status_code == 200
+    log = AuditLog(open_catalog(settings.catalog_url))
+    reads = [rec for rec in log.query(action="read", dataset="web") if rec.principal == "olive"]
+    assert reads and reads[-1].origin == "http:testclient"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from granary.config import Settings
-from tests.integration.api.seed import Seeded, seed
+from tests.integration.api.seed import Seeded, seed, seed_run
 from tests.integration.api.server_proc import running_server
 
 pytestmark = pytest.mark.slow
@@ -29,10 +29,21 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Seeded
     root = tmp_path_factory.mktemp("dash")
     settings = Settings.from_env(environ={}, home=root / "g")
     seeded = seed(settings)
+    seed_run(settings)  # a real tiny training run: the runs pages
+    _fire_alert(settings, seeded)
     shots = Path(os.environ.get("GRANARY_SCREENSHOT_DIR") or root / "shots")
     shots.mkdir(parents=True, exist_ok=True)
     with running_server(settings, auth="tokens", log=root / "server.log") as url:
         yield url, seeded, shots
+
+
+def _fire_alert(settings: Settings, seeded: Seeded) -> None:
+    from granary.catalog import open_catalog
+    from granary.monitor.events import EventLog, Finding
+
+    EventLog(open_catalog(settings.catalog_url)).sync(
+        [Finding("stall", "critical", {"job": seeded.jobs[1], "rank": "0"}, "training stalled at step 40")],
+        now=1000.0)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +76,8 @@ def visit(page: Any, url: str) -> None:
 
 
 PAGES = [
-    ("overview", "#/", ["Overview", "GPUs in use", "Versions committed per day"]),
+    ("overview", "#/", ["Overview", "GPUs in use", "Versions committed per day", "Open alerts",
+                        "training stalled at step 40"]),
     ("datasets", "#/datasets", ["web-clean", "web-tok", "crawled pages"]),
     ("dataset", "#/datasets/web", ["Dataset web", "second crawl", "Version graph"]),
     ("lineage", "#/lineage/web-tok", ["Lineage of web-tok", "crawl-1.jsonl", "curated with pipeline basic"]),
@@ -73,6 +85,8 @@ PAGES = [
     ("nodes", "#/nodes", ["gpu-01", "GPUs in use per node"]),
     ("audit", "#/audit", ["chain verified", "principal.add", "token.issue"]),
     ("gateway", "#/gateway", ["llama-8b", "replica-0"]),
+    ("runs", "#/runs", ["Training runs", "tiny-ckpt"]),
+    ("run", "#/runs/tiny-ckpt", ["Run tiny", "finished", "6 / 6", "Checkpoints", "corpus-tok@", "start"]),
 ]
 
 
@@ -159,4 +173,20 @@ def test_tokens_version_shows_loader_samples(site: tuple[str, Seeded, Path], bro
     cell = page.wait_for_selector("main table code")
     assert cell.inner_text().split()[:4] == ["0", "1", "2", "3"]
     assert "12 samples of 32 tokens per epoch" in page.inner_text("main")
+    assert errors == [], errors
+
+
+def test_open_a_run_and_see_its_loss_curve(site: tuple[str, Seeded, Path], browser: Any) -> None:
+    """From the runs list to a run: the loss chart draws one point per logged step, the checkpoints link to their
+    versions."""
+    url, seeded, _shots = site
+    page, errors = open_page(browser, url, seeded.tokens_by_role["reader"])
+    visit(page, f"{url}/ui/")
+    page.get_by_role("link", name="Runs").click()
+    page.wait_for_selector("main[data-ready='1'] >> text=tiny-ckpt")
+    page.get_by_role("link", name="tiny-ckpt").click()
+    page.wait_for_selector("main[data-ready='1'] >> text=Run tiny")
+    d = page.get_attribute("svg[aria-label^='Loss'] path.curve[data-series='loss']", "d")
+    assert d is not None and d.count("L") == 5  # 6 steps: a move and five lines
+    assert page.locator("main table a[href*='tiny-ckpt@']").count() == 3
     assert errors == [], errors

@@ -113,3 +113,36 @@ export function graph(nodes, edges, { root, href = () => null, width = 980 } = {
   }
   return root_;
 }
+
+// A line over steps: series = [{name, points: [[x, y], ...], cls}] on shared axes (loss curves).
+export function line(series, { title = "", width = 760, height = 240, xLabel = "step" } = {}) {
+  const left = 52, right = 16, top = 22, bottom = 34;
+  const all = series.flatMap((s) => s.points).filter(([, y]) => Number.isFinite(y));
+  const root = svg("svg", { width, height, role: "img", "aria-label": title, viewBox: `0 0 ${width} ${height}` });
+  root.append(svg("title", {}, [title]));
+  root.append(text(0, 12, title, { "font-weight": 600 }));
+  if (!all.length) return root;
+  const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
+  const x0 = Math.min(...xs), x1 = Math.max(x0 + 1, ...xs);
+  let y0 = Math.min(...ys), y1 = Math.max(...ys);
+  if (y1 - y0 < 1e-12) { y0 -= 1; y1 += 1; }
+  const X = (x) => left + ((width - left - right) * (x - x0)) / (x1 - x0);
+  const Y = (y) => height - bottom - ((height - bottom - top) * (y - y0)) / (y1 - y0);
+  root.append(svg("line", { class: "axis", x1: left, x2: width - right, y1: height - bottom, y2: height - bottom }));
+  root.append(svg("line", { class: "axis", x1: left, x2: left, y1: top, y2: height - bottom }));
+  root.append(text(left - 4, Y(y1) + 4, short(y1), { "text-anchor": "end" }));
+  root.append(text(left - 4, Y(y0) + 4, short(y0), { "text-anchor": "end" }));
+  root.append(text(X(x0), height - bottom + 14, String(x0)));
+  root.append(text(X(x1), height - bottom + 14, String(x1), { "text-anchor": "end" }));
+  root.append(text((left + width) / 2, height - 4, xLabel, { "text-anchor": "middle", class: "muted" }));
+  series.forEach((s, i) => {
+    const pts = s.points.filter(([, y]) => Number.isFinite(y));
+    if (!pts.length) return;
+    const d = pts.map(([x, y], j) => `${j ? "L" : "M"}${X(x).toFixed(1)},${Y(y).toFixed(1)}`).join(" ");
+    const path = svg("path", { class: `curve ${s.cls || ""}`, d, "data-series": s.name });
+    path.append(svg("title", {}, [`${s.name}: ${pts.length} points, last ${short(pts[pts.length - 1][1])}`]));
+    root.append(path);
+    root.append(text(width - right, top + 12 * i, s.name, { "text-anchor": "end", class: `legend ${s.cls || ""}` }));
+  });
+  return root;
+}

@@ -1,6 +1,6 @@
 // The dashboard's pages: each returns the nodes of <main> for a route.
 import { enc, get, post } from "./api.js";
-import { bars, columns, graph, short, timeline } from "./charts.js";
+import { bars, columns, graph, line, short, timeline } from "./charts.js";
 import { badge, bytes, h, kv, pagedTable, sid, table, when } from "./dom.js";
 
 const dsLink = (name) => h("a", { href: `#/datasets/${enc(name)}` }, name);
@@ -23,7 +23,12 @@ export async function overview() {
       h("div", { class: "panel" }, columns(o.versions_per_day.map((d) => [d.day.slice(5), d.count]),
         { title: "Versions committed per day (30 days)" })),
       h("div", { class: "panel" }, bars(Object.entries(o.jobs).sort(), { title: "Jobs by state" }))),
-    o.alerts.length ? "" : h("p", { class: "muted" }, "No open alerts (alerting comes with the monitoring subsystem)."),
+    h("h2", {}, "Open alerts"),
+    o.alerts.length ? h("div", { class: "panel" }, table([["Severity", (a) => badge(a.severity)],
+      ["Alert", (a) => a.summary], ["Where", (a) => Object.entries(a.labels).map(([k, v]) => `${k}=${v}`).join(" ")],
+      ["Since", (a) => when(a.starts_at)], ["Action", (a) => a.action || "—"],
+      ["", (a) => (a.silenced ? "silenced" : "")]], o.alerts))
+      : h("p", { class: "empty" }, "No open alerts: the monitor's detectors found nothing wrong."),
   ];
 }
 
@@ -195,6 +200,56 @@ export async function job(id) {
       ["Node", (a) => a.node], ["State", (a) => badge(a.state)], ["Exit", (a) => a.exit_code ?? ""],
       ["Started", (a) => when(a.started_at)], ["Ended", (a) => when(a.ended_at)]], j.attempts, "Not started yet.")),
     h("h2", {}, "Log"), h("pre", { class: "panel" }, logs || "(no log on this server)")];
+}
+
+const runLink = (name) => h("a", { href: `#/runs/${enc(name)}` }, name);
+
+export async function runs() {
+  const cols = [["Run", (r) => runLink(r.name)], ["Description", (r) => r.description],
+    ["Step", (r) => r.step ?? "—", "num"], ["Checkpoints", (r) => r.checkpoints, "num"],
+    ["Last checkpoint", (r) => when(r.last_checkpoint_at) || "—"]];
+  return [h("h1", {}, "Training runs"), await pagedTable(cols, (cursor) => get("/runs", { cursor, limit: 50 }),
+    "No training runs yet: start one with `granary train RECIPE.yaml`.")];
+}
+
+export async function run(name) {
+  const [r, m] = await Promise.all([get(`/runs/${enc(name)}`), get(`/runs/${enc(name)}/metrics`, { points: 800 })]);
+  const pts = (key) => m.points.filter((p) => p[key] !== null && p[key] !== undefined).map((p) => [p.step, p[key]]);
+  const evals = pts("eval_loss");
+  const data = r.data.versions || [];
+  const out = [h("h1", {}, `Run ${r.run} `, badge(r.status)),
+    h("div", { class: "cards" }, card("step", r.steps ? `${r.step} / ${r.steps}` : r.step),
+      card("checkpoints", r.checkpoints.length), card("restarts", Math.max(0, r.restarts.length - 1)),
+      card("world size", r.world_size ?? "—"), card("parallel", r.parallel || "—"),
+      card("last loss", r.last_metrics.loss !== undefined ? short(r.last_metrics.loss) : "—")),
+    h("div", { class: "panel" }, line([{ name: "loss", points: pts("loss") },
+      ...(evals.length ? [{ name: "eval loss", points: evals, cls: "alt" }] : [])],
+    { title: `Loss (${m.steps_logged} steps logged)` })),
+    h("div", { class: "grid2" },
+      h("div", { class: "panel" }, line([{ name: "tokens/s", points: pts("tokens_per_second") }],
+        { title: "Tokens per second", width: 520, height: 180 })),
+      h("div", { class: "panel" }, line([{ name: "learning rate", points: pts("learning_rate") }],
+        { title: "Learning rate", width: 520, height: 180 }))),
+    h("h2", {}, "Data"),
+    h("div", { class: "panel" }, kv([["trained on", r.data.ref ? h("a", { href: `#/lineage/${enc(r.data.ref)}` },
+      r.data.ref) : "—"], ["versions", data.map((v) => (typeof v === "string" ? v : v.ref || v.id || "")).join(", ") || "—"],
+    ["purpose", r.lineage.data?.purpose || "—"], ["seed", r.lineage.data?.seed ?? "—"],
+    ["samples consumed", (r.lineage.samples_consumed ?? "—").toLocaleString()],
+    ["code", h("code", {}, (r.lineage.code || "").slice(0, 16))], ["run folder", h("code", {}, r.run_dir)],
+    ["last logged", when(r.last_logged_at) || "—"]])),
+    h("h2", {}, "Checkpoints"),
+    h("div", { class: "panel" }, table([["Step", (c) => c.step ?? "—", "num"], ["Version", (c) => vLink(name, c.id)],
+      ["Size", (c) => bytes(c.num_bytes), "num"], ["State", (c) => badge(c.state)], ["Saved", (c) => when(c.created_at)]],
+    r.checkpoints, "No checkpoint yet.")),
+    h("h2", {}, "Starts and restarts"),
+    h("div", { class: "panel" }, table([["Attempt", (x) => x.attempt ?? "", "num"], ["Cause", (x) => x.cause || ""],
+      ["Resumed from step", (x) => x.resumed_from ?? "—", "num"], ["When", (x) => when(x.time)]], r.restarts,
+    "No start recorded (the run folder is not on this server)."))];
+  if (r.faults.length) {
+    out.push(h("h2", {}, "Faults"), h("div", { class: "panel" }, table([["When", (f) => when(f.time)],
+      ["Cause", (f) => f.cause || JSON.stringify(f)]], r.faults)));
+  }
+  return out;
 }
 
 export async function nodes() {
