@@ -8,6 +8,13 @@ import sys
 
 from granary.errors import GranaryError
 
+# The trainer of this worker, kept referenced until the process leaves through os._exit. Freeing it frees DDP's
+# Reducer, whose gloo process group joins its worker threads in the destructor while the freeing thread holds the
+# GIL; a gloo thread waiting for the GIL then deadlocks the rank after its work is done (py-spy showed the main
+# thread in ~ProcessGroupGloo -> std::thread::join and a gloo thread in gil_scoped_acquire, after an elastic
+# resize in a full-suite run). Nothing needs freeing: the results are committed and the process ends here.
+_alive: list[object] = []
+
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
@@ -15,10 +22,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("usage: python -m granary.train.entry RECIPE.yaml\n")
         return 2
     from granary.train.recipe import load_recipe
-    from granary.train.trainer import fit
+    from granary.train.trainer import Trainer
 
     try:
-        result = fit(load_recipe(args[0]))
+        trainer = Trainer(load_recipe(args[0]))
+        _alive.append(trainer)
+        result = trainer.fit()
     except GranaryError as exc:
         sys.stderr.write(f"granary train: {exc}\n")
         return 1
@@ -32,8 +41,6 @@ if __name__ == "__main__":
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
-    # The worker's work is done and committed (checkpoint versions, metrics closed, process group destroyed), so it
-    # leaves without interpreter teardown: after an elastic restart, a native thread left by the dead attempt's
-    # collectives could block the normal exit forever (a rank that printed its result and then never exited was
-    # seen once in a full-suite run), and torchrun would wait on it.
+    # The worker's work is done and committed (checkpoint versions, metrics closed), so it leaves without freeing
+    # the trainer or tearing down the interpreter (see _alive above); torchrun would otherwise wait on a hung rank.
     os._exit(code)

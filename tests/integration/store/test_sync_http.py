@@ -126,6 +126,8 @@ def test_a_branch_moves_only_by_compare_and_swap(
     resp = httpx.put(f"{url}/api/v1/sync/refs/web/cas", headers=headers,
                      json={"expected": remote.read_ref("web", "cas").version_id, "new": "f" * 64})
     assert resp.status_code == 400 and "has no manifest" in resp.json()["detail"]
+    bad = httpx.put(f"{url}/api/v1/sync/refs/web/cas", headers=headers, json={"expected": None, "new": "../../x"})
+    assert bad.status_code == 422  # a version id is 64 hex digits, nothing else reaches the repository
 
 
 def test_a_named_http_remote_works_from_the_cli(

@@ -32,6 +32,7 @@ from granary.store.sync.transfer import ObjectCheck
 
 router = APIRouter(prefix="/sync", tags=["sync"])
 DECISION_TTL_S = 60.0
+VERSION_ID = r"^[0-9a-f]{64}$"
 _AUDITED = {"write": "sync.receive", "list": "sync.send", "forget": "sync.forget"}
 _lock = threading.Lock()
 _decide = threading.Lock()
@@ -40,8 +41,8 @@ _decide = threading.Lock()
 class RefMove(BaseModel):
     """A compare-and-swap of a branch: move it to ``new`` if it still points at ``expected``."""
 
-    expected: str | None = Field(None, max_length=64)
-    new: str = Field(..., min_length=1, max_length=64)
+    expected: str | None = Field(None, pattern=VERSION_ID)
+    new: str = Field(..., pattern=VERSION_ID)
 
 
 def _repo(request: Request) -> Remote:
@@ -210,7 +211,7 @@ def branches(dataset: str, request: Request, ctx: Ctx) -> dict[str, str]:
 class TagCreate(BaseModel):
     """Create a tag (tags never move: an existing tag keeps its version, which the answer gives)."""
 
-    version_id: str = Field(..., min_length=1, max_length=64)
+    version_id: str = Field(..., pattern=VERSION_ID)
 
 
 @router.get("/tags/{dataset}")
@@ -226,7 +227,7 @@ def create_tag(dataset: str, tag: str, body: TagCreate, request: Request, ctx: C
     """Create a tag at a version whose manifest is in the repository; returns the version the tag names."""
     repo = _repo(request)
     _allow(request, ctx, "write", dataset)
-    if f"datasets/{dataset}/manifests/{body.version_id}.json" not in repo.list_objects(f"datasets/{dataset}/manifests"):
+    if not repo.has_object(f"datasets/{dataset}/manifests/{body.version_id}.json"):
         raise SyncError(f"version {body.version_id[:12]} of {dataset} has no manifest in the repository",
                         hint="push the version before tagging it")
     named = repo.create_tag(dataset, tag, body.version_id)
@@ -251,8 +252,7 @@ def move_ref(dataset: str, branch: str, move: RefMove, request: Request, ctx: Ct
     repo = _repo(request)
     check_ref_name(branch)
     _allow(request, ctx, "write", dataset)
-    manifests = repo.list_objects(f"datasets/{dataset}/manifests")
-    if f"datasets/{dataset}/manifests/{move.new}.json" not in manifests:
+    if not repo.has_object(f"datasets/{dataset}/manifests/{move.new}.json"):
         raise SyncError(f"version {move.new[:12]} of {dataset} has no manifest in the repository",
                         hint="send its objects and manifest before moving the branch")
     try:
