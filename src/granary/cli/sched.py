@@ -95,6 +95,8 @@ def up(
     from granary.sched.lease import Lease
     from granary.sched.state import SchedulerConfig
 
+    lease: Lease | None = None
+    stop = threading.Event()
     try:
         catalog = _catalog()
         cfg = ControllerConfig(tick_s=tick_s, scheduler=SchedulerConfig(
@@ -103,7 +105,6 @@ def up(
         controller = Controller(catalog, cfg)
         lease = Lease(catalog, cfg.lease_s)
         lease.acquire(time.time())  # before starting an agent: a second `sched up` changes nothing
-        stop = threading.Event()
         threads = []
         if agent:
             spec = detect_node(node, gpus=gpus)
@@ -123,6 +124,12 @@ def up(
         stop.set()
     except GranaryError as exc:
         fail(exc)
+    finally:
+        # Ctrl-C can land after the lease is taken but before the controller's loop (which releases it on the
+        # way out) has started; release it here too (a no-op when the loop already did), so the next controller
+        # starts at once instead of after the lease expires
+        if lease is not None:
+            lease.release()
 
 
 @sched_app.command("agent")
