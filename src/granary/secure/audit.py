@@ -210,10 +210,14 @@ class AuditLog:
 
     def query(self, *, principal: str | None = None, dataset: str | None = None, action: str | None = None,
               outcome: str | None = None, since: float | None = None, until: float | None = None,
-              limit: int | None = 1000, newest_first: bool = False) -> list[AuditRecord]:
-        """Records matching every given filter (``since``/``until`` are epoch seconds)."""
+              after_seq: int | None = None, limit: int | None = 1000,
+              newest_first: bool = False) -> list[AuditRecord]:
+        """Records matching every given filter (``since``/``until`` are epoch seconds; ``after_seq`` keeps
+        records whose sequence number is greater)."""
         a = t.audit.c
         query = sa.select(t.audit)
+        if after_seq is not None:
+            query = query.where(a.seq > after_seq)
         for col, value in ((a.principal, principal), (a.dataset, dataset), (a.action, action),
                            (a.outcome, outcome)):
             if value is not None:

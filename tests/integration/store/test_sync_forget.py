@@ -116,3 +116,43 @@ def test_audit_records_altered_on_the_remote_are_refused(tmp_path: Path) -> None
     with pytest.raises(SyncError, match="does not match its hash"):
         pull(b, "web", remote)
     assert not [r for r in b_hooks.guard.audit.query(dataset="web") if "imported" in r.details]
+
+
+def test_audit_records_travel_incrementally_by_sequence(tmp_path: Path) -> None:
+    import zstandard
+
+    from granary.store.sync import audits
+
+    a, a_hooks = _site(tmp_path, "a")
+    a.create_dataset("web")
+    a.commit_table("web", _rows(50), message="crawl")
+    remote = Remote(str(tmp_path / "remote"))
+    push(a, "web", remote)
+    b, b_hooks = _site(tmp_path, "b")
+    pull(b, "web", remote)
+    first_pull = len([r for r in b_hooks.guard.audit.query(dataset="web") if "imported" in r.details])
+    assert first_pull > 0
+
+    a.commit_table("web", _rows(50, start=50), message="more")
+    push(a, "web", remote)
+    [(site, parts)] = audits.segments(remote, "web").items()
+    assert site == audits.site_id(a) and len(parts) == 2
+    (_, last1, key1), (first2, last2, key2) = parts
+    assert first2 > last1  # the second push sent only what the first had not
+    second = [json.loads(x) for x in zstandard.decompress(remote.get_audit("web", key2)).decode().splitlines()]
+    own_after = [r.seq for r in a_hooks.guard.audit.query(dataset="web", after_seq=last1, limit=None)
+                 if "imported" not in r.details and r.seq <= last2]
+    assert [r["seq"] for r in second] == own_after and second[-1]["seq"] == last2
+    push(a, "web", remote)  # sends what happened since, the last push's own read among it
+    third = audits.segments(remote, "web")[site][2]
+    assert third[0] > last2
+
+    # the first segment, already imported by b, is not read again: altering it now goes unnoticed by b's pull,
+    # while the new records arrive, each once
+    remote.put_audit("web", key1, zstandard.compress(b"not json"))
+    pull(b, "web", remote)
+    imported = [r for r in b_hooks.guard.audit.query(dataset="web") if "imported" in r.details]
+    seqs = [r.details["imported"]["seq"] for r in imported]
+    in_third = zstandard.decompress(remote.get_audit("web", third[2])).decode().count("\n") + 1
+    assert len(seqs) == len(set(seqs)) == first_pull + len(second) + in_third
+    assert b_hooks.guard.audit.verify().ok

@@ -226,7 +226,7 @@ class Remote:
 
     # -- audit records of the sites that pushed ---------------------------------------------------------------
     def audit_sites(self, dataset: str) -> list[str]:
-        """Sites whose audit records of ``dataset`` the remote holds."""
+        """Keys of the audit segments of ``dataset`` the remote holds (see :mod:`granary.store.sync.audits`)."""
         check_dataset_name(dataset)
         try:
             names = self.fs.ls(f"{self.root}/audit/{dataset}", detail=False)
@@ -236,11 +236,11 @@ class Remote:
                       if str(n).endswith(AUDIT_SUFFIX))
 
     def get_audit(self, dataset: str, site: str) -> bytes:
-        """One site's audit records of ``dataset`` (zstd-compressed JSON lines)."""
+        """One audit segment of ``dataset`` (zstd-compressed JSON lines)."""
         return bytes(self.fs.cat_file(self._audit_path(dataset, site)))
 
     def put_audit(self, dataset: str, site: str, blob: bytes) -> None:
-        """Replace one site's audit records of ``dataset``."""
+        """Write one audit segment of ``dataset``."""
         self.put_file(self._audit_path(dataset, site), blob)
 
     def _audit_path(self, dataset: str, site: str) -> str:
