@@ -107,19 +107,28 @@ class Registry:
         self.store = store
         self.catalog = store.catalog
 
-    # -- lookups --------------------------------------------------------------------------------------
+    # -- lookups (metadata reads of ``model.<name>``, authorised and audited by the store's read gate) -----
+    def _may_list(self, name: str) -> None:
+        self.store.gate.allow("list", dataset_of(check_name(name)))
+
     def versions(self, name: str) -> list[ModelVersion]:
         """A model's versions, oldest first (empty when it has none)."""
+        self._may_list(name)
         with self.catalog.read() as conn:
             rows = conn.execute(sa.select(t.versions).where(t.versions.c.name == check_name(name))
                                 .order_by(t.versions.c.version)).all()
         return [_row(r) for r in rows]
 
     def models(self) -> list[str]:
+        """The names of the models the store view may see."""
         with self.catalog.read() as conn:
-            return list(conn.execute(sa.select(t.versions.c.name).distinct().order_by(t.versions.c.name)).scalars())
+            names = list(conn.execute(sa.select(t.versions.c.name).distinct().order_by(t.versions.c.name)).scalars())
+        visible = self.store.gate.visible(dataset_of(n) for n in names)
+        return [n for n in names if dataset_of(n) in visible]
 
     def aliases(self, name: str) -> dict[str, int]:
+        """Alias -> version number of a model."""
+        self._may_list(name)
         with self.catalog.read() as conn:
             rows = conn.execute(sa.select(t.aliases).where(t.aliases.c.name == name)).all()
         return {r.alias: int(r.version) for r in rows}
@@ -127,6 +136,7 @@ class Registry:
     def get(self, ref: str) -> ModelVersion:
         """Resolve ``name`` (newest), ``name@N`` or ``name@alias``."""
         name, at = parse_ref(ref)
+        self._may_list(name)
         if at is not None and not at.isdigit():
             number = self.aliases(name).get(at)
             if number is None:
@@ -147,6 +157,7 @@ class Registry:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         """The audit trail of a model: registrations, alias moves, overrides, refusals, deployments."""
+        self._may_list(name)
         with self.catalog.read() as conn:
             rows = conn.execute(sa.select(t.events).where(t.events.c.name == name).order_by(t.events.c.id)).all()
         return [{"version": r.version, "action": r.action, "actor": r.actor, "details": json.loads(r.details),
@@ -270,6 +281,8 @@ class Registry:
         if not ALIAS_RE.fullmatch(alias) or alias.isdigit():
             raise ModelError(f"invalid alias {alias!r}", hint="use a lowercase word such as staging or production")
         mv = self.get(ref)
+        # moving an alias changes what `name@alias` serves: a write on the model, authorised (refusals audited)
+        self.store.hooks.authorize("write", mv.dataset)
         previous = self.aliases(mv.name).get(alias)
         if alias == "production":
             self._check_policy(mv, alias, override)

@@ -7,7 +7,8 @@ Pipeline parallelism lives in :mod:`granary.train.pipeline`, the low-communicati
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -38,6 +39,36 @@ def wrap_ddp(model: nn.Module, cfg: ParallelConfig, dist: Dist, counter: CommCou
     ddp = DDP(model, device_ids=None if not torch.cuda.is_available() else [dist.local_rank])
     register_hook(ddp, cfg, counter or CommCounter())
     return ddp
+
+
+STATELESS_HOOKS = frozenset({"none", "fp16", "bf16"})
+
+
+def settle_ddp_buckets(ddp: nn.Module, tokens: torch.Tensor, loss_fn: Any, counter: CommCounter | None = None,
+                       amp: torch.dtype | None = None) -> None:
+    """Give a resumed DDP module the gradient buckets an uninterrupted run has at the same step.
+
+    DDP reduces its first backward in buckets laid out in reverse parameter order and rebuilds them, at the next
+    forward, in the order the gradients became ready. With more than two ranks, gloo's ring all-reduce adds each
+    element's contributions in an order fixed by where the element lies in the bucket, so the first step after a
+    resume (initial layout) would round differently from the same step of an uninterrupted run (rebuilt layout)
+    and the runs would drift apart in the last bits. One throw-away forward and backward on ``tokens`` (a batch of
+    zeros), with the random state restored and the gradients and the bytes it sent discarded, makes the next
+    forward rebuild the buckets first. Only for stateless communication hooks (PowerSGD keeps state per step).
+    """
+    before = counter.total if counter is not None else 0
+    devices = [torch.cuda.current_device()] if tokens.is_cuda else []
+    device_type = "cuda" if tokens.is_cuda else "cpu"
+    cast = torch.autocast(device_type, dtype=amp) if amp is not None else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=devices):
+        with cast:
+            loss = loss_fn(ddp(tokens[:, :-1]), tokens[:, 1:])
+        loss.backward()
+    for param in ddp.parameters():
+        param.grad = None
+    if counter is not None:
+        counter.total = before
+        counter.take()
 
 
 def wrap_fsdp(model: nn.Module, cfg: ParallelConfig, dist: Dist) -> nn.Module:

@@ -32,7 +32,7 @@ from granary.train.fault import EXIT_PREEMPTED, LossGuard, Preemption, StepWatch
 from granary.train.lineage import code_hash, run_lineage
 from granary.train.metrics import MetricsLogger, MonitorPush
 from granary.train.model import GPT, loss_fn
-from granary.train.parallel import autocast_dtype, wrap_ddp, wrap_fsdp, wrap_tp
+from granary.train.parallel import STATELESS_HOOKS, autocast_dtype, settle_ddp_buckets, wrap_ddp, wrap_fsdp, wrap_tp
 from granary.train.parallel import clip_grad_norm as clip_params
 from granary.train.pipeline import Pipeline, clip_grad_norm
 from granary.train.recipe import Recipe
@@ -254,6 +254,10 @@ class Trainer:
         checkpoints: list[str] = []
         final_loss = None
         self.model.train()
+        if resumed_id and self.mode == "ddp" and r.parallel.comm_hook in STATELESS_HOOKS:
+            device = next(self.raw_model.parameters()).device
+            zeros = torch.zeros((r.data.batch_size, r.model.context + 1), dtype=torch.long, device=device)
+            settle_ddp_buckets(self.model, zeros, loss_fn, self.comm, amp)
         while step < r.steps:
             t0 = time.perf_counter()
             data_s, loss_sum = 0.0, 0.0
