@@ -125,3 +125,39 @@ def test_model_card_is_written_from_facts(trained: Trained) -> None:
     assert "Allowed purposes: unrestricted" in md and "Aliases: staging" in md
     page = render_html(facts)
     assert page.startswith("<!doctype html>") and "<h2>Evaluations</h2>" in page
+
+
+def test_lookups_and_alias_moves_go_through_the_store_gate(trained: Trained) -> None:
+    """A view whose principal may not see a model does not list or resolve it, and one that may only read it
+    cannot move its aliases (the refusal raises before anything changes); each decision reaches the hooks."""
+    from granary.errors import AuthorizationError
+    from granary.store.hooks import NullHooks
+
+    store = trained.store()
+    reg = Registry(store)
+    reg.register(trained.checkpoint, "gate-a")
+    reg.register(trained.checkpoint, "gate-b")
+
+    class ReadOnly(NullHooks):
+        def __init__(self) -> None:
+            self.asked: list[tuple[str, str]] = []
+
+        def authorize(self, action: str, dataset: str, *, purpose: str | None = None) -> None:
+            self.asked.append((action, dataset))
+            if dataset == "model.gate-b" or action == "write":
+                raise AuthorizationError(f"{action} on {dataset} refused")
+
+        def allows(self, action: str, dataset: str) -> bool:
+            return dataset != "model.gate-b"
+
+    hooks = ReadOnly()
+    store.hooks = hooks
+    view = Registry(store)
+    assert "gate-a" in view.models() and "gate-b" not in view.models()
+    assert view.get("gate-a").version == 1
+    with pytest.raises(AuthorizationError):
+        view.get("gate-b")
+    with pytest.raises(AuthorizationError):
+        view.set_alias("gate-a@1", "production")
+    assert ("write", "model.gate-a") in hooks.asked
+    assert "production" not in reg.aliases("gate-a")
