@@ -70,6 +70,8 @@ def test_masked_rounds_survive_a_site_dying_mid_round(tmp_path: Path) -> None:
     assert (r1["status"], r1["accepted"], r1["dropped"]) == ("ok", 3, [])
     assert (r2["status"], r2["accepted"], r2["dropped"], r2["failures"]) == ("ok", 2, ["c"], 1)
     assert r1["bytes_received"] == 3 * 8 * _params()  # one uint64 word per parameter and site
+    # c shared its Shamir shares in round 2, then died: the survivors' shares of its mask key removed its masks
+    assert r1["secagg_bytes"] > 0 and r2["secagg_bytes"] > 0
     assert run.result["ok"] and (tmp_path / "out" / "model.pt").exists()
     for site in sites:  # every round is audited where the data lives: version, purpose, what left
         guard = _guard(site.home)

@@ -74,10 +74,10 @@ class Site:
             return {"site": self.config.name, "refused": reason}
         out: dict[str, Any] = {"site": self.config.name}
         if config.get("secure") == "mask":
-            from granary.secure.secagg import MaskingClient
+            from granary.secure.secagg import SecAggClient
 
-            self._masker = MaskingClient(self.config.name, f"{run}/{config.get('round')}")
-            out["public_key"] = self._masker.public_key()
+            self._masker = SecAggClient(self.config.name, f"{run}/{config.get('round')}")
+            out["public_key"] = self._masker.public_keys()
         return out
 
     def _admit(self, run: str, purpose: str, config: dict[str, Any]) -> str | None:
@@ -178,8 +178,8 @@ class Site:
         if secure == "mask":
             if self._masker is None:
                 raise FederatedError("a masked round started without the key exchange")
-            peers = {k: bytes.fromhex(v) for k, v in wire.loads(config, "peers").items()}
-            return np.asarray(self._masker.mask(vec, peers))
+            shares = {k: bytes.fromhex(v) for k, v in wire.loads(config, "shares").items()}
+            return np.asarray(self._masker.mask(vec, shares))
         if secure == "ckks":
             from granary.secure import he
 
@@ -198,12 +198,20 @@ class Site:
         return self._he
 
     # -- after the round --------------------------------------------------------------------------
-    def reveal(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Seeds shared with the dropped peers of the current masked round."""
+    def share(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Shamir shares of this round's mask key and self-mask seed, each encrypted to the peer that holds it."""
         if self._masker is None:
-            raise FederatedError("no masked round to reveal seeds for")
-        seeds = self._masker.reveal(wire.loads(config, "dropped"))
-        return {"seeds": wire.dumps({k: v.hex() for k, v in seeds.items()})}
+            raise FederatedError("no masked round to share keys for")
+        peers = {k: bytes.fromhex(v) for k, v in wire.loads(config, "peers").items()}
+        shares = self._masker.share_keys(peers, threshold=int(config.get("threshold", 0)))
+        return {"shares": wire.dumps({k: v.hex() for k, v in shares.items()})}
+
+    def reveal(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The unmasking shares: self-mask seeds of the survivors, mask keys of the dropped (never both for one)."""
+        if self._masker is None:
+            raise FederatedError("no masked round to unmask")
+        shares = self._masker.unmask(wire.loads(config, "survivors"), wire.loads(config, "dropped"))
+        return {"shares": wire.dumps({u: [kind, s.hex()] for u, (kind, s) in shares.items()})}
 
     def stats(self, config: dict[str, Any]) -> dict[str, Any]:
         """Statistics of the site's version (documents, tokens, samples), encrypted for a homomorphic sum."""
@@ -245,6 +253,8 @@ def flower_client(site: Site) -> Any:
             step = config.get("granary")
             if step == wire.HELLO:
                 return site.hello(config)
+            if step == wire.SHARE:
+                return site.share(config)
             if step == wire.REVEAL:
                 return site.reveal(config)
             if step == wire.DECRYPT:

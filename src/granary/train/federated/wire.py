@@ -11,8 +11,9 @@ from typing import Any
 
 from granary.train.federated.errors import FederatedError
 
-HELLO = "hello"  # join the round: the site checks the run's purpose and budget, returns its name (and mask key)
-REVEAL = "secagg-reveal"  # survivors reveal their seeds with dropped peers
+HELLO = "hello"  # join the round: the site checks the run's purpose and budget, returns its name (and mask keys)
+SHARE = "secagg-share"  # a site Shamir-shares its mask key and self-mask seed, encrypted to each peer
+REVEAL = "secagg-reveal"  # survivors send shares: self-mask seeds of survivors, mask keys of dropped sites
 DECRYPT = "he-decrypt"  # a site decrypts the homomorphic sum (only the sum ever reaches it)
 STATS = "he-stats"  # a site sends statistics of its data, CKKS-encrypted
 STATS_KEYS = ("documents", "tokens", "samples")
