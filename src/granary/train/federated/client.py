@@ -56,6 +56,7 @@ class Site:
         self.guard = Guard(self.store.catalog, SecureSettings.from_env(self.store.settings.home))
         self.version = self.store.resolve(config.dataset)
         self._runs: dict[str, str | None] = {}  # run -> refusal reason (None: joined)
+        self._charged: dict[str, tuple[float, float]] = {}  # run -> (epsilon, delta) charged to the budget ledger
         self._masker: Any = None
         self._loader: Any = None
         self._batches: Any = None
@@ -72,7 +73,9 @@ class Site:
         if reason is not None:
             self.refused = reason
             return {"site": self.config.name, "refused": reason}
-        out: dict[str, Any] = {"site": self.config.name}
+        out: dict[str, Any] = {"site": self.config.name, "dataset": self.version.dataset, "version": self.version.id}
+        if run in self._charged:
+            out["charged_epsilon"], out["charged_delta"] = self._charged[run]
         if config.get("secure") == "mask":
             from granary.secure.secagg import SecAggClient
 
@@ -91,8 +94,10 @@ class Site:
             if isinstance(eps, float) and eps > 0:
                 from granary.secure.dp import PrivateStats
 
+                delta = float(config.get("dp_delta", 1e-5))
                 PrivateStats(self.guard).charge(dataset, query=f"fed:{run}", mechanism="fed-dp", epsilon=eps,
-                                                delta=float(config.get("dp_delta", 1e-5)))
+                                                delta=delta)
+                self._charged[run] = (eps, delta)
         except (AuthorizationError, GranaryError) as exc:
             self.guard.record("fed.join", dataset, obj=f"fed:{run}", outcome="denied",
                               details={"run": run, "purpose": purpose, "reason": str(exc)})

@@ -38,6 +38,8 @@ class FedConfig:
         dp_epsilon: client-level differential privacy: Gaussian noise on the aggregate calibrated so the run is
             (dp_epsilon, dp_delta)-DP for one site's participation (needs norm_bound); None: off.
         purpose: the purpose the run declares; a site whose data does not allow it refuses to join.
+        publish: a checkpoint dataset of the coordinator's store (its GRANARY_HOME) to commit the final model to,
+            with the run's lineage (sites, their versions, rounds, privacy budget); None: only ``model.pt``.
     """
 
     name: str = "fed"
@@ -53,6 +55,7 @@ class FedConfig:
     dp_epsilon: float | None = None
     dp_delta: float = 1e-5
     purpose: str = "training"
+    publish: str | None = None
     local_steps: int = 10
     batch_size: int = 8
     lr: float = 3e-3

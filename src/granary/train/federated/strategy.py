@@ -68,6 +68,7 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
             self.rounds: list[dict[str, Any]] = []
             self.refused: dict[str, str] = {}
             self.sites: dict[str, str] = {}  # proxy cid -> site name
+            self.site_info: dict[str, dict[str, Any]] = {}  # site -> dataset, version, budget charged (lineage)
             self.keys: dict[str, bytes] = {}  # site -> mask public keys of the current round
             self.secagg: Any = None  # the current masked round's SecAggServer
             self.site_stats: dict[str, float] | None = None  # summed site statistics (ckks runs)
@@ -159,6 +160,8 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
             if "refused" in props:
                 self.refused[site] = str(props["refused"])
                 return False
+            self.site_info[site] = {k: props[k] for k in ("dataset", "version", "charged_epsilon", "charged_delta")
+                                    if k in props}
             if cfg.secure == "mask":
                 key = props.get("public_key")
                 if not isinstance(key, bytes) or site in self.keys:
@@ -224,7 +227,7 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
             if cfg.secure == "mask":
                 update, n = self._unmask(rnd, arrays_by_site, report)
             elif cfg.secure == "ckks":
-                update, n = self._decrypt_sum(rnd, arrays_by_site)
+                update, n = self._decrypt_sum(rnd, arrays_by_site, report)
             else:
                 update, n = self._plain(arrays_by_site, report)
             return update, n, received
@@ -232,10 +235,12 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
         def _plain(self, items: list[tuple[Any, str, list[np.ndarray], int]],
                    report: dict[str, Any]) -> tuple[np.ndarray, int]:
             updates, weights = [], []
+            report["sites"] = []
             for _, site, arrays, samples in items:
                 try:
                     updates.append(agg.check_update(site, arrays, self.shapes, norm_bound=cfg.norm_bound))
                     weights.append(1.0 if cfg.dp_epsilon is not None else float(max(samples, 1)))
+                    report["sites"].append(site)
                 except UpdateRejected as exc:
                     report["rejected"][site] = exc.reason
                     log.warning("round %d: %s", report["round"], exc)
@@ -266,7 +271,7 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
                     report["rejected"][site] = str(exc)
                     continue
                 survivors[site], total_samples = proxy, total_samples + samples
-            report["dropped"] = masked.dropped
+            report["dropped"], report["sites"] = masked.dropped, sorted(survivors)
             answers: dict[str, dict[str, tuple[str, bytes]]] = {}
             alive, gone = wire.dumps(masked.survivors), wire.dumps(masked.dropped)
             revealed = 0
@@ -289,7 +294,8 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
             n = len(survivors)
             return total / (n if cfg.dp_epsilon is not None else max(total_samples, 1)), n
 
-        def _decrypt_sum(self, rnd: int, items: list[tuple[Any, str, list[np.ndarray], int]]) -> tuple[np.ndarray, int]:
+        def _decrypt_sum(self, rnd: int, items: list[tuple[Any, str, list[np.ndarray], int]],
+                         report: dict[str, Any]) -> tuple[np.ndarray, int]:
             from granary.secure import he
 
             self._enough(len(items), {})
@@ -298,6 +304,7 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
                 total = he.add(self.he_ctx, blobs)
             except Exception as exc:
                 raise FederatedError(f"encrypted updates cannot be added: {exc}") from None
+            report["sites"] = sorted(site for _, site, _, _ in items)
             size = int(self.global_vec.size)
             for proxy, _site, _, _ in items:  # any live site holding the key decrypts the sum
                 props = self._ask(proxy, rnd, wire.DECRYPT, blob=total, length=size, summands=len(items))
