@@ -194,6 +194,16 @@ def test_ckks_rounds_equal_plain_rounds(tmp_path: Path) -> None:
     stats = enc.result["site_stats"]  # summed under CKKS; each site audited what it sent
     assert stats["documents"] == sum(m.num_rows for m in manifests) == 180
     assert stats["tokens"] == sum(m.num_tokens for m in manifests) and stats["samples"] > 0
+    from granary.store.formats.tokens import TokenShardReader
+    from granary.train.federated import wire
+
+    lengths = []  # the documents-by-length histogram, summed under CKKS, against the sites' own shards
+    for s in sites:
+        store = open_store(Settings.from_env(home=Path(s.home)))
+        for e in store.open_version("tok", purpose="training").shards:
+            lengths += np.diff(TokenShardReader(store.object_bytes(e)).doc_offsets.astype(np.int64)).tolist()
+    hist = {k: stats[k] for k in wire.HIST_KEYS}
+    assert hist == wire.length_histogram(lengths) and sum(hist.values()) == 180 and len(set(hist.values())) > 1
     assert all(len(_guard(s.home).audit.query(action="fed.stats")) == 1 for s in sites)
     assert enc.result["rounds"][0]["bytes_received"] > 10 * plain.result["rounds"][0]["bytes_received"]
     import torch

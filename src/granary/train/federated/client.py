@@ -56,6 +56,7 @@ class Site:
         self.guard = Guard(self.store.catalog, SecureSettings.from_env(self.store.settings.home))
         self.version = self.store.resolve(config.dataset)
         self._runs: dict[str, str | None] = {}  # run -> refusal reason (None: joined)
+        self._purposes: dict[str, str] = {}  # run -> its declared purpose
         self._charged: dict[str, tuple[float, float]] = {}  # run -> (epsilon, delta) charged to the budget ledger
         self._masker: Any = None
         self._loader: Any = None
@@ -69,6 +70,7 @@ class Site:
         run, purpose = str(config.get("run", "")), str(config.get("purpose", ""))
         if run not in self._runs:
             self._runs[run] = self._admit(run, purpose, config)
+            self._purposes[run] = purpose
         reason = self._runs[run]
         if reason is not None:
             self.refused = reason
@@ -219,7 +221,8 @@ class Site:
         return {"shares": wire.dumps({u: [kind, s.hex()] for u, (kind, s) in shares.items()})}
 
     def stats(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Statistics of the site's version (documents, tokens, samples), encrypted for a homomorphic sum."""
+        """Statistics of the site's version (documents, tokens, samples, documents by token length), encrypted for a
+        homomorphic sum."""
         from granary.secure import he
 
         run = str(config.get("run", ""))
@@ -230,11 +233,22 @@ class Site:
         samples = self._loader.num_samples if self._loader is not None else 0
         values = {"documents": float(manifest.num_rows), "tokens": float(manifest.num_tokens or 0),
                   "samples": float(samples)}
+        if any(k in keys for k in wire.HIST_KEYS):
+            values |= wire.length_histogram(self._doc_lengths(self._purposes.get(run)))
         blob = he.encrypt_stats(self._context(), {k: v for k, v in values.items() if k in keys}, keys)
         self.guard.record("fed.stats", self.version.dataset, obj=f"fed:{run}",
                           details={"run": run, "version": self.version.id, "sent": "encrypted statistics",
                                    "keys": keys, "bytes": len(blob)})
         return {"stats": blob}
+
+    def _doc_lengths(self, purpose: str | None) -> np.ndarray:
+        """Token count of every document of the version (from the shards' footers), read through the gate."""
+        from granary.store.formats.tokens import TokenShardReader
+
+        manifest = self.store.open_version(self.version, purpose=purpose)  # authorised for the run's purpose, audited
+        parts = [np.diff(np.asarray(TokenShardReader(self.store.object_bytes(e), name=e.key).doc_offsets,
+                                    dtype=np.int64)) for e in manifest.shards]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def decrypt(self, config: dict[str, Any]) -> dict[str, Any]:
         """Decrypt a homomorphic *sum* (the coordinator sends nothing else) into float64 bytes."""

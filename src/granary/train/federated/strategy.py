@@ -316,7 +316,8 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
             raise FederatedError("no site decrypted the encrypted sum")
 
         def _site_stats(self, rnd: int, proxies: list[Any]) -> dict[str, float] | None:
-            """Documents, tokens and samples summed over the sites under CKKS: no site's own figures are seen."""
+            """Documents, tokens, samples and documents per length bin, summed over the sites under CKKS: no site's
+            own figures are seen."""
             from granary.secure import he
 
             keys = list(wire.STATS_KEYS)
