@@ -6,9 +6,10 @@
    arithmetic token sequences with its own stride), FedAvg over real processes (Flower), against centralised
    training of the same model on the union of the same data for the same number of samples. Both are scored on a
    held-out version that mixes all four strides. Target: federated held-out loss within 10% of centralised.
-2. Secure aggregation: the same federated run in plain, masked and CKKS modes (seconds per round, bytes received
-   by the coordinator per round) and, in process, the cost of protecting one update of the model's size (mask +
-   unmask, encrypt + add + decrypt) against plain summation; the protected sums are checked against the plain one.
+2. Secure aggregation: the same federated run in plain, masked (Shamir-shared masks) and CKKS modes (seconds per
+   round, bytes through the coordinator per round, shares and unmasking answers included) and, in process, the cost
+   of protecting one update of the model's size (share keys + mask + unmask, with 0 and 1 dropouts; encrypt + add +
+   decrypt) against plain summation; the protected sums are checked against the plain one.
 3. DP-SGD at epsilon 8 (Opacus) against the same recipe without privacy (a larger version of the same four
    strides, batch 256: DP needs many samples per step): held-out loss gap and samples/second.
 
@@ -98,7 +99,8 @@ def federated(cfg: FedConfig, sites: list[SiteConfig], out: Path, **kw: Any) -> 
     return {"wall_s": time.perf_counter() - t0, "server_s": run.result["seconds"],
             # round 1 also pays each site's first loader open: timings average the later rounds when there are any
             "round_s": float(np.mean([r["seconds"] for r in (rounds[1:] or rounds)])),
-            "bytes_per_round": float(np.mean([r["bytes_received"] for r in rounds])),
+            # masked rounds also move Shamir shares (routed) and unmasking answers: counted with the updates
+            "bytes_per_round": float(np.mean([r["bytes_received"] + r.get("secagg_bytes", 0) for r in rounds])),
             "weights": torch.load(out / "model.pt")}
 
 
@@ -116,20 +118,40 @@ def train_central(central: Path, root: Path, *, name: str, steps: int, batch: in
 
 def protect_costs(size: int, clients: int = 4) -> dict[str, Any]:
     from granary.secure import he, secagg
+    from granary.secure.secagg_server import SecAggServer
 
     rng = np.random.default_rng(0)
     ups = [rng.normal(0, 0.01, size) for _ in range(clients)]
     t0 = time.perf_counter()
     plain = np.sum(ups, axis=0)
     plain_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    cs = [secagg.MaskingClient(f"s{i}", "bench") for i in range(clients)]
-    peers = {c.name: c.public_key() for c in cs}
-    ms = secagg.MaskedSum(peers, size)
-    for c, u in zip(cs, ups, strict=True):
-        ms.add(c.name, c.mask(u, peers))
-    masked = ms.unmask({})
-    mask_s = time.perf_counter() - t0
+    from granary.secure import shamir
+
+    shamir.split(bytes(16), threshold=2, holders=2)  # import pycryptodome before timing
+    mask: dict[str, Any] = {}
+    for drop in (0, 1):  # every client sends; the last one masks, then drops (its masks are recovered from shares)
+        t0 = time.perf_counter()
+        cs = [secagg.SecAggClient(f"s{i}", "bench") for i in range(clients)]
+        keys = {c.name: c.public_keys() for c in cs}
+        server = SecAggServer(keys, size, round_id="bench")
+        for c in cs:
+            server.add_shares(c.name, c.share_keys(keys, threshold=server.threshold))
+        t1 = time.perf_counter()
+        for i, (c, u) in enumerate(zip(cs, ups, strict=True)):
+            y = c.mask(u, server.shares_for(c.name))
+            if i < clients - drop:
+                server.add(c.name, y)
+        t2 = time.perf_counter()
+        answers = {c.name: c.unmask(server.survivors, server.dropped) for c in cs[:clients - drop]}
+        total = server.unmask(answers)
+        t3 = time.perf_counter()
+        answer_bytes = sum(len(b) for a in answers.values() for _, b in a.values())
+        mask[f"drop{drop}"] = {"shares_s": t1 - t0, "mask_s": t2 - t1, "unmask_s": t3 - t2, "total_s": t3 - t0,
+                               "threshold": server.threshold,
+                               "share_bytes_per_client": server.share_bytes / clients,
+                               "unmask_bytes_per_survivor": answer_bytes / (clients - drop),
+                               "max_abs_error": float(np.max(np.abs(total - np.sum(ups[:clients - drop], axis=0))))}
+    mask_s = mask["drop0"]["total_s"]
     secret = he.new_context()
     sec, pub = he.load_context(secret), he.load_context(he.public_context(secret))
     t0 = time.perf_counter()
@@ -143,9 +165,12 @@ def protect_costs(size: int, clients: int = 4) -> dict[str, Any]:
     dec_s = time.perf_counter() - t1
     return {"params": size, "clients": clients, "plain_sum_s": plain_s, "mask_s": mask_s,
             "ckks_encrypt_s": enc_s, "ckks_add_s": add_s, "ckks_decrypt_s": dec_s,
-            "bytes_plain_per_client": size * 4, "bytes_mask_per_client": size * 8,
+            "mask_shamir": mask, "mask_time_ratio_vs_plain_sum": mask_s / plain_s,
+            "bytes_plain_per_client": size * 4,
+            "bytes_mask_per_client": size * 8 + mask["drop0"]["share_bytes_per_client"]
+            + mask["drop0"]["unmask_bytes_per_survivor"],
             "bytes_ckks_per_client": len(blobs[0]),
-            "mask_max_abs_error": float(np.max(np.abs(masked - plain))),
+            "mask_max_abs_error": mask["drop0"]["max_abs_error"],
             "ckks_max_abs_error": float(np.max(np.abs(ckks - plain)))}
 
 

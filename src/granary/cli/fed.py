@@ -11,6 +11,9 @@ import typer
 from granary.cli.output import console, print_json, table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+PublishOpt = Annotated[str | None, typer.Option("--publish", help="Commit the final model, with the run's lineage "
+                                                               "(sites, versions, privacy budget), as a version of "
+                                                               "this checkpoint dataset of the coordinator's store.")]
 HeOpt = Annotated[str | None, typer.Option("--he-context", help="CKKS context file (ckks runs): the secret one "
                                                                "at sites, the .pub one at the server.")]
 
@@ -34,6 +37,9 @@ def _summary(result: dict[str, Any]) -> None:
         console.print(f"[yellow]site {site} refused: {reason}")
     if "dp" in result:
         console.print(f"client-level DP: epsilon {result['dp']['epsilon']:.3f} at delta {result['dp']['delta']:g}")
+    if "published" in result:
+        console.print(f"model published as {result['published']['ref']} (see `granary lineage "
+                      f"{result['published']['dataset']}`)")
 
 
 @fed_app.command("server")
@@ -43,18 +49,24 @@ def server(
     he_context: HeOpt = None,
     submit: Annotated[bool, typer.Option("--submit", help="Submit the coordinator as a scheduler job instead.")]
     = False,
+    publish: PublishOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the coordinator (Flower server): it holds no data and sees only updates (or their sum)."""
+    import dataclasses
+
     from granary.train.federated import FedConfig
     from granary.train.federated.server import run_server, server_job
 
     cfg = FedConfig.load(config)
+    if publish:
+        cfg = dataclasses.replace(cfg, publish=publish)
     if submit:
         from granary.cli.sched import _catalog
         from granary.sched.journal import submit_job
 
-        job_id = submit_job(_catalog(), server_job(config, out, name=f"fed-{cfg.name}", he_context=he_context))
+        job_id = submit_job(_catalog(), server_job(config, out, name=f"fed-{cfg.name}", he_context=he_context,
+                                                       publish=publish))
         print_json({"job": job_id}) if json_out else console.print(f"submitted coordinator job {job_id}")
         return
     _logging()
@@ -107,13 +119,18 @@ def run(
     he_context: Annotated[str | None, typer.Option("--he-context", help="Secret CKKS context (ckks runs); the "
                                                                         "server gets its public form.")] = None,
     timeout_s: Annotated[float, typer.Option("--timeout", help="Kill everything after this many seconds.")] = 900,
+    publish: PublishOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the coordinator and every site as separate processes on this machine."""
+    import dataclasses
+
     from granary.train.federated import FedConfig
     from granary.train.federated.local import run_local
 
     cfg = FedConfig.load(config)
+    if publish:
+        cfg = dataclasses.replace(cfg, publish=publish)
     public = None
     if he_context:
         from granary.secure import he

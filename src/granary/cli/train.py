@@ -73,6 +73,15 @@ def lineage(
 
     store = open_store()
     lin = checkpoint_lineage(store, checkpoint)
+    if lin.get("kind") == "federated":
+        if samples or step is not None:
+            from granary.errors import TrainError
+
+            raise TrainError(f"{checkpoint} was trained by federated run {lin.get('run')!r}: its samples never left "
+                             "the sites", hint="each site's audit log has one fed.round record per round "
+                             "(`granary audit log --action fed.round` at the site)")
+        print_json(lin) if json_out else _federated(checkpoint, lin)
+        return
     ids = None
     if samples or step is not None:
         ids = sample_ids(store, lin, steps=range(step, step + 1) if step is not None else None)
@@ -93,6 +102,23 @@ def lineage(
                                                       "ranks"], segs))
     if ids is not None:
         console.print(table("samples", ["step", "source", "sample"], ids))
+
+
+def _federated(checkpoint: str, lin: dict[str, Any]) -> None:
+    fed, dp = lin["federation"], lin.get("privacy")
+    rows: list[tuple[str, Any]] = [
+        ("run", f"{lin.get('run')} (federated)"), ("purpose", lin["data"].get("purpose")),
+        ("rounds", f"{fed['rounds_ok']} of {fed['rounds_planned']}"),
+        ("strategy / aggregation", f"{fed['strategy']} / {fed['aggregation']}"), ("secure", fed["secure"]),
+        ("client-level DP", f"epsilon {dp['epsilon']:.3f} (target {dp['target_epsilon']:g}) at delta {dp['delta']:g}, "
+                            f"noise {dp['noise_multiplier']:.3f}" if dp else "none"),
+        ("refused", "; ".join(f"{s}: {r}" for s, r in lin.get("refused", {}).items()) or "none"),
+        ("code", lin["code"][:16]),
+    ]
+    console.print(table(f"lineage of {checkpoint}", ["field", "value"], rows))
+    sites = [(s["site"], s["dataset"], (s["version"] or "")[:16], ", ".join(map(str, s["rounds"])),
+              f"{s['charged_epsilon']:g}" if s.get("charged_epsilon") else "") for s in lin["sites"]]
+    console.print(table("sites", ["site", "dataset", "version", "rounds", "epsilon charged"], sites))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,34 +1,47 @@
-"""Secure aggregation by pairwise masking: the aggregator learns the sum of the clients' vectors and nothing else.
+"""Secure aggregation (Bonawitz et al., CCS 2017): the aggregator learns the sum of the clients' vectors and nothing
+else, and the sum survives clients dropping out after they masked.
 
-Each client of a round makes an X25519 key pair and publishes the public half. Every pair of clients (i, j)
-derives the same 256-bit seed from their Diffie-Hellman secret (HKDF-SHA256, bound to the round) and expands it
-with AES-256-CTR into a mask vector; the lower-named client adds the mask, the other subtracts it. Inputs are
-encoded as fixed-point integers modulo 2**64, so the masks cancel *exactly* in the sum and the sum of masked
-vectors is the sum of the encoded inputs, bit for bit.
+A round, for the clients U1 that advertised keys and a threshold t (more than half of U1):
 
-Dropout: when a client that published its key sends no masked vector, every survivor reveals the seeds it shares
-with the dropped clients (only those), the aggregator removes those masks from the survivors' vectors, and the
-sum of the survivors comes out. Revealing a seed of a dropped client exposes nothing of a survivor (its other
-masks stay in place). This is the simple recovery of the SecAgg family without self-masks: it assumes the
-aggregator follows the protocol (does not claim a client dropped after receiving its vector); see
-docs/privacy.md for the threat model.
+1. **keys**: each client makes two X25519 key pairs, *c* (to encrypt shares to a peer) and *s* (to agree pairwise
+   masks), draws a 32-byte self-mask seed *b*, and publishes both public keys and SHA-256(b).
+2. **shares**: each client t-of-|U1| Shamir-shares its *s* private key and *b* (:mod:`granary.secure.shamir`; holder
+   i is the i-th name of U1 in sorted order) and sends each peer its two shares AES-GCM-encrypted under a key agreed
+   with *c*, through the aggregator, which cannot read them. U2: the clients whose shares arrived.
+3. **masked input**: y_u = x_u + PRG(b_u) + sum over v in U2, v != u of +-PRG(s_uv) modulo 2**64 (inputs in
+   fixed point; + when u < v). U3: the clients whose y arrived.
+4. **unmasking**: each survivor answers with its share of b_u for every u in U3 and of s_u for every u in
+   U2 \\ U3, and never both kinds for one client (it refuses). From t answers the aggregator recovers each b_u of
+   U3 (checked against its hash) and removes PRG(b_u), recovers each dropped client's *s* key (checked against its
+   public key) and removes that client's pairwise masks with U3. Masks between survivors cancel in the sum.
+   Fewer than t answers, or fewer than t in U3: the round fails with that reason.
+
+One survivor's y_u stays hidden: its self-mask is removed only inside the sum, and its pairwise masks need a
+survivor's *s* key, whose shares honest clients never reveal. Threat model (honest-but-curious aggregator, fewer
+than t colluding clients): docs/privacy.md.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from granary.secure import shamir
 from granary.secure.errors import SecAggError
 
 FRAC_BITS = 24  # fixed-point resolution 2**-24 (about 6e-8)
-_INFO = b"granary-secagg-v1"
+KEYS_BYTES = 96  # what a client advertises: c public key, s public key, SHA-256 of its self-mask seed
+MASK_INFO = b"granary-secagg-v2-mask"
+_SHARE_INFO = b"granary-secagg-v2-share"
 
 
 def max_abs(num_clients: int, frac_bits: int = FRAC_BITS) -> float:
@@ -57,120 +70,148 @@ def decode(total: np.ndarray, *, frac_bits: int = FRAC_BITS) -> np.ndarray:
 def expand(seed: bytes, length: int) -> np.ndarray:
     """``length`` pseudo-random uint64 words from a 32-byte seed (AES-256-CTR keystream)."""
     if len(seed) != 32:
-        raise SecAggError(f"a pairwise seed is 32 bytes, got {len(seed)}")
+        raise SecAggError(f"a mask seed is 32 bytes, got {len(seed)}")
     enc = Cipher(algorithms.AES(seed), modes.CTR(b"\0" * 16)).encryptor()
     return np.frombuffer(enc.update(bytes(8 * length)) + enc.finalize(), dtype=np.uint64).copy()
 
 
-def _pair_seed(private: X25519PrivateKey, peer_public: bytes, round_id: str, a: str, b: str) -> bytes:
+def default_threshold(num_clients: int) -> int:
+    """More than half of the round's clients (at least 2)."""
+    return max(2, num_clients // 2 + 1)
+
+
+def check_threshold(threshold: int, num_clients: int) -> None:
+    """A threshold must exceed half the clients (so two disjoint groups cannot both unmask) and not exceed them."""
+    if not (num_clients // 2 < threshold <= num_clients and threshold >= 2):
+        raise SecAggError(f"threshold {threshold} does not fit {num_clients} clients: it must be more than half "
+                          f"of them, at least 2 and at most {num_clients}")
+
+
+def holders(names: Iterable[str]) -> dict[str, int]:
+    """Each client's Shamir holder index (1-based, sorted names)."""
+    return {n: i + 1 for i, n in enumerate(sorted(set(names)))}
+
+
+def agree(private: X25519PrivateKey, peer_public: bytes, *, info: bytes, round_id: str, a: str, b: str) -> bytes:
+    """The 32-byte key the pair (a, b) agrees on for ``info`` in this round (X25519, then HKDF-SHA256)."""
     try:
         shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as exc:
-        raise SecAggError(f"public key of {b if a < b else a} is malformed: {exc}") from None
+        raise SecAggError(f"a public key of the pair ({a}, {b}) is malformed: {exc}") from None
     lo, hi = sorted((a, b))
     salt = hashlib.sha256(f"{round_id}\0{lo}\0{hi}".encode()).digest()
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_INFO).derive(shared)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(shared)
 
 
-def _sign(me: str, peer: str) -> int:
-    return 1 if me < peer else -1
+def check_keys(keys: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The advertised keys, each checked to be :data:`KEYS_BYTES` long."""
+    bad = sorted(n for n, k in keys.items() if not isinstance(k, bytes) or len(k) != KEYS_BYTES)
+    if bad:
+        raise SecAggError(f"advertised keys of {bad} are not {KEYS_BYTES} bytes")
+    return dict(keys)
 
 
-class MaskingClient:
-    """One client's side of a masked round.
+def pair_mask(seed: bytes, me: str, peer: str, length: int) -> np.ndarray:
+    """The mask ``me`` adds for the pair (me, peer): +PRG(seed) when me < peer, else -PRG(seed)."""
+    m = expand(seed, length)
+    return m if me < peer else (np.uint64(0) - m)
+
+
+class SecAggClient:
+    """One client's side of a round (steps 1-4 of the module docstring).
 
     Args:
         name: this client's unique name in the round.
-        round_id: binds the pairwise seeds to this round (a seed is never reused across rounds).
+        round_id: binds keys, seeds and share ciphertexts to this round.
+        randbytes: the randomness source (tests pass a seeded one; the default is ``os.urandom``).
     """
 
-    def __init__(self, name: str, round_id: str) -> None:
+    def __init__(self, name: str, round_id: str, *, randbytes: Callable[[int], bytes] = os.urandom) -> None:
         self.name = name
         self.round_id = round_id
-        self._private = X25519PrivateKey.generate()
-        self._seeds: dict[str, bytes] = {}
+        self._c = X25519PrivateKey.from_private_bytes(randbytes(32))
+        self._s = X25519PrivateKey.from_private_bytes(randbytes(32))
+        self._b = randbytes(32)
+        self._nonce = randbytes
+        self._keys: dict[str, bytes] = {}
+        self._threshold = 0
+        self._held: dict[str, tuple[bytes, bytes]] = {}  # client -> (share of its s key, share of its b)
+        self._u2: list[str] | None = None
+        self._revealed: dict[str, str] = {}  # client -> "b" or "s": the kind of share already given out
 
-    def public_key(self) -> bytes:
-        """The 32-byte public key to publish through the aggregator."""
-        return self._private.public_key().public_bytes_raw()
+    def public_keys(self) -> bytes:
+        """The 96 bytes to advertise: c public key, s public key, SHA-256 of the self-mask seed."""
+        return (self._c.public_key().public_bytes_raw() + self._s.public_key().public_bytes_raw()
+                + hashlib.sha256(self._b).digest())
 
-    def mask(self, values: np.ndarray, peers: Mapping[str, bytes], *, frac_bits: int = FRAC_BITS) -> np.ndarray:
-        """The masked, encoded vector to send (``peers``: every participant's public key, this one included)."""
+    def share_keys(self, peers: Mapping[str, bytes], *, threshold: int) -> dict[str, bytes]:
+        """Encrypted shares for every other client of ``peers`` (U1: name -> advertised keys, this one included)."""
         if self.name not in peers:
             raise SecAggError(f"{self.name} is not among the round's participants {sorted(peers)}")
-        out = encode(values, num_clients=len(peers), frac_bits=frac_bits)
-        self._seeds = {p: _pair_seed(self._private, key, self.round_id, self.name, p)
-                       for p, key in peers.items() if p != self.name}
+        check_threshold(threshold, len(peers))
+        self._keys, self._threshold = check_keys(peers), threshold
+        index = holders(peers)
+        s_shares = shamir.split(self._s.private_bytes_raw(), threshold=threshold, holders=len(index))
+        b_shares = shamir.split(self._b, threshold=threshold, holders=len(index))
+        self._held = {self.name: (s_shares[index[self.name]], b_shares[index[self.name]])}
+        return {peer: self._seal(peer, s_shares[i] + b_shares[i]) for peer, i in index.items() if peer != self.name}
+
+    def _share_key(self, peer: str) -> bytes:
+        return agree(self._c, self._keys[peer][:32], info=_SHARE_INFO, round_id=self.round_id, a=self.name, b=peer)
+
+    def _seal(self, peer: str, plaintext: bytes) -> bytes:
+        nonce = self._nonce(12)
+        aad = f"{self.round_id}\0{self.name}\0{peer}".encode()
+        return nonce + AESGCM(self._share_key(peer)).encrypt(nonce, plaintext, aad)
+
+    def _open(self, sender: str, blob: bytes) -> tuple[bytes, bytes]:
+        aad = f"{self.round_id}\0{sender}\0{self.name}".encode()
+        try:
+            plain = AESGCM(self._share_key(sender)).decrypt(blob[:12], blob[12:], aad)
+        except (InvalidTag, ValueError):
+            raise SecAggError(f"the shares {sender} sent to {self.name} fail authentication (altered, or meant "
+                              "for another client or round)") from None
+        half = len(plain) // 2
+        return plain[:half], plain[half:]
+
+    def mask(self, values: np.ndarray, shares: Mapping[str, bytes], *, frac_bits: int = FRAC_BITS) -> np.ndarray:
+        """The masked, encoded vector to send; ``shares``: sender -> ciphertext for this client, from U2."""
+        if not self._keys:
+            raise SecAggError(f"{self.name} masks before sharing its keys")
+        unknown = sorted(set(shares) - set(self._keys) | ({self.name} & set(shares)))
+        if unknown:
+            raise SecAggError(f"shares from {unknown}, which are not other participants of this round")
+        for sender, blob in shares.items():
+            self._held[sender] = self._open(sender, bytes(blob))
+        u2 = sorted(set(shares) | {self.name})
+        if len(u2) < self._threshold:
+            raise SecAggError(f"only {len(u2)} clients shared their keys; the threshold is {self._threshold}")
+        self._u2 = u2
+        out = encode(values, num_clients=len(u2), frac_bits=frac_bits)
         with np.errstate(over="ignore"):
-            for peer, seed in self._seeds.items():
-                m = expand(seed, out.size)
-                out = out + m if _sign(self.name, peer) > 0 else out - m
+            out = out + expand(self._b, out.size)
+            for peer in u2:
+                if peer != self.name:
+                    seed = agree(self._s, self._keys[peer][32:64], info=MASK_INFO, round_id=self.round_id,
+                                  a=self.name, b=peer)
+                    out = out + pair_mask(seed, self.name, peer, out.size)
         return out
 
-    def reveal(self, dropped: Iterable[str]) -> dict[str, bytes]:
-        """The seeds shared with ``dropped`` participants (never this client's own, never a live peer's)."""
-        dropped = set(dropped)
-        if self.name in dropped:
+    def unmask(self, survivors: Iterable[str], dropped: Iterable[str]) -> dict[str, tuple[str, bytes]]:
+        """Shares for the aggregator: of b for each survivor, of the s key for each dropped client (never both)."""
+        alive, gone = set(survivors), set(dropped)
+        if self._u2 is None:
+            raise SecAggError(f"{self.name} sent no masked input this round; nothing to unmask")
+        if self.name not in alive:
             raise SecAggError(f"{self.name} was declared dropped but is answering; refusing to reveal")
-        unknown = dropped - set(self._seeds)
-        if unknown:
-            raise SecAggError(f"cannot reveal seeds for {sorted(unknown)}: not participants of this round")
-        return {p: self._seeds[p] for p in sorted(dropped)}
-
-
-class MaskedSum:
-    """The aggregator's side: collects masked vectors, removes the masks of dropped clients, returns the sum.
-
-    Args:
-        participants: the names whose public keys were published for the round.
-        length: the vector length.
-        min_survivors: fewer masked vectors than this and the round fails (a sum of one is that client's input).
-    """
-
-    def __init__(self, participants: Iterable[str], length: int, *, min_survivors: int = 2) -> None:
-        self.participants = sorted(set(participants))
-        self.length = length
-        self.min_survivors = max(2, min_survivors)
-        self._total = np.zeros(length, dtype=np.uint64)
-        self._received: set[str] = set()
-
-    def add(self, name: str, masked: np.ndarray) -> None:
-        """Add one client's masked vector (checked for sender, shape and dtype)."""
-        if name not in self.participants:
-            raise SecAggError(f"{name} sent a masked vector but is not a participant of this round")
-        if name in self._received:
-            raise SecAggError(f"{name} sent two masked vectors in one round")
-        arr = np.asarray(masked)
-        if arr.dtype != np.uint64 or arr.shape != (self.length,):
-            raise SecAggError(f"masked vector of {name} is {arr.dtype}{list(arr.shape)}; expected "
-                              f"uint64[{self.length}]")
-        with np.errstate(over="ignore"):
-            self._total = self._total + arr
-        self._received.add(name)
-
-    @property
-    def survivors(self) -> list[str]:
-        return sorted(self._received)
-
-    @property
-    def dropped(self) -> list[str]:
-        return [p for p in self.participants if p not in self._received]
-
-    def unmask(self, reveals: Mapping[str, Mapping[str, bytes]], *, frac_bits: int = FRAC_BITS) -> np.ndarray:
-        """The decoded sum of the survivors' inputs; ``reveals``: survivor -> {dropped peer: seed}."""
-        if len(self._received) < self.min_survivors:
-            raise SecAggError(f"only {len(self._received)} of {len(self.participants)} clients sent masked "
-                              f"vectors; at least {self.min_survivors} are needed to hide each one")
-        total = self._total.copy()
-        dropped = self.dropped
-        with np.errstate(over="ignore"):
-            for survivor in self.survivors if dropped else ():
-                seeds = reveals.get(survivor, {})
-                missing = [d for d in dropped if d not in seeds]
-                if missing:
-                    raise SecAggError(f"{survivor} did not reveal its seeds with dropped {missing}; the sum "
-                                      "cannot be unmasked", hint="the round fails; run it again")
-                for peer in dropped:
-                    m = expand(seeds[peer], self.length)
-                    total = total - m if _sign(survivor, peer) > 0 else total + m
-        return decode(total, frac_bits=frac_bits)
+        if alive & gone or (alive | gone) - set(self._u2):
+            raise SecAggError(f"survivors {sorted(alive)} and dropped {sorted(gone)} must split the clients that "
+                              f"shared keys {self._u2}; refusing to reveal")
+        if len(alive) < self._threshold:
+            raise SecAggError(f"{len(alive)} survivors are fewer than the threshold {self._threshold}; refusing")
+        twice = sorted(u for u in alive if self._revealed.get(u) == "s") + \
+            sorted(u for u in gone if self._revealed.get(u) == "b")
+        if twice:
+            raise SecAggError(f"both kinds of shares of {twice} were asked for; that would unmask their input alone")
+        self._revealed.update({u: "b" for u in alive} | {u: "s" for u in gone})
+        return {u: ("b", self._held[u][1]) for u in sorted(alive)} | {u: ("s", self._held[u][0]) for u in sorted(gone)}

@@ -70,6 +70,8 @@ def test_masked_rounds_survive_a_site_dying_mid_round(tmp_path: Path) -> None:
     assert (r1["status"], r1["accepted"], r1["dropped"]) == ("ok", 3, [])
     assert (r2["status"], r2["accepted"], r2["dropped"], r2["failures"]) == ("ok", 2, ["c"], 1)
     assert r1["bytes_received"] == 3 * 8 * _params()  # one uint64 word per parameter and site
+    # c shared its Shamir shares in round 2, then died: the survivors' shares of its mask key removed its masks
+    assert r1["secagg_bytes"] > 0 and r2["secagg_bytes"] > 0
     assert run.result["ok"] and (tmp_path / "out" / "model.pt").exists()
     for site in sites:  # every round is audited where the data lives: version, purpose, what left
         guard = _guard(site.home)
@@ -123,8 +125,8 @@ def test_sites_refuse_a_run_their_purpose_or_budget_does_not_allow(tmp_path: Pat
         stats.set_budget("tok", epsilon=1.0 if site.name == "c" else 10.0, delta=1e-4)
     _guard(sites[3].home).set_policy("tok", Policy(purposes=frozenset({"evaluation"})))
     cfg = _cfg(rounds=1, dp_epsilon=4.0, norm_bound=1.0, expected_clients=4,
-               strategy="fedprox", proximal_mu=0.01)
-    run = _run(cfg, sites, tmp_path / "out")
+               strategy="fedprox", proximal_mu=0.01, publish="fed-model")
+    run = _run(cfg, sites, tmp_path / "out")  # the coordinator's store: this test's GRANARY_HOME
     assert run.server_code == 0 and run.site_codes == {"a": 0, "b": 0, "c": 3, "d": 3}
     assert "budget of tok exhausted" in run.result["refused"]["c"]
     assert "may not be read for 'training'" in run.result["refused"]["d"]
@@ -141,6 +143,37 @@ def test_sites_refuse_a_run_their_purpose_or_budget_does_not_allow(tmp_path: Pat
         else:
             assert ledger == [] and [j.outcome for j in joined] == ["denied"]
             assert guard.audit.query(action="fed.round") == []  # nothing left the site
+    _check_published_lineage(run.result, sites)
+
+
+def _check_published_lineage(result: dict[str, Any], sites: list[Any]) -> None:
+    """The model is a checkpoint version whose lineage names the sites, their versions and the budget spent."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from granary.cli.main import app
+
+    assert result["published"]["dataset"] == "fed-model"
+    out = CliRunner().invoke(app, ["lineage", "fed-model", "--json"])
+    assert out.exit_code == 0, out.output
+    lin = json.loads(out.output)
+    assert lin == result["lineage"] and lin["kind"] == "federated" and lin["step"] == 1
+    assert [(s["site"], s["version"], s["rounds"], s["charged_epsilon"]) for s in lin["sites"]] == \
+        [(s.name, _version(s.home), [1], 4.0) for s in sites[:2]]
+    assert lin["data"]["purpose"] == "training" and set(lin["refused"]) == {"c", "d"}
+    dp = lin["privacy"]
+    assert dp["mechanism"] == "fed-client-dp" and 3.9 <= dp["epsilon"] <= 4.0 and dp["delta"] == 1e-5
+    assert dp["charged"] == {"a": {"dataset": "tok", "epsilon": 4.0, "delta": 1e-5},
+                             "b": {"dataset": "tok", "epsilon": 4.0, "delta": 1e-5}}
+    shown = CliRunner().invoke(app, ["lineage", "fed-model"])
+    assert shown.exit_code == 0 and "epsilon charged" in shown.output and "fed-client-dp" not in shown.output
+    assert "epsilon 3.9" in shown.output or "epsilon 4.000" in shown.output
+    refused = CliRunner().invoke(app, ["lineage", "fed-model", "--samples"])
+    assert refused.exit_code != 0 and "never left" in refused.output
+    show = CliRunner().invoke(app, ["show", "fed-model", "--json"])
+    assert show.exit_code == 0, show.output
+    assert json.loads(show.output)["metadata"]["privacy"] == dp
 
 
 def test_ckks_rounds_equal_plain_rounds(tmp_path: Path) -> None:
@@ -161,6 +194,16 @@ def test_ckks_rounds_equal_plain_rounds(tmp_path: Path) -> None:
     stats = enc.result["site_stats"]  # summed under CKKS; each site audited what it sent
     assert stats["documents"] == sum(m.num_rows for m in manifests) == 180
     assert stats["tokens"] == sum(m.num_tokens for m in manifests) and stats["samples"] > 0
+    from granary.store.formats.tokens import TokenShardReader
+    from granary.train.federated import wire
+
+    lengths = []  # the documents-by-length histogram, summed under CKKS, against the sites' own shards
+    for s in sites:
+        store = open_store(Settings.from_env(home=Path(s.home)))
+        for e in store.open_version("tok", purpose="training").shards:
+            lengths += np.diff(TokenShardReader(store.object_bytes(e)).doc_offsets.astype(np.int64)).tolist()
+    hist = {k: stats[k] for k in wire.HIST_KEYS}
+    assert hist == wire.length_histogram(lengths) and sum(hist.values()) == 180 and len(set(hist.values())) > 1
     assert all(len(_guard(s.home).audit.query(action="fed.stats")) == 1 for s in sites)
     assert enc.result["rounds"][0]["bytes_received"] > 10 * plain.result["rounds"][0]["bytes_received"]
     import torch

@@ -39,7 +39,7 @@ def test_server_submits_a_scheduler_job(tmp_path: Path, monkeypatch: pytest.Monk
     cfg = tmp_path / "fed.yaml"
     cfg.write_text("name: study\nrounds: 2\n")
     result = CliRunner().invoke(app, ["fed", "server", str(cfg), "--out", str(tmp_path / "out"), "--submit",
-                                      "--json"])
+                                      "--publish", "study-model", "--json"])
     assert result.exit_code == 0, result.output
     job_id = json.loads(result.output)["job"]
     shown = CliRunner().invoke(app, ["job", job_id, "--json"])
@@ -47,3 +47,4 @@ def test_server_submits_a_scheduler_job(tmp_path: Path, monkeypatch: pytest.Monk
     job = json.loads(shown.output)
     text = json.dumps(job)
     assert "fed-study" in text and "granary.cli.main" in text and str(cfg.resolve()) in text
+    assert '"--publish", "study-model"' in text  # the job commits the model with its lineage

@@ -226,7 +226,11 @@ CLI_WRITES = {"init", "ingest", "delete", "branch", "tag", "rollback", "gc", "fo
               "role grant", "role revoke", "role rule", "key rotate", "key shred", "policy set", "policy derive",
               "policy budget", "pull", "remote add", "remote remove", "ingest-stream", "ingest-table", "train",
               # new model versions and alias moves; the model files and data they read pass the gate
-              "model alias", "model compress", "model distill", "tune"}
+              "model alias", "model compress", "model distill", "tune",
+              # the coordinator holds no data (it receives model updates); with --publish it commits the global
+              # model to its own store through the store's commit; `fed run` also starts `fed client` processes,
+              # whose reads pass the gate
+              "fed server", "fed run"}
 # Commands that read no dataset rows (governance listings are admin-only or the caller's own; schedulers and
 # gateways handle jobs and endpoints, whose data reads go through the loader and so through the gate).
 CLI_NO_DATA = {"audit public-key", "principal list", "token list", "role list", "submit", "jobs", "job", "cancel",
@@ -250,9 +254,8 @@ CLI_NO_DATA = {"audit public-key", "principal list", "token list", "role list", 
                "backup schedule",
                # the registry's own rows and manifests (metadata); model servers are jobs whose reads pass the gate
                "model list", "model show", "model card", "model compare", "deploy", "undeploy",
-               # the coordinator holds no data (it receives model updates); `fed run` starts `fed client` processes,
-               # whose reads pass the gate; keys makes a CKKS context
-               "fed server", "fed run", "fed keys"}
+               # keys makes a CKKS context
+               "fed keys"}
 
 
 def _commands() -> set[str]:

@@ -56,6 +56,8 @@ class Site:
         self.guard = Guard(self.store.catalog, SecureSettings.from_env(self.store.settings.home))
         self.version = self.store.resolve(config.dataset)
         self._runs: dict[str, str | None] = {}  # run -> refusal reason (None: joined)
+        self._purposes: dict[str, str] = {}  # run -> its declared purpose
+        self._charged: dict[str, tuple[float, float]] = {}  # run -> (epsilon, delta) charged to the budget ledger
         self._masker: Any = None
         self._loader: Any = None
         self._batches: Any = None
@@ -68,16 +70,19 @@ class Site:
         run, purpose = str(config.get("run", "")), str(config.get("purpose", ""))
         if run not in self._runs:
             self._runs[run] = self._admit(run, purpose, config)
+            self._purposes[run] = purpose
         reason = self._runs[run]
         if reason is not None:
             self.refused = reason
             return {"site": self.config.name, "refused": reason}
-        out: dict[str, Any] = {"site": self.config.name}
+        out: dict[str, Any] = {"site": self.config.name, "dataset": self.version.dataset, "version": self.version.id}
+        if run in self._charged:
+            out["charged_epsilon"], out["charged_delta"] = self._charged[run]
         if config.get("secure") == "mask":
-            from granary.secure.secagg import MaskingClient
+            from granary.secure.secagg import SecAggClient
 
-            self._masker = MaskingClient(self.config.name, f"{run}/{config.get('round')}")
-            out["public_key"] = self._masker.public_key()
+            self._masker = SecAggClient(self.config.name, f"{run}/{config.get('round')}")
+            out["public_key"] = self._masker.public_keys()
         return out
 
     def _admit(self, run: str, purpose: str, config: dict[str, Any]) -> str | None:
@@ -91,8 +96,10 @@ class Site:
             if isinstance(eps, float) and eps > 0:
                 from granary.secure.dp import PrivateStats
 
+                delta = float(config.get("dp_delta", 1e-5))
                 PrivateStats(self.guard).charge(dataset, query=f"fed:{run}", mechanism="fed-dp", epsilon=eps,
-                                                delta=float(config.get("dp_delta", 1e-5)))
+                                                delta=delta)
+                self._charged[run] = (eps, delta)
         except (AuthorizationError, GranaryError) as exc:
             self.guard.record("fed.join", dataset, obj=f"fed:{run}", outcome="denied",
                               details={"run": run, "purpose": purpose, "reason": str(exc)})
@@ -178,8 +185,8 @@ class Site:
         if secure == "mask":
             if self._masker is None:
                 raise FederatedError("a masked round started without the key exchange")
-            peers = {k: bytes.fromhex(v) for k, v in wire.loads(config, "peers").items()}
-            return np.asarray(self._masker.mask(vec, peers))
+            shares = {k: bytes.fromhex(v) for k, v in wire.loads(config, "shares").items()}
+            return np.asarray(self._masker.mask(vec, shares))
         if secure == "ckks":
             from granary.secure import he
 
@@ -198,15 +205,24 @@ class Site:
         return self._he
 
     # -- after the round --------------------------------------------------------------------------
-    def reveal(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Seeds shared with the dropped peers of the current masked round."""
+    def share(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Shamir shares of this round's mask key and self-mask seed, each encrypted to the peer that holds it."""
         if self._masker is None:
-            raise FederatedError("no masked round to reveal seeds for")
-        seeds = self._masker.reveal(wire.loads(config, "dropped"))
-        return {"seeds": wire.dumps({k: v.hex() for k, v in seeds.items()})}
+            raise FederatedError("no masked round to share keys for")
+        peers = {k: bytes.fromhex(v) for k, v in wire.loads(config, "peers").items()}
+        shares = self._masker.share_keys(peers, threshold=int(config.get("threshold", 0)))
+        return {"shares": wire.dumps({k: v.hex() for k, v in shares.items()})}
+
+    def reveal(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The unmasking shares: self-mask seeds of the survivors, mask keys of the dropped (never both for one)."""
+        if self._masker is None:
+            raise FederatedError("no masked round to unmask")
+        shares = self._masker.unmask(wire.loads(config, "survivors"), wire.loads(config, "dropped"))
+        return {"shares": wire.dumps({u: [kind, s.hex()] for u, (kind, s) in shares.items()})}
 
     def stats(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Statistics of the site's version (documents, tokens, samples), encrypted for a homomorphic sum."""
+        """Statistics of the site's version (documents, tokens, samples, documents by token length), encrypted for a
+        homomorphic sum."""
         from granary.secure import he
 
         run = str(config.get("run", ""))
@@ -217,11 +233,22 @@ class Site:
         samples = self._loader.num_samples if self._loader is not None else 0
         values = {"documents": float(manifest.num_rows), "tokens": float(manifest.num_tokens or 0),
                   "samples": float(samples)}
+        if any(k in keys for k in wire.HIST_KEYS):
+            values |= wire.length_histogram(self._doc_lengths(self._purposes.get(run)))
         blob = he.encrypt_stats(self._context(), {k: v for k, v in values.items() if k in keys}, keys)
         self.guard.record("fed.stats", self.version.dataset, obj=f"fed:{run}",
                           details={"run": run, "version": self.version.id, "sent": "encrypted statistics",
                                    "keys": keys, "bytes": len(blob)})
         return {"stats": blob}
+
+    def _doc_lengths(self, purpose: str | None) -> np.ndarray:
+        """Token count of every document of the version (from the shards' footers), read through the gate."""
+        from granary.store.formats.tokens import TokenShardReader
+
+        manifest = self.store.open_version(self.version, purpose=purpose)  # authorised for the run's purpose, audited
+        parts = [np.diff(np.asarray(TokenShardReader(self.store.object_bytes(e), name=e.key).doc_offsets,
+                                    dtype=np.int64)) for e in manifest.shards]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def decrypt(self, config: dict[str, Any]) -> dict[str, Any]:
         """Decrypt a homomorphic *sum* (the coordinator sends nothing else) into float64 bytes."""
@@ -245,6 +272,8 @@ def flower_client(site: Site) -> Any:
             step = config.get("granary")
             if step == wire.HELLO:
                 return site.hello(config)
+            if step == wire.SHARE:
+                return site.share(config)
             if step == wire.REVEAL:
                 return site.reveal(config)
             if step == wire.DECRYPT:

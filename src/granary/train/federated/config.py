@@ -29,12 +29,17 @@ class FedConfig:
             ``fedadam`` (Adam on the averaged update, Reddi et al. 2021).
         aggregation: ``mean`` (weighted by samples), or the robust ``trimmed-mean`` / ``median`` (coordinate-wise).
         trim_fraction: fraction of updates dropped at each end per coordinate by ``trimmed-mean``.
-        secure: ``none``; ``mask`` (pairwise-masking secure aggregation: the server sees only the sum); ``ckks``
-            (updates encrypted with CKKS; the server adds ciphertexts, one site decrypts only the sum).
+        secure: ``none``; ``mask`` (secure aggregation with Shamir-shared masks, Bonawitz et al.: the server sees
+            only the sum, also when sites drop after masking); ``ckks`` (updates encrypted with CKKS; the server adds
+            ciphertexts, one site decrypts only the sum).
+        secagg_threshold: ``mask`` runs: Shamir shares needed to unmask (default: more than half of the round's
+            sites); a round fails when fewer sites than this survive to the unmasking step.
         norm_bound: sites clip their update to this L2 norm and the server rejects larger ones (0: off).
         dp_epsilon: client-level differential privacy: Gaussian noise on the aggregate calibrated so the run is
             (dp_epsilon, dp_delta)-DP for one site's participation (needs norm_bound); None: off.
         purpose: the purpose the run declares; a site whose data does not allow it refuses to join.
+        publish: a checkpoint dataset of the coordinator's store (its GRANARY_HOME) to commit the final model to,
+            with the run's lineage (sites, their versions, rounds, privacy budget); None: only ``model.pt``.
     """
 
     name: str = "fed"
@@ -45,10 +50,12 @@ class FedConfig:
     aggregation: AggregationRule = "mean"
     trim_fraction: float = 0.25
     secure: SecureMode = "none"
+    secagg_threshold: int | None = None
     norm_bound: float = 0.0
     dp_epsilon: float | None = None
     dp_delta: float = 1e-5
     purpose: str = "training"
+    publish: str | None = None
     local_steps: int = 10
     batch_size: int = 8
     lr: float = 3e-3
@@ -77,6 +84,8 @@ class FedConfig:
                                  hint="use aggregation: mean with secure aggregation (and norm_bound at the sites)")
         if self.secure != "none" and self.min_clients < 2:
             raise FederatedError(f"secure: {self.secure} needs min_clients >= 2: a sum of one update is that update")
+        if self.secagg_threshold is not None and (self.secure != "mask" or self.secagg_threshold < 2):
+            raise FederatedError(f"secagg_threshold {self.secagg_threshold} needs secure: mask and a value >= 2")
         if self.dp_epsilon is not None and (self.dp_epsilon <= 0 or self.norm_bound <= 0):
             raise FederatedError("client-level DP needs dp_epsilon > 0 and a norm_bound > 0 (the sensitivity)")
         if self.strategy != "fedprox" and self.proximal_mu:

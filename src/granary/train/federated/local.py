@@ -58,8 +58,12 @@ def _wait(procs: Mapping[str, subprocess.Popen[bytes]], deadline: float) -> dict
 
 
 def run_local(cfg: FedConfig, sites: Sequence[SiteConfig], out_dir: str | Path, *, he_public: str | None = None,
-              site_env: Mapping[str, Mapping[str, str]] | None = None, timeout_s: float = 600.0) -> LocalRun:
-    """Run ``cfg`` with ``sites``; every process is killed (whole process group) at ``timeout_s``."""
+              site_env: Mapping[str, Mapping[str, str]] | None = None, server_env: Mapping[str, str] | None = None,
+              timeout_s: float = 600.0) -> LocalRun:
+    """Run ``cfg`` with ``sites``; every process is killed (whole process group) at ``timeout_s``.
+
+    ``server_env`` adds to the coordinator's environment (e.g. ``GRANARY_HOME``: the store ``cfg.publish`` goes to).
+    """
     if len({s.name for s in sites}) != len(sites):
         raise FederatedError(f"site names must be unique, got {[s.name for s in sites]}")
     out = Path(out_dir)
@@ -71,7 +75,7 @@ def run_local(cfg: FedConfig, sites: Sequence[SiteConfig], out_dir: str | Path, 
     server_args = ["server", str(out / "fed.json"), "--out", str(out)]
     if he_public:
         server_args += ["--he-context", he_public]
-    procs = {"server": _spawn(server_args, env, out / "server.log")}
+    procs = {"server": _spawn(server_args, {**env, **dict(server_env or {})}, out / "server.log")}
     for s in sites:
         args = ["client", s.dataset, "--site", s.name, "--server", cfg.address, "--seed", str(s.seed)]
         args += ["--home", s.home] if s.home else []

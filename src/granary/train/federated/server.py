@@ -1,8 +1,10 @@
 """The coordinator: runs the Flower server with the Granary strategy and writes the run's result and model.
 
 The coordinator holds no data. It writes ``result.json`` (per-round status, accepted/rejected/dropped sites,
-bytes received, train loss, seconds; the refusals and the DP epsilon) and ``model.pt`` (the final global
-weights as a state dict) into ``out_dir``. :func:`server_job` makes the scheduler job that runs it.
+bytes received, train loss, seconds; the refusals, the DP epsilon and the run's lineage) and ``model.pt`` (the
+final global weights as a state dict) into ``out_dir``; with ``publish`` set it also commits the model, with its
+lineage, as a checkpoint version of its own store (:mod:`granary.train.federated.lineage`). :func:`server_job`
+makes the scheduler job that runs it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def run_server(cfg: FedConfig, out_dir: str | Path, *, he_public: bytes | None =
         raise MissingDependencyError("flwr", "privacy") from None
     import torch
 
+    from granary.train.federated.lineage import federated_lineage, publish
     from granary.train.federated.strategy import build_strategy
 
     out = Path(out_dir)
@@ -59,12 +62,17 @@ def run_server(cfg: FedConfig, out_dir: str | Path, *, he_public: bytes | None =
         result["dp"] = {"noise_multiplier": strategy.noise, "delta": cfg.dp_delta, "rounds": done,
                         "epsilon": dp_spent(strategy.noise, cfg.dp_delta, done) if done else 0.0,
                         "target_epsilon": cfg.dp_epsilon}
+    result["lineage"] = federated_lineage(cfg, rounds=strategy.rounds, sites=strategy.site_info,
+                                          refused=strategy.refused, dp=result.get("dp"))
+    if cfg.publish and result["ok"]:  # a failed run's weights are not a model anyone should pick up
+        vid = publish(cfg, strategy.weights, result["lineage"], dataset=cfg.publish)
+        result["published"] = {"dataset": cfg.publish, "version": vid, "ref": f"{cfg.publish}@{vid}"}
     (out / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
     return result
 
 
 def server_job(config_path: str | Path, out_dir: str | Path, *, name: str = "fed-server",
-               he_context: str | None = None, env: dict[str, str] | None = None) -> Any:
+               he_context: str | None = None, env: dict[str, str] | None = None, publish: str | None = None) -> Any:
     """A scheduler :class:`granary.sched.model.JobSpec` running the coordinator (``granary fed server``)."""
     from granary.sched.model import JobSpec
 
@@ -72,5 +80,7 @@ def server_job(config_path: str | Path, out_dir: str | Path, *, name: str = "fed
            "--out", str(Path(out_dir).resolve())]
     if he_context:
         cmd += ["--he-context", str(Path(he_context).resolve())]
+    if publish:
+        cmd += ["--publish", publish]
     job_env = {k: v for k, v in os.environ.items() if k == "GRANARY_HOME"}
     return JobSpec(name=name, command=tuple(cmd), cpus_per_replica=1.0, env={**job_env, **(env or {})})

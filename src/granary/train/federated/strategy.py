@@ -2,9 +2,12 @@
 
 Every round: each connected site is asked to join (``hello``: it checks the run's purpose and budget), the
 joined sites train (``fit``) and send updates. Plain updates are checked (shape, dtype, finite, norm bound) and
-combined by the configured rule; masked updates are summed and unmasked (survivors reveal their seeds with
-dropped sites); CKKS updates are added as ciphertexts and one site decrypts only the sum. Client-level DP adds
-Gaussian noise to the aggregate. The server optimiser (FedAvg/FedProx/FedAdam) then moves the global weights.
+combined by the configured rule. Masked rounds (:mod:`granary.secure.secagg`) add a step before ``fit``: each site
+Shamir-shares its mask key and self-mask seed, encrypted to each peer, and the coordinator routes the shares; after
+``fit`` the survivors send the shares that remove the self-masks of the survivors and the pairwise masks of the
+sites that dropped, so only the sum is unmasked. CKKS updates are added as ciphertexts and one site decrypts only
+the sum. Client-level DP adds Gaussian noise to the aggregate. The server optimiser (FedAvg/FedProx/FedAdam)
+then moves the global weights.
 A round with fewer than ``min_clients`` accepted updates fails with its reason and leaves the weights as they were.
 """
 
@@ -65,7 +68,9 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
             self.rounds: list[dict[str, Any]] = []
             self.refused: dict[str, str] = {}
             self.sites: dict[str, str] = {}  # proxy cid -> site name
-            self.keys: dict[str, bytes] = {}  # site -> mask public key of the current round
+            self.site_info: dict[str, dict[str, Any]] = {}  # site -> dataset, version, budget charged (lineage)
+            self.keys: dict[str, bytes] = {}  # site -> mask public keys of the current round
+            self.secagg: Any = None  # the current masked round's SecAggServer
             self.site_stats: dict[str, float] | None = None  # summed site statistics (ckks runs)
             self._t0 = time.perf_counter()
 
@@ -83,6 +88,12 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
             proxies = list(client_manager.all().values())
             self._t0, self.keys = time.perf_counter(), {}
             joined = [p for p in proxies if self._hello(p, server_round)]
+            if cfg.secure == "mask" and len(joined) >= cfg.min_clients:
+                try:
+                    joined = self._share(server_round, joined)
+                except FederatedError as exc:
+                    self._fail(server_round, str(exc))
+                    return []
             if len(joined) < cfg.min_clients:
                 self._fail(server_round, f"only {len(joined)} sites joined (refused: {self.refused or 'none'}); "
                                          f"min_clients is {cfg.min_clients}")
@@ -90,7 +101,7 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
             conf = self._fit_config(server_round)
             from flwr.common import FitIns
 
-            return [(p, FitIns(parameters, conf)) for p in joined]
+            return [(p, FitIns(parameters, self._site_config(p, conf))) for p in joined]
 
         def aggregate_fit(self, server_round: int, results: list[Any], failures: list[Any]) -> Any:
             report: dict[str, Any] = {"round": server_round, "failures": len(failures), "rejected": {}}
@@ -149,6 +160,8 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
             if "refused" in props:
                 self.refused[site] = str(props["refused"])
                 return False
+            self.site_info[site] = {k: props[k] for k in ("dataset", "version", "charged_epsilon", "charged_delta")
+                                    if k in props}
             if cfg.secure == "mask":
                 key = props.get("public_key")
                 if not isinstance(key, bytes) or site in self.keys:
@@ -166,9 +179,42 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
             }
             if cfg.dp_epsilon is not None:
                 conf["dp_epsilon"] = float(cfg.dp_epsilon)
-            if cfg.secure == "mask":
-                conf["peers"] = wire.dumps({s: k.hex() for s, k in self.keys.items()})
             return conf
+
+        def _site_config(self, proxy: Any, conf: dict[str, Any]) -> dict[str, Any]:
+            if cfg.secure != "mask":
+                return conf
+            shares = self.secagg.shares_for(self.sites[proxy.cid])  # encrypted to that site: unreadable here
+            return {**conf, "shares": wire.dumps({s: c.hex() for s, c in shares.items()})}
+
+        def _share(self, rnd: int, joined: list[Any]) -> list[Any]:
+            """Route the sites' encrypted Shamir shares; the sites whose shares arrived may mask (U2)."""
+            from granary.secure.errors import SecAggError
+            from granary.secure.secagg_server import SecAggServer
+
+            keys = {self.sites[p.cid]: self.keys[self.sites[p.cid]] for p in joined}
+            try:
+                self.secagg = SecAggServer(keys, int(self.global_vec.size), round_id=f"{cfg.name}/{rnd}",
+                                           threshold=cfg.secagg_threshold)
+            except SecAggError as exc:
+                raise FederatedError(f"secure aggregation cannot start with {len(keys)} sites: {exc}") from None
+            peers, kept = wire.dumps({s: k.hex() for s, k in keys.items()}), []
+            for proxy in joined:
+                site = self.sites[proxy.cid]
+                props = self._ask(proxy, rnd, wire.SHARE, peers=peers, threshold=self.secagg.threshold)
+                if props is None:
+                    continue
+                try:
+                    shares = {r: bytes.fromhex(h) for r, h in wire.loads(props, "shares").items()}
+                    self.secagg.add_shares(site, shares)
+                except (SecAggError, FederatedError, ValueError, AttributeError) as exc:
+                    log.warning("round %d: shares of site %s refused: %s", rnd, site, exc)
+                    continue
+                kept.append(proxy)
+            if len(kept) < self.secagg.threshold:
+                raise FederatedError(f"only {len(kept)} of {len(keys)} sites shared their mask keys; the secure-"
+                                     f"aggregation threshold is {self.secagg.threshold}")
+            return kept
 
         def _aggregate(self, rnd: int, results: list[Any], report: dict[str, Any]) -> tuple[np.ndarray, int, int]:
             received = 0
@@ -181,7 +227,7 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
             if cfg.secure == "mask":
                 update, n = self._unmask(rnd, arrays_by_site, report)
             elif cfg.secure == "ckks":
-                update, n = self._decrypt_sum(rnd, arrays_by_site)
+                update, n = self._decrypt_sum(rnd, arrays_by_site, report)
             else:
                 update, n = self._plain(arrays_by_site, report)
             return update, n, received
@@ -189,10 +235,12 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
         def _plain(self, items: list[tuple[Any, str, list[np.ndarray], int]],
                    report: dict[str, Any]) -> tuple[np.ndarray, int]:
             updates, weights = [], []
+            report["sites"] = []
             for _, site, arrays, samples in items:
                 try:
                     updates.append(agg.check_update(site, arrays, self.shapes, norm_bound=cfg.norm_bound))
                     weights.append(1.0 if cfg.dp_epsilon is not None else float(max(samples, 1)))
+                    report["sites"].append(site)
                 except UpdateRejected as exc:
                     report["rejected"][site] = exc.reason
                     log.warning("round %d: %s", report["round"], exc)
@@ -210,10 +258,8 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
         def _unmask(self, rnd: int, items: list[tuple[Any, str, list[np.ndarray], int]],
                     report: dict[str, Any]) -> tuple[np.ndarray, int]:
             from granary.secure.errors import SecAggError
-            from granary.secure.secagg import MaskedSum
 
-            size = int(self.global_vec.size)
-            masked = MaskedSum(self.keys, size, min_survivors=max(2, cfg.min_clients))
+            masked = self.secagg
             total_samples = 0
             survivors: dict[str, Any] = {}
             for proxy, site, arrays, samples in items:
@@ -225,22 +271,31 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
                     report["rejected"][site] = str(exc)
                     continue
                 survivors[site], total_samples = proxy, total_samples + samples
-            report["dropped"] = masked.dropped
-            reveals: dict[str, dict[str, bytes]] = {}
-            if masked.dropped:
-                for site, proxy in survivors.items():
-                    props = self._ask(proxy, rnd, wire.REVEAL, dropped=wire.dumps(masked.dropped))
-                    if props is not None:
-                        reveals[site] = {k: bytes.fromhex(v) for k, v in wire.loads(props, "seeds").items()}
+            report["dropped"], report["sites"] = masked.dropped, sorted(survivors)
+            answers: dict[str, dict[str, tuple[str, bytes]]] = {}
+            alive, gone = wire.dumps(masked.survivors), wire.dumps(masked.dropped)
+            revealed = 0
+            for site, proxy in survivors.items():
+                props = self._ask(proxy, rnd, wire.REVEAL, survivors=alive, dropped=gone)
+                if props is None:
+                    continue
+                try:
+                    answers[site] = {u: (str(k), bytes.fromhex(h)) for u, (k, h) in wire.loads(props, "shares").items()}
+                except (FederatedError, ValueError, TypeError) as exc:
+                    log.warning("round %d: unmasking answer of site %s refused: %s", rnd, site, exc)
+                    continue
+                revealed += sum(len(b) for _, b in answers[site].values())
+            report["secagg_bytes"] = masked.share_bytes + revealed
             try:
-                total = masked.unmask(reveals)
+                total = masked.unmask(answers)
             except SecAggError as exc:
                 raise FederatedError(f"masked sum not recoverable: {exc}") from None
             self._enough(len(survivors), report)
             n = len(survivors)
             return total / (n if cfg.dp_epsilon is not None else max(total_samples, 1)), n
 
-        def _decrypt_sum(self, rnd: int, items: list[tuple[Any, str, list[np.ndarray], int]]) -> tuple[np.ndarray, int]:
+        def _decrypt_sum(self, rnd: int, items: list[tuple[Any, str, list[np.ndarray], int]],
+                         report: dict[str, Any]) -> tuple[np.ndarray, int]:
             from granary.secure import he
 
             self._enough(len(items), {})
@@ -249,6 +304,7 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
                 total = he.add(self.he_ctx, blobs)
             except Exception as exc:
                 raise FederatedError(f"encrypted updates cannot be added: {exc}") from None
+            report["sites"] = sorted(site for _, site, _, _ in items)
             size = int(self.global_vec.size)
             for proxy, _site, _, _ in items:  # any live site holding the key decrypts the sum
                 props = self._ask(proxy, rnd, wire.DECRYPT, blob=total, length=size, summands=len(items))
@@ -260,7 +316,8 @@ def build_strategy(cfg: FedConfig, *, he_public: bytes | None = None) -> Any:
             raise FederatedError("no site decrypted the encrypted sum")
 
         def _site_stats(self, rnd: int, proxies: list[Any]) -> dict[str, float] | None:
-            """Documents, tokens and samples summed over the sites under CKKS: no site's own figures are seen."""
+            """Documents, tokens, samples and documents per length bin, summed over the sites under CKKS: no site's
+            own figures are seen."""
             from granary.secure import he
 
             keys = list(wire.STATS_KEYS)

@@ -11,11 +11,23 @@ from typing import Any
 
 from granary.train.federated.errors import FederatedError
 
-HELLO = "hello"  # join the round: the site checks the run's purpose and budget, returns its name (and mask key)
-REVEAL = "secagg-reveal"  # survivors reveal their seeds with dropped peers
+HELLO = "hello"  # join the round: the site checks the run's purpose and budget, returns its name (and mask keys)
+SHARE = "secagg-share"  # a site Shamir-shares its mask key and self-mask seed, encrypted to each peer
+REVEAL = "secagg-reveal"  # survivors send shares: self-mask seeds of survivors, mask keys of dropped sites
 DECRYPT = "he-decrypt"  # a site decrypts the homomorphic sum (only the sum ever reaches it)
 STATS = "he-stats"  # a site sends statistics of its data, CKKS-encrypted
-STATS_KEYS = ("documents", "tokens", "samples")
+DOC_TOKEN_EDGES = (16, 64, 256, 1024, 4096)  # the agreed bins of the documents-by-length histogram
+HIST_KEYS = (*(f"docs_tokens_lt_{e}" for e in DOC_TOKEN_EDGES), f"docs_tokens_ge_{DOC_TOKEN_EDGES[-1]}")
+STATS_KEYS = ("documents", "tokens", "samples", *HIST_KEYS)
+
+
+def length_histogram(lengths: Any) -> dict[str, float]:
+    """Documents per token-length bin (:data:`DOC_TOKEN_EDGES`), keyed like :data:`HIST_KEYS`."""
+    import numpy as np
+
+    counts = np.bincount(np.searchsorted(np.asarray(DOC_TOKEN_EDGES), np.asarray(lengths), side="right"),
+                         minlength=len(HIST_KEYS))
+    return {k: float(c) for k, c in zip(HIST_KEYS, counts.tolist(), strict=True)}
 
 
 def dumps(value: Any) -> str:
