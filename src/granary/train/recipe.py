@@ -86,12 +86,17 @@ class CheckpointConfig:
     """Checkpoints as versions of a ``checkpoint`` dataset in the store (default name ``<run>-ckpt``).
 
     ``async_save`` writes in a background thread and commits at the next checkpoint (or the end of the run).
+    Retention (see :mod:`granary.train.retention`): ``keep_last`` newest checkpoints are kept (0: all), and also
+    every checkpoint whose step is a multiple of ``keep_every`` (0: none); the others are retired through the
+    store after each commit, and ``granary gc`` frees their objects.
     """
 
     dataset: str | None = None
     every: int = 50
     resume: bool = True
     async_save: bool = False
+    keep_last: int = 0
+    keep_every: int = 0
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -131,6 +136,8 @@ class Recipe:
             ("steps", self.steps >= 1), ("log_every", self.log_every >= 1), ("threads", self.threads >= 1),
             ("data.batch_size", self.data.batch_size >= 1), ("parallel.grad_accum", self.parallel.grad_accum >= 1),
             ("checkpoint.every", self.checkpoint.every >= 0), ("model.n_layers", self.model.n_layers >= 1),
+            ("checkpoint.keep_last", self.checkpoint.keep_last >= 0),
+            ("checkpoint.keep_every", self.checkpoint.keep_every >= 0),
             ("model.d_model", self.model.d_model % self.model.n_heads == 0),
         ]
         for name, ok in checks:

@@ -125,7 +125,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=r.optim.lr, weight_decay=r.optim.weight_decay,
                                            betas=(r.optim.beta1, r.optim.beta2))
         self.ckpt = CheckpointManager(self.store, r.checkpoint_dataset, dist=self.dist, purpose=r.data.purpose,
-                                      run_dir=self.run_dir, async_save=r.checkpoint.async_save)
+                                      run_dir=self.run_dir, async_save=r.checkpoint.async_save,
+                                      keep_last=r.checkpoint.keep_last, keep_every=r.checkpoint.keep_every)
         self.metrics = MetricsLogger(self.run_dir, enabled=self.dist.rank == 0)
         self.monitor = MonitorPush(rank=self.dist.rank, job=os.environ.get("GRANARY_JOB_ID") or f"train:{r.name}")
         self.guard = LossGuard(r.fault.nan_policy, r.fault.spike_factor)
