@@ -71,6 +71,8 @@ class ParallelConfig:
     mode: Literal["ddp", "fsdp", "tp", "pp", "diloco", "single"] = "ddp"
     grad_accum: int = 1
     mixed_precision: Literal["none", "bf16", "fp16"] = "none"
+    fp16_init_scale: float = 65536.0
+    fp16_growth_interval: int = 2000
     comm_hook: Literal["none", "bf16", "fp16", "powersgd"] = "none"
     powersgd_rank: int = 4
     diloco_h: int = 50
@@ -138,6 +140,8 @@ class Recipe:
             ("checkpoint.every", self.checkpoint.every >= 0), ("model.n_layers", self.model.n_layers >= 1),
             ("checkpoint.keep_last", self.checkpoint.keep_last >= 0),
             ("checkpoint.keep_every", self.checkpoint.keep_every >= 0),
+            ("parallel.fp16_init_scale", self.parallel.fp16_init_scale > 0),
+            ("parallel.fp16_growth_interval", self.parallel.fp16_growth_interval >= 1),
             ("model.d_model", self.model.d_model % self.model.n_heads == 0),
         ]
         for name, ok in checks:

@@ -24,6 +24,7 @@ from torch import nn
 
 from granary.errors import TrainError
 from granary.train import chaos
+from granary.train.amp import LossScaler
 from granary.train.checkpoint import CheckpointManager
 from granary.train.comm import CommCounter
 from granary.train.diloco import DiLoCo
@@ -124,6 +125,7 @@ class Trainer:
         self.model = self._parallelize(self.raw_model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=r.optim.lr, weight_decay=r.optim.weight_decay,
                                            betas=(r.optim.beta1, r.optim.beta2))
+        self.scaler = LossScaler(r.parallel, self.mode, self.dist, "cuda" if torch.cuda.is_available() else "cpu")
         self.ckpt = CheckpointManager(self.store, r.checkpoint_dataset, dist=self.dist, purpose=r.data.purpose,
                                       run_dir=self.run_dir, async_save=r.checkpoint.async_save,
                                       keep_last=r.checkpoint.keep_last, keep_every=r.checkpoint.keep_every)
@@ -162,13 +164,18 @@ class Trainer:
 
         if self.diloco is not None:  # the global (synchronised) parameters; local states go in the extras
             names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-            return {"model": dict(zip(names, self.diloco.global_params, strict=True))}
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        return {"model": model_sd, "optim": optim_sd}
+            state: dict[str, Any] = {"model": dict(zip(names, self.diloco.global_params, strict=True))}
+        else:
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+            state = {"model": model_sd, "optim": optim_sd}
+        if self.scaler.enabled:  # the same on every rank (the inf flag is agreed over the job)
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def _load_state(self, state: dict[str, Any], extra: dict[str, Any] | None) -> None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
+        self.scaler.load_state_dict(state.get("scaler") or {})
         if self.diloco is None:
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
                            optim_state_dict=state["optim"])
@@ -230,6 +237,8 @@ class Trainer:
                              f"(model {meta.get('model')}); this recipe's model is {r.to_dict()['model']}",
                              hint=f"use another checkpoint.dataset than {r.checkpoint_dataset}, or the same model")
         state = self._state()
+        if not meta.get("grad_scaler"):  # saved without fp16: the scale starts afresh
+            state.pop("scaler", None)
         loaded = self.ckpt.load(latest.ref, state)
         same_world = loaded.extra is not None and loaded.metadata.get("world_size") == self.dist.world_size
         self._load_state(state, loaded.extra if same_world else None)
@@ -278,18 +287,20 @@ class Trainer:
                 with sync:
                     with cast:
                         loss = loss_fn(self.model(x), y) / r.parallel.grad_accum
-                    loss.backward()
+                    self.scaler.scale(loss).backward()
                 loss_sum += float(loss.detach())
+            self.scaler.unscale(self.optimizer)
             grad_norm = self._clip()
             mean_loss, skew, stop = self._reduce(loss_sum, time.perf_counter() - t0, preempt.requested)
             if self.pipeline is not None:
                 mean_loss = loss_sum  # already the pipeline's loss on every rank
             if self.guard.bad(mean_loss, step):
+                self.scaler.skip()
                 self.optimizer.zero_grad(set_to_none=True)
             else:
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr_at(r, step)
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)  # skipped (and the scale halved) if a gradient overflowed
                 self.optimizer.zero_grad(set_to_none=True)
             step += 1
             if self.diloco is not None:
@@ -304,6 +315,8 @@ class Trainer:
                           "tokens_per_second": tps, "step_seconds": elapsed, "data_seconds": data_s,
                           "step_skew_seconds": skew, "mfu": _mfu(flops, tps), "comm_bytes": self.comm.take(),
                           "attempt": self.attempt, "tokens_total": step * rank_tokens}
+                if self.scaler.enabled:
+                    record.update(loss_scale=self.scaler.scale_value, skipped_steps=self.scaler.skipped)
                 self.metrics.log(record)
                 self.monitor.offer(record)  # every rank: its own step time and data wait
             if r.data.eval_dataset and r.data.eval_every and step % r.data.eval_every == 0:
@@ -342,7 +355,7 @@ class Trainer:
                               start_position=start_position, step=step)
         meta = {"run": r.name, "model_hash": r.model_hash(), "model": r.to_dict()["model"],
                 "recipe": r.to_dict(), "data": {"ref": pinned, "versions": loader["versions"]}, "loader": loader,
-                "code": code_hash(), "attempt": self.attempt}
+                "code": code_hash(), "attempt": self.attempt, "grad_scaler": self.scaler.enabled}
         vid = self.ckpt.save(step, self._state(), extra=self._extra(), metadata=meta, lineage=lineage)
         self.metrics.set(checkpoint_seconds=time.perf_counter() - t0)
         return vid

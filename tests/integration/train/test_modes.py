@@ -86,3 +86,13 @@ def test_async_checkpoints_on_two_ranks(summary: dict[str, Any]) -> None:
     assert summary["async"]["steps"] == 4 and len(summary["async"]["checkpoints"]) == 2
     store = summary["store"]
     assert [store.manifest(v).metadata["step"] for v in store.log("async-ckpt")] == [4, 2]
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "tp", "diloco"])
+def test_fp16_loss_scaling_on_two_ranks(summary: dict[str, Any], mode: str) -> None:
+    """fp16 with a dynamic loss scale (an initial 2**21 overflows): the first step is skipped on both ranks (the
+    inf flag is summed over the job, DTensor gradients of FSDP2/TP unscaled through their shards), then it learns."""
+    run = summary[f"{mode}_amp16"]
+    assert run["steps"] == 6 and all(math.isfinite(x) for x in run["losses"])
+    assert run["scales"][0] == 2.0**20 and all(s <= 2.0**20 for s in run["scales"])
+    assert run["losses"][-1] < run["losses"][0]
