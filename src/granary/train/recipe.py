@@ -78,6 +78,7 @@ class ParallelConfig:
     diloco_h: int = 50
     diloco_outer_lr: float = 0.7
     diloco_outer_momentum: float = 0.9
+    diloco_delay: int = 0
     pp_schedule: Literal["gpipe", "1f1b"] = "gpipe"
     pp_microbatches: int = 2
     compile: bool = False
@@ -141,6 +142,7 @@ class Recipe:
             ("checkpoint.keep_last", self.checkpoint.keep_last >= 0),
             ("checkpoint.keep_every", self.checkpoint.keep_every >= 0),
             ("parallel.fp16_init_scale", self.parallel.fp16_init_scale > 0),
+            ("parallel.diloco_delay", 0 <= self.parallel.diloco_delay < max(1, self.parallel.diloco_h)),
             ("parallel.fp16_growth_interval", self.parallel.fp16_growth_interval >= 1),
             ("model.d_model", self.model.d_model % self.model.n_heads == 0),
         ]

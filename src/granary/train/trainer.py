@@ -183,6 +183,7 @@ class Trainer:
             self.model.load_state_dict(extra["local"])
             self.optimizer.load_state_dict(extra["inner"])
             self.diloco.outer.load_state_dict(extra["outer"])
+            self.diloco.load_pending(extra.get("pending"))
         else:  # another world size: start the local models from the global parameters
             with torch.no_grad():
                 for p, g in zip(self.diloco.params, self.diloco.global_params, strict=True):
@@ -192,7 +193,7 @@ class Trainer:
         extra: dict[str, Any] = {"rng": rng_state()}
         if self.diloco is not None:
             extra.update(local=self.model.state_dict(), inner=self.optimizer.state_dict(),
-                         outer=self.diloco.outer.state_dict())
+                         outer=self.diloco.outer.state_dict(), pending=self.diloco.pending_state())
         return extra
 
     # -- data -----------------------------------------------------------------------------------------------
@@ -304,7 +305,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             step += 1
             if self.diloco is not None:
-                self.diloco.after_step(step)
+                self.diloco.after_step(step, last=step == r.steps)
             final_loss = mean_loss
             watchdog.beat(step)
             chaos.maybe_fail("step", step, self.dist.rank, self.run_dir)

@@ -51,6 +51,7 @@ def main(out: Path) -> None:
         "gpipe": run("gpipe", mode="pp", pp_schedule="gpipe", pp_microbatches=2),
         "1f1b": run("1f1b", mode="pp", pp_schedule="1f1b", pp_microbatches=2),
         "diloco": run("diloco", mode="diloco", diloco_h=2),
+        "diloco_async": run("dasync", steps=6, mode="diloco", diloco_h=2, diloco_delay=1),
         **{f"{mode}_amp16": run(f"{mode}16", steps=6, mode=mode, **FP16)
            for mode in ("ddp", "fsdp", "tp", "diloco")},
     }

@@ -68,6 +68,16 @@ def test_diloco_communicates_every_h_steps(summary: dict[str, Any]) -> None:
     assert all(math.isfinite(x) for x in d["losses"])
 
 
+def test_asynchronous_diloco_overlaps_its_outer_all_reduce(summary: dict[str, Any]) -> None:
+    """H = 2, delay 1: the all-reduce starts at steps 2, 4, 6 (same bytes as synchronous DiLoCo) and lands a
+    step later; the first two steps equal synchronous DiLoCo's; step 3 trains on the local model before the merge,
+    so it differs (the outer update is one step stale)."""
+    a, d = summary["diloco_async"], summary["diloco"]
+    assert a["steps"] == 6 and all(math.isfinite(x) for x in a["losses"])
+    assert a["bytes"][:4] == d["bytes"] and a["bytes"][5] == d["bytes"][1]
+    assert a["losses"][:2] == d["losses"][:2] and a["losses"][2] != d["losses"][2]
+
+
 def test_elastic_change_from_one_rank_to_two(summary: dict[str, Any]) -> None:
     from granary.train.lineage import checkpoint_lineage, sample_ids
 
