@@ -136,15 +136,15 @@ def checkpoint_io(home: Path, store: Any, r: Any) -> dict[str, float]:
 
 
 # -- distributed parts (torchrun workers run this file with TRAIN_BENCH_OUT set) ------------------------------
-def worker(out: Path, steps: int) -> None:
+def worker(out: Path, steps: int, outer_lr: float) -> None:
     from granary.train.dist import Dist
     from granary.train.metrics import read_metrics
     from granary.train.trainer import fit
 
     dist = Dist.init()
     runs = {"allreduce": {"mode": "ddp"}, "powersgd": {"mode": "ddp", "comm_hook": "powersgd", "powersgd_rank": 4},
-            "diloco": {"mode": "diloco", "diloco_h": 50},
-            "diloco_async": {"mode": "diloco", "diloco_h": 50, "diloco_delay": 5}}
+            "diloco": {"mode": "diloco", "diloco_h": 50, "diloco_outer_lr": outer_lr},
+            "diloco_async": {"mode": "diloco", "diloco_h": 50, "diloco_delay": 5, "diloco_outer_lr": outer_lr}}
     summary = {}
     for name, parallel in runs.items():
         r = recipe(f"comm-{name}", out.parent, steps, 0, **parallel)
@@ -210,10 +210,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--skip-dist", action="store_true", help="only the single-process parts")
     ap.add_argument("--only-dist", action="store_true", help="only the 2-rank parts (communication, recovery)")
+    ap.add_argument("--diloco-outer-lr", type=float, default=1.0,
+                    help="DiLoCo's outer learning rate (the recipe default is 0.7; see docs/train.md)")
     ap.add_argument("--no-recovery", action="store_true", help="skip the kill -9 recovery timing")
     args = ap.parse_args()
     if os.environ.get("TRAIN_BENCH_OUT"):  # a torchrun worker of the communication part
-        worker(Path(os.environ["TRAIN_BENCH_OUT"]), int(os.environ["TRAIN_BENCH_STEPS"]))
+        worker(Path(os.environ["TRAIN_BENCH_OUT"]), int(os.environ["TRAIN_BENCH_STEPS"]),
+               float(os.environ["TRAIN_BENCH_OUTER_LR"]))
         return
     print(f"load average: {os.getloadavg()}")
     with tempfile.TemporaryDirectory(prefix="granary-train-bench-") as tmp:
@@ -224,7 +227,8 @@ def main() -> None:
         if not args.skip_dist:
             out = home / "comm.json"
             torchrun(home, [__file__, "--nproc-per-node", "2"],
-                     env={"TRAIN_BENCH_OUT": str(out), "TRAIN_BENCH_STEPS": str(max(args.steps, 100))})
+                     env={"TRAIN_BENCH_OUT": str(out), "TRAIN_BENCH_STEPS": str(max(args.steps, 100)),
+                          "TRAIN_BENCH_OUTER_LR": str(args.diloco_outer_lr)})
             comm = json.loads(out.read_text())
             full = comm["allreduce"]["bytes_per_step"]
             for name in ("allreduce", "powersgd", "diloco", "diloco_async"):
