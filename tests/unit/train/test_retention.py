@@ -99,3 +99,30 @@ def test_bad_retention_fields_are_named(tmp_path: Path) -> None:
 
     with pytest.raises(TrainError, match=r"checkpoint\.keep_last"):
         recipe(tmp_path, "bad", checkpoint={"keep_last": -1})
+
+
+def test_retire_is_authorised_and_audited(home: Path, tmp_path: Path) -> None:  # noqa: F811
+    from granary.secure.rbac import required_role
+    from granary.store.hooks import NullHooks
+    from granary.train import fit
+
+    calls: list[tuple[str, str, dict | None]] = []
+
+    class Recording(NullHooks):
+        def authorize(self, action: str, dataset: str, *, purpose: str | None = None) -> None:
+            calls.append(("authorize", action, None))
+
+        def record(self, action: str, dataset: str, *, version: str | None = None, outcome: str = "ok",
+                   details: dict | None = None) -> None:
+            calls.append(("record", action, details))
+
+    fit(recipe(tmp_path, "aud", steps=4, checkpoint={"every": 2}))
+    store = _store(home)
+    store.hooks = Recording()
+    out = apply_retention(store, "aud-ckpt", keep_last=1)
+    assert out["retired_steps"] == [2]
+    retire_calls = [c for c in calls if c[1] == "retire"]
+    assert [c[0] for c in retire_calls] == ["authorize", "record"]
+    assert retire_calls[1][2] is not None and retire_calls[1][2]["versions"] == out["retired"]
+    assert "keep_last=1" in retire_calls[1][2]["reason"]
+    assert required_role("retire") == "writer"  # a run's own token (writer) may apply its retention
