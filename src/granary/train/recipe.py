@@ -68,7 +68,8 @@ class OptimConfig:
 class ParallelConfig:
     """How ranks share the work (see docs/train.md for which modes run on gloo/CPU)."""
 
-    mode: Literal["ddp", "fsdp", "tp", "pp", "diloco", "single"] = "ddp"
+    mode: Literal["ddp", "fsdp", "tp", "fsdp_tp", "pp", "diloco", "single"] = "ddp"
+    tp_size: int = 2
     grad_accum: int = 1
     mixed_precision: Literal["none", "bf16", "fp16"] = "none"
     fp16_init_scale: float = 65536.0

@@ -33,7 +33,7 @@ from granary.train.fault import EXIT_PREEMPTED, LossGuard, Preemption, StepWatch
 from granary.train.lineage import code_hash, run_lineage
 from granary.train.metrics import MetricsLogger, MonitorPush
 from granary.train.model import GPT, loss_fn
-from granary.train.parallel import autocast_dtype, wrap_ddp, wrap_fsdp, wrap_tp
+from granary.train.parallel import autocast_dtype, wrap_ddp, wrap_fsdp, wrap_fsdp_tp, wrap_tp
 from granary.train.parallel import clip_grad_norm as clip_params
 from granary.train.pipeline import Pipeline, clip_grad_norm
 from granary.train.recipe import Recipe
@@ -150,6 +150,8 @@ class Trainer:
             model = wrap_fsdp(model, p, self.dist)
         elif self.mode == "tp":
             model = wrap_tp(model, p, self.dist)
+        elif self.mode == "fsdp_tp":
+            model = wrap_fsdp_tp(model, p, self.dist)
         if p.compile:
             model = torch.compile(model)  # type: ignore[assignment]
         return model
@@ -157,6 +159,9 @@ class Trainer:
     @property
     def data_parallel(self) -> tuple[int, int]:
         """(rank, ranks) among the replicas that read different batches (tensor/pipeline ranks share one)."""
+        if self.mode == "fsdp_tp":  # one replica per row of the (dp, tp) mesh
+            tp = self.recipe.parallel.tp_size
+            return self.dist.rank // tp, self.dist.world_size // tp
         return (0, 1) if self.mode in ("tp", "pp") else (self.dist.rank, self.dist.world_size)
 
     def _state(self) -> dict[str, Any]:
