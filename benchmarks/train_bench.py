@@ -136,22 +136,26 @@ def checkpoint_io(home: Path, store: Any, r: Any) -> dict[str, float]:
 
 
 # -- distributed parts (torchrun workers run this file with TRAIN_BENCH_OUT set) ------------------------------
-def worker(out: Path, steps: int) -> None:
+def worker(out: Path, steps: int, outer_lr: float) -> None:
     from granary.train.dist import Dist
     from granary.train.metrics import read_metrics
     from granary.train.trainer import fit
 
     dist = Dist.init()
     runs = {"allreduce": {"mode": "ddp"}, "powersgd": {"mode": "ddp", "comm_hook": "powersgd", "powersgd_rank": 4},
-            "diloco": {"mode": "diloco", "diloco_h": 50}}
+            "diloco": {"mode": "diloco", "diloco_h": 50, "diloco_outer_lr": outer_lr},
+            "diloco_async": {"mode": "diloco", "diloco_h": 50, "diloco_delay": 5, "diloco_outer_lr": outer_lr}}
     summary = {}
     for name, parallel in runs.items():
         r = recipe(f"comm-{name}", out.parent, steps, 0, **parallel)
+        t0 = time.perf_counter()
         res = fit(r)
+        seconds = time.perf_counter() - t0
         recs = [x for x in read_metrics(out.parent / f"comm-{name}") if "loss" in x] if dist.rank == 0 else []
         tail = [x["loss"] for x in recs[-10:]]
         summary[name] = {"bytes_per_step": sum(x["comm_bytes"] for x in recs) / max(1, len(recs)),
-                         "final_loss": statistics.mean(tail) if tail else res.final_loss}
+                         "final_loss": statistics.mean(tail) if tail else res.final_loss, "seconds": seconds,
+                         "step_s": statistics.median([x["step_seconds"] for x in recs]) if recs else 0.0}
     if dist.rank == 0:
         out.write_text(json.dumps(summary))
     dist.close()
@@ -206,9 +210,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--skip-dist", action="store_true", help="only the single-process parts")
     ap.add_argument("--only-dist", action="store_true", help="only the 2-rank parts (communication, recovery)")
+    ap.add_argument("--diloco-outer-lr", type=float, default=1.0,
+                    help="DiLoCo's outer learning rate (the recipe default is 0.7; see docs/train.md)")
+    ap.add_argument("--no-recovery", action="store_true", help="skip the kill -9 recovery timing")
     args = ap.parse_args()
     if os.environ.get("TRAIN_BENCH_OUT"):  # a torchrun worker of the communication part
-        worker(Path(os.environ["TRAIN_BENCH_OUT"]), int(os.environ["TRAIN_BENCH_STEPS"]))
+        worker(Path(os.environ["TRAIN_BENCH_OUT"]), int(os.environ["TRAIN_BENCH_STEPS"]),
+               float(os.environ["TRAIN_BENCH_OUTER_LR"]))
         return
     print(f"load average: {os.getloadavg()}")
     with tempfile.TemporaryDirectory(prefix="granary-train-bench-") as tmp:
@@ -219,17 +227,22 @@ def main() -> None:
         if not args.skip_dist:
             out = home / "comm.json"
             torchrun(home, [__file__, "--nproc-per-node", "2"],
-                     env={"TRAIN_BENCH_OUT": str(out), "TRAIN_BENCH_STEPS": str(max(args.steps, 100))})
+                     env={"TRAIN_BENCH_OUT": str(out), "TRAIN_BENCH_STEPS": str(max(args.steps, 100)),
+                          "TRAIN_BENCH_OUTER_LR": str(args.diloco_outer_lr)})
             comm = json.loads(out.read_text())
             full = comm["allreduce"]["bytes_per_step"]
-            for name in ("allreduce", "powersgd", "diloco"):
-                rows.append((f"{name}: bytes/step per rank, reduction, final loss",
+            for name in ("allreduce", "powersgd", "diloco", "diloco_async"):
+                rows.append((f"{name}: bytes/step per rank, reduction, final loss, run s, median step s",
                              f"{comm[name]['bytes_per_step']:,.0f}  "
-                             f"{full / max(comm[name]['bytes_per_step'], 1):.1f}x  {comm[name]['final_loss']:.4f}"))
+                             f"{full / max(comm[name]['bytes_per_step'], 1):.1f}x  {comm[name]['final_loss']:.4f}  "
+                             f"{comm[name]['seconds']:.1f}  {comm[name]['step_s']:.4f}"))
+            rows.append(("diloco_async (delay 5) final loss / diloco final loss",
+                         comm["diloco_async"]["final_loss"] / comm["diloco"]["final_loss"]))
             rows.append(("diloco final loss / all-reduce final loss (target <= 1.05)",
                          comm["diloco"]["final_loss"] / comm["allreduce"]["final_loss"]))
-            rows.append(("seconds from kill -9 of a rank to the first step after resume (target < 15)",
-                         recovery(home)))
+            if not args.no_recovery:
+                rows.append(("seconds from kill -9 of a rank to the first step after resume (target < 15)",
+                             recovery(home)))
     width = max(len(r[0]) for r in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value:,.3f}" if isinstance(value, float) else f"{label:<{width}}  {value}")

@@ -121,7 +121,43 @@ def _federated(checkpoint: str, lin: dict[str, Any]) -> None:
     console.print(table("sites", ["site", "dataset", "version", "rounds", "epsilon charged"], sites))
 
 
+def prune_checkpoints(
+    dataset: Annotated[str, typer.Argument(help="A run's checkpoint dataset (RUN-ckpt).")],
+    keep_last: Annotated[int, typer.Option("--keep-last", help="Keep this many newest checkpoints (>= 1).")],
+    keep_every: Annotated[int, typer.Option("--keep-every", help="Also keep every checkpoint whose step is a "
+                                                                 "multiple of this (0: none).")] = 0,
+    gc: Annotated[bool, typer.Option("--gc", help="Then free unreferenced objects (`granary gc`).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be retired; change nothing.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Checkpoint retention: retire a run's checkpoints outside --keep-last/--keep-every through the store.
+
+    A checkpoint that is a branch or tag head, or that a live version's lineage names (a registered model), is
+    kept whatever the policy says."""
+    from granary.errors import TrainError
+    from granary.store import open_store
+    from granary.train.retention import apply_retention
+
+    if keep_last < 1 or keep_every < 0:
+        raise TrainError(f"--keep-last must be >= 1 and --keep-every >= 0 (got {keep_last}, {keep_every})")
+    store = open_store()
+    out = apply_retention(store, dataset, keep_last=keep_last, keep_every=keep_every, dry_run=dry_run)
+    if gc and not dry_run:
+        report = store.gc()
+        out["gc"] = {"deleted": len(report.deleted), "deleted_bytes": report.deleted_bytes}
+    if json_out:
+        print_json(out)
+        return
+    verb = "would retire" if dry_run else "retired"
+    console.print(f"{dataset}: kept steps {out['kept_steps']}; {verb} steps {out['retired_steps']}")
+    for step, why in sorted(out["protected"].items()):
+        console.print(f"  kept {step}: {why}")
+    if "gc" in out:
+        console.print(f"gc freed {out['gc']['deleted']} objects ({out['gc']['deleted_bytes']:,} bytes)")
+
+
 def register(app: typer.Typer) -> None:
     """Add the training commands to the app."""
     app.command("train", context_settings={"allow_extra_args": False})(train)
     app.command("lineage")(lineage)
+    app.command("prune-checkpoints")(prune_checkpoints)

@@ -22,7 +22,7 @@ SCOPE_RANK: dict[str, int] = {"read": 1, "write": 2, "admin": 3}
 # The least role each store/governance action needs; an unknown action needs admin (deny by default).
 ACTION_ROLE: dict[str, Role] = {
     "read": "reader", "list": "reader", "verify": "reader", "export": "reader", "stats": "reader",
-    "write": "writer", "create": "writer", "branch": "writer", "tag": "writer",
+    "write": "writer", "create": "writer", "branch": "writer", "tag": "writer", "retire": "writer",
     "rollback": "admin", "delete": "admin", "gc": "admin", "grant": "admin", "policy": "admin",
     "forget": "admin", "key": "admin", "principal": "admin", "token": "admin", "audit": "admin",
     "push": "reader", "pull": "writer", "remote": "admin", "backup": "admin",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-Action = str  # "read", "write", "create", "delete", "branch", "tag", "rollback", "verify", "gc", "export"
+Action = str  # "read", "write", "create", "delete", "branch", "tag", "rollback", "verify", "gc", "export", "retire"
 
 
 class StoreHooks(Protocol):

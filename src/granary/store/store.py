@@ -588,6 +588,12 @@ class Store:
 
         return verify(self, ref, **kwargs)
 
+    def retire(self, dataset: str, version_ids: list[str], *, reason: str, dry_run: bool = False) -> Any:
+        """Retire checkpoint versions that nothing needs any more (see granary.store.retire); ``gc`` frees them."""
+        from granary.store.retire import retire
+
+        return retire(self, dataset, version_ids, reason=reason, dry_run=dry_run)
+
     def gc(self, **kwargs: Any) -> Any:
         """Delete unreferenced objects (see granary.store.gc)."""
         from granary.store.gc import collect

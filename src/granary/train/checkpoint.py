@@ -77,7 +77,8 @@ class CheckpointManager:
     """
 
     def __init__(self, store: Store, dataset: str, *, dist: Dist, purpose: str | None = None,
-                 run_dir: Path | None = None, async_save: bool = False) -> None:
+                 run_dir: Path | None = None, async_save: bool = False, keep_last: int = 0,
+                 keep_every: int = 0) -> None:
         self.store = store
         self.dataset = dataset
         self.dist = dist
@@ -85,6 +86,8 @@ class CheckpointManager:
         self.run_dir = run_dir
         self.staging_root = store.settings.home / "staging"
         self.async_save = async_save
+        self.keep_last, self.keep_every = keep_last, keep_every
+        self.retention: dict[str, Any] = {}  # what the last retention pass did (rank 0)
         self._pending: _Pending | None = None
         self._group: Any = None
         if async_save and dist.enabled:  # the background save's collectives get a group of their own
@@ -191,7 +194,26 @@ class CheckpointManager:
                                  metadata={**metadata, "step": step, "world_size": self.dist.world_size,
                                            "saved_at": time.time()}, allow_empty=True)
         log.info("checkpoint step %d committed as %s", step, version.short_id)
+        if self.keep_last:
+            self._retain()
         return version.id
+
+    def _retain(self) -> None:
+        """Retire the checkpoints outside ``keep_last``/``keep_every`` (the new one is the head: always kept).
+        A refusal (say, a token that may not retire) is logged; it never loses the checkpoint just committed."""
+        from granary.errors import GranaryError
+        from granary.train.retention import apply_retention
+
+        try:
+            self.retention = apply_retention(self.store, self.dataset, keep_last=self.keep_last,
+                                             keep_every=self.keep_every)
+        except GranaryError as exc:
+            log.warning("checkpoint retention on %s failed: %s", self.dataset, exc)
+            self.retention = {"error": str(exc)}
+            return
+        if self.retention["retired"]:
+            log.info("retention retired checkpoints at steps %s of %s", self.retention["retired_steps"],
+                     self.dataset)
 
     # -- load ---------------------------------------------------------------------------------------------
     def load(self, ref: str, state: dict[str, Any]) -> Loaded:

@@ -25,7 +25,7 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def autocast_dtype(cfg: ParallelConfig) -> torch.dtype | None:
     """The autocast dtype for modes that do not carry their own mixed-precision policy (FSDP2 does)."""
-    if cfg.mode == "fsdp" or cfg.mixed_precision == "none":
+    if cfg.mode in ("fsdp", "fsdp_tp") or cfg.mixed_precision == "none":
         return None
     return _DTYPES[cfg.mixed_precision]
 
@@ -71,28 +71,48 @@ def settle_ddp_buckets(ddp: nn.Module, tokens: torch.Tensor, loss_fn: Any, count
         counter.take()
 
 
-def wrap_fsdp(model: nn.Module, cfg: ParallelConfig, dist: Dist) -> nn.Module:
+def wrap_fsdp(model: nn.Module, cfg: ParallelConfig, dist: Dist, mesh: Any = None) -> nn.Module:
     """FSDP2: ``fully_shard`` each block, then the root, with a mixed-precision policy (fp32 reduction)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=_DTYPES.get(cfg.mixed_precision), reduce_dtype=torch.float32)
     blocks = getattr(model, "blocks", None)
     for block in (blocks.values() if blocks is not None else []):
-        fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
     return model
+
+
+def wrap_fsdp_tp(model: nn.Module, cfg: ParallelConfig, dist: Dist) -> nn.Module:
+    """2-D: a ``(dp, tp)`` device mesh; tensor parallel over ``tp_size`` ranks (rows of the mesh), then FSDP2
+    over the ``dp`` dimension. Ranks ``k*tp_size .. (k+1)*tp_size - 1`` hold one replica and read the same batches."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    tp = cfg.tp_size
+    if tp < 1 or dist.world_size % tp:
+        raise TrainError(f"parallel.tp_size {tp} does not divide the world size {dist.world_size}",
+                         hint="pick tp_size dividing --nproc-per-node x nodes")
+    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.world_size // tp, tp),
+                            mesh_dim_names=("dp", "tp"))
+    _tensor_parallel(model, mesh["tp"], tp)
+    return wrap_fsdp(model, cfg, dist, mesh=mesh["dp"])
 
 
 def wrap_tp(model: nn.Module, cfg: ParallelConfig, dist: Dist) -> nn.Module:
     """Tensor parallel over all ranks: attention and MLP projections column-/row-wise (Megatron layout)."""
     from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.world_size,))
+    return _tensor_parallel(model, mesh, dist.world_size)
+
+
+def _tensor_parallel(model: nn.Module, mesh: Any, ranks: int) -> nn.Module:
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
     n_heads = getattr(getattr(model, "cfg", None), "n_heads", None)
-    if n_heads is not None and n_heads % dist.world_size:
-        raise TrainError(f"tensor parallel over {dist.world_size} ranks needs model.n_heads divisible by it "
-                         f"(n_heads is {n_heads})", hint="change model.n_heads or --nproc-per-node")
-    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.world_size,))
+    if n_heads is not None and n_heads % ranks:
+        raise TrainError(f"tensor parallel over {ranks} ranks needs model.n_heads divisible by it "
+                         f"(n_heads is {n_heads})", hint="change model.n_heads, --nproc-per-node or tp_size")
     plan = {"attn.wq": ColwiseParallel(), "attn.wk": ColwiseParallel(), "attn.wv": ColwiseParallel(),
             "attn.wo": RowwiseParallel(), "mlp.up": ColwiseParallel(), "mlp.down": RowwiseParallel()}
     for block in model.blocks.values():  # type: ignore[operator]
@@ -107,7 +127,7 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
     if not grads:
         return 0.0
     limit = max_norm if max_norm > 0 else float("inf")
-    kinds = {hasattr(g, "full_tensor") for g in grads}
+    kinds = {getattr(g, "device_mesh", None) for g in grads}  # one mesh (or none): PyTorch's own clipping
     if len(kinds) == 1:
         norm = torch.nn.utils.clip_grad_norm_(params, limit)
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)

@@ -68,14 +68,18 @@ class OptimConfig:
 class ParallelConfig:
     """How ranks share the work (see docs/train.md for which modes run on gloo/CPU)."""
 
-    mode: Literal["ddp", "fsdp", "tp", "pp", "diloco", "single"] = "ddp"
+    mode: Literal["ddp", "fsdp", "tp", "fsdp_tp", "pp", "diloco", "single"] = "ddp"
+    tp_size: int = 2
     grad_accum: int = 1
     mixed_precision: Literal["none", "bf16", "fp16"] = "none"
+    fp16_init_scale: float = 65536.0
+    fp16_growth_interval: int = 2000
     comm_hook: Literal["none", "bf16", "fp16", "powersgd"] = "none"
     powersgd_rank: int = 4
     diloco_h: int = 50
     diloco_outer_lr: float = 0.7
     diloco_outer_momentum: float = 0.9
+    diloco_delay: int = 0
     pp_schedule: Literal["gpipe", "1f1b"] = "gpipe"
     pp_microbatches: int = 2
     compile: bool = False
@@ -86,12 +90,17 @@ class CheckpointConfig:
     """Checkpoints as versions of a ``checkpoint`` dataset in the store (default name ``<run>-ckpt``).
 
     ``async_save`` writes in a background thread and commits at the next checkpoint (or the end of the run).
+    Retention (see :mod:`granary.train.retention`): ``keep_last`` newest checkpoints are kept (0: all), and also
+    every checkpoint whose step is a multiple of ``keep_every`` (0: none); the others are retired through the
+    store after each commit, and ``granary gc`` frees their objects.
     """
 
     dataset: str | None = None
     every: int = 50
     resume: bool = True
     async_save: bool = False
+    keep_last: int = 0
+    keep_every: int = 0
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -131,6 +140,11 @@ class Recipe:
             ("steps", self.steps >= 1), ("log_every", self.log_every >= 1), ("threads", self.threads >= 1),
             ("data.batch_size", self.data.batch_size >= 1), ("parallel.grad_accum", self.parallel.grad_accum >= 1),
             ("checkpoint.every", self.checkpoint.every >= 0), ("model.n_layers", self.model.n_layers >= 1),
+            ("checkpoint.keep_last", self.checkpoint.keep_last >= 0),
+            ("checkpoint.keep_every", self.checkpoint.keep_every >= 0),
+            ("parallel.fp16_init_scale", self.parallel.fp16_init_scale > 0),
+            ("parallel.diloco_delay", 0 <= self.parallel.diloco_delay < max(1, self.parallel.diloco_h)),
+            ("parallel.fp16_growth_interval", self.parallel.fp16_growth_interval >= 1),
             ("model.d_model", self.model.d_model % self.model.n_heads == 0),
         ]
         for name, ok in checks:

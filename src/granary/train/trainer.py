@@ -24,6 +24,7 @@ from torch import nn
 
 from granary.errors import TrainError
 from granary.train import chaos
+from granary.train.amp import LossScaler
 from granary.train.checkpoint import CheckpointManager
 from granary.train.comm import CommCounter
 from granary.train.diloco import DiLoCo
@@ -32,7 +33,15 @@ from granary.train.fault import EXIT_PREEMPTED, LossGuard, Preemption, StepWatch
 from granary.train.lineage import code_hash, run_lineage
 from granary.train.metrics import MetricsLogger, MonitorPush
 from granary.train.model import GPT, loss_fn
-from granary.train.parallel import STATELESS_HOOKS, autocast_dtype, settle_ddp_buckets, wrap_ddp, wrap_fsdp, wrap_tp
+from granary.train.parallel import (
+    STATELESS_HOOKS,
+    autocast_dtype,
+    settle_ddp_buckets,
+    wrap_ddp,
+    wrap_fsdp,
+    wrap_fsdp_tp,
+    wrap_tp,
+)
 from granary.train.parallel import clip_grad_norm as clip_params
 from granary.train.pipeline import Pipeline, clip_grad_norm
 from granary.train.recipe import Recipe
@@ -124,8 +133,10 @@ class Trainer:
         self.model = self._parallelize(self.raw_model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=r.optim.lr, weight_decay=r.optim.weight_decay,
                                            betas=(r.optim.beta1, r.optim.beta2))
+        self.scaler = LossScaler(r.parallel, self.mode, self.dist, "cuda" if torch.cuda.is_available() else "cpu")
         self.ckpt = CheckpointManager(self.store, r.checkpoint_dataset, dist=self.dist, purpose=r.data.purpose,
-                                      run_dir=self.run_dir, async_save=r.checkpoint.async_save)
+                                      run_dir=self.run_dir, async_save=r.checkpoint.async_save,
+                                      keep_last=r.checkpoint.keep_last, keep_every=r.checkpoint.keep_every)
         self.metrics = MetricsLogger(self.run_dir, enabled=self.dist.rank == 0)
         self.monitor = MonitorPush(rank=self.dist.rank, job=os.environ.get("GRANARY_JOB_ID") or f"train:{r.name}")
         self.guard = LossGuard(r.fault.nan_policy, r.fault.spike_factor)
@@ -147,6 +158,8 @@ class Trainer:
             model = wrap_fsdp(model, p, self.dist)
         elif self.mode == "tp":
             model = wrap_tp(model, p, self.dist)
+        elif self.mode == "fsdp_tp":
+            model = wrap_fsdp_tp(model, p, self.dist)
         if p.compile:
             model = torch.compile(model)  # type: ignore[assignment]
         return model
@@ -154,6 +167,9 @@ class Trainer:
     @property
     def data_parallel(self) -> tuple[int, int]:
         """(rank, ranks) among the replicas that read different batches (tensor/pipeline ranks share one)."""
+        if self.mode == "fsdp_tp":  # one replica per row of the (dp, tp) mesh
+            tp = self.recipe.parallel.tp_size
+            return self.dist.rank // tp, self.dist.world_size // tp
         return (0, 1) if self.mode in ("tp", "pp") else (self.dist.rank, self.dist.world_size)
 
     def _state(self) -> dict[str, Any]:
@@ -161,13 +177,18 @@ class Trainer:
 
         if self.diloco is not None:  # the global (synchronised) parameters; local states go in the extras
             names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-            return {"model": dict(zip(names, self.diloco.global_params, strict=True))}
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        return {"model": model_sd, "optim": optim_sd}
+            state: dict[str, Any] = {"model": dict(zip(names, self.diloco.global_params, strict=True))}
+        else:
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+            state = {"model": model_sd, "optim": optim_sd}
+        if self.scaler.enabled:  # the same on every rank (the inf flag is agreed over the job)
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def _load_state(self, state: dict[str, Any], extra: dict[str, Any] | None) -> None:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
+        self.scaler.load_state_dict(state.get("scaler") or {})
         if self.diloco is None:
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
                            optim_state_dict=state["optim"])
@@ -175,6 +196,7 @@ class Trainer:
             self.model.load_state_dict(extra["local"])
             self.optimizer.load_state_dict(extra["inner"])
             self.diloco.outer.load_state_dict(extra["outer"])
+            self.diloco.load_pending(extra.get("pending"))
         else:  # another world size: start the local models from the global parameters
             with torch.no_grad():
                 for p, g in zip(self.diloco.params, self.diloco.global_params, strict=True):
@@ -184,7 +206,7 @@ class Trainer:
         extra: dict[str, Any] = {"rng": rng_state()}
         if self.diloco is not None:
             extra.update(local=self.model.state_dict(), inner=self.optimizer.state_dict(),
-                         outer=self.diloco.outer.state_dict())
+                         outer=self.diloco.outer.state_dict(), pending=self.diloco.pending_state())
         return extra
 
     # -- data -----------------------------------------------------------------------------------------------
@@ -229,6 +251,8 @@ class Trainer:
                              f"(model {meta.get('model')}); this recipe's model is {r.to_dict()['model']}",
                              hint=f"use another checkpoint.dataset than {r.checkpoint_dataset}, or the same model")
         state = self._state()
+        if not meta.get("grad_scaler"):  # saved without fp16: the scale starts afresh
+            state.pop("scaler", None)
         loaded = self.ckpt.load(latest.ref, state)
         same_world = loaded.extra is not None and loaded.metadata.get("world_size") == self.dist.world_size
         self._load_state(state, loaded.extra if same_world else None)
@@ -281,22 +305,24 @@ class Trainer:
                 with sync:
                     with cast:
                         loss = loss_fn(self.model(x), y) / r.parallel.grad_accum
-                    loss.backward()
+                    self.scaler.scale(loss).backward()
                 loss_sum += float(loss.detach())
+            self.scaler.unscale(self.optimizer)
             grad_norm = self._clip()
             mean_loss, skew, stop = self._reduce(loss_sum, time.perf_counter() - t0, preempt.requested)
             if self.pipeline is not None:
                 mean_loss = loss_sum  # already the pipeline's loss on every rank
             if self.guard.bad(mean_loss, step):
+                self.scaler.skip()
                 self.optimizer.zero_grad(set_to_none=True)
             else:
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr_at(r, step)
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)  # skipped (and the scale halved) if a gradient overflowed
                 self.optimizer.zero_grad(set_to_none=True)
             step += 1
             if self.diloco is not None:
-                self.diloco.after_step(step)
+                self.diloco.after_step(step, last=step == r.steps)
             final_loss = mean_loss
             watchdog.beat(step)
             chaos.maybe_fail("step", step, self.dist.rank, self.run_dir)
@@ -307,6 +333,8 @@ class Trainer:
                           "tokens_per_second": tps, "step_seconds": elapsed, "data_seconds": data_s,
                           "step_skew_seconds": skew, "mfu": _mfu(flops, tps), "comm_bytes": self.comm.take(),
                           "attempt": self.attempt, "tokens_total": step * rank_tokens}
+                if self.scaler.enabled:
+                    record.update(loss_scale=self.scaler.scale_value, skipped_steps=self.scaler.skipped)
                 self.metrics.log(record)
                 self.monitor.offer(record)  # every rank: its own step time and data wait
             if r.data.eval_dataset and r.data.eval_every and step % r.data.eval_every == 0:
@@ -345,7 +373,7 @@ class Trainer:
                               start_position=start_position, step=step)
         meta = {"run": r.name, "model_hash": r.model_hash(), "model": r.to_dict()["model"],
                 "recipe": r.to_dict(), "data": {"ref": pinned, "versions": loader["versions"]}, "loader": loader,
-                "code": code_hash(), "attempt": self.attempt}
+                "code": code_hash(), "attempt": self.attempt, "grad_scaler": self.scaler.enabled}
         vid = self.ckpt.save(step, self._state(), extra=self._extra(), metadata=meta, lineage=lineage)
         self.metrics.set(checkpoint_seconds=time.perf_counter() - t0)
         return vid

@@ -90,4 +90,5 @@ def final_state(home: Path, dataset: str) -> dict[str, Any]:
         dcp_to_torch_save(tmp, out)
         state = torch.load(io.BytesIO(out.read_bytes()), weights_only=False)
     return {"step": manifest.metadata["step"], "model": state["model"], "optim": state["optim"],
+            "scaler": state.get("scaler"),
             "metadata": manifest.metadata, "lineage": manifest.lineage, "version": manifest.version_id}

@@ -68,6 +68,16 @@ def test_diloco_communicates_every_h_steps(summary: dict[str, Any]) -> None:
     assert all(math.isfinite(x) for x in d["losses"])
 
 
+def test_asynchronous_diloco_overlaps_its_outer_all_reduce(summary: dict[str, Any]) -> None:
+    """H = 2, delay 1: the all-reduce starts at steps 2, 4, 6 (same bytes as synchronous DiLoCo) and lands a
+    step later; the first two steps equal synchronous DiLoCo's; step 3 trains on the local model before the merge,
+    so it differs (the outer update is one step stale)."""
+    a, d = summary["diloco_async"], summary["diloco"]
+    assert a["steps"] == 6 and all(math.isfinite(x) for x in a["losses"])
+    assert a["bytes"][:4] == d["bytes"] and a["bytes"][5] == d["bytes"][1]
+    assert a["losses"][:2] == d["losses"][:2] and a["losses"][2] != d["losses"][2]
+
+
 def test_elastic_change_from_one_rank_to_two(summary: dict[str, Any]) -> None:
     from granary.train.lineage import checkpoint_lineage, sample_ids
 
@@ -86,3 +96,13 @@ def test_async_checkpoints_on_two_ranks(summary: dict[str, Any]) -> None:
     assert summary["async"]["steps"] == 4 and len(summary["async"]["checkpoints"]) == 2
     store = summary["store"]
     assert [store.manifest(v).metadata["step"] for v in store.log("async-ckpt")] == [4, 2]
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "tp", "diloco"])
+def test_fp16_loss_scaling_on_two_ranks(summary: dict[str, Any], mode: str) -> None:
+    """fp16 with a dynamic loss scale (an initial 2**21 overflows): the first step is skipped on both ranks (the
+    inf flag is summed over the job, DTensor gradients of FSDP2/TP unscaled through their shards), then it learns."""
+    run = summary[f"{mode}_amp16"]
+    assert run["steps"] == 6 and all(math.isfinite(x) for x in run["losses"])
+    assert run["scales"][0] == 2.0**20 and all(s <= 2.0**20 for s in run["scales"])
+    assert run["losses"][-1] < run["losses"][0]

@@ -109,7 +109,7 @@ STORE_FILTERED: dict[str, Callable[[Store, World], list[Any]]] = {
     "datasets": lambda s, w: [d.name for d in s.datasets()],
     "versions": lambda s, w: [v.dataset for v in s.versions()],
 }
-STORE_WRITES = {"create_dataset", "branch", "tag", "delete_ref", "rollback", "transaction", "commit_table",
+STORE_WRITES = {"create_dataset", "branch", "tag", "delete_ref", "retire", "rollback", "transaction", "commit_table",
                 "write_shard", "write_token_shard", "write_blob", "gc"}
 STORE_OTHER = {"bind"}  # returns a view; every read through it passes the view's gate
 
@@ -225,6 +225,7 @@ CLI_WRITES = {"init", "ingest", "delete", "branch", "tag", "rollback", "gc", "fo
               "principal add", "principal clear", "principal disable", "token issue", "token revoke",
               "role grant", "role revoke", "role rule", "key rotate", "key shred", "policy set", "policy derive",
               "policy budget", "pull", "remote add", "remote remove", "ingest-stream", "ingest-table", "train",
+              "prune-checkpoints",
               # new model versions and alias moves; the model files and data they read pass the gate
               "model alias", "model compress", "model distill", "tune",
               # the coordinator holds no data (it receives model updates); with --publish it commits the global
