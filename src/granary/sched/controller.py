@@ -312,7 +312,7 @@ class Controller:
                 job = st.jobs[d.job_id]
                 if job.spec.resizable:  # the policy may have sized it: agents launch what the row says
                     conn.execute(t.jobs.update().where(t.jobs.c.id == d.job_id)
-                                 .values(spec=json.dumps(job.spec.to_dict())))
+                                 .values(spec=json.dumps(_launch_spec(job.spec, job.batch_size))))
                 self._insert_attempt(conn, d, now)
             elif isinstance(d, ResizeDecision):
                 job = st.jobs[d.job_id]
@@ -320,7 +320,8 @@ class Controller:
                     t.attempts.c.job_id == d.job_id, t.attempts.c.attempt == d.attempt,
                     t.attempts.c.state.in_(t.ATTEMPT_OPEN)).values(stop_requested=True, stop_reason=d.reason,
                                                                   grace_s=d.grace_s))
-                conn.execute(t.jobs.update().where(t.jobs.c.id == d.job_id).values(spec=json.dumps(job.spec.to_dict())))
+                conn.execute(t.jobs.update().where(t.jobs.c.id == d.job_id)
+                             .values(spec=json.dumps(_launch_spec(job.spec, d.batch_size))))
                 self.resizing[d.job_id] = d
             else:
                 lost = d.reason.startswith("node ")
@@ -370,3 +371,15 @@ class Controller:
                     conn.execute(t.attempts.update().where(
                         t.attempts.c.job_id == row.job_id, t.attempts.c.attempt == row.attempt,
                         t.attempts.c.replica == row.replica).values(**update))
+
+
+BATCH_VAR = "GRANARY_GLOBAL_BATCH_SIZE"
+
+
+def _launch_spec(spec: JobSpec, batch_size: int | None) -> dict[str, Any]:
+    """The spec the agent launches: a job that names a batch range also gets the global batch size the policy
+    chose, as ``GRANARY_GLOBAL_BATCH_SIZE`` in its environment (the reference trainer splits it over its ranks)."""
+    out = spec.to_dict()
+    if spec.batch_size is not None and batch_size is not None:
+        out["env"] = {**out["env"], BATCH_VAR: str(int(batch_size))}
+    return out

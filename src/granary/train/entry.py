@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 from granary.errors import GranaryError
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from granary.train.trainer import Trainer
 
     try:
-        trainer = Trainer(load_recipe(args[0]))
+        trainer = Trainer(with_scheduled_batch(load_recipe(args[0])))
         _alive.append(trainer)
         _record_startup(trainer.run_dir, started)
         result = trainer.fit()
@@ -61,6 +62,34 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"steps": result.steps, "resumed_from": result.resumed_from, "final_loss": result.final_loss,
                           "checkpoints": result.checkpoints[-1:], "restarts": result.restarts}))
     return 0
+
+
+BATCH_VAR = "GRANARY_GLOBAL_BATCH_SIZE"
+
+
+def with_scheduled_batch(recipe: Any) -> Any:
+    """The recipe with the global batch size the scheduler chose (``GRANARY_GLOBAL_BATCH_SIZE``, set for a
+    resizable job that names a batch range, see docs/sched.md) split over this run's data-parallel ranks and
+    gradient-accumulation steps: ``data.batch_size`` becomes ``max(1, global // (replicas * grad_accum))``.
+    Without the variable the recipe is unchanged. The loader resumes exactly at another batch size (its position
+    counts samples), and the lineage records each run of steps with its samples per step."""
+    import dataclasses
+    import logging
+
+    value = os.environ.get(BATCH_VAR, "").strip()
+    if not value:
+        return recipe
+    try:
+        total = int(value)
+    except ValueError:
+        raise GranaryError(f"{BATCH_VAR}={value!r} is not an integer") from None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    replicas = 1 if world == 1 or recipe.parallel.mode in ("tp", "pp") else world
+    per_rank = max(1, total // (replicas * recipe.parallel.grad_accum))
+    if per_rank != recipe.data.batch_size:
+        logging.getLogger(__name__).warning("%s: global batch %d from the scheduler: %d per rank (recipe: %d)",
+                                            recipe.name, total, per_rank, recipe.data.batch_size)
+    return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, batch_size=per_rank))
 
 
 def worker(recipe: str) -> None:
