@@ -25,6 +25,7 @@ from granary.catalog import Catalog
 from granary.sched import tables as t
 from granary.sched.errors import SchedError
 from granary.sched.executors import Executor, get_executor
+from granary.sched.goodput import GoodputModel
 from granary.sched.journal import job_from_row, job_values, node_spec, register_node
 from granary.sched.lease import Lease
 from granary.sched.model import (
@@ -56,6 +57,9 @@ class ControllerConfig:
             controller heartbeats them itself.
         lease_s: ``run`` holds the catalog's controller lease (one controller at a time); a holder silent
             for this long may be replaced.
+        goodput_from_reports: resizable jobs' goodput models are fitted to the step times their agents report
+            (kept in :attr:`Controller.fitted`); when true the policy uses them, when false it keeps the prior
+            (a test of a fixed resize scenario).
     """
 
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -63,6 +67,7 @@ class ControllerConfig:
     executor_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     remote_nodes: tuple[NodeSpec, ...] = ()
     lease_s: float = 30.0
+    goodput_from_reports: bool = True
 
     def __post_init__(self) -> None:
         if self.tick_s <= 0:
@@ -90,6 +95,8 @@ class Controller:
         self.ticks = 0
         self.lease: Lease | None = None
         self.resizing: dict[str, ResizeDecision] = {}  # resized jobs whose old attempt has not exited yet
+        self._fed: dict[tuple[str, int, int], Any] = {}  # step reports already fed to a goodput model
+        self.fitted: dict[str, GoodputModel] = {}  # goodput models fitted to jobs' reported step times
 
     # ------------------------------------------------------------ recovery
     def recover(self) -> None:
@@ -260,6 +267,7 @@ class Controller:
 
     def _apply_attempt(self, job_id: str, attempt: int, rows: Sequence[Any], now: float) -> list[Decision]:
         st, cid = self.state, f"{job_id}.{attempt}"
+        self._fit_goodput(job_id, rows)
         states = [r.state for r in rows]
         steps = [r.resumed_step for r in rows if r.resumed_step is not None]
         if all(s in ("running", "exited") for s in states):
@@ -279,6 +287,32 @@ class Controller:
         if len(codes) == len(rows):
             return st.finished(job_id, attempt, now, 0, cid=cid)
         return []
+
+    def _fit_goodput(self, job_id: str, rows: Sequence[Any]) -> None:
+        """Feed a running resizable job's reported step time (the agent's ``usage``: median seconds per step and
+        samples per GPU) to its goodput model and refit it; ``pollux`` then sizes the job by what it measured."""
+        job = self.state.jobs.get(job_id)
+        if job is None or not job.spec.resizable:
+            return
+        for r in rows:
+            try:
+                usage = json.loads(r.usage or "{}")
+            except ValueError:
+                continue
+            seconds, local = usage.get("step_seconds"), usage.get("local_batch")
+            key = (job_id, r.attempt, r.replica)
+            if r.state != "running" or not seconds or not local or self._fed.get(key) == usage.get("steps"):
+                continue
+            self._fed[key] = usage.get("steps")
+            model = self.fitted.get(job_id)
+            if model is None:
+                lo, hi = job.spec.batch_range or (max(1, int(local * max(1, job.spec.gpus))),) * 2
+                model = self.fitted[job_id] = GoodputModel(base_batch=job.spec.batch_size or lo, min_batch=lo,
+                                                           max_batch=hi)
+            model.report(max(1, job.spec.gpus), len({x.node for x in rows}), float(local), float(seconds))
+            model.fit()
+            if self.config.goodput_from_reports:
+                self.state.models[job_id] = model
 
     # -------------------------------------------------------------- outputs
     def _insert_attempt(self, conn: Connection, d: StartDecision | ResizeDecision, now: float) -> None:

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(with_scheduled_batch(load_recipe(args[0])))
         _alive.append(trainer)
         _record_startup(trainer.run_dir, started)
+        _report_run(trainer)
         result = trainer.fit()
     except GranaryError as exc:
         sys.stderr.write(f"granary train: {exc}\n")
@@ -108,6 +109,19 @@ def worker(recipe: str) -> None:
     sys.stderr.flush()
     if code:
         raise SystemExit(code)
+
+
+def _report_run(trainer: Any) -> None:
+    """Rank 0 tells the scheduler (when it launched this job) where the step times are and the samples per rank."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    from granary.sched.checkpoint import report_run
+
+    r = trainer.recipe
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    replicas = 1 if world == 1 or r.parallel.mode in ("tp", "pp") else world
+    report_run(trainer.run_dir, local_batch=r.data.batch_size * r.parallel.grad_accum * replicas / world,
+               world_size=world)
 
 
 def _record_startup(run_dir: object, started: float) -> None:
