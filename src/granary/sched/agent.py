@@ -171,7 +171,8 @@ class Agent:
         summary = reader.read()
         if summary is None:
             return
-        usage = {**summary, "local_batch": report.get("local_batch"), "world_size": report.get("world_size")}
+        usage = {**summary, "local_batch": report.get("local_batch"), "world_size": report.get("world_size"),
+                 "noise_scale": report.get("noise_scale")}
         self._update(row, usage=json.dumps(usage), acked="")
 
     def _claim(self, row: Any) -> bool:

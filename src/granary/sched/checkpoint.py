@@ -50,6 +50,11 @@ def report_run(run_dir: str | os.PathLike[str], *, local_batch: float, world_siz
     _report({"run_dir": str(run_dir), "local_batch": float(local_batch), "world_size": int(world_size)})
 
 
+def report_noise_scale(phi: float) -> None:
+    """Tell the scheduler the run's measured gradient noise scale (no-op outside a job)."""
+    _report({"noise_scale": float(phi)})
+
+
 def _report(data: dict[str, Any]) -> None:
     """Merge ``data`` into the job's report file (written whole, atomically)."""
     target = os.environ.get("GRANARY_REPORT_FILE")

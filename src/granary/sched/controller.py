@@ -289,8 +289,9 @@ class Controller:
         return []
 
     def _fit_goodput(self, job_id: str, rows: Sequence[Any]) -> None:
-        """Feed a running resizable job's reported step time (the agent's ``usage``: median seconds per step and
-        samples per GPU) to its goodput model and refit it; ``pollux`` then sizes the job by what it measured."""
+        """Feed a running resizable job's reported step time and gradient noise scale (the agent's ``usage``: median
+        seconds per step, samples per GPU, ``phi``) to its goodput model and refit it; ``pollux`` then sizes the job
+        (and chooses its batch) by what it measured."""
         job = self.state.jobs.get(job_id)
         if job is None or not job.spec.resizable:
             return
@@ -310,6 +311,9 @@ class Controller:
                 model = self.fitted[job_id] = GoodputModel(base_batch=job.spec.batch_size or lo, min_batch=lo,
                                                            max_batch=hi)
             model.report(max(1, job.spec.gpus), len({x.node for x in rows}), float(local), float(seconds))
+            phi = usage.get("noise_scale")
+            if isinstance(phi, (int, float)) and phi >= 0:
+                model.report_noise_scale(float(phi))
             model.fit()
             if self.config.goodput_from_reports:
                 self.state.models[job_id] = model

@@ -3,6 +3,7 @@ and a run whose batch changes between attempts still consumes the stream exactly
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,13 @@ def test_batch_chosen_by_the_scheduler_changes_between_attempts_exactly(tmp_path
     make_tokens(home)
     recipe = tmp_path / "r.yaml"
     write_recipe(recipe, "r", steps=6, every=3)  # the recipe says 4 per rank
-    check(run_train(home, recipe, "--nproc-per-node", "2", env={"GRANARY_GLOBAL_BATCH_SIZE": "12"}))
+    report = tmp_path / "report.json"  # what the scheduler's agent reads
+    check(run_train(home, recipe, "--nproc-per-node", "2", env={"GRANARY_GLOBAL_BATCH_SIZE": "12",
+                                                                "GRANARY_REPORT_FILE": str(report)}))
+    reported = json.loads(report.read_text())
+    assert reported["local_batch"] == 6.0 and reported["world_size"] == 2
+    assert reported["run_dir"] == str(tmp_path / "r")
+    assert 0 < reported["noise_scale"] < float("inf")  # McCandlish's B_simple from rank vs all-reduced gradients
     write_recipe(recipe, "r", steps=12, every=3)
     check(run_train(home, recipe, "--nproc-per-node", "2", env={"GRANARY_GLOBAL_BATCH_SIZE": "4"}))
     lineage = checkpoint_lineage(open_store(Settings.from_env(home=home)), "r-ckpt")

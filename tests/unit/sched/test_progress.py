@@ -41,7 +41,7 @@ def test_reported_step_times_fit_the_jobs_goodput_model(tmp_path: Path) -> None:
     controller.recover()
     controller.step()
     gpus = controller.state.jobs[job_id].spec.gpus
-    usage = {"step_seconds": 0.25, "steps": 10, "local_batch": 8.0, "world_size": gpus}
+    usage = {"step_seconds": 0.25, "steps": 10, "local_batch": 8.0, "world_size": gpus, "noise_scale": 500.0}
     with catalog.write() as conn:  # what the agent writes for a running attempt
         conn.execute(t.attempts.update().where(t.attempts.c.job_id == job_id).values(
             state="running", started_at=100.0, usage=json.dumps(usage), acked=""))
@@ -50,6 +50,7 @@ def test_reported_step_times_fit_the_jobs_goodput_model(tmp_path: Path) -> None:
     model = controller.state.models[job_id]
     assert model is controller.fitted[job_id]
     assert model.observations == [(gpus, 1, 8.0, 0.25)]
+    assert model.noise_scale == 0.9 * 1000.0 + 0.1 * 500.0  # the prior, moved towards the measurement
     assert abs(float(model.step_time(gpus, 1, 8.0 * gpus)) - 0.25) < 0.05  # the fit goes through the measurement
     now[0] = 102.0
     with catalog.write() as conn:  # the same report again (acked reset): not fed twice
