@@ -163,7 +163,7 @@ def resize(home: Path, work: Path, tag: str, fork: bool) -> list[dict[str, float
             phases["checkpoint_committed"] = saved[-1] - decided
         phases["old_exited"] = by[old]["ended_at"] - decided
         phases["new_launched"] = by[old + 1]["started_at"] - decided
-        later = startup_phases(work / big_name, by[old + 1]["started_at"] - 1, decided)
+        later = startup_phases(work / big_name, by[old + 1]["started_at"], decided)  # not the old attempt's steps
         if later.get("first_step", float("inf")) + decided >= nxt:
             continue  # resized again before its first step: no figure
         phases.update(later)
