@@ -33,14 +33,14 @@ def train(
     if dp_epsilon is not None:
         _train_private(target, nproc_per_node, dp_epsilon, dp_delta, dp_max_grad_norm)
         return
-    from granary.train.launch import launch, torchrun_args
+    from granary.train.launch import exit_now, launch, torchrun_args
 
     args = torchrun_args(target, nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint,
                          rdzv_id=rdzv_id, max_restarts=max_restarts, script_args=script_args)
     if dry_run:
         console.print("torchrun " + " ".join(args))
         return
-    raise typer.Exit(launch(args))
+    exit_now(launch(args))
 
 
 def _train_private(target: Path, nproc: int, epsilon: float, delta: float, max_grad_norm: float) -> None:

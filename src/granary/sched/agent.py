@@ -21,6 +21,7 @@ from granary.sched.executors.base import job_env
 from granary.sched.executors.local import LocalExecutor
 from granary.sched.journal import register_node
 from granary.sched.model import JobSpec, NodeSpec
+from granary.sched.progress import StepTimes
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class AgentConfig:
         poll_s: seconds between polls of the catalog and the processes.
         heartbeat_s: seconds between heartbeats (must be well under the controller's heartbeat timeout).
         cache_dir: a directory whose sub-directory names are the datasets cached on this node.
+        progress_s: seconds between reports of a training job's step times to the controller (its goodput model).
     """
 
     node: NodeSpec
@@ -42,6 +44,7 @@ class AgentConfig:
     poll_s: float = 0.2
     heartbeat_s: float = 1.0
     cache_dir: Path | None = None
+    progress_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.poll_s <= 0 or self.heartbeat_s <= 0:
@@ -76,6 +79,8 @@ class Agent:
         self.clock = clock
         self.executor = LocalExecutor(config.work_dir)
         self._last_beat = 0.0
+        self._steps: dict[str, StepTimes] = {}  # attempt name -> its step-time reader
+        self._progress_at: dict[str, float] = {}
 
     def register(self) -> None:
         """Insert or refresh this node's row."""
@@ -146,12 +151,29 @@ class Agent:
         step = report.get("resumed_step")
         if step is not None and step != row.resumed_step:
             self._update(row, resumed_step=int(step), acked="")
+        if report.get("run_dir") and now - self._progress_at.get(attempt_name, 0.0) >= self.config.progress_s:
+            self._progress_at[attempt_name] = now
+            self._report_progress(row, attempt_name, report)
         status = self.executor.poll(attempt_name)
         if status.state == "exited":
+            self._steps.pop(attempt_name, None)
+            self._progress_at.pop(attempt_name, None)
             usage = _read_json(d / "usage.json")
             self._update(row, state="exited", exit_code=status.exit_code, ended_at=now, usage=json.dumps(usage))
         elif status.state == "lost":
             self._update(row, state="lost", ended_at=now)
+
+    def _report_progress(self, row: Any, attempt_name: str, report: dict[str, Any]) -> None:
+        """Put the attempt's recent step time and samples per GPU in its ``usage`` for the controller."""
+        reader = self._steps.get(attempt_name)
+        if reader is None:
+            reader = self._steps[attempt_name] = StepTimes(Path(str(report["run_dir"])), since=row.started_at or 0.0)
+        summary = reader.read()
+        if summary is None:
+            return
+        usage = {**summary, "local_batch": report.get("local_batch"), "world_size": report.get("world_size"),
+                 "noise_scale": report.get("noise_scale")}
+        self._update(row, usage=json.dumps(usage), acked="")
 
     def _claim(self, row: Any) -> bool:
         with self.catalog.write() as conn:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 COMPLETE_MARKER = "_COMPLETE"
 _STEP = re.compile(r"^step_(\d+)$")
@@ -43,17 +44,30 @@ def report_resumed(step: int) -> None:
     _report({"resumed_step": int(step)})
 
 
-def _report(data: dict[str, int]) -> None:
+def report_run(run_dir: str | os.PathLike[str], *, local_batch: float, world_size: int) -> None:
+    """Tell the scheduler where this run logs its steps and how many samples each GPU/rank takes per step: the
+    agent reads the step times from ``run_dir/metrics.jsonl`` for the job's goodput model (no-op outside a job)."""
+    _report({"run_dir": str(run_dir), "local_batch": float(local_batch), "world_size": int(world_size)})
+
+
+def report_noise_scale(phi: float) -> None:
+    """Tell the scheduler the run's measured gradient noise scale (no-op outside a job)."""
+    _report({"noise_scale": float(phi)})
+
+
+def _report(data: dict[str, Any]) -> None:
+    """Merge ``data`` into the job's report file (written whole, atomically)."""
     target = os.environ.get("GRANARY_REPORT_FILE")
     if not target:
         return
+    merged = {**read_report(target), **data}
     tmp = f"{target}.tmp"
     with open(tmp, "w") as f:
-        json.dump(data, f)
+        json.dump(merged, f)
     os.replace(tmp, target)
 
 
-def read_report(path: str | os.PathLike[str]) -> dict[str, int]:
+def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The job's last report (empty if none yet or unreadable mid-write)."""
     try:
         with open(path) as f:

@@ -25,6 +25,7 @@ from granary.catalog import Catalog
 from granary.sched import tables as t
 from granary.sched.errors import SchedError
 from granary.sched.executors import Executor, get_executor
+from granary.sched.goodput import GoodputModel
 from granary.sched.journal import job_from_row, job_values, node_spec, register_node
 from granary.sched.lease import Lease
 from granary.sched.model import (
@@ -56,6 +57,9 @@ class ControllerConfig:
             controller heartbeats them itself.
         lease_s: ``run`` holds the catalog's controller lease (one controller at a time); a holder silent
             for this long may be replaced.
+        goodput_from_reports: resizable jobs' goodput models are fitted to the step times their agents report
+            (kept in :attr:`Controller.fitted`); when true the policy uses them, when false it keeps the prior
+            (a test of a fixed resize scenario).
     """
 
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -63,6 +67,7 @@ class ControllerConfig:
     executor_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     remote_nodes: tuple[NodeSpec, ...] = ()
     lease_s: float = 30.0
+    goodput_from_reports: bool = True
 
     def __post_init__(self) -> None:
         if self.tick_s <= 0:
@@ -90,6 +95,8 @@ class Controller:
         self.ticks = 0
         self.lease: Lease | None = None
         self.resizing: dict[str, ResizeDecision] = {}  # resized jobs whose old attempt has not exited yet
+        self._fed: dict[tuple[str, int, int], Any] = {}  # step reports already fed to a goodput model
+        self.fitted: dict[str, GoodputModel] = {}  # goodput models fitted to jobs' reported step times
 
     # ------------------------------------------------------------ recovery
     def recover(self) -> None:
@@ -260,6 +267,7 @@ class Controller:
 
     def _apply_attempt(self, job_id: str, attempt: int, rows: Sequence[Any], now: float) -> list[Decision]:
         st, cid = self.state, f"{job_id}.{attempt}"
+        self._fit_goodput(job_id, rows)
         states = [r.state for r in rows]
         steps = [r.resumed_step for r in rows if r.resumed_step is not None]
         if all(s in ("running", "exited") for s in states):
@@ -279,6 +287,36 @@ class Controller:
         if len(codes) == len(rows):
             return st.finished(job_id, attempt, now, 0, cid=cid)
         return []
+
+    def _fit_goodput(self, job_id: str, rows: Sequence[Any]) -> None:
+        """Feed a running resizable job's reported step time and gradient noise scale (the agent's ``usage``: median
+        seconds per step, samples per GPU, ``phi``) to its goodput model and refit it; ``pollux`` then sizes the job
+        (and chooses its batch) by what it measured."""
+        job = self.state.jobs.get(job_id)
+        if job is None or not job.spec.resizable:
+            return
+        for r in rows:
+            try:
+                usage = json.loads(r.usage or "{}")
+            except ValueError:
+                continue
+            seconds, local = usage.get("step_seconds"), usage.get("local_batch")
+            key = (job_id, r.attempt, r.replica)
+            if r.state != "running" or not seconds or not local or self._fed.get(key) == usage.get("steps"):
+                continue
+            self._fed[key] = usage.get("steps")
+            model = self.fitted.get(job_id)
+            if model is None:
+                lo, hi = job.spec.batch_range or (max(1, int(local * max(1, job.spec.gpus))),) * 2
+                model = self.fitted[job_id] = GoodputModel(base_batch=job.spec.batch_size or lo, min_batch=lo,
+                                                           max_batch=hi)
+            model.report(max(1, job.spec.gpus), len({x.node for x in rows}), float(local), float(seconds))
+            phi = usage.get("noise_scale")
+            if isinstance(phi, (int, float)) and phi >= 0:
+                model.report_noise_scale(float(phi))
+            model.fit()
+            if self.config.goodput_from_reports:
+                self.state.models[job_id] = model
 
     # -------------------------------------------------------------- outputs
     def _insert_attempt(self, conn: Connection, d: StartDecision | ResizeDecision, now: float) -> None:
@@ -312,7 +350,7 @@ class Controller:
                 job = st.jobs[d.job_id]
                 if job.spec.resizable:  # the policy may have sized it: agents launch what the row says
                     conn.execute(t.jobs.update().where(t.jobs.c.id == d.job_id)
-                                 .values(spec=json.dumps(job.spec.to_dict())))
+                                 .values(spec=json.dumps(_launch_spec(job.spec, job.batch_size))))
                 self._insert_attempt(conn, d, now)
             elif isinstance(d, ResizeDecision):
                 job = st.jobs[d.job_id]
@@ -320,7 +358,8 @@ class Controller:
                     t.attempts.c.job_id == d.job_id, t.attempts.c.attempt == d.attempt,
                     t.attempts.c.state.in_(t.ATTEMPT_OPEN)).values(stop_requested=True, stop_reason=d.reason,
                                                                   grace_s=d.grace_s))
-                conn.execute(t.jobs.update().where(t.jobs.c.id == d.job_id).values(spec=json.dumps(job.spec.to_dict())))
+                conn.execute(t.jobs.update().where(t.jobs.c.id == d.job_id)
+                             .values(spec=json.dumps(_launch_spec(job.spec, d.batch_size))))
                 self.resizing[d.job_id] = d
             else:
                 lost = d.reason.startswith("node ")
@@ -370,3 +409,15 @@ class Controller:
                     conn.execute(t.attempts.update().where(
                         t.attempts.c.job_id == row.job_id, t.attempts.c.attempt == row.attempt,
                         t.attempts.c.replica == row.replica).values(**update))
+
+
+BATCH_VAR = "GRANARY_GLOBAL_BATCH_SIZE"
+
+
+def _launch_spec(spec: JobSpec, batch_size: int | None) -> dict[str, Any]:
+    """The spec the agent launches: a job that names a batch range also gets the global batch size the policy
+    chose, as ``GRANARY_GLOBAL_BATCH_SIZE`` in its environment (the reference trainer splits it over its ranks)."""
+    out = spec.to_dict()
+    if spec.batch_size is not None and batch_size is not None:
+        out["env"] = {**out["env"], BATCH_VAR: str(int(batch_size))}
+    return out

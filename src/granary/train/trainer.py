@@ -33,6 +33,7 @@ from granary.train.fault import EXIT_PREEMPTED, LossGuard, Preemption, StepWatch
 from granary.train.lineage import code_hash, run_lineage
 from granary.train.metrics import MetricsLogger, MonitorPush
 from granary.train.model import GPT, loss_fn
+from granary.train.noise import NoiseScale
 from granary.train.parallel import (
     STATELESS_HOOKS,
     autocast_dtype,
@@ -142,6 +143,8 @@ class Trainer:
         self.guard = LossGuard(r.fault.nan_policy, r.fault.spike_factor)
         if self.mode == "diloco":
             self.diloco = DiLoCo(self.model, r.parallel, self.dist, self.comm)
+        self.noise = NoiseScale(self.raw_model, self.dist, local_batch=r.data.batch_size,
+                                enabled=self.mode == "ddp" and r.parallel.grad_accum == 1)
         self.attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
     def _parallelize(self, model: nn.Module) -> nn.Module:
@@ -309,6 +312,7 @@ class Trainer:
                 loss_sum += float(loss.detach())
             self.scaler.unscale(self.optimizer)
             grad_norm = self._clip()
+            self.noise.update(grad_norm)
             mean_loss, skew, stop = self._reduce(loss_sum, time.perf_counter() - t0, preempt.requested)
             if self.pipeline is not None:
                 mean_loss = loss_sum  # already the pipeline's loss on every rank

@@ -73,10 +73,12 @@ def test_controller_resizes_running_training_jobs(tmp_path: Path) -> None:
     home = tmp_path / "home"
     make_tokens(home)
     catalog = open_catalog(f"sqlite:///{tmp_path / 'c.db'}")
-    controller = Controller(catalog, ControllerConfig(tick_s=0.1, scheduler=SchedulerConfig(
+    # the scenario's sizes come from the prior model: the models fitted to the measured step times are kept aside
+    # (on this loaded 2-core machine 2 ranks may not beat 1, and pollux would then rightly not grow the job back)
+    controller = Controller(catalog, ControllerConfig(tick_s=0.1, goodput_from_reports=False, scheduler=SchedulerConfig(
         policy="pollux", policy_options=POLLUX)))
     agent = Agent(catalog, AgentConfig(node=NodeSpec(name="n1", gpus=2, cpus=4), work_dir=tmp_path / "a",
-                                       poll_s=0.05))
+                                       poll_s=0.05, progress_s=1.0))
     agent.register()
     env = {"GRANARY_HOME": str(home), "OMP_NUM_THREADS": "1", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     model = {"d_model": 32, "context": 32}
@@ -103,6 +105,10 @@ def test_controller_resizes_running_training_jobs(tmp_path: Path) -> None:
     assert [e["reason"].split(" (")[0] for e in resizes][:2] == ["resized 2 -> 1 GPUs", "resized 1 -> 2 GPUs"]
     assert _exact(home, "big-ckpt")[:3] == [2, 1, 2]  # world size of each run of steps: it trained at both sizes
     assert _exact(home, "small-ckpt") == [1]
+    # the agent reported big's measured step times (4 samples per rank) and the controller fitted its model to them
+    observations = controller.fitted[a].observations
+    assert observations and all(g in (1, 2) and n == 1 and m == 4.0 and 0 < sec < 60
+                                for g, n, m, sec in observations), observations
     # decision -> first step at the new size: the first step logged after the next attempt was launched (the
     # old attempt had exited by then: the controller creates the next attempt only once the old one ended)
     records = _metrics(tmp_path / "big")

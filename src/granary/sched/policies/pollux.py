@@ -101,9 +101,11 @@ class PolluxPolicy(MlfqPolicy):
         ref = self._ref.setdefault(job.id, job.spec.gpus)
         lo, hi = job.spec.gpu_range
         model = self._model(state, job)
-        key = (id(model), ref, lo, hi, gpus_per_node)
+        key = (id(model), model.params, model.noise_scale, ref, lo, hi, gpus_per_node)  # a refit changes the curve
         cached = self._curves.get(key)
         if cached is None:
+            if len(self._curves) > 100_000:  # refitted models leave stale entries behind
+                self._curves.clear()
             sizes = allowed_sizes(lo, hi, gpus_per_node)
             cached = self._curves[key] = (sizes, np.maximum(model.speedups(sizes, gpus_per_node, ref), 1e-9))
         return cached
