@@ -48,13 +48,13 @@ def make_data(home: Path, tokens: int = 400_000) -> None:
         txn.commit(message="bench tokens")
 
 
-def recipe(name: str, run_dir: Path, steps: int, every: int, **parallel: Any) -> Any:
+def recipe(name: str, run_dir: Path, steps: int, every: int, async_save: bool = False, **parallel: Any) -> Any:
     from granary.train.recipe import recipe_from_dict
 
     return recipe_from_dict({
         "name": name, "steps": steps, "seed": 0, "run_dir": str(run_dir / name), "threads": 2,
         "model": MODEL, "data": {"dataset": "bench-tok", "batch_size": BATCH}, "optim": {"lr": 0.001},
-        "checkpoint": {"every": every, "resume": False}, "fault": {"step_timeout_s": 0}, "parallel": parallel,
+        "checkpoint": {"every": every, "resume": False, "async_save": async_save}, "fault": {"step_timeout_s": 0}, "parallel": parallel,
     })
 
 
@@ -83,14 +83,14 @@ def plain_loop(steps: int) -> float:
     return BATCH * MODEL["context"] / statistics.median(times[3:])
 
 
-def granary_run(home: Path, name: str, steps: int, every: int) -> dict[str, Any]:
+def granary_run(home: Path, name: str, steps: int, every: int, async_save: bool = False) -> dict[str, Any]:
     from granary.config import Settings
     from granary.store import open_store
     from granary.train.metrics import read_metrics
     from granary.train.trainer import fit
 
     store = open_store(Settings.from_env(home=home))
-    r = recipe(name, home / "runs", steps, every)
+    r = recipe(name, home / "runs", steps, every, async_save)
     t0 = time.perf_counter()
     fit(r, store=store)
     wall = time.perf_counter() - t0
@@ -188,6 +188,19 @@ def recovery(home: Path) -> float:
     return first - killed_at
 
 
+def async_checkpoint_cost(home: Path, steps: int, rounds: int) -> tuple[float, list[float]]:
+    """Wall time of a run with an asynchronous checkpoint every 50 steps over the same run without checkpoints,
+    in alternating pairs (the order flips each round); returns the median ratio and the per-round ratios."""
+    ratios = []
+    for i in range(rounds):
+        order = [("none", 0, False), ("async50", 50, True)]
+        walls = {}
+        for tag, every, async_save in (order if i % 2 == 0 else order[::-1]):
+            walls[tag] = granary_run(home, f"ac-{tag}-{i}", steps, every, async_save)["wall_s"]
+        ratios.append(walls["async50"] / walls["none"])
+    return statistics.median(ratios), ratios
+
+
 def single_process_rows(home: Path, steps: int) -> list[tuple[str, Any]]:
     plain = plain_loop(steps)
     g = granary_run(home, "nockpt", steps, 0)
@@ -213,6 +226,10 @@ def main() -> None:
     ap.add_argument("--diloco-outer-lr", type=float, default=1.0,
                     help="DiLoCo's outer learning rate (the recipe default is 0.7; see docs/train.md)")
     ap.add_argument("--no-recovery", action="store_true", help="skip the kill -9 recovery timing")
+    ap.add_argument("--async-ckpt-steps", type=int, default=0,
+                    help="also time runs of this many steps with an asynchronous checkpoint every 50 against none "
+                         "(alternating pairs; 0: skip)")
+    ap.add_argument("--async-ckpt-rounds", type=int, default=3)
     args = ap.parse_args()
     if os.environ.get("TRAIN_BENCH_OUT"):  # a torchrun worker of the communication part
         worker(Path(os.environ["TRAIN_BENCH_OUT"]), int(os.environ["TRAIN_BENCH_STEPS"]),
@@ -224,6 +241,10 @@ def main() -> None:
         os.environ["GRANARY_HOME"] = str(home)
         make_data(home)
         rows: list[tuple[str, Any]] = [] if args.only_dist else single_process_rows(home, args.steps)
+        if args.async_ckpt_steps:
+            med, per = async_checkpoint_cost(home, args.async_ckpt_steps, args.async_ckpt_rounds)
+            rows.append((f"wall time, async checkpoint every 50 / none ({args.async_ckpt_steps} steps; rounds "
+                         f"{', '.join(f'{x:.3f}' for x in per)}; target < 1.05)", med))
         if not args.skip_dist:
             out = home / "comm.json"
             torchrun(home, [__file__, "--nproc-per-node", "2"],
