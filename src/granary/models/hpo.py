@@ -1,10 +1,11 @@
-"""Hyperparameter search: Optuna studies stored next to the catalog, each trial a scheduler job.
+"""Hyperparameter search: Optuna studies stored next to the catalog, trials run by scheduler jobs.
 
-A trial job asks the study for parameters, trains the reference GPT on the training tokens version (streamed
-through the store's gate), reports the held-out loss every ``report_every`` steps and stops early when the
-study's pruner says so (``median``: below the median of earlier trials at the same step; ``asha``: successive
-halving). Each trial records its data lineage (training and held-out version ids, the code's hash) as user
-attributes, so a study's best configuration traces back to the data it was found on.
+A trial job (one per worker, running trials back to back) asks the study for parameters, trains the reference
+GPT on the training tokens version (streamed through the store's gate), reports the held-out loss every
+``report_every`` steps and stops early when the study's pruner says so (``median``: below the median of earlier
+trials at the same step; ``asha``: successive halving). Each trial records its data lineage (training and
+held-out version ids, the code's hash) as user attributes, so a study's best configuration traces back to the
+data it was found on.
 
 Storage: on PostgreSQL the study lives in the catalog's database, in schema ``optuna``; on SQLite in a sibling
 file (``catalog-optuna.db``). Optuna stamps its own ``alembic_version`` table, which would collide with the
@@ -252,8 +253,9 @@ def search(store: Store, spec: SearchSpec, *, study: str, trials: int, workers: 
     """Run ``trials`` trials of ``spec``, at most ``workers`` at a time; returns a summary.
 
     The study is created (or continued) in the catalog's Optuna storage under the name ``study``. ``executor``
-    ``sched`` runs each trial as a scheduler job; ``ray`` as a Ray task with one CPU (a running Ray instance, or
-    a local one started here), running the same trial code against the same storage.
+    ``sched`` runs the trials in ``workers`` scheduler jobs, each taking trials until the budget; ``ray`` each
+    trial as a Ray task with one CPU (a running Ray instance, or a local one started here), running the same
+    trial code against the same storage.
     """
     optuna = _optuna()
     if trials < 1 or workers < 1:
