@@ -270,7 +270,7 @@ def tune_cmd(
     executor: Annotated[str, typer.Option(help="sched (scheduler jobs) or ray (Ray tasks).")] = "sched",
     json_out: JsonOpt = False,
 ) -> None:
-    """Hyperparameter search with Optuna; each trial a scheduler job, pruned early by median or ASHA."""
+    """Hyperparameter search with Optuna; trials run by --workers scheduler jobs, pruned early by median or ASHA."""
     from granary.models.hpo import SearchSpec, search
 
     data = _read_mapping(spec) or {}

@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,10 +92,12 @@ def shard_sums(model: Any, tokens: np.ndarray, *, batch_size: int) -> dict[str, 
     return {"nll": nll, "correct": correct, "tokens": count}
 
 
-def run_shards(store: Store, plan: EvalPlan, shards: Sequence[int]) -> list[int]:
+def run_shards(store: Store, plan: EvalPlan, shards: Sequence[int], *, claims: Path | None = None) -> list[int]:
     """Compute the given shards that are not done yet and record each as it finishes; returns those computed.
 
-    This is what an evaluation job runs (see :mod:`granary.models.worker`).
+    This is what an evaluation job runs (see :mod:`granary.models.worker`). With ``claims`` (a directory shared
+    by the workers of one run), a worker takes the next shard no other worker has claimed (an exclusive file
+    create), so a worker that gets less CPU on a busy machine simply computes fewer shards.
     """
     from granary.stream.source import TokenSource
 
@@ -104,7 +109,11 @@ def run_shards(store: Store, plan: EvalPlan, shards: Sequence[int]) -> list[int]
     model = registry.load(mv, purpose=plan.purpose)
     source = TokenSource(store, store.open_version(plan.data_ref, purpose=plan.purpose), seq_len=plan.seq_len)
     total = _num_samples(source.num_samples, plan)
+    computed = []
     for shard in todo:
+        if claims is not None and not _claim(claims, shard):
+            continue
+        computed.append(shard)
         a, b = shard_range(total, shard, plan.num_shards)
         tokens = source.gather(np.arange(a, b, dtype=np.int64)) if b > a else np.zeros((0, plan.seq_len))
         sums = shard_sums(model, tokens, batch_size=plan.batch_size)
@@ -114,7 +123,15 @@ def run_shards(store: Store, plan: EvalPlan, shards: Sequence[int]) -> list[int]
                                                  sums=json.dumps(sums), at=time.time()))
         log.info("eval %s on %s: shard %d/%d done (%d samples)", mv.ref, plan.data[:12], shard, plan.num_shards,
                  b - a)
-    return todo
+    return computed
+
+
+def _claim(claims: Path, shard: int) -> bool:
+    try:
+        os.close(os.open(claims / str(shard), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def _num_samples(available: int, plan: EvalPlan) -> int:
@@ -164,7 +181,7 @@ def evaluate(store: Store, plan: EvalPlan, *, workers: int = 2, timeout_s: float
     Args:
         store: the store.
         plan: what to evaluate (see :func:`make_plan`).
-        workers: parallel worker processes (scheduler jobs), each taking every ``workers``-th missing shard.
+        workers: parallel worker processes (scheduler jobs); each takes the next unclaimed missing shard.
         timeout_s: give up waiting for the jobs after this long.
         inline: compute in this process instead (no scheduler; for small runs and debugging).
 
@@ -179,7 +196,7 @@ def evaluate(store: Store, plan: EvalPlan, *, workers: int = 2, timeout_s: float
     if missing and inline:
         run_shards(store, plan, missing)
     elif missing:
-        _run_jobs(store, plan, [missing[i::workers] for i in range(workers) if missing[i::workers]])
+        _run_jobs(store, plan, missing, min(workers, len(missing)), timeout_s)
     sums = done_shards(store, mv, plan)
     if len(sums) < plan.num_shards:
         raise EvalError(f"{plan.num_shards - len(sums)} shard(s) of the evaluation are missing",
@@ -190,22 +207,30 @@ def evaluate(store: Store, plan: EvalPlan, *, workers: int = 2, timeout_s: float
             "computed": len(missing), "workers": 1 if inline else workers, "seconds": time.perf_counter() - t0}
 
 
-def _run_jobs(store: Store, plan: EvalPlan, parts: list[list[int]]) -> None:
+def _run_jobs(store: Store, plan: EvalPlan, missing: list[int], workers: int, timeout_s: float) -> None:
     from granary.models.jobs import LocalJobs
 
     env = job_env(store)
     work = store.settings.home / "models" / "attempts"
-    with LocalJobs(store.catalog, work, cpus=len(parts)) as jobs:
-        ids = [jobs.submit(jobs.spec(f"eval-{plan.model}-{i}",
-                                     ["-m", "granary.models.worker", "eval", "--plan", plan.to_json(),
-                                      "--shards", ",".join(map(str, part))], env=env))
-               for i, part in enumerate(parts)]
-        rows = jobs.wait(ids, timeout_s=3600.0)
-        failed = [r for r in rows.values() if r.state != "succeeded"]
-        if failed:
-            raise EvalError(f"evaluation job {failed[0].id} {failed[0].state}: {failed[0].reason or ''}".strip(),
-                            hint=f"finished shards are kept; rerun to resume. Its output ends with: "
-                                 f"{jobs.log_tail(failed[0].id, 600)}")
+    claims = store.settings.home / "models" / "claims" / uuid.uuid4().hex  # one directory per run: a rerun
+    claims.mkdir(parents=True)  # after a kill starts with no stale claims
+    shards = ",".join(map(str, missing))
+    try:
+        # a 0.25 s tick: the controller, agent and waiter threads here poll the catalog, and on a 2-core
+        # machine a 50 ms tick took ~10% of a core from the workers
+        with LocalJobs(store.catalog, work, cpus=workers, tick_s=0.25) as jobs:
+            ids = [jobs.submit(jobs.spec(f"eval-{plan.model}-{i}",
+                                         ["-m", "granary.models.worker", "eval", "--plan", plan.to_json(),
+                                          "--shards", shards, "--claims", str(claims)], env=env))
+                   for i in range(workers)]
+            rows = jobs.wait(ids, timeout_s=timeout_s)
+            failed = [r for r in rows.values() if r.state != "succeeded"]
+            if failed:
+                raise EvalError(f"evaluation job {failed[0].id} {failed[0].state}: {failed[0].reason or ''}".strip(),
+                                hint=f"finished shards are kept; rerun to resume. Its output ends with: "
+                                     f"{jobs.log_tail(failed[0].id, 600)}")
+    finally:
+        shutil.rmtree(claims, ignore_errors=True)
 
 
 def job_env(store: Store) -> dict[str, str]:

@@ -13,10 +13,13 @@ def main(argv: list[str] | None = None) -> int:
     ev = sub.add_parser("eval", help="compute evaluation shards")
     ev.add_argument("--plan", required=True, help="the EvalPlan as JSON")
     ev.add_argument("--shards", required=True, help="comma-separated shard numbers")
-    tr = sub.add_parser("trial", help="run one hyperparameter-search trial")
+    ev.add_argument("--claims", default=None, help="directory the run's workers claim shards in")
+    tr = sub.add_parser("trial", help="run hyperparameter-search trials")
     tr.add_argument("--study", required=True)
     tr.add_argument("--storage", required=True)
     tr.add_argument("--spec", required=True, help="the SearchSpec as JSON")
+    tr.add_argument("--budget", type=int, default=None,
+                    help="run trials one after another until the study holds this many (default: one trial)")
     sv = sub.add_parser("serve", help="serve a model version over HTTP and register it with the gateway")
     sv.add_argument("--model", required=True, help="name@version")
     sv.add_argument("--served-as", required=True, help="the model name requests carry")
@@ -33,14 +36,17 @@ def main(argv: list[str] | None = None) -> int:
 
     store = open_store()
     if args.kind == "eval":
+        from pathlib import Path
+
         from granary.models.evaluate import read_plan, run_shards
 
-        run_shards(store, read_plan(args.plan), [int(s) for s in args.shards.split(",") if s])
+        run_shards(store, read_plan(args.plan), [int(s) for s in args.shards.split(",") if s],
+                   claims=Path(args.claims) if args.claims else None)
         return 0
     if args.kind == "trial":
         from granary.models.hpo import run_trial
 
-        return run_trial(store, study=args.study, storage=args.storage, spec_json=args.spec)
+        return run_trial(store, study=args.study, storage=args.storage, spec_json=args.spec, budget=args.budget)
     from granary.models.server import serve
 
     return serve(store, args.model, served_as=args.served_as, port=args.port, fail_rate=args.fail_rate,

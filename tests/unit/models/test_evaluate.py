@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +48,19 @@ def test_workers_give_identical_results_and_a_killed_run_resumes(trained: Traine
     assert again["computed"] == 0 and again["metrics"] == full["metrics"]
     events = [e for e in reg.events("ev") if e["action"] == "eval"]
     assert [e["version"] for e in events] == [1, 2, 2]
+
+
+def test_workers_sharing_claims_compute_each_shard_once(trained: Trained, tmp_path: Path) -> None:
+    """Two workers of one run share a claims directory: a shard claimed by one is skipped by the other."""
+    store = trained.store()
+    mv = Registry(store).register(trained.checkpoint, "claims")
+    plan = make_plan(store, mv.ref, trained.heldout, num_shards=4)
+    (tmp_path / "claims").mkdir()
+    (tmp_path / "claims" / "1").touch()  # another worker holds shard 1
+    assert run_shards(store, plan, [0, 1, 2, 3], claims=tmp_path / "claims") == [0, 2, 3]
+    assert run_shards(store, plan, [1], claims=tmp_path / "claims") == []
+    assert sorted(done_shards(store, mv, plan)) == [0, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "claims").iterdir()) == ["0", "1", "2", "3"]
 
 
 def test_regression_gate_blocks_a_worse_version(trained: Trained) -> None:

@@ -73,3 +73,23 @@ def test_trials_run_as_ray_tasks(trained: Trained, ray_instance: None) -> None:
     result = search(store, spec, study="ray1", trials=3, workers=2, executor="ray")
     assert result["trials"] == 3 and result["failed_jobs"] == 0 and result["states"] == {"complete": 3}
     assert result["best"]["params"]["lr"] in (1e-3, 1e-2, 3e-2)
+
+
+def test_a_trial_job_runs_trials_until_the_budget(trained: Trained) -> None:
+    """One job (here in-process) runs trials back to back until the study holds the budget, then stops."""
+    import optuna
+
+    from granary.models.hpo import open_storage, run_trial
+
+    store = trained.store()
+    spec = SearchSpec(data=trained.data, heldout=trained.heldout, base=BASE, steps=4, report_every=2,
+                      space={"lr": {"choices": [1e-3, 1e-2, 3e-2]}}, sampler="grid", pruner="none", eval_samples=16)
+    url = store.settings.catalog_url
+    optuna.create_study(study_name="budget", storage=open_storage(url), direction="minimize")
+    assert run_trial(store, study="budget", storage=url, spec_json=spec.to_json(), budget=3) == 0
+    assert run_trial(store, study="budget", storage=url, spec_json=spec.to_json(), budget=3) == 0  # nothing left
+    result = load_summary(store, "budget")
+    assert result["trials"] == 3 and result["states"] == {"complete": 3}
+    st = optuna.load_study(study_name="budget", storage=open_storage(url))
+    assert sorted(t.params["lr"] for t in st.trials) == [1e-3, 1e-2, 3e-2]  # each grid point once
+    assert all(t.user_attrs["lineage"]["data"].startswith(trained.data) for t in st.trials)
