@@ -6,9 +6,9 @@ on a SQLite and a PostgreSQL catalog, and the dashboard overview's paint time in
 
 Seeds a fresh catalog per backend (bulk inserts: versions over 100 datasets, jobs, a hash-chained audit log; the
 PostgreSQL one in a database created for the run and dropped after it), starts `granary server` (tokens mode: every
-request authenticates and is authorised, one worker) and drives each endpoint with wrk (apt-get install wrk) at
-32 connections (closed loop: each client sends its next request when the last is answered). Times the overview in
-headless Chromium (first contentful paint and the time until its data is drawn). Prints a table and writes
+request authenticates and is authorised; --workers, default 1) and drives each endpoint with wrk (apt-get install
+wrk) at 32 connections (closed loop: each client sends its next request when the last is answered). Times the overview
+in headless Chromium (first contentful paint and the time until its data is drawn). Prints a table and writes
 benchmarks/out/server_bench.json. Targets (issue 12): p99 < 50 ms on SQLite and PostgreSQL; overview < 1 s.
 """
 
@@ -177,7 +177,8 @@ def run_backend(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]
           f"in {time.perf_counter() - t0:.0f} s", flush=True)
     env = {**os.environ, "GRANARY_HOME": str(home), "GRANARY_CATALOG_URL": url, "GRANARY_AUTH": "tokens"}
     port = free_port()
-    server = start([sys.executable, "-m", "granary.cli.main", "server", "--port", str(port)], env, port,
+    server = start([sys.executable, "-m", "granary.cli.main", "server", "--port", str(port),
+                    "--workers", str(args.workers)], env, port,
                    "/api/v1/health", home / "granary.log")
     script = home / "pctl.lua"
     script.write_text(WRK_LUA)
@@ -248,6 +249,7 @@ def main() -> None:
     p.add_argument("--audit", type=int, default=1_000_000)
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn workers of granary server")
     p.add_argument("--no-browser", action="store_true", help="skip the dashboard timing")
     args = p.parse_args()
     if not shutil.which("wrk"):
