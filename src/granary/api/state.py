@@ -29,6 +29,7 @@ class AppState:
         principals: recently authenticated tokens (sha256 of the token -> when, principal); see deps.AUTH_CACHE_S.
         views: store views bound to a recent caller, by (token hash or ``local``, client origin) -> (when, view),
             so a caller's repeated requests share the view's read gate (each grant audited once per AUTH_CACHE_S).
+        overviews: the overview figures by tenant (None: all) -> (when computed, Overview); see OVERVIEW_TTL_S.
     """
 
     settings: Settings
@@ -40,3 +41,5 @@ class AppState:
     reports_lock: Lock = field(default_factory=Lock)
     principals: dict[bytes, tuple[float, Principal]] = field(default_factory=dict)
     views: dict[tuple[bytes, str], tuple[float, Store]] = field(default_factory=dict)
+    overviews: dict[str | None, tuple[float, Any]] = field(default_factory=dict)
+    overview_lock: Lock = field(default_factory=Lock)
