@@ -27,6 +27,9 @@ class AppState:
         store: the store; requests use bound copies of it (see :func:`granary.api.deps.bind`).
         reports: quality reports computed so far, by version id (versions are immutable).
         principals: recently authenticated tokens (sha256 of the token -> when, principal); see deps.AUTH_CACHE_S.
+        views: store views bound to a recent caller, by (token hash or ``local``, client origin) -> (when, view),
+            so a caller's repeated requests share the view's read gate (each grant audited once per AUTH_CACHE_S).
+        overviews: the overview figures by tenant (None: all) -> (when computed, Overview); see OVERVIEW_TTL_S.
     """
 
     settings: Settings
@@ -37,3 +40,6 @@ class AppState:
     reports: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     reports_lock: Lock = field(default_factory=Lock)
     principals: dict[bytes, tuple[float, Principal]] = field(default_factory=dict)
+    views: dict[tuple[bytes, str], tuple[float, Store]] = field(default_factory=dict)
+    overviews: dict[str | None, tuple[float, Any]] = field(default_factory=dict)
+    overview_lock: Lock = field(default_factory=Lock)

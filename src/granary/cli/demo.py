@@ -12,6 +12,7 @@ from granary.cli.output import console, print_json, table
 def demo(json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False) -> None:
     """Generate a synthetic corpus and run it through Granary (ingest, verify, and every subsystem's step)."""
     import os
+    import sys
 
     from granary.demo.run import run
     from granary.store import open_store
@@ -25,6 +26,8 @@ def demo(json_out: Annotated[bool, typer.Option("--json", help="Print machine-re
     if json_out:
         print_json({title: summary | {"seconds": round(took, 2)} for title, summary, took in results})
         return
+    # the server line names the executable this demo ran (`make demo` runs .venv/bin/granary)
+    granary = sys.argv[0] if os.path.basename(sys.argv[0]) == "granary" else "granary"
     console.print(table("Demo summary", ["step", "seconds"], [(t, f"{s:.1f}") for t, _, s in results]))
     console.print(
         "\nNext, look at what was made (GRANARY_HOME=" + str(store.settings.home) + "):\n"
@@ -34,10 +37,13 @@ def demo(json_out: Annotated[bool, typer.Option("--json", help="Print machine-re
         "  granary verify                  recompute every checksum\n"
         "  granary report demo-curated --purpose research   (its policy allows reads for pretraining and research)\n"
         "  granary jobs --all              the jobs the scheduler ran (granary job ID for one's history)\n"
-        "  granary server                  the web dashboard and REST API: open http://127.0.0.1:8470/ui/\n"
-        "                                  (local mode, no token; multi-user: GRANARY_AUTH=tokens and a token\n"
-        "                                  from `granary token issue NAME`, see docs/server.md)\n"
-        "  corpus: " + str(store.settings.home / "demo" / "corpus.jsonl") + "  (the README's tour ingests it)",
+        "  corpus: " + str(store.settings.home / "demo" / "corpus.jsonl") + "  (the README's tour ingests it)\n"
+        "\nThe web dashboard and REST API over all of it:\n"
+        f"  GRANARY_HOME={store.settings.home} {granary} server\n"
+        "  then open http://127.0.0.1:8470/ui/ (API: http://127.0.0.1:8470/api/v1, docs at /api/v1/docs).\n"
+        "  Token: none needed in the default local mode (loopback only, you act as the local admin). For several\n"
+        "  users: `granary token issue NAME --scope read`, start with GRANARY_AUTH=tokens, and send\n"
+        "  `Authorization: Bearer <token>` (or paste it into the dashboard's Token box); see docs/server.md.",
         highlight=False,
     )
 

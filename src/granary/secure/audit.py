@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -123,7 +122,6 @@ class AuditLog:
     def __init__(self, catalog: Catalog, *, origin: str | None = None) -> None:
         self.catalog = catalog
         self.origin = _clean(origin or default_origin(), "origin")
-        self._raw: dict[tuple[int, int], Any] = {}
 
     def _row(self, prev: str, seq: int, entry: Mapping[str, Any]) -> tuple[Any, ...]:
         if entry.get("outcome", "ok") not in OUTCOMES:
@@ -157,25 +155,25 @@ class AuditLog:
             return self._append(own, entries)
 
     def _append_sqlite(self, entries: Sequence[Mapping[str, Any]]) -> int:
-        # Hot path (every data read appends a record): a raw sqlite3 connection kept per process and
-        # thread skips SQLAlchemy's per-transaction overhead (2x the append rate).
-        key = (os.getpid(), threading.get_ident())
-        raw = self._raw.get(key)
-        if raw is None:
-            self._raw = {key: self.catalog.engine.raw_connection()}  # drop connections of a forked parent
-            raw = self._raw[key]
-        cur = raw.cursor()
-        cur.execute("BEGIN IMMEDIATE")
+        # Hot path (every data read appends a record): a raw pooled sqlite3 connection skips SQLAlchemy's
+        # per-transaction overhead (2x the append rate). It goes back to the pool after each append: a log per
+        # request (the server's) that kept one per thread held the whole pool and stalled every request.
+        raw = self.catalog.engine.raw_connection()
         try:
-            head = cur.execute(_HEAD).fetchone()
-            seq, rows = self._rows(head, entries)
-            cur.executemany(_INSERT, rows)
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
+            cur = raw.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                head = cur.execute(_HEAD).fetchone()
+                seq, rows = self._rows(head, entries)
+                cur.executemany(_INSERT, rows)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            finally:
+                cur.close()
         finally:
-            cur.close()
+            raw.close()  # back to the pool
         return seq
 
     def _rows(self, head: Any, entries: Sequence[Mapping[str, Any]]) -> tuple[int, list[tuple[Any, ...]]]:

@@ -166,3 +166,23 @@ def test_checkpoint_refuses_a_broken_chain(catalog: Catalog) -> None:
     with pytest.raises(AuditError) as err:
         make_checkpoint(log, Ed25519PrivateKey.generate())
     assert err.value.position == 2
+
+
+def test_appends_give_their_connection_back(catalog: Catalog) -> None:
+    """A log per request (the server binds one per caller) must not keep a pooled connection per thread: 40
+    server threads kept 40 connections of a pool of 15 and every request stalled on the pool."""
+    import threading
+
+    logs = [AuditLog(catalog, origin=f"test:{i}") for i in range(8)]
+
+    def work(log: AuditLog) -> None:
+        for _ in range(3):
+            log.append(principal="p", action="list", dataset="d")
+
+    threads = [threading.Thread(target=work, args=(log,)) for log in logs]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert catalog.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert logs[0].head()[0] == 24

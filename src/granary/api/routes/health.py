@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -17,6 +18,9 @@ from granary.catalog import Catalog
 router = APIRouter(tags=["health"])
 OVERVIEW_DAYS = 30
 MAX_ALERTS = 200
+# The overview's figures aggregate whole tables (100,000 jobs grouped by state, every live version summed):
+# computed at most once per OVERVIEW_TTL_S per tenant, by one request while the others wait for its answer.
+OVERVIEW_TTL_S = 2.0
 
 
 @router.get("/health", response_model=Health)
@@ -38,18 +42,31 @@ def whoami(ctx: Ctx) -> Whoami:
 
 
 @router.get("/overview", response_model=Overview)
-def overview(ctx: Ctx) -> Overview:
+def overview(ctx: Ctx, request: Request) -> Overview:
     """Storage used, versions per day (30 days), jobs by state, GPUs in use, nodes by status, audit size, and the
-    monitor's firing alerts (those about another tenant's jobs are left out for callers of one tenant)."""
+    monitor's firing alerts (those about another tenant's jobs are left out for callers of one tenant). The
+    figures other than the alerts are at most OVERVIEW_TTL_S old (aggregated once per period per tenant)."""
     ctx.guard.authorize("list", "*", obj="overview")
+    state: AppState = request.app.state.granary
+    tenant = None if ctx.principal.is_local_admin else ctx.principal.tenant
     now = time.time()
     since = (now // 86400 - OVERVIEW_DAYS + 1) * 86400
-    tenant = None if ctx.principal.is_local_admin else ctx.principal.tenant
+    with state.overview_lock:
+        hit = state.overviews.get(tenant)
+        if hit is None or time.monotonic() - hit[0] >= OVERVIEW_TTL_S:
+            hit = (time.monotonic(), _figures(ctx, tenant, since))
+            state.overviews[tenant] = hit
+    return Overview(**hit[1], alerts=firing_alerts(ctx.catalog, tenant=tenant, now=now))
+
+
+def _figures(ctx: Ctx, tenant: str | None, since: float) -> dict[str, Any]:
+    """The overview's figures but its alerts; versions counted per UTC day of the last OVERVIEW_DAYS."""
     facts = queries.overview(ctx.catalog, since=since, tenant=tenant)
-    per_day = Counter(time.strftime("%Y-%m-%d", time.gmtime(t)) for t in facts.pop("version_times"))
-    days = [time.strftime("%Y-%m-%d", time.gmtime(since + i * 86400)) for i in range(OVERVIEW_DAYS)]
-    return Overview(**facts, versions_per_day=[DayCount(day=d, count=per_day.get(d, 0)) for d in days],
-                    alerts=firing_alerts(ctx.catalog, tenant=tenant, now=now))
+    per_day = Counter(int(t // 86400) for t in facts.pop("version_times"))
+    first = int(since // 86400)
+    facts["versions_per_day"] = [DayCount(day=time.strftime("%Y-%m-%d", time.gmtime((first + i) * 86400)),
+                                          count=per_day.get(first + i, 0)) for i in range(OVERVIEW_DAYS)]
+    return facts
 
 
 def firing_alerts(catalog: Catalog, *, tenant: str | None, now: float) -> list[Alert]:
