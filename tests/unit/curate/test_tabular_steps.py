@@ -116,6 +116,27 @@ def test_dedup_latest_keeps_exactly_the_newest_row_per_key(rows: list[tuple[int,
     assert out.num_rows == len(newest)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([None, 1, 2]), st.sampled_from(["a", "b"]),
+                          st.one_of(st.none(), st.integers(0, 6))), min_size=1, max_size=40),
+       st.sampled_from(["latest", "earliest"]))
+def test_dedup_newest_per_compound_key_with_nulls_and_ties(rows: list[tuple], keep: str) -> None:  # type: ignore[type-arg]
+    # ties and all-null order values take the window path, the rest the hash-aggregate semi join
+    t = pa.table({"a": [r[0] for r in rows], "b": [r[1] for r in rows], "ts": [r[2] for r in rows],
+                  "i": list(range(len(rows)))})
+    out = run([{"step": "dedup", "keys": ["a", "b"], "order_by": "ts", "keep": keep}], t).table
+    pick = max if keep == "latest" else min
+    want: dict[tuple, int | None] = {}  # type: ignore[type-arg]
+    for a, b, ts in rows:
+        key = (a, b)
+        known = [x for x in (want.get(key), ts) if x is not None]
+        want[key] = pick(known) if known else None
+    got = {(a, b): ts for a, b, ts in zip(*(out.column(c).to_pylist() for c in ("a", "b", "ts")), strict=True)}
+    assert got == want
+    assert out.num_rows == len(want)
+    assert all(rows[i][2] == want[(rows[i][0], rows[i][1])] for i in out.column("i").to_pylist())
+
+
 def test_dedup_fail_and_any() -> None:
     t = pa.table({"k": [1, 1, 2], "v": [1, 2, 3]})
     with pytest.raises(CurateError, match="differing rows"):

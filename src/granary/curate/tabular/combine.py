@@ -54,12 +54,31 @@ class DedupStep(TabularStep):
         elif self.keep == "any":
             out = ctx.view(f"SELECT DISTINCT ON ({keys}) * FROM {rel}")
         else:
-            direction = "DESC" if self.keep == "latest" else "ASC"
-            out = ctx.view(f"SELECT * FROM {rel} QUALIFY row_number() OVER (PARTITION BY {keys} "
-                           f"ORDER BY {quote(self.order_by or '')} {direction}) = 1")
+            out = self._newest(ctx, rel)
         ctx.count_later(self.display, "rows_in", rel)
         ctx.count_later(self.display, "rows_out", out)
         return out
+
+    def _newest(self, ctx: TabularContext, rel: str) -> str:
+        """The latest (or earliest) row per key.
+
+        A hash aggregate over the key and order columns alone picks each key's newest order value, and a
+        semi join keeps the rows holding it: the wide rows stream through once and are never sorted (a
+        ``row_number()`` window sorts and materialises every column, about twice as slow at 10M x 20). Where
+        some key holds its newest order value twice (a tie, or all-null order values) the window decides,
+        as before.
+        """
+        order, fn = quote(self.order_by or ""), "max" if self.keep == "latest" else "min"
+        keys = _keys(self.keys)
+        best = ctx.materialize(f"SELECT {keys}, {fn}(o) AS _o, arg_{fn}(n, o) AS _n FROM "
+                               f"(SELECT {keys}, {order} AS o, count(*) AS n FROM {rel} GROUP BY ALL) GROUP BY ALL")
+        tied = ctx.one(f"SELECT count_if(_n IS DISTINCT FROM 1) FROM {best}")[0]
+        if tied:
+            direction = "DESC" if self.keep == "latest" else "ASC"
+            return ctx.view(f"SELECT * FROM {rel} QUALIFY row_number() OVER (PARTITION BY {keys} "
+                            f"ORDER BY {order} {direction}) = 1")
+        on = " AND ".join(f"r.{quote(k)} IS NOT DISTINCT FROM b.{quote(k)}" for k in self.keys)
+        return ctx.view(f"SELECT r.* FROM {rel} r SEMI JOIN {best} b ON {on} AND r.{order} = b._o")
 
 
 Conflict = Literal["left", "right", "latest", "fail"]
