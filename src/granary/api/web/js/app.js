@@ -63,6 +63,9 @@ document.getElementById("login").addEventListener("submit", (e) => {
   setToken(input.value.trim());
   input.value = "";
   whoami();
+  // the page re-renders as the new principal: until it has, it is not ready (a click on the old page's buttons
+  // would act on a page that is about to be replaced)
+  document.getElementById("main").dataset.ready = "";
   render();
 });
 document.getElementById("token").placeholder = token() ? "token set (paste to change)" : "gry_… (tokens mode)";
