@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from granary.models.errors import ModelError
 
@@ -50,6 +50,7 @@ class LocalJobs:
         self.tick_s = tick_s
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._agent: Any = None
 
     def __enter__(self) -> LocalJobs:
         from granary.sched.agent import Agent, AgentConfig
@@ -58,6 +59,7 @@ class LocalJobs:
 
         agent = Agent(self.catalog, AgentConfig(node=self.node, work_dir=self.work_dir, poll_s=self.tick_s))
         agent.register()
+        self._agent = agent
         controller = Controller(self.catalog, ControllerConfig(tick_s=self.tick_s,
                                                                scheduler=SchedulerConfig(backoff_base_s=0.5)))
         self._threads = [threading.Thread(target=self._control, args=(controller,), daemon=True),
@@ -80,7 +82,11 @@ class LocalJobs:
         self._stop.set()
         for th in self._threads:
             th.join(10)
-        with self.catalog.write() as conn:  # the node lives only as long as this block
+        # the node lives only as long as this block, so nothing can adopt or stop what still runs on it: kill every
+        # attempt its agent started (a job cancelled just before the block ended may not have been signalled yet)
+        if self._agent is not None:
+            self._agent.executor.kill_all()
+        with self.catalog.write() as conn:
             conn.execute(t.nodes.delete().where(t.nodes.c.name == self.node.name))
 
     def spec(self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None, max_restarts: int = 0,
