@@ -54,7 +54,8 @@ def recipe(name: str, run_dir: Path, steps: int, every: int, async_save: bool = 
     return recipe_from_dict({
         "name": name, "steps": steps, "seed": 0, "run_dir": str(run_dir / name), "threads": 2,
         "model": MODEL, "data": {"dataset": "bench-tok", "batch_size": BATCH}, "optim": {"lr": 0.001},
-        "checkpoint": {"every": every, "resume": False, "async_save": async_save}, "fault": {"step_timeout_s": 0}, "parallel": parallel,
+        "checkpoint": {"every": every, "resume": False, "async_save": async_save}, "fault": {"step_timeout_s": 0},
+        "parallel": parallel,
     })
 
 
