@@ -49,6 +49,10 @@ class NoiseScale:
         if self._armed and param.grad is not None:
             self._parts.append(param.grad.detach().float().pow(2).sum())
 
+    def discard(self) -> None:
+        """Forget the gradients seen since the last step (a backward that was not a training step)."""
+        self._parts = []
+
     def update(self, global_norm: float) -> float | None:
         """Call after each step with the all-reduced gradient norm (before clipping); returns the estimate."""
         if not self.enabled:

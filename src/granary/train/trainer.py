@@ -285,6 +285,7 @@ class Trainer:
             device = next(self.raw_model.parameters()).device
             zeros = torch.zeros((r.data.batch_size, r.model.context + 1), dtype=torch.long, device=device)
             settle_ddp_buckets(self.model, zeros, loss_fn, self.comm, amp)
+            self.noise.discard()  # the throw-away backward is no sample of the gradient noise
         while step < r.steps:
             t0 = time.perf_counter()
             data_s, loss_sum = 0.0, 0.0

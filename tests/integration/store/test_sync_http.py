@@ -108,6 +108,10 @@ def test_the_server_refuses_an_object_that_does_not_hash_to_its_key_and_keeps_no
     assert not list((settings.home / "sync-repo" / "objects" / "datasets" / "web" / "data" / "ab").glob("ab*"))
     bad = httpx.get(f"{url}/api/v1/sync/objects/datasets/web/../../etc/passwd", headers=headers)
     assert bad.status_code in (400, 404)
+    # audit segments: one that was never pushed is a 404, a name that is no segment key is refused
+    missing = httpx.get(f"{url}/api/v1/sync/audit/web/site-x.000000000001-000000000002", headers=headers)
+    assert missing.status_code == 404 and "no audit segment" in missing.json()["detail"]
+    assert httpx.get(f"{url}/api/v1/sync/audit/web/..%2Fsecrets", headers=headers).status_code in (400, 404, 422)
 
 
 def test_a_branch_moves_only_by_compare_and_swap(

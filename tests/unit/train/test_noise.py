@@ -34,3 +34,26 @@ def test_noise_scale_is_off_for_one_process() -> None:
         enabled, world_size, rank = False, 1, 0
 
     assert NoiseScale(torch.nn.Linear(2, 1), One(), local_batch=4).update(1.0) is None
+
+
+def test_a_discarded_backward_is_not_counted() -> None:
+    """A backward that is no training step (a resumed run's warm-up) leaves the next estimate unchanged."""
+
+    class Echo:
+        enabled, world_size, rank = True, 2, 1
+
+        def all_reduce(self, values: list[float]) -> list[float]:
+            return [values[0] * self.world_size]  # every rank saw what this one saw
+
+    def estimate(discard_first: bool) -> float | None:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(2, 1, bias=False)
+        est = NoiseScale(model, Echo(), local_batch=4, every=1)
+        if discard_first:
+            model(torch.full((1, 2), 5.0)).sum().backward()
+            model.weight.grad = None
+            est.discard()
+        model(torch.ones(1, 2)).sum().backward()
+        return est.update(1.5**0.5)  # |g_b|^2 = 1.5 against |g_s|^2 = 2: a positive estimate
+
+    assert estimate(True) == estimate(False) is not None

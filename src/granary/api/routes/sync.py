@@ -167,7 +167,7 @@ def delete_object(key: str, request: Request, ctx: Ctx) -> dict[str, str]:
 
 @router.get("/audit/{dataset}")
 def audit_sites(dataset: str, request: Request, ctx: Ctx) -> list[str]:
-    """Sites whose audit records of ``dataset`` were pushed here."""
+    """Keys of the audit segments of ``dataset`` pushed here (``<site>.<first seq>-<last seq>``)."""
     repo = _repo(request)
     _allow(request, ctx, "list", dataset)
     return repo.audit_sites(dataset)
@@ -175,17 +175,19 @@ def audit_sites(dataset: str, request: Request, ctx: Ctx) -> list[str]:
 
 @router.get("/audit/{dataset}/{site}", response_model=None)
 def get_audit(dataset: str, site: str, request: Request, ctx: Ctx) -> Response:
-    """One site's audit records of ``dataset`` (zstd-compressed JSON lines)."""
+    """One audit segment of ``dataset`` (zstd-compressed JSON lines; see granary.store.sync.audits)."""
     repo = _repo(request)
     _allow(request, ctx, "list", dataset)
-    if site not in repo.audit_sites(dataset):
-        return problem(404, "not-found", f"no audit records of {dataset} from site {site}")
-    return Response(repo.get_audit(dataset, site), media_type="application/octet-stream")
+    try:  # one read, not a listing per segment fetched (a pull fetches every segment it lacks)
+        blob = repo.get_audit(dataset, site)
+    except FileNotFoundError:
+        return problem(404, "not-found", f"no audit segment {site} of {dataset}")
+    return Response(blob, media_type="application/octet-stream")
 
 
 @router.put("/audit/{dataset}/{site}")
 async def put_audit(dataset: str, site: str, request: Request, ctx: Ctx) -> dict[str, str]:
-    """Replace one site's audit records of ``dataset`` (sent by its pushes)."""
+    """Write one audit segment of ``dataset`` (sent by a push)."""
     repo = _repo(request)
     await run_in_threadpool(_allow, request, ctx, "write", dataset)
     blob = await request.body()
