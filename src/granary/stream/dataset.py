@@ -267,9 +267,10 @@ class StreamingDataset:
         pool = getattr(self, "_pool", None)  # (absent on a dataset unpickled in a worker)
         if pool is None or pool.keep < keep:
             pool = self._pool = BufferPool(keep=keep, pin_memory=self.pin_memory)  # reused by later passes
-        kernel = make_gather(self.gather, want_torch=self.output == "torch")
+        kernel = make_gather(self.gather, want_torch=self.pin_memory or (self.output == "torch" and threads > 0),
+                             threads=threads)
         reader = GroupGather(source, gather=kernel, pool=pool,
-                             out_dtype=source.dtype if native else np.dtype(self.token_dtype))
+                             out_dtype=source.dtype if native else np.dtype(self.token_dtype), lazy=threads == 0)
         plans = (plan for _, samples in self._chunks(position, steps) for plan in reader.plans(samples))
         groups = ordered_map(reader.gather, plans, num_threads=threads, depth=depth) if threads else map(
             reader.gather, plans)

@@ -25,7 +25,8 @@ def _expected(flat: np.ndarray, ids: list[tuple[int, int]], seq: int) -> np.ndar
 
 @pytest.mark.parametrize(("gather", "threads", "dtype", "output"), [
     ("torch", 0, "native", "numpy"), ("torch", 2, "int64", "torch"), ("numpy", 0, "int32", "numpy"),
-    ("numpy", 3, "native", "numpy"), ("torch", 1, "int64", "numpy")])
+    ("numpy", 3, "native", "numpy"), ("torch", 1, "int64", "numpy"),
+    ("auto", 0, "native", "numpy"), ("auto", 0, "native", "torch")])  # the last two: batches gathered lazily
 def test_grouped_gather_equals_sample_by_sample_reads(tokens_store: tuple[Store, np.ndarray], gather: str,
                                                       threads: int, dtype: str, output: str) -> None:
     """Every batch of two passes (group sizes ramping 1, 2, 4, ... and samples crossing shards) is the packed
@@ -93,6 +94,8 @@ def test_kernels_agree_and_torch_kernels_run_single_threaded_only_inside_the_gat
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
     assert make_gather("auto").name == "torch"  # torch is imported here
+    assert make_gather("auto", threads=0).name == "numpy"  # gathered in the consuming thread: numpy per batch
+    assert make_gather("auto", threads=0, want_torch=True).name == "torch"  # pinned buffers
     assert make_gather("auto", want_torch=True).name == "torch" and make_gather("numpy").name == "numpy"
     with pytest.raises(ValueError, match="gather must be"):
         make_gather("gpu")
