@@ -95,6 +95,9 @@ class LeanProxy(Router):
             log.exception("internal error on %s %s", req.method, path)
             self.answer_reject(req, out, Reject(500, "internal_error", "internal gateway error (see its log)",
                                                 route=route), request_id, t0)
+        finally:
+            if self.metrics.dirty and not self.admission.used:  # idle: metrics become visible now
+                self.metrics.flush()
 
     def answer_reject(self, req: Incoming, out: ClientConnection, rej: Reject, request_id: str, t0: float) -> None:
         """Answer with an OpenAI-style error and count it."""
