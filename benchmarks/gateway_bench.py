@@ -328,28 +328,36 @@ def routing(chats_n: int = 48, clients: int = 12, rounds: int = 3,
     return out
 
 
-def slow_backend() -> dict[str, Any]:
-    """p99 latency with one of 8 backends 5x slower."""
-    slow: dict[str, Any] = {}
+def slow_backend(rounds: int = 3) -> dict[str, Any]:
+    """p99 latency with one of 8 backends 5x slower, ``rounds`` times with the policies interleaved; the ratios
+    are taken per round, and their medians reported."""
     short = conversations(96, seed=1)
     short = [[turn[:2] for turn in chat[:1]] for chat in short]  # single-turn requests
-    for policy in ("round_robin", "peak_ewma", "p2c"):
-        sims = [sim(f"s{policy}{i}", model="m", per_token_ms=4, prefill_per_token_ms=0.01, max_concurrency=32,
-                    slowdown=5 if i == 0 else 1) for i in range(8)]
-        gw, info = gateway(f"slow-{policy}", {"workers": 2, "routes": [{
-            "name": "chat", "models": ["m"], "policy": policy,
-            "backends": [{"name": f"s{i}", "url": u} for i, (_, u) in enumerate(sims)]}]})
-        lat = asyncio.run(chat_load(info["url"], "m", short * 4, 16, stream=False))
-        slow[policy] = {"p50_ms": round(pct(lat, 0.5) * 1e3, 1), "p99_ms": round(pct(lat, 0.99) * 1e3, 1),
-                        "requests": len(lat)}
-        print(f"  one backend 5x slower, {policy:12s} p50 {slow[policy]['p50_ms']:7.1f} ms  "
-              f"p99 {slow[policy]['p99_ms']:7.1f} ms  (load {loadavg()})")
-        stop(gw)
-        for p, _ in sims:
-            stop(p)
-    return {"slow_backend": slow,
-            "peak_ewma/rr p99": round(slow["peak_ewma"]["p99_ms"] / slow["round_robin"]["p99_ms"], 3),
-            "p2c/rr p99": round(slow["p2c"]["p99_ms"] / slow["round_robin"]["p99_ms"], 3)}
+    per_round: list[dict[str, Any]] = []
+    for rnd in range(rounds):
+        slow: dict[str, Any] = {}
+        for policy in ("round_robin", "peak_ewma", "p2c"):
+            sims = [sim(f"s{rnd}{policy}{i}", model="m", per_token_ms=4, prefill_per_token_ms=0.01,
+                        max_concurrency=32, slowdown=5 if i == 0 else 1) for i in range(8)]
+            gw, info = gateway(f"slow-{rnd}{policy}", {"workers": 2, "routes": [{
+                "name": "chat", "models": ["m"], "policy": policy,
+                "backends": [{"name": f"s{i}", "url": u} for i, (_, u) in enumerate(sims)]}]})
+            try:
+                lat = asyncio.run(chat_load(info["url"], "m", short * 4, 16, stream=False))
+            finally:
+                stop(gw)
+                for p, _ in sims:
+                    stop(p)
+            slow[policy] = r = {"p50_ms": round(pct(lat, 0.5) * 1e3, 1), "p99_ms": round(pct(lat, 0.99) * 1e3, 1),
+                                "requests": len(lat), "load": loadavg()}
+            print(f"  round {rnd + 1} one backend 5x slower, {policy:12s} p50 {r['p50_ms']:7.1f} ms  "
+                  f"p99 {r['p99_ms']:7.1f} ms  (load {r['load']})")
+        per_round.append(slow)
+    out: dict[str, Any] = {"rounds": per_round}
+    for policy in ("peak_ewma", "p2c"):
+        vals = [r[policy]["p99_ms"] / r["round_robin"]["p99_ms"] for r in per_round]
+        out[f"{policy}/rr p99"] = {"median": round(median(vals), 3), "rounds": [round(v, 3) for v in vals]}
+    return out
 
 
 # -- failover -------------------------------------------------------------------------------------------
@@ -429,7 +437,8 @@ def failover() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--parts", default="overhead,sse,routing,slow,failover")
-    ap.add_argument("--rounds", type=int, default=3, help="Rounds of the overhead and routing parts (median).")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="Rounds of the overhead, routing and slow parts (medians reported).")
     ap.add_argument("--policies", default="round_robin,least_request,prefix_aware",
                     help="Policies of the routing part.")
     ap.add_argument("--seconds", type=float, default=4.0)
@@ -450,7 +459,7 @@ def main() -> None:
             out["routing"] = routing(rounds=args.rounds, policies=tuple(args.policies.split(",")))
         if "slow" in parts:
             print("routing around a slow backend (8 simulated LLM servers, one 5x slower):")
-            out["slow"] = slow_backend()
+            out["slow"] = slow_backend(args.rounds)
         if "failover" in parts:
             print("failover:")
             out["failover"] = failover()
