@@ -131,11 +131,13 @@ class LeanProxy(Router):
         timeouts = pool.route.timeouts
         target = self.target(backend)
         data = build_head(request.method, target, request.raw_path, request.headers.raw, prepared, len(body)) + body
+        upstream = self.upstream
         for _ in range(2):  # a reused connection the backend closed meanwhile is replaced once
-            conn = await self.upstream.acquire(target, timeouts.connect_s)
+            conn = upstream.idle_connection(target) or await upstream.acquire(target, timeouts.connect_s)
             conn.send(data, head_only=request.method == "HEAD")
             try:
-                await conn.wait_head(timeouts.first_byte_s)
+                while not conn.head_done:
+                    await conn.wait(timeouts.first_byte_s, "no response within {:g} s")
                 return conn
             except StaleConnection:
                 continue

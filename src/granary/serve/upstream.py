@@ -151,7 +151,7 @@ class UpstreamConnection(asyncio.Protocol):
     async def wait_head(self, timeout_s: float) -> None:
         """Wait for the response's status line and headers."""
         while not self.head_done:
-            await self._wait(timeout_s, "no response within {:g} s")
+            await self.wait(timeout_s, "no response within {:g} s")
 
     def take(self) -> bytes:
         """All body bytes buffered now (possibly none)."""
@@ -172,7 +172,7 @@ class UpstreamConnection(asyncio.Protocol):
                 return self.take()
             if self.done:
                 return b""
-            await self._wait(idle_s, "nothing for {:g} s")
+            await self.wait(idle_s, "nothing for {:g} s")
 
     async def read_all(self, idle_s: float) -> bytes:
         """The whole body (each wait for more at most ``idle_s``)."""
@@ -194,7 +194,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     # -- internals -------------------------------------------------------------------------------------
-    async def _wait(self, timeout_s: float, what: str) -> None:
+    async def wait(self, timeout_s: float, what: str) -> None:
+        """Wait for the next event of the response (head, body bytes, end), at most ``timeout_s``; raises
+        TimeoutError with ``what`` (formatted with the timeout) or the connection's error."""
         if self.error is not None:
             raise self.error
         fut = self.waiter = self.loop.create_future()
@@ -261,16 +263,23 @@ class UpstreamPool:
         else:
             self.sweeping = False
 
-    async def acquire(self, target: Target, connect_s: float) -> UpstreamConnection:
-        """An idle connection to ``target``, or a new one (raises TryFailed("connect") when none can be made)."""
-        key = (target.host, target.port)
-        stack = self.idle.get(key)
+    def idle_connection(self, target: Target) -> UpstreamConnection | None:
+        """An idle keep-alive connection to ``target``, if there is one (no await: the common case)."""
+        stack = self.idle.get((target.host, target.port))
         while stack:
             conn = stack.pop()
             if not conn.closed:
                 conn.reused = True
                 self.reuses += 1
                 return conn
+        return None
+
+    async def acquire(self, target: Target, connect_s: float) -> UpstreamConnection:
+        """An idle connection to ``target``, or a new one (raises TryFailed("connect") when none can be made)."""
+        conn = self.idle_connection(target)
+        if conn is not None:
+            return conn
+        key = (target.host, target.port)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_s):
