@@ -109,9 +109,9 @@ class GatewayMetrics:
             child = self._child(metric, *labels)
             # what Histogram.observe does per value, once per bucket (checked by tests/unit/serve/test_metrics.py)
             child._sum.inc(h[0])
-            for i, n in enumerate(h[1:]):
-                if n:
-                    child._buckets[i].inc(n)
+            for i, hits in enumerate(h[1:]):
+                if hits:
+                    child._buckets[i].inc(hits)
 
     def request(self, route: str, backend: str, code: int, duration_s: float) -> None:
         """Count a finished request and its duration."""
