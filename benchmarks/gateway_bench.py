@@ -1,7 +1,9 @@
-"""Gateway benchmark: proxy overhead against nginx and a plain aiohttp proxy, 1,000 SSE streams, routing quality
-on 8 simulated LLM servers, and failover when a backend is killed. Real processes on 127.0.0.1, one run.
+"""Gateway benchmark: proxy overhead against nginx and a bare aiohttp proxy (benchmarks/bare_proxy.py), 1,000 SSE
+streams, routing quality on 8 simulated LLM servers, and failover when a backend is killed. Real processes on
+127.0.0.1; the overhead and routing parts run several rounds and report each round and the median.
 
-Usage: .venv/bin/python benchmarks/gateway_bench.py [--parts overhead,sse,routing,failover] [--seconds 4]
+Usage: .venv/bin/python benchmarks/gateway_bench.py [--parts overhead,sse,routing,slow,failover] [--seconds 4]
+       [--rounds 3] [--policies round_robin,least_request,prefix_aware]
 Needs nginx and wrk from Debian (`apt-get install -y nginx wrk`); the overhead part is skipped without them.
 """
 
@@ -75,30 +77,11 @@ NGINX_BACKEND = """worker_processes 1; daemon off; pid {d}/b.pid; error_log {d}/
 events {{ worker_connections 4096; }}
 http {{ access_log off; server {{ listen 127.0.0.1:{port}; location / {{ default_type application/json;
 return 200 '{{"id":"cmpl-1","object":"text_completion","choices":[{{"text":"ok"}}]}}'; }} }} }}"""
-NGINX_PROXY = """worker_processes 2; daemon off; pid {d}/p.pid; error_log {d}/p.err;
+NGINX_PROXY = """worker_processes {workers}; daemon off; pid {d}/p.pid; error_log {d}/p.err;
 events {{ worker_connections 4096; }}
 http {{ access_log off; upstream be {{ server 127.0.0.1:{backend}; keepalive 256; }}
 server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://be; proxy_http_version 1.1;
 proxy_set_header Connection ""; proxy_buffering off; }} }} }}"""
-PLAIN_PROXY = '''
-import asyncio, sys, aiohttp, uvloop
-from aiohttp import web
-BACKEND = sys.argv[1]
-async def main():
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
-    async def handle(request):
-        async with session.request(request.method, BACKEND + request.raw_path, data=await request.read()) as r:
-            return web.Response(status=r.status, body=await r.read(), content_type=r.content_type)
-    runner = web.ServerRunner(web.Server(handle), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print('{"url": "http://127.0.0.1:%d"}' % runner.addresses[0][1], flush=True)
-    await asyncio.Event().wait()
-uvloop.run(main())
-'''
-
-
 def free_port() -> int:
     import socket
 
@@ -142,49 +125,73 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
-def overhead(seconds: float, workers: int = 2) -> dict[str, Any]:
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def overhead(seconds: float, workers: int = 2, rounds: int = 3) -> dict[str, Any]:
+    """Every target at c=1, 64 and 256, ``rounds`` times interleaved (so load swings hit all targets alike);
+    the summary takes each figure's median over the rounds."""
     if not (shutil.which("nginx") and shutil.which("wrk")):
         print("overhead: skipped (needs nginx and wrk: apt-get install -y nginx wrk)")
         return {}
     bport, pport = free_port(), free_port()
     (TMP / "b.conf").write_text(NGINX_BACKEND.format(d=TMP, port=bport))
-    (TMP / "p.conf").write_text(NGINX_PROXY.format(d=TMP, port=pport, backend=bport))
+    (TMP / "p.conf").write_text(NGINX_PROXY.format(d=TMP, port=pport, backend=bport, workers=workers))
     backend = subprocess.Popen(["nginx", "-c", str(TMP / "b.conf")])
     nginx = subprocess.Popen(["nginx", "-c", str(TMP / "p.conf")])
     PROCS.extend([backend, nginx])
-    (TMP / "plain.py").write_text(PLAIN_PROXY)
-    plain, pinfo = start([PY, str(TMP / "plain.py"), f"http://127.0.0.1:{bport}"], "plain")
+    bare, binfo = start([PY, str(Path(__file__).with_name("bare_proxy.py")), f"http://127.0.0.1:{bport}",
+                         "--workers", str(workers)], "bare")
     gw, ginfo = gateway("overhead", {"workers": workers, "routes": [{
         "name": "api", "path_prefix": "/", "policy": "round_robin", "health": {"interval_s": 1},
         "backends": [{"name": "b0", "url": f"http://127.0.0.1:{bport}"}]}]})
     time.sleep(1.0)
     targets = {"direct": f"http://127.0.0.1:{bport}/v1/x", "nginx": f"http://127.0.0.1:{pport}/v1/x",
-               "aiohttp-proxy": f"{pinfo['url']}/v1/x", "granary": f"{ginfo['url']}/v1/x"}
-    pids = {"direct": backend.pid, "nginx": nginx.pid, "aiohttp-proxy": plain.pid, "granary": gw.pid}
-    res: dict[str, Any] = {}
-    for conns in (1, 64, 256):
-        for name, url in targets.items():
-            cpu0 = tree_cpu_s(pids[name])
-            res[f"{name}@{conns}"] = r = wrk(url, conns, seconds)
-            r["cpu_us_per_req"] = (tree_cpu_s(pids[name]) - cpu0) * 1e6 / max(1.0, r["requests"])
-            print(f"  {name:14s} c={conns:<4d} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
-                  f"timeouts {r['timeouts']:.0f} errors {r['errors']:.0f}  "
-                  f"CPU {r['cpu_us_per_req']:6.1f} us/req  (load {loadavg()})")
-    for p in (gw, plain, nginx, backend):
+               "bare-proxy": f"{binfo['url']}/v1/x", "granary": f"{ginfo['url']}/v1/x"}
+    pids = {"direct": backend.pid, "nginx": nginx.pid, "bare-proxy": bare.pid, "granary": gw.pid}
+    per_round: list[dict[str, Any]] = []
+    for rnd in range(rounds):
+        res: dict[str, Any] = {}
+        for conns in (1, 64, 256):
+            for name, url in targets.items():
+                cpu0 = tree_cpu_s(pids[name])
+                res[f"{name}@{conns}"] = r = wrk(url, conns, seconds)
+                r["cpu_us_per_req"] = (tree_cpu_s(pids[name]) - cpu0) * 1e6 / max(1.0, r["requests"])
+                r["load"] = loadavg()
+                print(f"  round {rnd + 1} {name:11s} c={conns:<4d} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
+                      f"timeouts {r['timeouts']:.0f} errors {r['errors']:.0f}  "
+                      f"CPU {r['cpu_us_per_req']:6.1f} us/req  (load {r['load']})")
+        per_round.append(res)
+    for p in (gw, bare, nginx, backend):
         stop(p)
-    g64, n64 = res["granary@64"], res["nginx@64"]
+
+    def med(key: str, field: str) -> float:
+        return median([r[key][field] for r in per_round])
+
+    def ratio(f: Any) -> dict[str, Any]:
+        vals = [f(r) for r in per_round]
+        return {"median": round(median(vals), 3), "rounds": [round(v, 3) for v in vals]}
+
     summary = {
-        "granary/nginx throughput @64": round(g64["rps"] / n64["rps"], 3),
-        "granary added p50 @1 (ms)": round(res["granary@1"]["p50_ms"] - res["direct@1"]["p50_ms"], 3),
-        "nginx added p50 @1 (ms)": round(res["nginx@1"]["p50_ms"] - res["direct@1"]["p50_ms"], 3),
-        "aiohttp-proxy added p50 @1 (ms)": round(res["aiohttp-proxy@1"]["p50_ms"] - res["direct@1"]["p50_ms"], 3),
-        "granary @256 / @64": round(res["granary@256"]["rps"] / g64["rps"], 3),
-        "granary timeouts @256": res["granary@256"]["timeouts"],
-        "granary/aiohttp-proxy throughput @64": round(g64["rps"] / res["aiohttp-proxy@64"]["rps"], 3),
-        "CPU us per proxied request @64 (granary, nginx, aiohttp-proxy)": [
-            round(res[f"{n}@64"]["cpu_us_per_req"], 1) for n in ("granary", "nginx", "aiohttp-proxy")],
+        "rounds": rounds,
+        "granary/nginx throughput @64": ratio(lambda r: r["granary@64"]["rps"] / r["nginx@64"]["rps"]),
+        "granary/bare-proxy throughput @64": ratio(lambda r: r["granary@64"]["rps"] / r["bare-proxy@64"]["rps"]),
+        "req/s @64 median (granary, nginx, bare-proxy, direct)": [
+            round(med(f"{n}@64", "rps")) for n in ("granary", "nginx", "bare-proxy", "direct")],
+        "granary @256 / @64": ratio(lambda r: r["granary@256"]["rps"] / r["granary@64"]["rps"]),
+        "granary timeouts @256": sum(r["granary@256"]["timeouts"] for r in per_round),
+        "added p50 @1 median, ms (granary, nginx, bare-proxy)": [
+            round(median([r[f"{n}@1"]["p50_ms"] - r["direct@1"]["p50_ms"] for r in per_round]), 3)
+            for n in ("granary", "nginx", "bare-proxy")],
+        "CPU us per proxied request @64 median (granary, nginx, bare-proxy)": [
+            round(med(f"{n}@64", "cpu_us_per_req"), 1) for n in ("granary", "nginx", "bare-proxy")],
+        "CPU us per proxied request @256 median (granary, nginx, bare-proxy)": [
+            round(med(f"{n}@256", "cpu_us_per_req"), 1) for n in ("granary", "nginx", "bare-proxy")],
     }
-    return {"runs": res, "summary": summary}
+    return {"runs": per_round, "summary": summary}
 
 
 # -- SSE ------------------------------------------------------------------------------------------------
@@ -281,45 +288,76 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def routing(chats_n: int = 48, clients: int = 12) -> dict[str, Any]:
-    res: dict[str, Any] = {}
-    chats = conversations(chats_n)
-    for policy in ("round_robin", "least_request", "prefix_aware"):
-        sims = [sim(f"r{policy}{i}", model="m", per_token_ms=2, prefill_per_token_ms=0.2, max_concurrency=8,
-                    kv_blocks=2048) for i in range(8)]
-        gw, info = gateway(f"route-{policy}", {"workers": 2, "routes": [{
-            "name": "chat", "models": ["m"], "policy": policy,
-            "backends": [{"name": f"s{i}", "url": u} for i, (_, u) in enumerate(sims)]}]})
+def ttft_run(policy: str, chats: list[list[list[dict[str, str]]]], clients: int, tag: str) -> dict[str, Any]:
+    sims = [sim(f"r{tag}{policy}{i}", model="m", per_token_ms=2, prefill_per_token_ms=0.2, max_concurrency=8,
+                kv_blocks=2048) for i in range(8)]
+    gw, info = gateway(f"route-{tag}{policy}", {"workers": 2, "routes": [{
+        "name": "chat", "models": ["m"], "policy": policy,
+        "backends": [{"name": f"s{i}", "url": u} for i, (_, u) in enumerate(sims)]}]})
+    try:
         ttft = asyncio.run(chat_load(info["url"], "m", chats, clients, stream=True))
-        res[policy] = {"p50_ms": round(pct(ttft, 0.5) * 1e3, 1), "p90_ms": round(pct(ttft, 0.9) * 1e3, 1),
-                       "requests": len(ttft)}
-        print(f"  TTFT {policy:14s} p50 {res[policy]['p50_ms']:7.1f} ms  p90 {res[policy]['p90_ms']:7.1f} ms  "
-              f"({len(ttft)} requests, load {loadavg()})")
+    finally:
         stop(gw)
         for p, _ in sims:
             stop(p)
-    slow: dict[str, Any] = {}
+    return {"p50_ms": round(pct(ttft, 0.5) * 1e3, 1), "p90_ms": round(pct(ttft, 0.9) * 1e3, 1),
+            "requests": len(ttft), "load": loadavg()}
+
+
+def routing(chats_n: int = 48, clients: int = 12, rounds: int = 3,
+            policies: tuple[str, ...] = ("round_robin", "least_request", "prefix_aware")) -> dict[str, Any]:
+    """TTFT of each policy on the multi-turn chat workload, ``rounds`` times with the policies interleaved;
+    the ratios are taken per round, and their medians reported."""
+    chats = conversations(chats_n)
+    per_round: list[dict[str, Any]] = []
+    for rnd in range(rounds):
+        res: dict[str, Any] = {}
+        for policy in policies:
+            res[policy] = r = ttft_run(policy, chats, clients, f"{rnd}")
+            print(f"  round {rnd + 1} TTFT {policy:14s} p50 {r['p50_ms']:7.1f} ms  p90 {r['p90_ms']:7.1f} ms  "
+                  f"({r['requests']} requests, load {r['load']})")
+        per_round.append(res)
+    out: dict[str, Any] = {"rounds": per_round}
+    for policy in policies:
+        out[f"{policy} p90 median (ms)"] = median([r[policy]["p90_ms"] for r in per_round])
+    if "prefix_aware" in policies:
+        for other, label in (("round_robin", "prefix/rr p90"), ("least_request", "prefix/least p90")):
+            if other in policies:
+                vals = [r["prefix_aware"]["p90_ms"] / r[other]["p90_ms"] for r in per_round]
+                out[label] = {"median": round(median(vals), 3), "rounds": [round(v, 3) for v in vals]}
+    return out
+
+
+def slow_backend(rounds: int = 3) -> dict[str, Any]:
+    """p99 latency with one of 8 backends 5x slower, ``rounds`` times with the policies interleaved; the ratios
+    are taken per round, and their medians reported."""
     short = conversations(96, seed=1)
     short = [[turn[:2] for turn in chat[:1]] for chat in short]  # single-turn requests
-    for policy in ("round_robin", "peak_ewma", "p2c"):
-        sims = [sim(f"s{policy}{i}", model="m", per_token_ms=4, prefill_per_token_ms=0.01, max_concurrency=32,
-                    slowdown=5 if i == 0 else 1) for i in range(8)]
-        gw, info = gateway(f"slow-{policy}", {"workers": 2, "routes": [{
-            "name": "chat", "models": ["m"], "policy": policy,
-            "backends": [{"name": f"s{i}", "url": u} for i, (_, u) in enumerate(sims)]}]})
-        lat = asyncio.run(chat_load(info["url"], "m", short * 4, 16, stream=False))
-        slow[policy] = {"p50_ms": round(pct(lat, 0.5) * 1e3, 1), "p99_ms": round(pct(lat, 0.99) * 1e3, 1),
-                        "requests": len(lat)}
-        print(f"  one backend 5x slower, {policy:12s} p50 {slow[policy]['p50_ms']:7.1f} ms  "
-              f"p99 {slow[policy]['p99_ms']:7.1f} ms  (load {loadavg()})")
-        stop(gw)
-        for p, _ in sims:
-            stop(p)
-    return {"ttft": res, "slow_backend": slow,
-            "prefix/rr p90": round(res["prefix_aware"]["p90_ms"] / res["round_robin"]["p90_ms"], 3),
-            "prefix/least p90": round(res["prefix_aware"]["p90_ms"] / res["least_request"]["p90_ms"], 3),
-            "peak_ewma/rr p99": round(slow["peak_ewma"]["p99_ms"] / slow["round_robin"]["p99_ms"], 3),
-            "p2c/rr p99": round(slow["p2c"]["p99_ms"] / slow["round_robin"]["p99_ms"], 3)}
+    per_round: list[dict[str, Any]] = []
+    for rnd in range(rounds):
+        slow: dict[str, Any] = {}
+        for policy in ("round_robin", "peak_ewma", "p2c"):
+            sims = [sim(f"s{rnd}{policy}{i}", model="m", per_token_ms=4, prefill_per_token_ms=0.01,
+                        max_concurrency=32, slowdown=5 if i == 0 else 1) for i in range(8)]
+            gw, info = gateway(f"slow-{rnd}{policy}", {"workers": 2, "routes": [{
+                "name": "chat", "models": ["m"], "policy": policy,
+                "backends": [{"name": f"s{i}", "url": u} for i, (_, u) in enumerate(sims)]}]})
+            try:
+                lat = asyncio.run(chat_load(info["url"], "m", short * 4, 16, stream=False))
+            finally:
+                stop(gw)
+                for p, _ in sims:
+                    stop(p)
+            slow[policy] = r = {"p50_ms": round(pct(lat, 0.5) * 1e3, 1), "p99_ms": round(pct(lat, 0.99) * 1e3, 1),
+                                "requests": len(lat), "load": loadavg()}
+            print(f"  round {rnd + 1} one backend 5x slower, {policy:12s} p50 {r['p50_ms']:7.1f} ms  "
+                  f"p99 {r['p99_ms']:7.1f} ms  (load {r['load']})")
+        per_round.append(slow)
+    out: dict[str, Any] = {"rounds": per_round}
+    for policy in ("peak_ewma", "p2c"):
+        vals = [r[policy]["p99_ms"] / r["round_robin"]["p99_ms"] for r in per_round]
+        out[f"{policy}/rr p99"] = {"median": round(median(vals), 3), "rounds": [round(v, 3) for v in vals]}
+    return out
 
 
 # -- failover -------------------------------------------------------------------------------------------
@@ -398,7 +436,11 @@ def failover() -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--parts", default="overhead,sse,routing,failover")
+    ap.add_argument("--parts", default="overhead,sse,routing,slow,failover")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="Rounds of the overhead, routing and slow parts (medians reported).")
+    ap.add_argument("--policies", default="round_robin,least_request,prefix_aware",
+                    help="Policies of the routing part.")
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--workers", type=int, default=2, help="Gateway worker processes in the overhead part.")
     ap.add_argument("--json", type=Path, default=None, help="Also write the results here.")
@@ -408,13 +450,16 @@ def main() -> None:
     try:
         if "overhead" in parts:
             print("overhead (small JSON responses; backend: nginx returning a constant):")
-            out["overhead"] = overhead(args.seconds, args.workers)
+            out["overhead"] = overhead(args.seconds, args.workers, args.rounds)
         if "sse" in parts:
             print("SSE pass-through:")
             out["sse"] = sse()
         if "routing" in parts:
-            print("routing quality on 8 simulated LLM servers:")
-            out["routing"] = routing()
+            print("routing quality on 8 simulated LLM servers (TTFT, multi-turn chats):")
+            out["routing"] = routing(rounds=args.rounds, policies=tuple(args.policies.split(",")))
+        if "slow" in parts:
+            print("routing around a slow backend (8 simulated LLM servers, one 5x slower):")
+            out["slow"] = slow_backend(args.rounds)
         if "failover" in parts:
             print("failover:")
             out["failover"] = failover()
@@ -428,7 +473,8 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
     out["load_after"] = loadavg()
-    summary = {k: v.get("summary", v) if isinstance(v, dict) else v for k, v in out.items()}
+    summary = {k: v.get("summary", {kk: vv for kk, vv in v.items() if kk != "rounds"})
+               if isinstance(v, dict) else v for k, v in out.items()}
     print(json.dumps(summary, indent=2, default=str))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))

@@ -312,7 +312,9 @@ class Gateway:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
         if self.local is not None:
-            return generate_latest(self.local.proxy.metrics.registry), CONTENT_TYPE_LATEST
+            metrics = self.local.proxy.metrics
+            metrics.flush()  # one process: the scrape sees every request answered so far
+            return generate_latest(metrics.registry), CONTENT_TYPE_LATEST
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()

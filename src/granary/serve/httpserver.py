@@ -147,6 +147,8 @@ class ClientConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._refused: tuple[int, str, str] | None = None
+        self._in_body = False  # a body is being read: the idle timer watches it
+        self._progress = 0.0  # when the last body bytes came
         self.chunked = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------------
@@ -168,6 +170,8 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if self._refused is None:
                 self._refuse(400, "bad_request", f"malformed HTTP request: {exc}")
+        if self._in_body and self.timer is None:  # a body still to come (most arrive whole: no timer at all)
+            self.timer = self.loop.call_later(self.server.client_idle_s, self._check_stalled)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gone = True
@@ -190,6 +194,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._in_body = False
         self._url.clear()
         self._headers = []
         self._body = []
@@ -212,7 +217,8 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(413, "body_too_large", f"the request body has {length} bytes; the limit is {limit}")
             return
         if length or any(k.lower() == b"transfer-encoding" for k, _ in self._headers):
-            self._arm_timer()
+            self._in_body = True
+            self._progress = self.loop.time()
 
     def on_body(self, body: bytes) -> None:
         if self._refused is not None:
@@ -223,9 +229,10 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(413, "body_too_large", f"the request body exceeds the limit of {limit} bytes")
             return
         self._body.append(body)
-        self._arm_timer()
+        self._progress = self.loop.time()
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         self._cancel_timer()
         if self._refused is not None:
             return
@@ -337,6 +344,7 @@ class ClientConnection(asyncio.Protocol):
     def _refuse(self, status: int, reason: str, message: str) -> None:
         """Answer before the body was read (too large, stalled, malformed) and close the connection."""
         self._refused = (status, reason, message)
+        self._in_body = False
         self._cancel_timer()
         if self.transport is not None:
             self.transport.pause_reading()
@@ -351,9 +359,16 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.queue.append(req)
 
-    def _arm_timer(self) -> None:
-        self._cancel_timer()
-        self.timer = self.loop.call_later(self.server.client_idle_s, self._stalled)
+    def _check_stalled(self) -> None:
+        """The idle timer fired: refuse the request if no body bytes came for ``client_idle_s``, else wait on."""
+        self.timer = None
+        if not self._in_body:
+            return
+        left = self.server.client_idle_s - (self.loop.time() - self._progress)
+        if left > 0:
+            self.timer = self.loop.call_later(left, self._check_stalled)
+        else:
+            self._stalled()
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:

@@ -95,6 +95,9 @@ class LeanProxy(Router):
             log.exception("internal error on %s %s", req.method, path)
             self.answer_reject(req, out, Reject(500, "internal_error", "internal gateway error (see its log)",
                                                 route=route), request_id, t0)
+        finally:
+            if self.metrics.dirty and not self.admission.used:  # idle: metrics become visible now
+                self.metrics.flush()
 
     def answer_reject(self, req: Incoming, out: ClientConnection, rej: Reject, request_id: str, t0: float) -> None:
         """Answer with an OpenAI-style error and count it."""
@@ -128,11 +131,13 @@ class LeanProxy(Router):
         timeouts = pool.route.timeouts
         target = self.target(backend)
         data = build_head(request.method, target, request.raw_path, request.headers.raw, prepared, len(body)) + body
+        upstream = self.upstream
         for _ in range(2):  # a reused connection the backend closed meanwhile is replaced once
-            conn = await self.upstream.acquire(target, timeouts.connect_s)
+            conn = upstream.idle_connection(target) or await upstream.acquire(target, timeouts.connect_s)
             conn.send(data, head_only=request.method == "HEAD")
             try:
-                await conn.wait_head(timeouts.first_byte_s)
+                while not conn.head_done:
+                    await conn.wait(timeouts.first_byte_s, "no response within {:g} s")
                 return conn
             except StaleConnection:
                 continue

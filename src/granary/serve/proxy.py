@@ -73,6 +73,9 @@ class Proxy(Router):
             log.exception("internal error on %s %s", request.method, path)
             return self.reject(request, Reject(500, "internal_error", "internal gateway error (see its log)",
                                                route=route), request_id, t0)
+        finally:
+            if self.metrics.dirty and not self.admission.used:  # idle: metrics become visible now
+                self.metrics.flush()
 
     def models_response(self) -> web.Response:
         """``GET /v1/models``: every model any route serves."""

@@ -2,8 +2,10 @@
 
 One :class:`UpstreamConnection` carries one request at a time. Its body is buffered only up to
 ``READ_HIGH_WATER`` bytes: past that the socket stops being read until the relay takes the data, so a fast
-backend and a slow client never fill the gateway's memory. Timers are armed on the connection itself (one
-``call_later`` per wait), which is cheaper than a task or an ``asyncio.timeout`` block per read.
+backend and a slow client never fill the gateway's memory. A wait sets a deadline on the connection, and one
+sweep per pool (every ``SWEEP_S`` while anything waits) fails the waits past their deadline: a timer per wait
+(``call_later`` and its cancel) cost more than the rest of the wait, and timeouts here are seconds long, so
+firing up to ``SWEEP_S`` late is harmless.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ except ImportError as exc:  # pragma: no cover - the serve extra installs it
     raise MissingDependencyError("httptools", "serve") from exc
 
 READ_HIGH_WATER = 256 * 1024
+SWEEP_S = 0.05
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
                         b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length"})
 REPLACED = HOP_BY_HOP | {b"x-forwarded-for", b"x-request-id"}  # the gateway sets these itself
@@ -62,6 +65,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
+        self.deadline = 0.0
+        self.timeout_s = 0.0
+        self.what = ""
         self._reset(head_only=False)
 
     def _reset(self, *, head_only: bool) -> None:
@@ -145,7 +151,7 @@ class UpstreamConnection(asyncio.Protocol):
     async def wait_head(self, timeout_s: float) -> None:
         """Wait for the response's status line and headers."""
         while not self.head_done:
-            await self._wait(timeout_s, "no response within {:g} s")
+            await self.wait(timeout_s, "no response within {:g} s")
 
     def take(self) -> bytes:
         """All body bytes buffered now (possibly none)."""
@@ -166,7 +172,7 @@ class UpstreamConnection(asyncio.Protocol):
                 return self.take()
             if self.done:
                 return b""
-            await self._wait(idle_s, "nothing for {:g} s")
+            await self.wait(idle_s, "nothing for {:g} s")
 
     async def read_all(self, idle_s: float) -> bytes:
         """The whole body (each wait for more at most ``idle_s``)."""
@@ -188,16 +194,29 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     # -- internals -------------------------------------------------------------------------------------
-    async def _wait(self, timeout_s: float, what: str) -> None:
+    async def wait(self, timeout_s: float, what: str) -> None:
+        """Wait for the next event of the response (head, body bytes, end), at most ``timeout_s``; raises
+        TimeoutError with ``what`` (formatted with the timeout) or the connection's error."""
         if self.error is not None:
             raise self.error
         fut = self.waiter = self.loop.create_future()
-        timer = self.loop.call_later(timeout_s, _expire, fut, what.format(timeout_s))
+        self.deadline = self.loop.time() + timeout_s
+        self.timeout_s, self.what = timeout_s, what
+        waiting = self.pool.waiting
+        waiting.add(self)
+        if not self.pool.sweeping:
+            self.pool.start_sweep(self.loop)
         try:
             await fut
         finally:
-            timer.cancel()
+            waiting.discard(self)
             self.waiter = None
+
+    def expire(self) -> None:
+        """The wait ran past its deadline: fail it with TimeoutError."""
+        fut = self.waiter
+        if fut is not None and not fut.done():
+            fut.set_exception(TimeoutError(self.what.format(self.timeout_s)))
 
     def _wake(self) -> None:
         fut = self.waiter
@@ -210,11 +229,6 @@ class UpstreamConnection(asyncio.Protocol):
         fut = self.waiter
         if fut is not None and not fut.done():
             fut.set_exception(exc)
-
-
-def _expire(fut: asyncio.Future[None], message: str) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError(message))
 
 
 class UpstreamPool:
@@ -231,17 +245,41 @@ class UpstreamPool:
         self.idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
         self.opened = 0
         self.reuses = 0
+        self.waiting: set[UpstreamConnection] = set()
+        self.sweeping = False
 
-    async def acquire(self, target: Target, connect_s: float) -> UpstreamConnection:
-        """An idle connection to ``target``, or a new one (raises TryFailed("connect") when none can be made)."""
-        key = (target.host, target.port)
-        stack = self.idle.get(key)
+    def start_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Check the waits' deadlines every ``SWEEP_S`` for as long as any connection waits."""
+        self.sweeping = True
+        loop.call_later(SWEEP_S, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for conn in [c for c in self.waiting if c.deadline <= now]:
+            self.waiting.discard(conn)
+            conn.expire()
+        if self.waiting:
+            loop.call_later(SWEEP_S, self._sweep, loop)
+        else:
+            self.sweeping = False
+
+    def idle_connection(self, target: Target) -> UpstreamConnection | None:
+        """An idle keep-alive connection to ``target``, if there is one (no await: the common case)."""
+        stack = self.idle.get((target.host, target.port))
         while stack:
             conn = stack.pop()
             if not conn.closed:
                 conn.reused = True
                 self.reuses += 1
                 return conn
+        return None
+
+    async def acquire(self, target: Target, connect_s: float) -> UpstreamConnection:
+        """An idle connection to ``target``, or a new one (raises TryFailed("connect") when none can be made)."""
+        conn = self.idle_connection(target)
+        if conn is not None:
+            return conn
+        key = (target.host, target.port)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_s):

@@ -120,6 +120,8 @@ class Worker:
                     self.proxy.pending[name].wake_all()
                 for b in pool.members.values():
                     m.set_healthy(name, b.name, b.available(now))
+            if m.dirty:
+                m.flush()
             if self.access_log is not None:
                 self.access_log.flush()
             upstream = getattr(self.proxy, "upstream", None)
@@ -158,6 +160,7 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.proxy.close()
+        self.proxy.metrics.flush()
         if self.access_log is not None:
             self.access_log.close()
 

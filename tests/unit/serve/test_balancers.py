@@ -224,16 +224,17 @@ def test_prefix_aware_processes_agree_without_sharing_state() -> None:
         assert a.pick(info, bs, 0.0).name == b.pick(info, bs, 0.0).name
 
 
-def test_prefix_index_is_bounded_lru() -> None:
-    lb = make_balancer("prefix_aware", {"block_chars": 8, "blocks_per_backend": 10})
-    bs = backends([1])
+def test_prefix_index_forgets_a_removed_backend() -> None:
+    lb = make_balancer("prefix_aware", {"block_chars": 8})
+    bs = backends([1, 1])
     lb.update(bs)
-    for i in range(20):
-        lb.pick(RequestInfo(prompt=f"prompt number {i:04d} with some words"), bs, 0.0)
-    assert len(lb.lru["b0"]) == 10
-    assert sum(len(v) for v in lb.holders.values()) == 10
-    lb.update([])
-    assert lb.holders == {} and lb.lru == {}
+    prompt = "prompt number 0001 with some words"
+    hashes = block_hashes(prompt, 8)
+    home = lb.pick(RequestInfo(prompt=prompt), bs, 0.0)
+    assert lb.match(hashes, bs) == (len(hashes), [home])
+    lb.update([b for b in bs if b is not home])
+    assert lb.match(hashes, bs)[0] == 0  # its blocks and its slot are gone
+    assert all(lb.shared.holders(h) == 0 for h in hashes)
 
 
 def test_peak_ewma_avoids_a_backend_whose_first_answer_is_late() -> None:
@@ -308,3 +309,24 @@ def test_prefix_aware_workers_share_placements_and_load() -> None:
     a.on_done(home, req, ok=True, latency_s=0.1, now=0.0)
     later = b.pick(_conversation(0, 3), bs_b, 0.0)
     assert later.name == home.name
+
+
+def test_prefix_aware_load_fallback_counts_every_workers_requests() -> None:
+    """A backend busy with another worker's requests is left for the least loaded one, as if they were local."""
+    from granary.serve.balancers.shared import SharedRouteState
+
+    buf = bytearray(SharedRouteState.in_memory(2).buf)
+    a = make_balancer("prefix_aware", {"block_chars": 16, "busy_threshold": 2, "request_cost_blocks": 0})
+    b = make_balancer("prefix_aware", {"block_chars": 16, "busy_threshold": 2, "request_cost_blocks": 0})
+    a.attach(SharedRouteState(buf, worker=0, num_workers=2))
+    b.attach(SharedRouteState(buf, worker=1, num_workers=2))
+    bs_a, bs_b = backends([1] * 3), backends([1] * 3)
+    req = _conversation(0, 1)
+    home = a.pick(req, bs_a, 0.0)
+    a.on_first_byte(home, req, 0.0)  # its prefill is done; the request keeps decoding
+    for _ in range(3):  # three more requests in worker a on the same backend, prefills done
+        extra = _conversation(0, 2)
+        assert a.pick(extra, bs_a, 0.0) is home
+        a.on_first_byte(home, extra, 0.0)
+    later = b.pick(_conversation(0, 3), bs_b, 0.0)  # worker b: 4 requests wait there, 0 elsewhere
+    assert later.name != home.name and b.fallbacks == 1

@@ -27,8 +27,10 @@ def test_each_worker_writes_its_row_and_reads_the_others() -> None:
     rows[1].add_load(5, 2.5)
     rows[2].add_load(6, 1.0)
     assert rows[2].others_load(5) == 12.5 and rows[0].others_load(5) == 2.5 and rows[0].others_load(6) == 1.0
-    rows[1].add_load(5, -100.0)  # never below zero
-    assert rows[0].others_load(5) == 0.0
+    rows[1].add_load(5, 0.0, 3)
+    assert rows[0].others(5) == (2.5, 3.0)
+    rows[1].add_load(5, -100.0, -9)  # never below zero
+    assert rows[0].others(5) == (0.0, 0.0)
     SharedRouteState(buf, worker=0, num_workers=3)  # a restarted worker starts with nothing in flight
     assert rows[1].others_load(5) == 0.0
     with pytest.raises(ValueError, match="worker"):
@@ -37,10 +39,27 @@ def test_each_worker_writes_its_row_and_reads_the_others() -> None:
         SharedRouteState(bytearray(10))
 
 
+def test_block_index_keeps_a_bit_per_backend() -> None:
+    s = SharedRouteState.in_memory()
+    a, b = s.bit(111), s.bit(222)
+    assert a != b and a and b and s.bit(111) == a  # stable
+    s.hold([7, 8, 9], a)
+    s.hold([7, 8], b)
+    assert s.holders(7) == a | b and s.holders(9) == a and s.holders(10) == 0
+    s.hold([7 + s.block_slots], b)  # the same entry: the newer block wins
+    assert s.holders(7) == 0 and s.holders(7 + s.block_slots) == b
+    s.release(111)
+    assert s.holders(9) == 0 and s.holders(8) == b
+    assert s.bit(333) == a  # the freed slot is reused
+    full = SharedRouteState.in_memory()
+    assert all(full.bit(1000 + i) for i in range(64)) and full.bit(5000) == 0  # 64 backends at most
+
+
 def _child(path: str) -> None:
     s = SharedRouteState.open(path, worker=1, num_workers=2)
-    s.add_load(9, 4.0)
+    s.add_load(9, 4.0, 1)
     s.place(4242, 9, 17)
+    s.hold([31, 32], s.bit(9))
     s.close()
 
 
@@ -51,5 +70,6 @@ def test_two_processes_share_a_mapped_file(tmp_path: Path) -> None:
     proc.start()
     proc.join(30)
     assert proc.exitcode == 0
-    assert mine.others_load(9) == 4.0 and mine.placement(4242) == (9, 17)
+    assert mine.others(9) == (4.0, 1.0) and mine.placement(4242) == (9, 17)
+    assert mine.holders(31) == mine.holders(32) == mine.bit(9) != 0  # the child's slot, seen by this process
     mine.close()
