@@ -10,12 +10,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import granary
 from granary.api import problem
 from granary.api.config import ServerSettings
-from granary.api.middleware import ETagMiddleware, MetricsMiddleware
+from granary.api.middleware import METRICS_CONTENT_TYPE, ETagMiddleware, MetricsMiddleware, metrics_text
 from granary.api.rawsql import RawReader
 from granary.api.routes import ROUTERS
 from granary.api.schemas import problem_responses
@@ -64,7 +63,7 @@ def create_app(settings: Settings | None = None, server: ServerSettings | None =
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics_text(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import JSONB
 
 from granary.catalog import Catalog
 from granary.catalog import tables as ct
@@ -152,7 +153,9 @@ def jobs_page(conn: RawConnection, *, tenant: str | None, states: Sequence[str] 
     def build() -> sa.Select[Any]:
         j = st.jobs.c
         q = sa.select(j.id, j.name, j.tenant, j.state, j.reason, j.attempt, j.submit_time, j.first_start,
-                      j.finish_time, j.spec).order_by(j.submit_time.desc(), j.id.desc()).limit(P("limit"))
+                      j.finish_time, spec_gpus(conn.reader.dialect.name).label("gpus"),
+                      spec_int(conn.reader.dialect.name, "priority").label("priority")
+                      ).order_by(j.submit_time.desc(), j.id.desc()).limit(P("limit"))
         if tenant is not None:
             q = q.where(j.tenant == P("tenant"))
         if states:
@@ -166,12 +169,21 @@ def jobs_page(conn: RawConnection, *, tenant: str | None, states: Sequence[str] 
                               "after_id": after[1] if after else None}
     params.update({f"state{i}": s for i, s in enumerate(states)})
     key = ("jobs", tenant is not None, len(states), after is not None)
-    rows = conn.rows(conn.reader.sql(key, build), params)
-    for row in rows:
-        spec = json.loads(row.pop("spec"))
-        row["gpus"] = job_gpus(spec)
-        row["priority"] = spec.get("priority")
-    return rows
+    return conn.rows(conn.reader.sql(key, build), params)
+
+
+def spec_int(dialect: str, name: str) -> sa.ColumnElement[Any]:
+    """SQL for an integer field of a job's JSON spec (NULL when absent), read inside the database."""
+    spec = st.jobs.c.spec
+    if dialect == "postgresql":
+        return sa.cast(sa.cast(spec, JSONB)[name].astext, sa.BigInteger)
+    return sa.cast(sa.func.json_extract(spec, f"$.{name}"), sa.Integer)
+
+
+def spec_gpus(dialect: str) -> sa.ColumnElement[Any]:
+    """SQL for a job's GPUs (gpus_per_replica x replicas, as :func:`job_gpus`) read from its JSON spec."""
+    return (sa.func.coalesce(spec_int(dialect, "gpus_per_replica"), 0)
+            * sa.func.coalesce(spec_int(dialect, "replicas"), 1))
 
 
 def job_gpus(spec: dict[str, Any]) -> int:
