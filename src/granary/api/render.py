@@ -38,11 +38,12 @@ def _mirror(annotation: Any) -> Any:
 
 @functools.cache
 def _adapter(model: type[BaseModel], paged: bool) -> TypeAdapter[Any]:
-    body = _typed_dict(model)
-    if paged:
-        body = TypedDict(f"{model.__name__}PageBody",  # type: ignore[operator]  # noqa: UP013 (a name made at run time)
-                         {"items": list[body], "next_cursor": str | None})
-    return TypeAdapter(body)
+    item: Any = _typed_dict(model)
+    if not paged:
+        return TypeAdapter(item)
+    page: Any = TypedDict(f"{model.__name__}PageBody",  # type: ignore[misc]  # a name made at run time
+                          {"items": list[item], "next_cursor": str | None})
+    return TypeAdapter(page)
 
 
 def render(model: type[BaseModel], body: dict[str, Any]) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -113,6 +113,7 @@ class RoleBook:
         """The strongest role ``principal`` holds on ``dataset`` (directly or through its tenant)."""
         if principal.is_local_admin:
             return "admin"
+        roles: Sequence[str]
         if self.cache_s > 0:
             roles = [role for kind, scope, role in self.held(principal.name)
                      if (kind, scope) in (("dataset", dataset), ("tenant", tenant))]
