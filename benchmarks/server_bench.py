@@ -1,15 +1,20 @@
-"""Server benchmark: p50/p95/p99 latency of granary server's list and detail endpoints at 32 concurrent clients,
-on a SQLite and a PostgreSQL catalog, and the dashboard overview's paint time in headless Chromium, in one run.
+"""Server benchmark: p50/p95/p99 latency, requests/s and CPU per request of granary server's list and detail
+endpoints at 32 concurrent clients, on a SQLite and a PostgreSQL catalog, next to the floor (a bare FastAPI app
+serving the same bodies from memory, benchmarks/server_floor.py), and the dashboard overview's paint time in
+headless Chromium, in one run.
 
     .venv/bin/python benchmarks/server_bench.py [--catalog sqlite,postgres] [--versions 10000] [--jobs 100000]
-                                                [--audit 1000000] [--seconds 10] [--connections 32]
+                                                [--audit 1000000] [--seconds 10] [--connections 32] [--workers N]
 
 Seeds a fresh catalog per backend (bulk inserts: versions over 100 datasets, jobs, a hash-chained audit log; the
 PostgreSQL one in a database created for the run and dropped after it), starts `granary server` (tokens mode: every
-request authenticates and is authorised; --workers, default 1) and drives each endpoint with wrk (apt-get install
-wrk) at 32 connections (closed loop: each client sends its next request when the last is answered). Times the overview
-in headless Chromium (first contentful paint and the time until its data is drawn). Prints a table and writes
-benchmarks/out/server_bench.json. Targets (issue 12): p99 < 50 ms on SQLite and PostgreSQL; overview < 1 s.
+request authenticates and is authorised; --workers, default one per core) and the floor app with as many workers,
+and drives each endpoint of each with wrk (apt-get install wrk) at 32 connections (closed loop: each client sends
+its next request when the last is answered), the two alternating endpoint by endpoint. CPU per request is the CPU
+time of the server's processes (and their children: PostgreSQL's backends are not counted) over the requests served.
+Times the overview in headless Chromium (first contentful paint and the time until its data is drawn). Prints a
+table and writes benchmarks/out/server_bench.json. Targets (issue 12): p99 < 50 ms on SQLite and PostgreSQL;
+overview < 1 s.
 """
 
 from __future__ import annotations
@@ -91,8 +96,20 @@ def seed(url: str, home: Path, *, n_versions: int, n_jobs: int, n_audit: int) ->
     token = guard.issue_token("bench-admin", scopes=("read", "write", "admin")).secret
     with catalog.read() as conn:
         count = conn.execute(sa.select(sa.func.count()).select_from(sec.audit)).scalar()
+    settle(catalog)
     catalog.dispose()
     return {"token": token, "job": f"job{n_jobs // 2:08d}", "audit_rows": count}
+
+
+def settle(catalog: Any) -> None:
+    """Leave the freshly bulk-filled catalog as a settled one is: SQLite's write-ahead log folded into the
+    database (a reader otherwise searches a WAL of a million fresh records for every page), PostgreSQL's
+    statistics gathered and visibility map set (autovacuum would do it some minutes later)."""
+    with catalog.engine.connect() as conn:
+        if catalog.is_sqlite:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        else:
+            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
 
 
 def free_port() -> int:
@@ -128,17 +145,42 @@ end
 """
 
 
-def wrk(url: str, *, seconds: int, connections: int, token: str | None, script: Path) -> dict[str, float]:
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+        me = int(stat.parent.name)
+        children.setdefault(int(fields[1]), []).append(me)
+        times[me] = (int(fields[11]) + int(fields[12])) / tick
+    total, stack = 0.0, [pid]
+    while stack:
+        p = stack.pop()
+        total += times.get(p, 0.0)
+        stack.extend(children.get(p, []))
+    return total
+
+
+def wrk(url: str, *, seconds: int, connections: int, token: str | None, script: Path,
+        pid: int | None = None) -> dict[str, float]:
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script)]
     if token:
         cmd += ["-H", f"Authorization: Bearer {token}"]
+    cpu0 = cpu_s(pid) if pid else 0.0
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    cpu = cpu_s(pid) - cpu0 if pid else 0.0
     m = re.search(r"^PCTL (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)$", out, re.M)
     if not m:
         raise SystemExit(f"cannot read the latencies from wrk:\n{out}")
     p50, p95, p99, n, duration_us, status_errors, socket_errors = (int(x) for x in m.groups())
     return {"p50_ms": p50 / 1e3, "p95_ms": p95 / 1e3, "p99_ms": p99 / 1e3, "requests": n,
-            "rps": round(n / (duration_us / 1e6), 1), "errors": status_errors + socket_errors}
+            "rps": round(n / (duration_us / 1e6), 1), "errors": status_errors + socket_errors,
+            "cpu_ms_per_request": round(1e3 * cpu / max(n, 1), 3)}
 
 
 def dashboard_paint(url: str, token: str) -> dict[str, float] | None:
@@ -176,7 +218,7 @@ def run_backend(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]
     print(f"[{name}] seeded {args.versions} versions, {args.jobs} jobs, {facts['audit_rows']} audit records "
           f"in {time.perf_counter() - t0:.0f} s", flush=True)
     env = {**os.environ, "GRANARY_HOME": str(home), "GRANARY_CATALOG_URL": url, "GRANARY_AUTH": "tokens"}
-    port = free_port()
+    port, floor_port = free_port(), free_port()
     server = start([sys.executable, "-m", "granary.cli.main", "server", "--port", str(port),
                     "--workers", str(args.workers)], env, port,
                    "/api/v1/health", home / "granary.log")
@@ -186,36 +228,54 @@ def run_backend(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]
                  ("list versions of a dataset", "/datasets/ds007/versions?limit=50"), ("list jobs", "/jobs?limit=50"),
                  ("list audit", "/audit?limit=50"), ("dataset detail", "/datasets/ds007"),
                  ("job detail", f"/jobs/{facts['job']}"), ("overview", "/overview")]
+    bodies = home / "bodies"
+    bodies.mkdir()
+    for i, (_label, path) in enumerate(endpoints):
+        answer = httpx.get(f"http://127.0.0.1:{port}/api/v1{path}", timeout=60,
+                           headers={"Authorization": f"Bearer {facts['token']}"})
+        answer.raise_for_status()
+        (bodies / f"{i}.json").write_bytes(answer.content)
+    floor = start([sys.executable, str(ROOT / "server_floor.py"), "--bodies", str(bodies), "--port",
+                   str(floor_port), "--workers", str(args.workers)], env, floor_port, "/health", home / "floor.log")
     results: list[dict[str, Any]] = []
     paint = None
     try:
-        for label, path in endpoints:
+        for i, (label, path) in enumerate(endpoints):
             r = wrk(f"http://127.0.0.1:{port}/api/v1{path}", seconds=args.seconds, connections=args.connections,
-                    token=facts["token"], script=script)
-            results.append({"endpoint": label, "path": path, **r})
-            print(f"[{name}] {label:27s} p50 {r['p50_ms']:7.1f} ms  p95 {r['p95_ms']:7.1f} ms  p99 "
-                  f"{r['p99_ms']:7.1f} ms  ({r['rps']:.0f} req/s, {r['errors']} errors)", flush=True)
+                    token=facts["token"], script=script, pid=server.pid)
+            f = wrk(f"http://127.0.0.1:{floor_port}/body/{i}", seconds=args.seconds, connections=args.connections,
+                    token=None, script=script, pid=floor.pid)
+            results.append({"endpoint": label, "path": path, "body_bytes": (bodies / f"{i}.json").stat().st_size,
+                            **r, "floor": f, "load": os.getloadavg()[0]})
+            print(f"[{name}] {label:27s} p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  {r['rps']:6.0f} "
+                  f"req/s  {r['cpu_ms_per_request']:5.2f} CPU ms/req  ({r['errors']} errors) | floor p99 "
+                  f"{f['p99_ms']:6.1f} ms {f['rps']:6.0f} req/s {f['cpu_ms_per_request']:5.2f} CPU ms/req | load "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
         if not args.no_browser:
             paint = dashboard_paint(f"http://127.0.0.1:{port}", facts["token"])
             if paint:
                 print(f"[{name}] dashboard overview: first contentful paint {paint['first_contentful_paint_ms']} "
                       f"ms, data drawn at {paint['overview_drawn_ms']} ms", flush=True)
     finally:
-        server.terminate()
-        server.wait(60)
+        for proc in (server, floor):
+            proc.terminate()
+            proc.wait(60)
         shutil.rmtree(home, ignore_errors=True)
     return {"catalog": name, "endpoints": results, "dashboard": paint}
 
 
 def table(report: dict[str, Any]) -> str:
     """The results as a Markdown table (docs/server.md's figures)."""
-    lines = ["| catalog | endpoint | p50 ms | p95 ms | p99 ms | req/s | errors | p99 < 50 ms |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| catalog | endpoint | p50 ms | p95 ms | p99 ms | req/s | CPU ms/req | floor p99 ms | floor req/s | "
+             "floor CPU ms/req | req/s / floor | errors | p99 < 50 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in report["backends"]:
         for r in b["endpoints"]:
+            f = r["floor"]
             lines.append(f"| {b['catalog']} | {r['endpoint']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
-                         f"{r['p99_ms']:.1f} | {r['rps']:.0f} | {r['errors']} | "
-                         f"{'yes' if r['p99_ms'] < 50 else 'no'} |")
+                         f"{r['p99_ms']:.1f} | {r['rps']:.0f} | {r['cpu_ms_per_request']:.2f} | {f['p99_ms']:.1f} | "
+                         f"{f['rps']:.0f} | {f['cpu_ms_per_request']:.2f} | {r['rps'] / max(f['rps'], 1):.2f} | "
+                         f"{r['errors']} | {'yes' if r['p99_ms'] < 50 else 'no'} |")
     for b in report["backends"]:
         if b["dashboard"]:
             d = b["dashboard"]
@@ -249,7 +309,8 @@ def main() -> None:
     p.add_argument("--audit", type=int, default=1_000_000)
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--connections", type=int, default=32)
-    p.add_argument("--workers", type=int, default=1, help="uvicorn workers of granary server")
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                   help="worker processes of granary server and of the floor (default: one per core)")
     p.add_argument("--no-browser", action="store_true", help="skip the dashboard timing")
     args = p.parse_args()
     if not shutil.which("wrk"):

@@ -17,6 +17,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from granary.api.rawsql import RawReader
 from granary.api.state import AppState
 from granary.catalog import Catalog
 from granary.secure.errors import AuthenticationError
@@ -41,12 +42,14 @@ class Context:
         guard: the principal's guard (decisions, audit records).
         principal: who is calling.
         catalog: the catalog (metadata queries for paging; data goes through ``store``).
+        raw: the precompiled list and detail queries (metadata only, like ``catalog``).
     """
 
     store: Store
     guard: Guard
     principal: Principal
     catalog: Catalog
+    raw: RawReader
 
 
 def bearer_token(request: Request) -> str | None:
@@ -58,11 +61,12 @@ def bearer_token(request: Request) -> str | None:
     return value.strip()
 
 
-def bind(request: Request) -> Context:
+async def bind(request: Request) -> Context:
     """Authenticate the request and bind the store to its principal (:meth:`granary.store.Store.bind`).
 
     In ``local`` mode every request acts as the local admin (the server then only listens on loopback). In
     ``tokens`` mode a missing, unknown, expired or revoked token is refused with 401, and the refusal audited.
+    Runs on the event loop (no threadpool hop): a remembered token costs no query; a new one costs the lookup.
     """
     state: AppState = request.app.state.granary
     token = bearer_token(request)
@@ -76,7 +80,7 @@ def bind(request: Request) -> Context:
     view = _view(state, key if key is not None else b"local", origin, principal)
     hooks = view.hooks
     assert isinstance(hooks, SecureHooks)  # the server's store always runs the security layer
-    return Context(store=view, guard=hooks.guard, principal=principal, catalog=state.catalog)
+    return Context(store=view, guard=hooks.guard, principal=principal, catalog=state.catalog, raw=state.raw)
 
 
 def _view(state: AppState, key: bytes, origin: str, principal: Principal) -> Store:

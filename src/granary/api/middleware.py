@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -17,6 +18,19 @@ DURATION = Histogram("granary_server_request_duration_seconds", "Time to answer 
                      ["method", "route"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
                                                    5, 10))
 MAX_ETAG_BODY = 8 * 1024 * 1024
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def metrics_text() -> bytes:
+    """The Prometheus exposition of this server: of this process, or summed over every worker process when they
+    share a PROMETHEUS_MULTIPROC_DIR (``granary server --workers N`` sets one)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest()
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
 
 
 class ETagMiddleware:

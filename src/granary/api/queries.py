@@ -1,4 +1,4 @@
-"""Keyset-paged catalog queries behind the list endpoints: one query per page, whatever its size."""
+"""Catalog queries behind the runs, queues and overview endpoints (the hot lists and details: rawsql.py)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,6 @@ from granary.catalog import Catalog
 from granary.catalog import tables as ct
 from granary.sched import tables as st
 from granary.secure import tables as sec
-
-
-def datasets_page(catalog: Catalog, *, after: str | None, limit: int) -> list[dict[str, Any]]:
-    """Datasets by name after ``after``, each with the version at its default branch head."""
-    d, r = ct.datasets.c, ct.refs.c
-    head = sa.select(r.version_id).where(r.dataset == d.name, r.kind == "branch", r.name == d.default_branch)
-    q = sa.select(ct.datasets, head.scalar_subquery().label("head")).order_by(d.name).limit(limit)
-    if after is not None:
-        q = q.where(d.name > after)
-    with catalog.read() as conn:
-        return [{**row._asdict(), "metadata": json.loads(row.metadata)} for row in conn.execute(q)]
 
 
 def versions_page(catalog: Catalog, *, dataset: str | None, after: tuple[float, str] | None,
@@ -66,38 +55,6 @@ def checkpoint_step(message: str) -> int | None:
     return int(number) if word == "step" and number.isdigit() else None
 
 
-def count_versions(catalog: Catalog, dataset: str) -> int:
-    """How many versions a dataset has."""
-    with catalog.read() as conn:
-        return int(conn.execute(sa.select(sa.func.count()).select_from(ct.versions)
-                                .where(ct.versions.c.dataset == dataset)).scalar() or 0)
-
-
-def jobs_page(catalog: Catalog, *, tenant: str | None, states: list[str] | None,
-              after: tuple[float, str] | None, limit: int) -> list[dict[str, Any]]:
-    """Jobs newest first, after the sort key ``(submit_time, id)``."""
-    j = st.jobs.c
-    q = sa.select(j.id, j.name, j.tenant, j.state, j.reason, j.attempt, j.submit_time, j.first_start,
-                  j.finish_time, j.spec).order_by(j.submit_time.desc(), j.id.desc()).limit(limit)
-    if tenant is not None:
-        q = q.where(j.tenant == tenant)
-    if states:
-        q = q.where(j.state.in_(states))
-    if after is not None:
-        q = q.where(sa.or_(j.submit_time < after[0], sa.and_(j.submit_time == after[0], j.id < after[1])))
-    with catalog.read() as conn:
-        rows = conn.execute(q).all()
-    out = []
-    for row in rows:
-        spec = json.loads(row.spec)
-        d = row._asdict()
-        d.pop("spec")
-        d["gpus"] = int(spec.get("gpus_per_replica", 0)) * int(spec.get("replicas", 1))
-        d["priority"] = spec.get("priority")
-        out.append(d)
-    return out
-
-
 def jobs_of_tenant(catalog: Catalog, job_ids: set[str], tenant: str) -> set[str]:
     """Which of ``job_ids`` belong to ``tenant`` (one query)."""
     j = st.jobs.c
@@ -136,20 +93,6 @@ def queues(catalog: Catalog, *, tenant: str | None) -> list[dict[str, Any]]:
             e[state] = int(count)
             e[f"gpus_{state}"] = int(gpu_sum)
     return [out[k] for k in sorted(out)]
-
-
-def audit_page(catalog: Catalog, *, filters: dict[str, str | None], before: int | None,
-               limit: int) -> list[dict[str, Any]]:
-    """Audit records newest first, before sequence number ``before``, matching every given filter."""
-    a = sec.audit.c
-    q = sa.select(sec.audit).order_by(a.seq.desc()).limit(limit)
-    for name, value in filters.items():
-        if value is not None:
-            q = q.where(getattr(a, name) == value)
-    if before is not None:
-        q = q.where(a.seq < before)
-    with catalog.read() as conn:
-        return [{**row._asdict(), "details": json.loads(row.details)} for row in conn.execute(q)]
 
 
 def overview(catalog: Catalog, *, since: float, tenant: str | None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from threading import Lock
 from typing import Any
 
 from granary.api.config import ServerSettings
+from granary.api.rawsql import RawReader
 from granary.catalog import Catalog
 from granary.config import Settings
 from granary.secure.settings import SecureSettings
@@ -25,6 +26,7 @@ class AppState:
         secure: security settings (the per-request token replaces ``token``).
         catalog: the open catalog.
         store: the store; requests use bound copies of it (see :func:`granary.api.deps.bind`).
+        raw: the precompiled list and detail queries (:mod:`granary.api.rawsql`).
         reports: quality reports computed so far, by version id (versions are immutable).
         principals: recently authenticated tokens (sha256 of the token -> when, principal); see deps.AUTH_CACHE_S.
         views: store views bound to a recent caller, by (token hash or ``local``, client origin) -> (when, view),
@@ -37,6 +39,7 @@ class AppState:
     secure: SecureSettings
     catalog: Catalog
     store: Store
+    raw: RawReader
     reports: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     reports_lock: Lock = field(default_factory=Lock)
     principals: dict[bytes, tuple[float, Principal]] = field(default_factory=dict)

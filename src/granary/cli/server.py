@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -21,7 +25,7 @@ def register(app: typer.Typer) -> None:
         tls_key: Path = typer.Option(None, "--tls-key", help="PEM key of --tls-cert."),
         cors: str = typer.Option(None, help="Comma-separated origins allowed to call the API from a browser."),
         root_path: str = typer.Option(None, "--root-path", help="URL prefix when behind a proxy under a sub-path."),
-        workers: int = typer.Option(1, min=1, help="Worker processes (uvicorn)."),
+        workers: int = typer.Option(None, min=1, help="Worker processes (default: one per CPU core)."),
     ) -> None:
         """Serve the REST API (/api/v1, OpenAPI at /api/v1/docs) and the dashboard (/ui/)."""
         try:
@@ -36,19 +40,56 @@ def register(app: typer.Typer) -> None:
         cfg = ServerSettings.from_env(host=host, port=port, auth=auth, tls_cert=tls_cert, tls_key=tls_key,
                                       cors_origins=cors_origins, root_path=root_path)
         scheme = "https" if cfg.tls_cert else "http"
+        workers = workers or cpu_cores()
         console.print(f"granary server on {scheme}://{cfg.host}:{cfg.port}/ (dashboard /ui/, API /api/v1, "
-                      f"auth {cfg.auth})")
+                      f"auth {cfg.auth}, {workers} worker{'s' if workers > 1 else ''})")
         _export(cfg)
-        uvicorn.run("granary.api.serve:app", factory=True, host=cfg.host, port=cfg.port, workers=workers,
+        _migrate()  # once, before the workers start (each then finds the schema up to date)
+        metrics_dir = _metrics_dir() if workers > 1 else None
+        try:
+            _run(uvicorn, cfg, workers)
+        finally:
+            if metrics_dir is not None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run(uvicorn: Any, cfg: Any, workers: int) -> None:
+    uvicorn.run("granary.api.serve:app", factory=True, host=cfg.host, port=cfg.port, workers=workers,
                     ssl_certfile=str(cfg.tls_cert) if cfg.tls_cert else None,
                     ssl_keyfile=str(cfg.tls_key) if cfg.tls_key else None, log_level="warning",
                     proxy_headers=True, forwarded_allow_ips="127.0.0.1")
 
 
+def cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _migrate() -> None:
+    from granary.catalog import open_catalog
+    from granary.config import Settings
+
+    open_catalog(Settings.from_env().catalog_url).dispose()
+
+
+def _metrics_dir() -> str | None:
+    """Give the workers one Prometheus multiprocess directory (PROMETHEUS_MULTIPROC_DIR), so /metrics answers the
+    sum over every worker whichever one serves it. Returns the directory to remove at exit (None: the caller's)."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        for stale in Path(given).glob("*.db"):  # counts of an earlier run would be added to this one's
+            stale.unlink()
+        return None
+    made = tempfile.mkdtemp(prefix="granary-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = made
+    return made
+
+
 def _export(cfg: object) -> None:
     """Hand the resolved settings to the worker processes through the environment."""
-    import os
-
     from granary.api.config import ServerSettings
 
     assert isinstance(cfg, ServerSettings)

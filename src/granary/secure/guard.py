@@ -49,15 +49,19 @@ class Guard:
         catalog: the catalog.
         settings: security settings (auth mode, token, key provider, tenant, purpose).
         principal: act as this principal instead of authenticating (tests, trusted services).
+        cache_s: how long its RoleBook remembers grants and attribute rules (see
+            :class:`granary.secure.rbac.RoleBook`); guards it binds keep it. 0 by default; the HTTP server uses 1 s.
     """
 
-    def __init__(self, catalog: Catalog, settings: SecureSettings, *, principal: Principal | None = None) -> None:
+    def __init__(self, catalog: Catalog, settings: SecureSettings, *, principal: Principal | None = None,
+                 cache_s: float = 0.0) -> None:
         self.catalog = catalog
         self.settings = settings
+        self.cache_s = cache_s
         self.audit = AuditLog(catalog, origin=settings.origin)
         self.registry = PrincipalRegistry(catalog)
         self.policies = PolicyBook(catalog)
-        self.roles = RoleBook(catalog, tenant_of=lambda d: self.policies.get(d).tenant)
+        self.roles = RoleBook(catalog, tenant_of=lambda d: self.policies.get(d).tenant, cache_s=cache_s)
         self._principal = principal
         self._fixed = principal
         self._auth_at = time.monotonic()
@@ -94,14 +98,14 @@ class Guard:
         with its token's scopes.
         """
         if token is not None:
-            guard = Guard(self.catalog, replace(self.settings, auth="tokens", token=token))
+            guard = Guard(self.catalog, replace(self.settings, auth="tokens", token=token), cache_s=self.cache_s)
             guard._keys = self._keys
             _ = guard.principal  # authenticate now: a bad token never reaches a read
             return guard
         if principal is None:
             return self
         if isinstance(principal, Principal):
-            guard = Guard(self.catalog, self.settings, principal=principal)
+            guard = Guard(self.catalog, self.settings, principal=principal, cache_s=self.cache_s)
             guard._keys = self._keys
             return guard
         local = local_principal(self.settings)
@@ -118,7 +122,7 @@ class Guard:
                 self.audit.append(principal="anonymous", action="authenticate", outcome="denied",
                                   object=f"principal:{principal}", details={"reason": str(exc)})
                 raise exc
-        guard = Guard(self.catalog, self.settings, principal=found)
+        guard = Guard(self.catalog, self.settings, principal=found, cache_s=self.cache_s)
         guard._keys = self._keys
         return guard
 

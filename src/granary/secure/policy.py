@@ -170,18 +170,42 @@ class PolicyBook:
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        self.cache_s = 1.0  # policies change rarely; a change made elsewhere is seen within this
         self._cache: dict[str, tuple[float, Policy]] = {}
 
     def get(self, dataset: str) -> Policy:
-        """The dataset's policy (cached for one second; policies change rarely)."""
+        """The dataset's policy (cached for ``cache_s``, one second; policies change rarely)."""
         hit = self._cache.get(dataset)
-        if hit is not None and time.monotonic() - hit[0] < 1.0:
+        if hit is not None and time.monotonic() - hit[0] < self.cache_s:
             return hit[1]
         with self.catalog.read() as conn:
             raw = conn.execute(sa.select(t.policies.c.policy).where(t.policies.c.dataset == dataset)).scalar()
         policy = Policy() if raw is None else Policy.from_dict(json.loads(raw))
         self._cache[dataset] = (time.monotonic(), policy)
         return policy
+
+    def get_many(self, datasets: Iterable[str]) -> dict[str, Policy]:
+        """The policies of several datasets (a page of a listing): one query for those not cached."""
+        now = time.monotonic()
+        out: dict[str, Policy] = {}
+        missing = []
+        for name in dict.fromkeys(datasets):
+            hit = self._cache.get(name)
+            if hit is not None and now - hit[0] < self.cache_s:
+                out[name] = hit[1]
+            else:
+                missing.append(name)
+        if missing:
+            p = t.policies.c
+            with self.catalog.read() as conn:
+                stored = dict(conn.execute(sa.select(p.dataset, p.policy).where(p.dataset.in_(missing))).all())
+            if len(self._cache) >= 100_000:
+                self._cache.clear()
+            for name in missing:
+                raw = stored.get(name)
+                out[name] = Policy() if raw is None else Policy.from_dict(json.loads(raw))
+                self._cache[name] = (now, out[name])
+        return out
 
     def set(self, dataset: str, policy: Policy) -> Policy:
         """Replace the dataset's policy."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,11 +51,25 @@ class RoleBook:
     Args:
         catalog: the catalog holding ``secure_grants`` and ``secure_rules``.
         tenant_of: the tenant a dataset belongs to (from its policy).
+        cache_s: remember a principal's grants and the attribute rules this long (0: ask the catalog every
+            time). A grant or revoke through this book is seen at once; one made elsewhere (another process,
+            another book) within ``cache_s``. The HTTP server uses 1 s.
     """
 
-    def __init__(self, catalog: Catalog, *, tenant_of: Callable[[str], str] | None = None) -> None:
+    def __init__(self, catalog: Catalog, *, tenant_of: Callable[[str], str] | None = None,
+                 cache_s: float = 0.0) -> None:
+        if cache_s < 0:
+            raise ValueError(f"cache_s must be >= 0, got {cache_s}")
         self.catalog = catalog
         self.tenant_of = tenant_of or (lambda _dataset: "default")
+        self.cache_s = cache_s
+        self._grants: dict[str, tuple[float, tuple[tuple[str, str, str], ...]]] = {}
+        self._rules: tuple[float, dict[str, str]] | None = None
+
+    def forget(self) -> None:
+        """Drop what the cache holds (the next decision reads the catalog)."""
+        self._grants = {}
+        self._rules = None
 
     # -- grants ---------------------------------------------------------------------------------
     def grant(self, actor: Principal, principal: str, role: Role, *, dataset: str | None = None,
@@ -71,6 +85,7 @@ class RoleBook:
                                                  t.grants.c.scope == scope))
             conn.execute(t.grants.insert().values(principal=principal, scope_kind=kind, scope=scope, role=role,
                                                   granted_at=now, granted_by=actor.name))
+        self.forget()
         return Grant(principal=principal, scope_kind=kind, scope=scope, role=role)
 
     def revoke(self, actor: Principal, principal: str, *, dataset: str | None = None,
@@ -81,6 +96,7 @@ class RoleBook:
         with self.catalog.write() as conn:
             n = conn.execute(t.grants.delete().where(t.grants.c.principal == principal,
                                                      t.grants.c.scope_kind == kind, t.grants.c.scope == scope)).rowcount
+        self.forget()
         if n == 0:
             raise NotFoundError(f"{principal} holds no role on {kind} {scope}")
 
@@ -97,14 +113,35 @@ class RoleBook:
         """The strongest role ``principal`` holds on ``dataset`` (directly or through its tenant)."""
         if principal.is_local_admin:
             return "admin"
+        roles: Sequence[str]
+        if self.cache_s > 0:
+            roles = [role for kind, scope, role in self.held(principal.name)
+                     if (kind, scope) in (("dataset", dataset), ("tenant", tenant))]
+        else:
+            g = t.grants.c
+            with self.catalog.read() as conn:
+                roles = conn.execute(sa.select(g.role).where(
+                    g.principal == principal.name,
+                    sa.or_(sa.and_(g.scope_kind == "dataset", g.scope == dataset),
+                           sa.and_(g.scope_kind == "tenant", g.scope == tenant)))).scalars().all()
+        best = max(roles, key=lambda r: ROLE_RANK[r]) if roles else None
+        return best  # type: ignore[return-value]
+
+    def held(self, principal: str) -> tuple[tuple[str, str, str], ...]:
+        """Every (scope kind, scope, role) ``principal`` holds: one query, remembered for ``cache_s``."""
+        now = time.monotonic()
+        hit = self._grants.get(principal)
+        if hit is not None and now - hit[0] < self.cache_s:
+            return hit[1]
         g = t.grants.c
         with self.catalog.read() as conn:
-            roles = conn.execute(sa.select(g.role).where(
-                g.principal == principal.name,
-                sa.or_(sa.and_(g.scope_kind == "dataset", g.scope == dataset),
-                       sa.and_(g.scope_kind == "tenant", g.scope == tenant)))).scalars().all()
-        best = max(roles, key=lambda r: ROLE_RANK[r]) if roles else None
-        return best
+            found = tuple((r.scope_kind, r.scope, r.role) for r in conn.execute(
+                sa.select(g.scope_kind, g.scope, g.role).where(g.principal == principal)))
+        if self.cache_s > 0:
+            if len(self._grants) >= 10_000:
+                self._grants = {}
+            self._grants[principal] = (now, found)
+        return found
 
     # -- attribute rules ------------------------------------------------------------------------
     def add_rule(self, actor: Principal, tag_pattern: str, clearance: str) -> None:
@@ -115,15 +152,25 @@ class RoleBook:
         with self.catalog.write() as conn:
             conn.execute(t.rules.delete().where(t.rules.c.tag_pattern == tag_pattern))
             conn.execute(t.rules.insert().values(tag_pattern=tag_pattern, clearance=clearance, created_at=time.time()))
+        self.forget()
 
     def rules(self) -> dict[str, str]:
-        """Tag pattern -> clearance, built-in defaults included."""
+        """Tag pattern -> clearance, built-in defaults included (remembered for ``cache_s``)."""
+        now = time.monotonic()
+        if self._rules is not None and now - self._rules[0] < self.cache_s:
+            return self._rules[1]
         with self.catalog.read() as conn:
             custom = {r.tag_pattern: r.clearance for r in conn.execute(sa.select(t.rules))}
-        return {**DEFAULT_RULES, **custom}
+        rules = {**DEFAULT_RULES, **custom}
+        if self.cache_s > 0:
+            self._rules = (now, rules)
+        return rules
 
     def missing_clearances(self, principal: Principal, tags: Iterable[str]) -> list[str]:
         """Clearances the tags require that ``principal`` lacks."""
+        tags = list(tags)
+        if not tags:
+            return []
         needed = {c for tag in tags for pattern, c in self.rules().items() if fnmatch.fnmatchcase(tag, pattern)}
         return sorted(c for c in needed if not principal.holds(c))
 

@@ -24,13 +24,14 @@ def free_port() -> int:
 
 @contextmanager
 def running_server(settings: Settings, *, auth: str = "local", log: Path, deadline_s: float = 60.0,
-                   tls: tuple[Path, Path] | None = None) -> Iterator[str]:
-    """Start `granary server` on a free port over ``settings``' catalog (HTTPS with ``tls`` = (cert, key));
-    yields its base URL."""
+                   tls: tuple[Path, Path] | None = None, workers: int = 1,
+                   env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start `granary server` on a free port over ``settings``' catalog (HTTPS with ``tls`` = (cert, key)) with
+    ``workers`` worker processes and ``env`` added to the environment; yields its base URL."""
     port = free_port()
     env = {**os.environ, "GRANARY_HOME": str(settings.home), "GRANARY_CATALOG_URL": settings.catalog_url,
-           "GRANARY_STORAGE_URL": settings.storage_url, "GRANARY_AUTH": auth}
-    cmd = [sys.executable, "-m", "granary.cli.main", "server", "--port", str(port)]
+           "GRANARY_STORAGE_URL": settings.storage_url, "GRANARY_AUTH": auth, **(env or {})}
+    cmd = [sys.executable, "-m", "granary.cli.main", "server", "--port", str(port), "--workers", str(workers)]
     if tls is not None:
         cmd += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     with open(log, "wb") as out:

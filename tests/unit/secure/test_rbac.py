@@ -149,3 +149,49 @@ def test_local_mode_is_admin_without_setup(tmp_path: Path, catalog: Catalog) -> 
     for action in ("read", "write", "gc", "forget", "key"):
         g.authorize(action, "anything")
     assert isinstance(g.principal, Principal)
+
+
+def test_role_cache_sees_changes_within_cache_s(tmp_path: Path, catalog: Catalog,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import granary.secure.rbac as rbac
+
+    admin, _users = _guards(tmp_path, catalog)
+    settings = SecureSettings.from_env(tmp_path, environ={})
+    bob = Guard(catalog, settings, principal=admin.registry.get("bob"), cache_s=1.0)
+    clock = [1000.0]
+    monkeypatch.setattr(rbac.time, "monotonic", lambda: clock[0])
+    assert not bob.allows("read", "web")
+    admin.grant("bob", "reader", dataset="web")  # through another book: bob's cache still says "none"
+    assert not bob.allows("read", "web")
+    clock[0] += 1.0  # cache_s later the grant is seen
+    assert bob.allows("read", "web") and bob.roles.role_of(bob.principal, "web", "default") == "reader"
+    admin.revoke_role("bob", dataset="web")
+    clock[0] += 0.5
+    assert bob.allows("read", "web")  # remembered for up to cache_s ...
+    clock[0] += 0.5
+    assert not bob.allows("read", "web")  # ... and no longer
+    uncached = Guard(catalog, settings, principal=admin.registry.get("bob"))
+    admin.grant("bob", "reader", dataset="web")
+    assert uncached.allows("read", "web")  # the default (cache_s=0) reads the catalog every time
+    assert bob.bound(principal=admin.registry.get("alice")).roles.cache_s == 1.0  # bound guards keep it
+
+
+def test_policy_get_many_is_one_query_and_matches_get(tmp_path: Path, catalog: Catalog) -> None:
+    import sqlalchemy as sa
+
+    admin, _users = _guards(tmp_path, catalog)
+    admin.set_policy("web", Policy(tags=frozenset({"pii:raw"}), purposes=frozenset({"research"})))
+    book = Guard(catalog, SecureSettings.from_env(tmp_path, environ={})).policies
+    n = [0]
+
+    def count(_conn: object, _cursor: object, statement: str, *_a: object) -> None:
+        n[0] += statement.lstrip().upper().startswith("SELECT")  # SQLite's BEGIN is a statement too
+
+    sa.event.listen(catalog.engine, "before_cursor_execute", count)
+    try:
+        many = book.get_many(["web", "other", "web"])
+        assert n[0] == 1
+        assert book.get_many(["web", "other"]) == many and n[0] == 1  # remembered
+    finally:
+        sa.event.remove(catalog.engine, "before_cursor_execute", count)
+    assert set(many) == {"web", "other"} and many["web"] == admin.policies.get("web") and many["other"] == Policy()

@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
-from granary.api import queries
+from granary.api import rawsql
 from granary.api.deps import Ctx
 from granary.api.paging import DEFAULT_PAGE, MAX_PAGE, Page, decode_cursor, encode_cursor, page_limit
+from granary.api.render import render_page
 from granary.api.schemas import AuditEntry, AuditVerify
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
 
 @router.get("", response_model=Page[AuditEntry])
-def audit(ctx: Ctx, limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE), cursor: str | None = None,
-          principal: str | None = None, dataset: str | None = None, action: str | None = None,
-          outcome: str | None = None) -> Page[AuditEntry]:
+async def audit(ctx: Ctx, limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE), cursor: str | None = None,
+                principal: str | None = None, dataset: str | None = None, action: str | None = None,
+                outcome: str | None = None) -> Response:
     """Audit records newest first, filtered by principal, dataset, action or outcome."""
     ctx.guard.authorize("audit", "*", obj="audit")
     key = decode_cursor(cursor, (int,))
     n = page_limit(limit)
-    rows = queries.audit_page(ctx.catalog, filters={"principal": principal, "dataset": dataset, "action": action,
-                                                    "outcome": outcome}, before=key[0] if key else None, limit=n)
+    with ctx.raw.connection() as conn:
+        rows = rawsql.audit_page(conn, filters={"principal": principal, "dataset": dataset, "action": action,
+                                                "outcome": outcome}, before=key[0] if key else None, limit=n)
     nxt = encode_cursor([rows[-1]["seq"]]) if len(rows) == n else None
-    return Page[AuditEntry](items=[AuditEntry(**r) for r in rows], next_cursor=nxt)
+    return render_page(AuditEntry, rows, nxt)
 
 
 @router.get("/verify", response_model=AuditVerify)

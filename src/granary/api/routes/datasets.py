@@ -6,10 +6,11 @@ from dataclasses import asdict
 
 from fastapi import APIRouter, Query, Response
 
-from granary.api import queries
+from granary.api import rawsql
 from granary.api.access import visible_datasets
 from granary.api.deps import Ctx
 from granary.api.paging import DEFAULT_PAGE, MAX_PAGE, Page, decode_cursor, encode_cursor, page_limit
+from granary.api.render import render, render_page
 from granary.api.schemas import Dataset, DatasetDetail, NewRef, Ref, Version
 from granary.errors import AlreadyExistsError
 
@@ -17,39 +18,43 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 
 @router.get("", response_model=Page[Dataset])
-def list_datasets(ctx: Ctx, limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
-                  cursor: str | None = None) -> Page[Dataset]:
+async def list_datasets(ctx: Ctx, limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
+                        cursor: str | None = None) -> Response:
     """Datasets the caller may see, by name. A page may hold fewer than ``limit`` items when some are hidden."""
     key = decode_cursor(cursor, (str,))
-    rows = queries.datasets_page(ctx.catalog, after=key[0] if key else None, limit=page_limit(limit))
+    n = page_limit(limit)
+    with ctx.raw.connection() as conn:
+        rows = rawsql.datasets_page(conn, after=key[0] if key else None, limit=n)
     allowed = visible_datasets(ctx.guard, [r["name"] for r in rows])
-    nxt = encode_cursor([rows[-1]["name"]]) if len(rows) == page_limit(limit) else None
-    return Page[Dataset](items=[Dataset(**r) for r in rows if r["name"] in allowed], next_cursor=nxt)
+    nxt = encode_cursor([rows[-1]["name"]]) if len(rows) == n else None
+    return render_page(Dataset, [r for r in rows if r["name"] in allowed], nxt)
 
 
 @router.get("/{name}", response_model=DatasetDetail)
-def get_dataset(ctx: Ctx, name: str) -> DatasetDetail:
+async def get_dataset(ctx: Ctx, name: str) -> Response:
     """A dataset, its branches and tags, how many versions it has and its governance policy."""
     ctx.guard.authorize("list", name)
-    info = ctx.store.dataset(name)
-    refs = ctx.store.refs(name)
-    head = next((r.version_id for r in refs if r.kind == "branch" and r.name == info.default_branch), None)
-    return DatasetDetail(**asdict(info), head=head, refs=[Ref(**asdict(r)) for r in refs],
-                         num_versions=queries.count_versions(ctx.catalog, name),
-                         policy=ctx.guard.policies.get(name).to_dict())
+    info = ctx.store.dataset(name)  # the store's read gate: authorised and audited as the caller
+    with ctx.raw.connection() as conn:
+        refs = rawsql.dataset_refs(conn, name)
+        count = rawsql.count_versions(conn, name)
+    head = next((r["version_id"] for r in refs if r["kind"] == "branch" and r["name"] == info.default_branch), None)
+    return render(DatasetDetail, {**asdict(info), "head": head, "refs": refs, "num_versions": count,
+                                  "policy": ctx.guard.policies.get(name).to_dict()})
 
 
 @router.get("/{name}/versions", response_model=Page[Version])
-def list_versions(ctx: Ctx, name: str, limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
-                  cursor: str | None = None) -> Page[Version]:
+async def list_versions(ctx: Ctx, name: str, limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
+                        cursor: str | None = None) -> Response:
     """A dataset's versions, newest first."""
     ctx.guard.authorize("list", name)
     ctx.store.dataset(name)
     key = decode_cursor(cursor, (float, str))
     n = page_limit(limit)
-    rows = queries.versions_page(ctx.catalog, dataset=name, after=(key[0], key[1]) if key else None, limit=n)
+    with ctx.raw.connection() as conn:
+        rows = rawsql.versions_page(conn, dataset=name, after=(key[0], key[1]) if key else None, limit=n)
     nxt = encode_cursor([rows[-1]["created_at"], rows[-1]["id"]]) if len(rows) == n else None
-    return Page[Version](items=[Version(**r) for r in rows], next_cursor=nxt)
+    return render_page(Version, rows, nxt)
 
 
 def _refs(ctx: Ctx, name: str, kind: str) -> list[Ref]:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-import sqlalchemy as sa
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import PlainTextResponse
 
-from granary.api import queries
+from granary.api import queries, rawsql
 from granary.api.deps import Context, Ctx
 from granary.api.paging import DEFAULT_PAGE, MAX_PAGE, Page, decode_cursor, encode_cursor, page_limit
-from granary.api.schemas import Accepted, Job, JobAttempt, JobDetail, JobEvent, Queue
+from granary.api.render import render, render_page
+from granary.api.schemas import Accepted, Job, JobDetail, Queue
 from granary.errors import AuthorizationError
-from granary.sched import tables as st
 from granary.sched.errors import JobNotFoundError
 from granary.sched.journal import get_job, request_cancel
 
@@ -35,32 +34,28 @@ def _check_tenant(ctx: Context, job_id: str, tenant: str) -> None:
 
 
 @router.get("/jobs", response_model=Page[Job])
-def list_jobs(ctx: Ctx, state: list[State] | None = Query(None), limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
-              cursor: str | None = None) -> Page[Job]:
+async def list_jobs(ctx: Ctx, state: list[State] | None = Query(None),
+                    limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE), cursor: str | None = None) -> Response:
     """Jobs newest first (of the caller's tenant), optionally only in some states."""
     key = decode_cursor(cursor, (float, str))
     n = page_limit(limit)
-    rows = queries.jobs_page(ctx.catalog, tenant=tenant_scope(ctx), states=list(state or []) or None,
-                             after=(key[0], key[1]) if key else None, limit=n)
+    tenant = tenant_scope(ctx)
+    with ctx.raw.connection() as conn:
+        rows = rawsql.jobs_page(conn, tenant=tenant, states=state, after=(key[0], key[1]) if key else None,
+                                limit=n)
     nxt = encode_cursor([rows[-1]["submit_time"], rows[-1]["id"]]) if len(rows) == n else None
-    return Page[Job](items=[Job(**r) for r in rows], next_cursor=nxt)
+    return render_page(Job, rows, nxt)
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail)
-def job(ctx: Ctx, job_id: str) -> JobDetail:
+async def job(ctx: Ctx, job_id: str) -> Response:
     """A job, its spec, why it is in its state, its event history and its attempts."""
-    row, events, attempts = get_job(ctx.catalog, job_id)
-    _check_tenant(ctx, job_id, row.tenant)
-    with ctx.catalog.read() as conn:
-        cancel = bool(conn.execute(sa.select(st.jobs.c.cancel_requested).where(st.jobs.c.id == job_id)).scalar())
-    spec = row.spec
-    return JobDetail(
-        id=row.id, name=row.name, tenant=row.tenant, state=row.state, reason=row.reason, attempt=row.attempt,
-        submit_time=row.submit_time, first_start=row.first_start, finish_time=row.finish_time,
-        gpus=int(spec.get("gpus_per_replica", 0)) * int(spec.get("replicas", 1)), priority=spec.get("priority"),
-        spec=spec, events=[JobEvent(**e) for e in events], attempts=[JobAttempt(**a) for a in attempts],
-        node_restarts=row.node_restarts, job_restarts=row.job_restarts, preemptions=row.preemptions,
-        cancel_requested=cancel)
+    with ctx.raw.connection() as conn:
+        found = rawsql.job_detail(conn, job_id)
+    if found is None:
+        raise JobNotFoundError(job_id)
+    _check_tenant(ctx, job_id, found["tenant"])
+    return render(JobDetail, found)
 
 
 @router.get("/jobs/{job_id}/logs", response_class=PlainTextResponse,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
-from granary.api import queries
+from granary.api import rawsql
 from granary.api.access import visible_datasets
 from granary.api.deps import Ctx
 from granary.api.paging import DEFAULT_PAGE, MAX_PAGE, Page, decode_cursor, encode_cursor, page_limit
+from granary.api.render import render_page
 from granary.api.schemas import Preview, Samples, Version, VersionDetail
 from granary.errors import StoreError
 
@@ -18,15 +19,16 @@ PREVIEW_CHARS = 2000
 
 
 @router.get("", response_model=Page[Version])
-def list_versions(ctx: Ctx, limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
-                  cursor: str | None = None) -> Page[Version]:
+async def list_versions(ctx: Ctx, limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
+                        cursor: str | None = None) -> Response:
     """Versions of every dataset the caller may see, newest first."""
     key = decode_cursor(cursor, (float, str))
     n = page_limit(limit)
-    rows = queries.versions_page(ctx.catalog, dataset=None, after=(key[0], key[1]) if key else None, limit=n)
+    with ctx.raw.connection() as conn:
+        rows = rawsql.versions_page(conn, dataset=None, after=(key[0], key[1]) if key else None, limit=n)
     allowed = visible_datasets(ctx.guard, {r["dataset"] for r in rows})
     nxt = encode_cursor([rows[-1]["created_at"], rows[-1]["id"]]) if len(rows) == n else None
-    return Page[Version](items=[Version(**r) for r in rows if r["dataset"] in allowed], next_cursor=nxt)
+    return render_page(Version, [r for r in rows if r["dataset"] in allowed], nxt)
 
 
 @router.get("/{ref:path}/preview", response_model=Preview)
