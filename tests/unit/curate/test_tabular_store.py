@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -35,6 +36,9 @@ def test_curate_table_commits_rows_quarantine_lineage_and_profile(store) -> None
     assert TabularPipeline.from_dict(lineage["pipeline"]) == spec
     assert manifest.metadata["quality"]["tabular"]["duplicate_keys"] == 0
     assert run.version.kind == "table"
+    from granary.store.lineage import lineage_sources
+
+    assert sorted(lineage_sources(manifest.lineage)[0]) == sorted(lineage["inputs"].values())
 
 
 def test_cli_curate_runs_a_tabular_pipeline_file(store, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -43,7 +47,7 @@ def test_cli_curate_runs_a_tabular_pipeline_file(store, tmp_path) -> None:  # ty
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"kind": "tabular", "name": "p", "steps": [
         {"step": "dedup", "keys": ["k"], "order_by": "ts"}, {"step": "scale", "method": "minmax"}]}))
-    env = {"GRANARY_HOME": str(store.settings.home), "PATH": "/usr/bin:/bin"}
+    env = {"GRANARY_HOME": str(store.settings.home), "PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, "-m", "granary.cli.main", "curate", "raw", "-p", str(path), "-o", "out",
                            "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
