@@ -228,3 +228,9 @@ def test_fitted_floats_are_doubles_not_decimals_and_nan_is_valid_sql() -> None:
     assert all(math.isnan(v) for v in r.table.column("x").to_pylist())
     inf = run([{"step": "scale", "columns": ["x"], "fitted": {"x": [0.0, float("inf")]}}], t)
     assert inf.table.column("x").to_pylist() == [0.0, 0.0, 0.0]
+
+
+def test_iqr_fences_of_a_column_without_values_leave_it_alone() -> None:
+    t = pa.table({"x": pa.array([None, None], type=pa.float64())})
+    r = run([{"step": "outliers", "columns": ["x"]}], t)
+    assert r.table.column("x").to_pylist() == [None, None] and r.fitted["outliers"] == {"x": [None, None]}

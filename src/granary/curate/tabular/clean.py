@@ -155,7 +155,8 @@ class OutlierStep(TabularStep):
             else:
                 exprs = [f"[median({quote(c)}), 1.4826 * mad({quote(c)})]" for c in cols]
             out = {}
-            for c, (a, b) in zip(cols, ctx.one("SELECT " + ", ".join(exprs) + f" FROM {rel}"), strict=True):
+            for c, pair in zip(cols, ctx.one("SELECT " + ", ".join(exprs) + f" FROM {rel}"), strict=True):
+                a, b = pair if pair is not None else (None, None)  # quantiles of no values: NULL, not a list
                 if a is None or b is None:
                     out[c] = [None, None]
                 elif self.method == "iqr":

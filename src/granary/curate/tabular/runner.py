@@ -21,10 +21,11 @@ class TabularRun:
 
     version: VersionInfo
     result: TabularResult
+    resumed_tasks: int = 0
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready facts for the CLI."""
-        return {"version": self.version.id, "rows": self.result.table.num_rows,
+        return {"version": self.version.id, "rows": self.result.rows, "resumed_tasks": self.resumed_tasks,
                 "quarantined": self.result.quarantine.num_rows, "seconds": round(self.result.seconds, 3),
                 "steps": self.result.report, "fitted": self.result.fitted}
 
