@@ -84,8 +84,8 @@ def quantiles(qs: list[float], centers: dict[str, float] | None = None) -> Fit:
     for c, sketches in got["sketch"].items():
         n = sum(s.n for s in sketches)
         plan[c] = [P.quantile_ranks(n, q) for q in qs] if n else []
-        ranks = sorted({r for a, b, _ in plan[c] for r in (a, b)})
-        for r, (lo, hi) in zip(ranks, P.brackets(sketches, ranks), strict=True):
+        wanted = sorted({r for a, b, _ in plan[c] for r in (a, b)})
+        for r, (lo, hi) in zip(wanted, P.brackets(sketches, wanted), strict=True):
             where[(c, r)] = len(asks)
             asks.append((c, centers.get(c), lo, hi))
     got = yield {"window": asks}

@@ -42,8 +42,8 @@ class _Run:
 
     def __init__(self, store: Store, pipeline: TabularPipeline, version: str, units: int, sources: dict[str, str],
                  output: str, root: Path, purpose: str | None) -> None:
-        self.base = {"settings": store.settings, "pipeline": pipeline, "version": version, "root": str(root),
-                     "sources": sources, "output": output, "purpose": purpose}
+        self.base: dict[str, Any] = {"settings": store.settings, "pipeline": pipeline, "version": version,
+                                     "root": str(root), "sources": sources, "output": output, "purpose": purpose}
         self.units, self.root = units, root
         self.fitted: dict[int, dict[str, Any]] = {}
         self.resumed = 0

@@ -117,7 +117,7 @@ def _targets(ctx: TabularContext, rel: str, task: UnitTask) -> list[str]:
 
 def _partial(ctx: TabularContext, rel: str, task: UnitTask) -> dict[str, Any]:
     """The primitives the driver asked for, on this shard's input to the step being fitted."""
-    req, out = task.request, {}
+    req, out = task.request, {}  # type: dict[str, Any], dict[str, Any]
     if "dedup" in req:
         return {"dedup": _dedup_partial(ctx, rel, req["dedup"])}
     cols = _targets(ctx, rel, task)
