@@ -9,6 +9,7 @@ the store and returns the entry, its quarantined rows, its step reports and a pa
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -19,7 +20,7 @@ import pyarrow.compute as pc
 
 from granary.curate.tabular import partial as P
 from granary.curate.tabular.clean import numeric_columns
-from granary.curate.tabular.context import TabularContext, connect, quote
+from granary.curate.tabular.context import QUARANTINE_SCHEMA, TabularContext, connect, quote
 
 if TYPE_CHECKING:
     from granary.config import Settings
@@ -79,16 +80,55 @@ def run_unit(task: UnitTask) -> dict[str, Any]:
     con = _cursor()
     try:
         ctx = TabularContext(con)
-        rel = ctx.register(_read_unit(store, task), "input")
         for name, vid in task.sources.items():
             ctx.register(store.read_table(vid, purpose=task.purpose), name)
-        for i, step in enumerate(task.pipeline.steps[:task.step]):
-            rel = _apply(ctx, rel, i, step, task)
+        start, table = _load_state(store, ctx, task)
+        rel = ctx.register(table, "input")
+        for i in range(start, task.step):
+            rel = _apply(ctx, rel, i, task.pipeline.steps[i], task)
         if task.kind == "fit":
+            if task.step > start:  # later rounds start here instead of replaying these steps
+                rel = ctx.register(_save_state(ctx, rel, task))
             return {"unit": task.unit, "partial": _partial(ctx, rel, task)}
         return _finish(store, ctx, rel, task)
     finally:
         con.close()
+
+
+def _state(task: UnitTask, step: int, what: str) -> Path:
+    return Path(task.root) / "state" / f"u{task.unit:06d}-s{step:03d}.{what}"
+
+
+def _load_state(store: Any, ctx: TabularContext, task: UnitTask) -> tuple[int, pa.Table]:
+    """The latest saved input of a step up to ``task.step`` (with the reports and quarantine so far), or
+    the shard itself read through the store."""
+    for k in range(task.step, 0, -1):
+        path = _state(task, k, "arrow")
+        if path.exists():
+            ctx.report = json.loads(_state(task, k, "json").read_text())
+            quarantine = pa.ipc.open_file(pa.memory_map(str(_state(task, k, "q.arrow")))).read_all()
+            ctx.quarantine = [quarantine] if quarantine.num_rows else []
+            return k, pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    return 0, _read_unit(store, task)
+
+
+def _save_state(ctx: TabularContext, rel: str, task: UnitTask) -> pa.Table:
+    """Keep this shard's input to step ``task.step`` (uncompressed Arrow, memory-mapped when read back)."""
+    table = ctx.arrow(f"SELECT * FROM {rel}")
+    quarantine = pa.concat_tables(ctx.quarantine) if ctx.quarantine else QUARANTINE_SCHEMA.empty_table()
+    path = _state(task, task.step, "arrow")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for t, what in ((quarantine, "q.arrow"), (table, "arrow")):  # the table last: its presence marks the state
+        tmp = _state(task, task.step, f"tmp.{what}")
+        with pa.ipc.new_file(str(tmp), t.schema) as writer:
+            writer.write_table(t)
+        if what == "q.arrow":
+            _state(task, task.step, "json").write_text(json.dumps(ctx.report, default=str))
+        tmp.replace(_state(task, task.step, what))
+    for old in path.parent.glob(f"u{task.unit:06d}-s*.*"):  # earlier states are no longer needed
+        if not old.name.startswith(path.stem):
+            old.unlink(missing_ok=True)
+    return table
 
 
 def _apply(ctx: TabularContext, rel: str, i: int, step: Any, task: UnitTask) -> str:
@@ -103,16 +143,15 @@ def _apply(ctx: TabularContext, rel: str, i: int, step: Any, task: UnitTask) -> 
     return str(step.apply(ctx, rel))
 
 
-def _values(ctx: TabularContext, rel: str, col: str, center: float | None = None) -> np.ndarray:
-    arr = ctx.arrow(f"SELECT CAST({quote(col)} AS DOUBLE) AS v FROM {rel} WHERE {quote(col)} IS NOT NULL").column(0)
-    x = arr.to_numpy()
-    return np.abs(x - center) if center is not None else x
-
-
 def _targets(ctx: TabularContext, rel: str, task: UnitTask) -> list[str]:
     step = task.pipeline.steps[task.step]
     wanted = list(getattr(step, "columns", ()) or ())
     return wanted or numeric_columns(ctx.columns(rel))
+
+
+def _numbers(col: pa.ChunkedArray, center: float | None = None) -> np.ndarray:
+    x = col.drop_null().cast(pa.float64()).to_numpy()
+    return np.abs(x - center) if center is not None else x
 
 
 def _partial(ctx: TabularContext, rel: str, task: UnitTask) -> dict[str, Any]:
@@ -121,17 +160,18 @@ def _partial(ctx: TabularContext, rel: str, task: UnitTask) -> dict[str, Any]:
     if "dedup" in req:
         return {"dedup": _dedup_partial(ctx, rel, req["dedup"])}
     cols = _targets(ctx, rel, task)
+    data = ctx.arrow(f"SELECT {', '.join(quote(c) for c in cols)} FROM {rel}")  # one scan for every column
     if "moments" in req:
-        out["moments"] = {c: P.Moments.of(_values(ctx, rel, c)) for c in cols}
+        out["moments"] = {c: P.Moments.of(_numbers(data.column(c))) for c in cols}
     if "counts" in req:
         out["counts"] = {}
         for c in cols:
-            vc = pc.value_counts(ctx.arrow(f"SELECT {quote(c)} FROM {rel} WHERE {quote(c)} IS NOT NULL").column(0))
+            vc = pc.value_counts(data.column(c).drop_null())
             out["counts"][c] = P.value_counts(vc.field("values").to_pylist(), vc.field("counts").to_pylist())
     if "sketch" in req:
-        out["sketch"] = {c: P.Sketch.of(_values(ctx, rel, c, req["sketch"].get(c))) for c in cols}
+        out["sketch"] = {c: P.Sketch.of(_numbers(data.column(c), req["sketch"].get(c))) for c in cols}
     if "window" in req:
-        out["window"] = [P.window(_values(ctx, rel, c, center), lo, hi) for c, center, lo, hi in req["window"]]
+        out["window"] = [P.window(_numbers(data.column(c), center), lo, hi) for c, center, lo, hi in req["window"]]
     return out
 
 
