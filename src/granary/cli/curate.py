@@ -19,7 +19,9 @@ def curate_cmd(
     pipeline: Annotated[Path | None, typer.Option("--pipeline", "-p", help="Pipeline YAML file.")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Dataset to commit the result to.")] = None,
     executor: Annotated[str, typer.Option(help="Where tasks run: local (processes) or ray.")] = "local",
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core; a tabular pipeline "
+                                                     "runs shard by shard only when this or --executor ray is "
+                                                     "given).")] = None,
     branch: Annotated[str, typer.Option(help="Branch of the output dataset.")] = "main",
     encrypt: EncryptOpt = False,
     purpose: PurposeOpt = None,
