@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -179,3 +184,37 @@ def test_random_small_tables_give_the_one_process_output(small_shards, rows: lis
     sharded = curate_table_sharded(store, spec, name, name + "-sh", executor="inline")
     assert_same(store.read_table(name + "-one"), store.read_table(name + "-sh"))
     assert one.result.report == sharded.result.report
+
+
+CHILD = """
+import sys
+from granary.config import Settings
+from granary.curate.tabular import TabularPipeline, curate_table_sharded
+from granary.store import open_store
+store = open_store(Settings.from_env(home=sys.argv[1], shard_size_bytes=16384, row_group_bytes=4096))
+curate_table_sharded(store, TabularPipeline.from_dict({steps!r}), "raw", "out", executor="inline")
+"""
+
+
+def test_sigkill_of_a_real_run_then_rerun_gives_the_same_version(small_shards) -> None:  # type: ignore[no-untyped-def]
+    store = small_shards
+    store.create_dataset("raw", kind="table")
+    store.commit_table("raw", table(2000, seed=4))
+    spec = {"name": "k", "steps": STEPS[1:3] + STEPS[-1:]}
+    reference = curate_table_sharded(store, TabularPipeline.from_dict(spec), "raw", "ref", executor="inline")
+    home = store.settings.home
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", CHILD.format(steps=spec), str(home)], env=env,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not list(home.glob("work/tabular-*/fit-001-0/u*.pkl")):  # polled, not slept on: killed mid-run
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the child made no progress"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = len(list(home.glob("work/tabular-*/fit-*/u*.pkl")))
+    resumed = curate_table_sharded(store, TabularPipeline.from_dict(spec), "raw", "out", executor="inline")
+    assert resumed.resumed_tasks >= finished >= 2 * len(store.manifest("raw").shards) + 1
+    assert store.read_table("out").equals(store.read_table("ref"))
+    assert resumed.result.fitted == reference.result.fitted
