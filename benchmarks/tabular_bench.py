@@ -1,11 +1,14 @@
 """Tabular benchmark: impute + IQR clip + standardise + one-hot + key dedup, Granary vs pandas vs DuckDB SQL.
 
-    .venv/bin/python benchmarks/tabular_bench.py [--rows 10000000] [--repeat 1]
+    .venv/bin/python benchmarks/tabular_bench.py [--rows 10000000] [--repeat 1] [--workers 2] [--shards 8]
 
 The same five steps run three ways on the same Arrow table, in one run: Granary's tabular pipeline
 (``run_tabular``, DuckDB over Arrow, with its per-step reports), pandas (from a DataFrame already in memory:
 the conversion is not timed) and a hand-written DuckDB version (two statistics queries and the final query;
-the anchor Granary is held to). Outputs are compared; ratios printed; JSON to benchmarks/out/tabular_bench.json.
+the anchor Granary is held to). With ``--workers N`` (N > 0) Granary also runs shard by shard
+(``curate_table_sharded`` on N local worker processes over the table committed to a scratch store in
+``--shards`` shards; the commit is not timed, the sharded run's reads from and writes to the store are).
+Outputs are compared; ratios printed; JSON to benchmarks/out/tabular_bench.json.
 Targets (issue 15): >= 5x pandas, >= 0.8x DuckDB on 10 million rows x 20 columns.
 """
 
@@ -14,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +27,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from granary.curate.tabular import TabularPipeline, run_tabular
+from granary.config import Settings
+from granary.curate.tabular import TabularPipeline, curate_table_sharded, run_tabular
+from granary.store import open_store
 
 NUM = [f"x{i}" for i in range(17)]
 CATS = ["red", "green", "blue", "cyan", "magenta", "yellow", "black", "white"]
@@ -55,6 +62,21 @@ PIPELINE = TabularPipeline.from_dict({"name": "bench", "steps": [
 
 def granary(table: pa.Table) -> pa.Table:
     return run_tabular(PIPELINE, table, with_profile=False).table
+
+
+def sharded(table: pa.Table, workers: int, shards: int) -> tuple[float, pa.Table]:
+    """Granary shard by shard on ``workers`` processes: seconds of the run (store reads and writes included)."""
+    home = Path(tempfile.mkdtemp(prefix="tabbench-"))
+    try:
+        store = open_store(Settings.from_env(home=home, shard_size_bytes=max(1024, table.nbytes // shards + 1)))
+        store.create_dataset("raw", kind="table")
+        store.commit_table("raw", table)
+        t0 = time.perf_counter()
+        curate_table_sharded(store, PIPELINE, "raw", "out", executor="local", num_workers=workers)
+        seconds = time.perf_counter() - t0
+        return seconds, store.read_table("out")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def pandas_version(df: pd.DataFrame) -> pd.DataFrame:
@@ -103,12 +125,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2, help="sharded run's worker processes (0: no sharded run)")
+    parser.add_argument("--shards", type=int, default=8, help="shards of the sharded run's input version")
     args = parser.parse_args()
+    load_start = os.getloadavg()
     table = make_table(args.rows)
     df = table.to_pandas()
     t_granary, g = timed(granary, table, args.repeat)
     t_duck, d = timed(duckdb_version, table, args.repeat)
     t_pandas, p = timed(pandas_version, df, args.repeat)
+    t_sharded, sh = sharded(table, args.workers, args.shards) if args.workers else (None, None)
     g = g.sort_by("key")  # type: ignore[attr-defined]
     d = d.sort_by("key")  # type: ignore[attr-defined]
     p = p.sort_values("key")  # type: ignore[attr-defined]
@@ -116,10 +142,19 @@ def main() -> None:
     for c in NUM[:3]:
         np.testing.assert_allclose(g.column(c).to_numpy(), d.column(c).to_numpy(), rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(g.column(c).to_numpy(), p[c].to_numpy(), rtol=1e-6, atol=1e-9)
+    if sh is not None:
+        sh = sh.sort_by("key")
+        assert sh.num_rows == g.num_rows and sh.column("ts").equals(g.column("ts"))
+        for c in NUM:
+            np.testing.assert_allclose(sh.column(c).to_numpy(), g.column(c).to_numpy(), rtol=1e-9, atol=1e-9)
     result = {"rows": args.rows, "columns": table.num_columns, "rows_out": g.num_rows,
               "granary_s": round(t_granary, 3), "duckdb_s": round(t_duck, 3), "pandas_s": round(t_pandas, 3),
               "vs_pandas": round(t_pandas / t_granary, 2), "vs_duckdb": round(t_duck / t_granary, 2),
-              "targets": {"vs_pandas": 5.0, "vs_duckdb": 0.8}, "load_avg": os.getloadavg(),
+              "sharded_s": None if t_sharded is None else round(t_sharded, 3),
+              "sharded_workers": args.workers, "sharded_shards": args.shards,
+              "sharded_vs_pandas": None if t_sharded is None else round(t_pandas / t_sharded, 2),
+              "targets": {"vs_pandas": 5.0, "vs_duckdb": 0.8}, "load_avg_start": load_start,
+              "load_avg": os.getloadavg(),
               "cpus": os.cpu_count()}
     print(json.dumps(result, indent=1))
     out = Path(__file__).parent / "out"

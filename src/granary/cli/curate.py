@@ -19,7 +19,9 @@ def curate_cmd(
     pipeline: Annotated[Path | None, typer.Option("--pipeline", "-p", help="Pipeline YAML file.")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Dataset to commit the result to.")] = None,
     executor: Annotated[str, typer.Option(help="Where tasks run: local (processes) or ray.")] = "local",
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core; a tabular pipeline "
+                                                     "runs shard by shard only when this or --executor ray is "
+                                                     "given).")] = None,
     branch: Annotated[str, typer.Option(help="Branch of the output dataset.")] = "main",
     encrypt: EncryptOpt = False,
     purpose: PurposeOpt = None,
@@ -42,7 +44,7 @@ def curate_cmd(
         fail(f"--workers must be >= 1, got {workers}")
     if _is_tabular(pipeline):
         apply_encrypt(encrypt)
-        _curate_table(ref, pipeline, output, branch, json_out)
+        _curate_table(ref, pipeline, output, branch, json_out, executor=executor, workers=workers, purpose=purpose)
         return
     spec = PipelineSpec.from_yaml(pipeline)
     apply_encrypt(encrypt)
@@ -81,13 +83,21 @@ def _is_tabular(path: Path) -> bool:
     return isinstance(data, dict) and data.get("kind") == "tabular"
 
 
-def _curate_table(ref: str, pipeline: Path, output: str, branch: str, json_out: bool) -> None:
-    from granary.curate.tabular import TabularPipeline, curate_table
-    from granary.store import open_store
+def _curate_table(ref: str, pipeline: Path, output: str, branch: str, json_out: bool, *, executor: str,
+                  workers: int | None, purpose: str | None) -> None:
+    """One process (DuckDB on every core) by default; shard by shard with ``--workers N`` or ``--executor ray``."""
+    from granary.curate.tabular import TabularPipeline, curate_table, curate_table_sharded
 
     spec = TabularPipeline.from_yaml(pipeline)
-    with console.status(f"running {spec.name} on {ref}", spinner="dots") if not json_out else _nothing():
-        run = curate_table(open_store(), spec, ref, output, branch=branch)
+    store = read_store(purpose)
+    sharded = executor == "ray" or workers is not None
+    how = f" on {executor} ({workers or 'all'} workers)" if sharded else ""
+    with console.status(f"running {spec.name} on {ref}{how}", spinner="dots") if not json_out else _nothing():
+        if sharded:
+            run = curate_table_sharded(store, spec, ref, output, executor=executor, num_workers=workers,
+                                       branch=branch, purpose=purpose)
+        else:
+            run = curate_table(store, spec, ref, output, branch=branch, purpose=purpose)
     if json_out:
         print_json(run.summary())
         return
@@ -96,7 +106,9 @@ def _curate_table(ref: str, pipeline: Path, output: str, branch: str, json_out: 
         facts = run.result.report.get(step.display, {})
         rows.append((step.display, ", ".join(f"{k}={v}" for k, v in facts.items())[:100]))
     console.print(table(f"Tabular pipeline {spec.name}", ["step", "facts"], rows))
-    console.print(f"committed {run.version.ref}: {run.result.table.num_rows:,} rows, "
+    if run.resumed_tasks:
+        console.print(f"resumed an interrupted run: {run.resumed_tasks} finished shard task(s) kept", highlight=False)
+    console.print(f"committed {run.version.ref}: {run.result.rows:,} rows, "
                   f"{run.result.quarantine.num_rows:,} quarantined (see the version's `quarantine` table), "
                   f"{run.result.seconds:.2f} s", highlight=False)
 

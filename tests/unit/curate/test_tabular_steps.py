@@ -208,3 +208,29 @@ def test_yaml_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(spec.to_dict()))
     assert TabularPipeline.from_yaml(path) == spec
+
+
+def test_clip_and_log_keep_missing_values_missing() -> None:
+    t = pa.table({"x": pa.array([1.0, None, 3.0, 100.0, 2.0, 2.5])})
+    clipped = run([{"step": "outliers", "columns": ["x"]}], t).table.column("x").to_pylist()
+    assert clipped[1] is None and clipped[3] < 100.0 and clipped[0] == 1.0
+    logged = run([{"step": "scale", "method": "log", "columns": ["x"]}], t).table.column("x").to_pylist()
+    assert logged[1] is None and logged[0] == math.log(2.0)
+
+
+def test_fitted_floats_are_doubles_not_decimals_and_nan_is_valid_sql() -> None:
+    t = pa.table({"i": pa.array([1, 5, 10**12]), "x": pa.array([1.0, 2.0, 3.0])})
+    fence = 1234567.8901234567
+    r = run([{"step": "outliers", "columns": ["i"], "fitted": {"i": [0.5, fence]}},
+             {"step": "scale", "columns": ["x"], "fitted": {"x": [float("nan"), 1.0]}}], t)
+    assert r.table.schema.field("i").type == pa.float64()
+    assert r.table.column("i").to_pylist() == [1.0, 5.0, fence]
+    assert all(math.isnan(v) for v in r.table.column("x").to_pylist())
+    inf = run([{"step": "scale", "columns": ["x"], "fitted": {"x": [0.0, float("inf")]}}], t)
+    assert inf.table.column("x").to_pylist() == [0.0, 0.0, 0.0]
+
+
+def test_iqr_fences_of_a_column_without_values_leave_it_alone() -> None:
+    t = pa.table({"x": pa.array([None, None], type=pa.float64())})
+    r = run([{"step": "outliers", "columns": ["x"]}], t)
+    assert r.table.column("x").to_pylist() == [None, None] and r.fitted["outliers"] == {"x": [None, None]}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import yaml
@@ -35,6 +37,9 @@ def test_curate_table_commits_rows_quarantine_lineage_and_profile(store) -> None
     assert TabularPipeline.from_dict(lineage["pipeline"]) == spec
     assert manifest.metadata["quality"]["tabular"]["duplicate_keys"] == 0
     assert run.version.kind == "table"
+    from granary.store.lineage import lineage_sources
+
+    assert sorted(lineage_sources(manifest.lineage)[0]) == sorted(lineage["inputs"].values())
 
 
 def test_cli_curate_runs_a_tabular_pipeline_file(store, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -43,9 +48,38 @@ def test_cli_curate_runs_a_tabular_pipeline_file(store, tmp_path) -> None:  # ty
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"kind": "tabular", "name": "p", "steps": [
         {"step": "dedup", "keys": ["k"], "order_by": "ts"}, {"step": "scale", "method": "minmax"}]}))
-    env = {"GRANARY_HOME": str(store.settings.home), "PATH": "/usr/bin:/bin"}
+    env = {"GRANARY_HOME": str(store.settings.home), "PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, "-m", "granary.cli.main", "curate", "raw", "-p", str(path), "-o", "out",
                            "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["rows"] == 2 and summary["fitted"]["scale"]["v"] == [2.0, 298.0]
+
+
+def test_cli_curate_shard_by_shard_with_workers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from granary.config import Settings
+    from granary.store import open_store
+
+    settings = Settings.from_env(home=tmp_path / "g", shard_size_bytes=8192, row_group_bytes=4096)
+    store = open_store(settings)
+    n = 600
+    store.create_dataset("events", kind="table")
+    store.commit_table("events", pa.table({"key": [i % 450 for i in range(n)], "ts": list(range(n)),
+                                           "cat": [("a", "b", "c")[i % 3] for i in range(n)],
+                                           **{f"x{j}": [float((i * (j + 7)) % 101) if i % 13 else None
+                                                        for i in range(n)] for j in range(3)}}))
+    assert len(store.manifest("events").shards) >= 2
+    example = Path(__file__).parents[3] / "examples" / "tabular-features.yaml"
+    env = {"GRANARY_HOME": str(settings.home), "GRANARY_SHARD_SIZE_BYTES": "8192", "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "granary.cli.main", "curate", "events", "-p", str(example), "-o",
+                           "features", "--workers", "2", "--json"], capture_output=True, text=True, env=env,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    one = curate_table(store, TabularPipeline.from_yaml(example), "events", "one")
+    assert summary["rows"] == one.result.rows == 450
+    got, want = store.read_table("features").sort_by("key"), store.read_table("one").sort_by("key")
+    assert got.column_names == want.column_names and got.column("ts").equals(want.column("ts"))
+    assert summary["fitted"]["outliers"] == one.result.fitted["outliers"]
+    store.catalog.dispose()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from granary.curate.tabular.base import TabularStep, register
-from granary.curate.tabular.context import TabularContext, check_column, literal, quote
+from granary.curate.tabular.context import TabularContext, check_column, literal, number, quote
 
 NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL",
            "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
@@ -155,7 +155,8 @@ class OutlierStep(TabularStep):
             else:
                 exprs = [f"[median({quote(c)}), 1.4826 * mad({quote(c)})]" for c in cols]
             out = {}
-            for c, (a, b) in zip(cols, ctx.one("SELECT " + ", ".join(exprs) + f" FROM {rel}"), strict=True):
+            for c, pair in zip(cols, ctx.one("SELECT " + ", ".join(exprs) + f" FROM {rel}"), strict=True):
+                a, b = pair if pair is not None else (None, None)  # quantiles of no values: NULL, not a list
                 if a is None or b is None:
                     out[c] = [None, None]
                 elif self.method == "iqr":
@@ -166,14 +167,16 @@ class OutlierStep(TabularStep):
 
         fences = _fitted(ctx, self, self.fitted, compute)
         cols = [c for c in cols if fences[c][0] is not None]
-        outside = {c: f"({quote(c)} < {fences[c][0]!r} OR {quote(c)} > {fences[c][1]!r})" for c in cols}
+        outside = {c: f"({quote(c)} < {number(fences[c][0])} OR {quote(c)} > {number(fences[c][1])})" for c in cols}
         if not cols:
             return rel
         counts = ctx.one("SELECT " + ", ".join(f"count_if({o})" for o in outside.values()) + f" FROM {rel}")
         ctx.note(self.display, changed={c: int(n) for c, n in zip(cols, counts, strict=True)}, action=self.action)
         if self.action == "clip":
-            repl = ", ".join(f"least(greatest({quote(c)}, {fences[c][0]!r}), {fences[c][1]!r}) AS {quote(c)}"
-                             for c in cols)
+            # not least/greatest: they skip NULLs, which would turn a missing value into a fence
+            repl = ", ".join(f"CASE WHEN {quote(c)} < {number(fences[c][0])} THEN {number(fences[c][0])} "
+                             f"WHEN {quote(c)} > {number(fences[c][1])} THEN {number(fences[c][1])} "
+                             f"ELSE CAST({quote(c)} AS DOUBLE) END AS {quote(c)}" for c in cols)
             return ctx.view(f"SELECT * REPLACE ({repl}) FROM {rel}")
         if self.action == "drop":
             return ctx.view(f"SELECT * FROM {rel} WHERE NOT coalesce({' OR '.join(outside.values())}, FALSE)")
@@ -204,7 +207,9 @@ class ScaleStep(TabularStep):
         if not cols:
             return rel
         if self.method == "log":
-            repl = ", ".join(f"ln(1 + greatest({quote(c)}, 0)) AS {quote(c)}" for c in cols)
+            # NULL stays NULL (greatest() would make it 0)
+            repl = ", ".join(f"ln(1 + CASE WHEN {quote(c)} < 0 THEN 0 ELSE CAST({quote(c)} AS DOUBLE) END) "
+                             f"AS {quote(c)}" for c in cols)
             return ctx.view(f"SELECT * REPLACE ({repl}) FROM {rel}")
         exprs = {"standard": "[avg({c}), stddev_pop({c})]", "minmax": "[min({c}), max({c}) - min({c})]",
                  "robust": "[median({c}), quantile_cont({c}, 0.75) - quantile_cont({c}, 0.25)]"}[self.method]
@@ -215,7 +220,7 @@ class ScaleStep(TabularStep):
                     for c, v in zip(cols, row, strict=True)}
 
         stats = _fitted(ctx, self, self.fitted, compute)
-        repl = ", ".join(f"(({quote(c)} - {stats[c][0]!r}) / {stats[c][1]!r}) AS {quote(c)}" for c in cols)
+        repl = ", ".join(f"(({quote(c)} - {number(stats[c][0])}) / {number(stats[c][1])}) AS {quote(c)}" for c in cols)
         return ctx.view(f"SELECT * REPLACE ({repl}) FROM {rel}")
 
 
@@ -253,7 +258,7 @@ class BucketStep(TabularStep):
         bounds = _fitted(ctx, self, self.fitted, compute)
         repl = ", ".join(
             "CASE WHEN {c} IS NULL THEN NULL ELSE ({s})::INTEGER END AS {c}".format(
-                c=quote(c), s=" + ".join(f"({quote(c)} >= {b!r})::INTEGER" for b in bounds[c]) or "0")
+                c=quote(c), s=" + ".join(f"({quote(c)} >= {number(b)})::INTEGER" for b in bounds[c]) or "0")
             for c in cols)
         return ctx.view(f"SELECT * REPLACE ({repl}) FROM {rel}")
 

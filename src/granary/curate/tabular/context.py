@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,9 +28,23 @@ def literal(value: Any) -> str:
         return "NULL"
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
-    if isinstance(value, (int, float)):
-        return repr(float(value)) if isinstance(value, float) else str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return number(value)
     return "'" + str(value).replace("'", "''") + "'"
+
+
+def number(value: float) -> str:
+    """A DOUBLE literal that reads back as exactly ``value``, NaN and infinities included.
+
+    A bare ``1.5`` is typed DECIMAL by DuckDB, which turns an integer column it meets into DECIMAL (and
+    overflows on large values), and ``repr`` of NaN or infinity is no SQL at all; a quoted string cast to
+    DOUBLE is parsed exactly.
+    """
+    v = float(value)
+    text = "NaN" if v != v else ("Infinity" if v == math.inf else "-Infinity" if v == -math.inf else repr(v))
+    return f"CAST('{text}' AS DOUBLE)"
 
 
 def connect(threads: int | None = None) -> Any:

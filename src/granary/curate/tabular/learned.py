@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from granary.curate.tabular.base import TabularStep, register
 from granary.curate.tabular.clean import _fitted, _targets
-from granary.curate.tabular.context import TabularContext, check_column, quote
+from granary.curate.tabular.context import TabularContext, check_column, number, quote
 from granary.errors import MissingDependencyError
 
 FIT_SAMPLE = 200_000  # rows a model is fitted on (a seeded reservoir sample of larger inputs)
@@ -73,9 +73,10 @@ class PowerStep(TabularStep):
 
     def _sql(self, c: str, lam: float) -> str:
         if self.method == "box-cox":
-            return f"ln({c})" if abs(lam) < 1e-12 else f"((pow({c}, {lam!r}) - 1) / {lam!r})"
-        pos = f"ln({c} + 1)" if abs(lam) < 1e-12 else f"((pow({c} + 1, {lam!r}) - 1) / {lam!r})"
-        neg = f"-ln(1 - {c})" if abs(lam - 2) < 1e-12 else f"(-(pow(1 - {c}, {2 - lam!r}) - 1) / {2 - lam!r})"
+            return f"ln({c})" if abs(lam) < 1e-12 else f"((pow({c}, {number(lam)}) - 1) / {number(lam)})"
+        pos = f"ln({c} + 1)" if abs(lam) < 1e-12 else f"((pow({c} + 1, {number(lam)}) - 1) / {number(lam)})"
+        mu = number(2 - lam)
+        neg = f"-ln(1 - {c})" if abs(lam - 2) < 1e-12 else f"(-(pow(1 - {c}, {mu}) - 1) / {mu})"
         return f"CASE WHEN {c} >= 0 THEN {pos} ELSE {neg} END"
 
 
@@ -155,17 +156,18 @@ class TargetEncodeStep(TabularStep):
                                f"FROM {rel}")
         prior = ctx.one(f"SELECT avg({t}) FROM {base}")[0] or 0.0
         m = float(self.smoothing)
+        sm, pr = number(m), number(prior)
         out = base
         encodings: dict[str, Any] = {}
         for c in self.columns:
             q = quote(c)
             stats = (f"SELECT {q} AS _k, _fold, sum({t}) AS _s, count({t}) AS _n FROM {base} GROUP BY ALL")
             totals = f"SELECT _k, sum(_s) AS _ts, sum(_n) AS _tn FROM ({stats}) GROUP BY _k"
-            oof = (f"SELECT s._k, s._fold, ((t._ts - s._s) + {m!r} * {prior!r}) / ((t._tn - s._n) + {m!r}) AS _te "
+            oof = (f"SELECT s._k, s._fold, ((t._ts - s._s) + {sm} * {pr}) / ((t._tn - s._n) + {sm}) AS _te "
                    f"FROM ({stats}) s JOIN ({totals}) t ON s._k IS NOT DISTINCT FROM t._k")
-            out = ctx.view(f"SELECT b.*, coalesce(o._te, {prior!r}) AS {quote(c + '_te')} FROM {out} b LEFT JOIN "
+            out = ctx.view(f"SELECT b.*, coalesce(o._te, {pr}) AS {quote(c + '_te')} FROM {out} b LEFT JOIN "
                            f"({oof}) o ON b.{q} IS NOT DISTINCT FROM o._k AND b._fold = o._fold")
-            full = ctx.con.execute(f"SELECT CAST(_k AS VARCHAR), (_ts + {m!r} * {prior!r}) / (_tn + {m!r}) "
+            full = ctx.con.execute(f"SELECT CAST(_k AS VARCHAR), (_ts + {sm} * {pr}) / (_tn + {sm}) "
                                    f"FROM ({totals})").fetchall()
             encodings[c] = {str(k): float(v) for k, v in full}  # for new data: every row's target counts
         ctx.fitted[self.display] = {"prior": prior, "smoothing": m, "encodings": encodings}

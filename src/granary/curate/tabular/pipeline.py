@@ -97,7 +97,11 @@ class TabularPipeline:
 
 @dataclass
 class TabularResult:
-    """The output of a run: the rows, the quarantined rows, per-step facts, fitted statistics, quality profile."""
+    """The output of a run: the rows, the quarantined rows, per-step facts, fitted statistics, quality profile.
+
+    A sharded run leaves its rows in the store (its output shards): its ``table`` is empty, with the
+    output's schema, and ``rows`` counts them.
+    """
 
     table: pa.Table
     quarantine: pa.Table
@@ -105,6 +109,11 @@ class TabularResult:
     fitted: dict[str, Any]
     profile: dict[str, Any]
     seconds: float
+    rows: int = -1
+
+    def __post_init__(self) -> None:
+        if self.rows < 0:
+            self.rows = self.table.num_rows
 
 
 def run_tabular(pipeline: TabularPipeline, data: pa.Table | pa.RecordBatchReader, *,

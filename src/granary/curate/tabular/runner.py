@@ -21,10 +21,11 @@ class TabularRun:
 
     version: VersionInfo
     result: TabularResult
+    resumed_tasks: int = 0
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready facts for the CLI."""
-        return {"version": self.version.id, "rows": self.result.table.num_rows,
+        return {"version": self.version.id, "rows": self.result.rows, "resumed_tasks": self.resumed_tasks,
                 "quarantined": self.result.quarantine.num_rows, "seconds": round(self.result.seconds, 3),
                 "steps": self.result.report, "fitted": self.result.fitted}
 
@@ -44,7 +45,9 @@ def curate_table(store: Store, pipeline: TabularPipeline, source: str, output: s
     others = {name: store.read_table(v, purpose=purpose) for name, v in inputs.items() if name != "input"}
     result = run_tabular(pipeline, data, sources=others)
     store.create_dataset(output, kind="table", exist_ok=True, description=f"curated from {source} by {pipeline.name}")
-    lineage = {"tabular": {"pipeline": pipeline.to_dict(),
+    # top-level `inputs` (version ids): what the store reads to make the output inherit its sources' restrictions
+    lineage = {"inputs": sorted({v.id for v in inputs.values()}),
+               "tabular": {"pipeline": pipeline.to_dict(),
                            "inputs": {name: v.id for name, v in inputs.items()},
                            "fitted": result.fitted, "steps": result.report}}
     with store.transaction(output, branch=branch, mode="overwrite") as txn:

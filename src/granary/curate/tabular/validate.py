@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from granary.curate.errors import PipelineSpecError
 from granary.curate.tabular.base import TabularStep, register
-from granary.curate.tabular.context import TabularContext, check_column, literal, quote
+from granary.curate.tabular.context import TabularContext, check_column, literal, number, quote
 from granary.errors import CurateError
 
 RuleKind = Literal["type", "not_null", "range", "regex", "allowed", "unique", "expr", "ref", "freshness"]
@@ -99,7 +99,7 @@ class Rule:
         cutoff = time.time() - float(self.max_age_s or 0)
         typ = columns[self.column or ""].upper()
         value = c if any(t in typ for t in ("INT", "DOUBLE", "FLOAT", "DECIMAL", "REAL")) else f"epoch({c})"
-        return f"coalesce({value} < {cutoff!r}, TRUE)", f"{self.column} older than {self.max_age_s:g} s"
+        return f"coalesce({value} < {number(cutoff)}, TRUE)", f"{self.column} older than {self.max_age_s:g} s"
 
 
 @register("validate")
