@@ -87,7 +87,7 @@ def bench_eval(store: Any, ckpt: str, samples: int, workers: int, repeats: int) 
         pair: dict[str, Any] = {}
         for label, n in (("one", 1), ("many", workers)):
             mv = reg.register(ckpt, "bench")
-            plan = make_plan(store, mv.ref, "bench-heldout", num_shards=32, max_samples=samples, batch_size=128)
+            plan = make_plan(store, mv.ref, "bench-heldout", max_samples=samples, batch_size=128)  # auto shards
             before = set(attempts.glob("*")) if attempts.exists() else set()
             load0 = os.getloadavg()[0]
             t0 = time.perf_counter()
@@ -101,7 +101,7 @@ def bench_eval(store: Any, ckpt: str, samples: int, workers: int, repeats: int) 
         pair["cpu_bound_speedup"] = sum(pair["one"]["cpu_s"]) / max(pair["many"]["cpu_s"])
         pairs.append(pair)
     speedups = sorted(p["speedup"] for p in pairs)
-    return {"samples": samples, "pairs": pairs, "speedups": [p["speedup"] for p in pairs],
+    return {"samples": samples, "shards": plan.num_shards, "pairs": pairs, "speedups": [p["speedup"] for p in pairs],
             "median_speedup": float(np.median(speedups)), "best_speedup": speedups[-1],
             "one_s": [p["one"]["seconds"] for p in pairs], "many_s": [p["many"]["seconds"] for p in pairs],
             "identical": all(m == metrics[0] for m in metrics), "perplexity": metrics[0]["perplexity"]}

@@ -239,7 +239,8 @@ def eval_cmd(
     data: Annotated[str, typer.Option(help="Held-out tokens version.")],
     metrics: Annotated[str, typer.Option(help="Comma-separated: perplexity, accuracy, loss.")] = "perplexity,accuracy",
     workers: Annotated[int, typer.Option(help="Parallel worker processes (scheduler jobs).")] = 2,
-    shards: Annotated[int, typer.Option(help="Shards the samples are cut into (resume unit).")] = 16,
+    shards: Annotated[int, typer.Option(help="Shards the samples are cut into (resume unit); 0: about 1000 "
+                                              "samples per shard.")] = 0,
     max_samples: Annotated[int, typer.Option(help="Only the first N samples (0: all).")] = 0,
     inline: Annotated[bool, typer.Option(help="Compute in this process (no scheduler).")] = False,
     purpose: PurposeOpt = None,
@@ -250,7 +251,10 @@ def eval_cmd(
 
     names = parse_metrics(metrics)
     store = read_store(purpose or "evaluation")
-    plan = make_plan(store, model, data, num_shards=shards, max_samples=max_samples, purpose=purpose or "evaluation")
+    if shards < 0:
+        raise typer.BadParameter(f"--shards must be >= 0 (0: automatic), got {shards}")
+    plan = make_plan(store, model, data, num_shards=shards or None, max_samples=max_samples,
+                     purpose=purpose or "evaluation")
     result = evaluate(store, plan, workers=workers, inline=inline)
     result["metrics"] = {k: v for k, v in result["metrics"].items() if k in names or k == "tokens"}
     if json_out:

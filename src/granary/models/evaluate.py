@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 METRICS = ("perplexity", "accuracy", "loss")
 EVAL_PURPOSE = "evaluation"
+SAMPLES_PER_SHARD = 1000  # small enough that two workers claiming shards end within ~one shard of each other
+MAX_AUTO_SHARDS = 4096  # one catalog row per shard: bounded for very large held-out sets
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -67,6 +69,17 @@ class EvalPlan:
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
+
+
+def auto_shards(num_samples: int, *, samples_per_shard: int = SAMPLES_PER_SHARD) -> int:
+    """Shards for ``num_samples`` samples: about ``samples_per_shard`` each (at least one, at most 4096).
+
+    Workers claim shards one at a time, so a run ends at most one shard after its last worker could have
+    stopped: small shards keep that tail short, and the per-shard cost (one catalog row) stays negligible.
+    """
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    return max(1, min(MAX_AUTO_SHARDS, -(-max(0, num_samples) // samples_per_shard)))
 
 
 def shard_range(num_samples: int, shard: int, num_shards: int) -> tuple[int, int]:
@@ -159,18 +172,24 @@ def metrics_of(sums: Sequence[dict[str, float]]) -> dict[str, float]:
     return {"loss": loss, "perplexity": math.exp(loss), "accuracy": correct / tokens, "tokens": float(tokens)}
 
 
-def make_plan(store: Store, model: str, data: str, *, num_shards: int = 16, max_samples: int = 0,
+def make_plan(store: Store, model: str, data: str, *, num_shards: int | None = None, max_samples: int = 0,
               batch_size: int = 64, purpose: str = EVAL_PURPOSE) -> EvalPlan:
     """Resolve the model and the data version (pinned by id) into a plan; the data is opened through the gate
-    first, so a caller who may not read it for ``purpose`` is refused (and audited) before anything runs."""
+    first, so a caller who may not read it for ``purpose`` is refused (and audited) before anything runs.
+
+    ``num_shards`` None picks :func:`auto_shards` of the samples evaluated (about 1000 samples per shard)."""
     manifest = store.open_version(data, purpose=purpose)
     if manifest.kind != "tokens":
         raise EvalError(f"{data} is a {manifest.kind} version; evaluation reads a tokens version",
                         hint="tokenize the held-out data first: granary tokenize REF --output NAME")
     mv = Registry(store).get(model)
     vid = manifest.version_id
+    seq_len = int(mv.facts["arch"]["context"]) + 1
+    if num_shards is None:
+        samples = (manifest.num_tokens or 0) // seq_len
+        num_shards = auto_shards(min(samples, max_samples) if max_samples else samples)
     return EvalPlan(model=mv.ref, data=vid, data_ref=f"{manifest.dataset}@{vid}", num_shards=num_shards,
-                    seq_len=int(mv.facts["arch"]["context"]) + 1, max_samples=max_samples, batch_size=batch_size,
+                    seq_len=seq_len, max_samples=max_samples, batch_size=batch_size,
                     purpose=purpose)
 
 
