@@ -261,18 +261,27 @@ def job_env(store: Store) -> dict[str, str]:
 
 def results(store: Store, mv: ModelVersion) -> list[dict[str, Any]]:
     """Finished evaluations of a version: one entry per (data version, shards) with every shard present."""
+    return model_results(store, mv.name, version=mv.version).get(mv.version, [])
+
+
+def model_results(store: Store, name: str, *, version: int | None = None) -> dict[int, list[dict[str, Any]]]:
+    """Finished evaluations of every version of model ``name`` (or of one ``version``), by version number,
+    read in one query."""
     c = t.evals.c
+    q = sa.select(t.evals).where(c.name == name)
+    if version is not None:
+        q = q.where(c.version == version)
     with store.catalog.read() as conn:
-        rows = conn.execute(sa.select(t.evals).where(c.name == mv.name, c.version == mv.version)
-                            .order_by(c.data_version, c.num_shards, c.shard)).all()
-    groups: dict[tuple[str, int, int], dict[int, dict[str, float]]] = {}
+        rows = conn.execute(q.order_by(c.version, c.data_version, c.num_shards, c.shard)).all()
+    groups: dict[tuple[int, str, int, int], dict[int, dict[str, float]]] = {}
     for r in rows:
-        groups.setdefault((r.data_version, r.num_shards, r.seq_len), {})[int(r.shard)] = json.loads(r.sums)
-    out = []
-    for (data, n, seq_len), sums in groups.items():
+        groups.setdefault((int(r.version), r.data_version, r.num_shards, r.seq_len), {})[int(r.shard)] = \
+            json.loads(r.sums)
+    out: dict[int, list[dict[str, Any]]] = {}
+    for (number, data, n, seq_len), sums in groups.items():
         if len(sums) == n:
-            out.append({"data": data, "shards": n, "seq_len": seq_len,
-                        "metrics": metrics_of([sums[s] for s in range(n)])})
+            out.setdefault(number, []).append({"data": data, "shards": n, "seq_len": seq_len,
+                                               "metrics": metrics_of([sums[s] for s in range(n)])})
     return out
 
 
