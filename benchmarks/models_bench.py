@@ -1,8 +1,8 @@
-"""Models benchmark: evaluation with 2 workers vs 1, dynamic int8 vs float, search with pruning vs without, and a
-broken canary rolled back under load; each against its anchor in the same run.
+"""Models benchmark: evaluation with 2 workers vs 1, dynamic int8 and weight-only int4 vs float, search with pruning
+vs without, and a broken canary rolled back under load; each against its anchor in the same run.
 
     .venv/bin/python benchmarks/models_bench.py [--samples 100000] [--repeats 2] [--trials 20] [--workers 2]
-        [--pruner asha]
+        [--pruner asha] [--skip eval,int8,int4,hpo,canary] [--int4-groups 32,64,128]
 
 The anchors: the same evaluation with 1 worker (scheduler job), the float model the int8 version was made from,
 the same 20-point grid search with the ``none`` pruner, and the serving version's success rate. Evaluation and
@@ -120,6 +120,53 @@ def bench_int8(store: Any) -> dict[str, Any]:
             "perplexity": {"float": before, "int8": after, "change": (after - before) / before}}
 
 
+def bench_int4(store: Any, group_sizes: list[int]) -> dict[str, Any]:
+    """int4 versions of bench@1 at each group size: size, CPU latency (torch's int4 kernel; and the dequantizing
+    path), perplexity on 2000 held-out samples, against the float original; and one 4096x4096 layer at batch 1
+    (a decode step of a larger model), float32 vs int4."""
+    import torch
+
+    from granary.models.compress import CompressOptions, compress, latency_ms
+    from granary.models.int4 import Int4Linear, kernel_available
+    from granary.models.registry import Registry
+
+    reg = Registry(store)
+    base = reg.get("bench@1")
+    out: dict[str, Any] = {"kernel": kernel_available(), "float_bytes": base.facts["size_bytes"], "groups": {}}
+    for g in group_sizes:
+        mv = compress(reg, "bench@1", "int4", data="bench-heldout", max_samples=2000,
+                      options=CompressOptions(group_size=g))
+        q = mv.facts["quality"]
+        before, after = q["bench@1"]["perplexity"], q[mv.ref]["perplexity"]
+        model = reg.load(mv)
+        Int4Linear.use_kernel = False
+        try:
+            deq_ms = latency_ms(model, vocab_size=EVAL_ARCH["vocab_size"], context=EVAL_ARCH["context"])
+        finally:
+            Int4Linear.use_kernel = True
+        out["groups"][g] = {"bytes": mv.facts["size_bytes"], "size_ratio": mv.facts["size_ratio"],
+                            "latency_ms": {**mv.facts["latency_ms"], "dequantize_path": round(deq_ms, 3)},
+                            "perplexity": {"float": before, "int4": after, "change": (after - before) / before}}
+    torch.manual_seed(0)
+    w = torch.randn(4096, 4096) * 0.02
+    layer = Int4Linear.from_weight(w, group_size=128)
+    x = torch.randn(1, 4096)
+
+    def median_ms(f: Any, reps: int = 30) -> float:
+        f()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            f()
+            times.append((time.perf_counter() - t0) * 1000)
+        return sorted(times)[reps // 2]
+
+    with torch.inference_mode():
+        out["layer_4096_batch1_ms"] = {"float32": median_ms(lambda: torch.nn.functional.linear(x, w)),
+                                       "int4": median_ms(lambda: layer(x))}
+    return out
+
+
 def bench_hpo(store: Any, trials: int, workers: int, pruner: str) -> dict[str, Any]:
     from granary.models.hpo import SearchSpec, search
 
@@ -204,7 +251,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2, help="pairs of evaluation runs (1 worker, then N workers)")
     ap.add_argument("--pruner", default="asha", choices=["median", "asha"])
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: eval,int8,hpo,canary")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: eval,int8,int4,hpo,canary")
+    ap.add_argument("--int4-groups", default="32,64,128", help="int4 group sizes measured")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     home = Path(tempfile.mkdtemp(prefix="models-bench-"))
@@ -224,6 +272,8 @@ def main() -> None:
         results["eval"] = bench_eval(store, ckpt, args.samples, args.workers, args.repeats)
     if "int8" not in skip:
         results["int8"] = bench_int8(store)
+    if "int4" not in skip:
+        results["int4"] = bench_int4(store, [int(g) for g in args.int4_groups.split(",")])
     if "hpo" not in skip:
         results["hpo"] = bench_hpo(store, args.trials, args.workers, args.pruner)
     if "canary" not in skip:
@@ -240,6 +290,16 @@ def main() -> None:
         rows.append(("int8-dynamic", f"{q['float_bytes']} -> {q['int8_bytes']} bytes; latency "
                                      f"{q['latency_ms']['original']} -> {q['latency_ms']['compressed']} ms",
                      f"{q['size_ratio']:.2f}x smaller", f"perplexity {q['perplexity']['change']:+.2%}"))
+    if "int4" in results:
+        f = results["int4"]
+        for g, r in f["groups"].items():
+            rows.append((f"int4 g{g}", f"{f['float_bytes']} -> {r['bytes']} bytes; latency "
+                                       f"{r['latency_ms']['original']} -> {r['latency_ms']['compressed']} ms "
+                                       f"(dequantizing {r['latency_ms']['dequantize_path']} ms)",
+                         f"{r['size_ratio']:.2f}x smaller", f"perplexity {r['perplexity']['change']:+.2%}"))
+        lay = f["layer_4096_batch1_ms"]
+        rows.append(("int4 layer 4096x4096, batch 1", f"float32 {lay['float32']:.2f} ms, int4 {lay['int4']:.2f} ms",
+                     f"{lay['float32'] / lay['int4']:.1f}x faster", f"kernel={f['kernel']}"))
     if "hpo" in results:
         h = results["hpo"]
         rows.append((f"search ({h['pruner']})", f"{h['trials']} trials: none {h['unpruned_s']:.1f}s, pruned "

@@ -45,7 +45,7 @@ class ModelVersion:
         version: 1, 2, ... per name.
         store_version: the store version (of dataset ``model.<name>``) holding its files.
         parent: the version it was made from (compression, distillation), or None.
-        method: ``registered`` (from a checkpoint), ``int8-dynamic``, ``int8-weight``, ``int4-weight``,
+        method: ``registered`` (from a checkpoint), ``int8-dynamic``, ``int4``, ``int8-weight``, ``int4-weight``,
             ``pruned-magnitude``, ``pruned-structured``, ``distilled``.
         facts: architecture, checkpoint, data versions, size, measurements.
     """
