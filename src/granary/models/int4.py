@@ -116,7 +116,7 @@ class Int4Linear(nn.Module):
         return layer
 
     def _load_from_state_dict(self, *args: object, **kwargs: object) -> None:
-        super()._load_from_state_dict(*args, **kwargs)  # type: ignore[arg-type]
+        super()._load_from_state_dict(*args, **kwargs)
         self._kernel = None  # repack from the loaded weights on the next call
 
     def dequantized(self) -> torch.Tensor:
