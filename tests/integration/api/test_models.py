@@ -137,5 +137,11 @@ def test_models_of_another_tenant_are_hidden(tokens: Any, backend: tuple[Setting
     hooks.guard.set_policy("model.secret", Policy(tenant="other"))
     page = tokens.get(f"{API}/models", headers=auth(seeded, "admin")).json()
     assert [m["name"] for m in page["items"]] == ["tiny"]
+    # paged one by one: the hidden model's page is empty but says where to go on
+    first = tokens.get(f"{API}/models", params={"limit": 1}, headers=auth(seeded, "admin")).json()
+    assert first["items"] == [] and first["next_cursor"]
+    second = tokens.get(f"{API}/models", params={"limit": 1, "cursor": first["next_cursor"]},
+                        headers=auth(seeded, "admin")).json()
+    assert [m["name"] for m in second["items"]] == ["tiny"]
     r = tokens.get(f"{API}/models/secret", headers=auth(seeded, "admin"))
     assert r.status_code == 403 and r.json()["title"] == "forbidden"
