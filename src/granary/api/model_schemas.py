@@ -59,6 +59,7 @@ class ModelEvaluation(BaseModel):
     data: str = Field(..., description="the held-out tokens version id")
     shards: int
     seq_len: int
+    samples: int | None = Field(None, description="samples evaluated (null: recorded before this was kept)")
     perplexity: float
     accuracy: float
     loss: float

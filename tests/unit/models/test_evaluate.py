@@ -49,6 +49,24 @@ def test_plan_picks_shards_from_the_samples_evaluated(trained: Trained) -> None:
     assert make_plan(store, mv.ref, trained.heldout, num_shards=5).num_shards == 5
 
 
+def test_same_shard_count_over_other_samples_is_refused_not_mixed_in(trained: Trained) -> None:
+    """An evaluation of the first 5 samples in 1 shard, then of all samples in 1 shard: the recorded shard covers
+    other samples, so the second is refused (it would have reported the 5-sample result) with what to do."""
+    store = trained.store()
+    mv = Registry(store).register(trained.checkpoint, "foreign")
+    part = evaluate(store, make_plan(store, mv.ref, trained.heldout, num_shards=1, max_samples=5), inline=True)
+    full_plan = make_plan(store, mv.ref, trained.heldout, num_shards=1)
+    assert full_plan.samples > 5 and not done_shards(store, mv, full_plan)
+    with pytest.raises(EvalError, match="over other samples than these") as info:
+        evaluate(store, full_plan, inline=True)
+    assert "--shards" in (info.value.hint or "")
+    full = evaluate(store, make_plan(store, mv.ref, trained.heldout, num_shards=2), inline=True)
+    assert part["metrics"]["tokens"] == 5 * 16 < full["metrics"]["tokens"]
+    from granary.models.evaluate import results
+
+    assert sorted((r["shards"], r["samples"]) for r in results(store, mv)) == [(1, 5), (2, full_plan.samples)]
+
+
 def test_metrics_from_sums() -> None:
     m = metrics_of([{"nll": 2.0, "correct": 1, "tokens": 2}, {"nll": 4.0, "correct": 3, "tokens": 4}])
     assert m["loss"] == 1.0 and m["perplexity"] == pytest.approx(math.e) and m["accuracy"] == pytest.approx(4 / 6)

@@ -87,8 +87,9 @@ def _evaluations(ctx: Context, name: str) -> list[ModelEvaluation]:
     from granary.models.evaluate import model_results
 
     return [ModelEvaluation(version=number, data=r["data"], shards=r["shards"], seq_len=r["seq_len"],
-                            perplexity=r["metrics"]["perplexity"], accuracy=r["metrics"]["accuracy"],
-                            loss=r["metrics"]["loss"], tokens=int(r["metrics"]["tokens"]))
+                            samples=r.get("samples"), perplexity=r["metrics"]["perplexity"],
+                            accuracy=r["metrics"]["accuracy"], loss=r["metrics"]["loss"],
+                            tokens=int(r["metrics"]["tokens"]))
             for number, found in sorted(model_results(ctx.store, name).items()) for r in found]
 
 
