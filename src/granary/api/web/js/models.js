@@ -73,7 +73,8 @@ export async function model(name, params) {
     h("h2", {}, "Evaluations"),
     h("div", { class: "panel" }, table([["Version", (e) => `v${e.version}`, "num"], ["Data", (e) => h("code", {}, e.data.slice(0, 12))],
       ["Perplexity", (e) => e.perplexity.toFixed(4), "num"], ["Accuracy", (e) => e.accuracy.toFixed(4), "num"],
-      ["Loss", (e) => e.loss.toFixed(4), "num"], ["Tokens", (e) => short(e.tokens), "num"], ["Shards", (e) => e.shards, "num"]],
+      ["Loss", (e) => e.loss.toFixed(4), "num"], ["Samples", (e) => e.samples ?? "—", "num"], ["Tokens", (e) => short(e.tokens), "num"],
+      ["Shards", (e) => e.shards, "num"]],
     d.evaluations, "No evaluations yet.")),
     h("h2", {}, "Deployments"),
     h("div", { class: "panel" }, table([["Version", (x) => `v${x.version}`, "num"], ["Served as", (x) => x.served_as],
@@ -81,8 +82,8 @@ export async function model(name, params) {
       ["Weight", (x) => x.weight, "num"], ["Updated", (x) => when(x.updated_at)]], d.deployments,
     `Not deployed: \`granary deploy ${d.name}@production\`.`)),
     h("h2", {}, "Trail"),
-    h("div", { class: "panel" }, table([["When", (e) => when(e.at)], ["Action", (e) => (e.override ? h("span", {},
+    h("div", { class: "panel" }, table([["When", (e) => h("span", { class: "nowrap" }, when(e.at))], ["Action", (e) => (e.override ? h("span", {},
       e.action, " ", badge("override")) : e.action)], ["Version", (e) => (e.version ? `v${e.version}` : "—"), "num"],
-    ["By", (e) => e.actor], ["Details", (e) => h("code", {}, JSON.stringify(e.details).slice(0, 120))]],
+    ["By", (e) => e.actor], ["Details", (e) => h("code", {}, JSON.stringify(e.details).slice(0, 90))]],
     trail.items.slice().reverse(), "Nothing recorded."))];
 }
