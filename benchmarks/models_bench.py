@@ -1,8 +1,8 @@
-"""Models benchmark: evaluation with 2 workers vs 1, dynamic int8 vs float, search with pruning vs without, and a
-broken canary rolled back under load; each against its anchor in the same run.
+"""Models benchmark: evaluation with 2 workers vs 1, dynamic int8 and weight-only int4 vs float, search with pruning
+vs without, and a broken canary rolled back under load; each against its anchor in the same run.
 
     .venv/bin/python benchmarks/models_bench.py [--samples 100000] [--repeats 2] [--trials 20] [--workers 2]
-        [--pruner asha]
+        [--pruner asha] [--skip eval,int8,int4,hpo,canary] [--int4-groups 32,64,128]
 
 The anchors: the same evaluation with 1 worker (scheduler job), the float model the int8 version was made from,
 the same 20-point grid search with the ``none`` pruner, and the serving version's success rate. Evaluation and
@@ -87,7 +87,7 @@ def bench_eval(store: Any, ckpt: str, samples: int, workers: int, repeats: int) 
         pair: dict[str, Any] = {}
         for label, n in (("one", 1), ("many", workers)):
             mv = reg.register(ckpt, "bench")
-            plan = make_plan(store, mv.ref, "bench-heldout", num_shards=32, max_samples=samples, batch_size=128)
+            plan = make_plan(store, mv.ref, "bench-heldout", max_samples=samples, batch_size=128)  # auto shards
             before = set(attempts.glob("*")) if attempts.exists() else set()
             load0 = os.getloadavg()[0]
             t0 = time.perf_counter()
@@ -101,7 +101,7 @@ def bench_eval(store: Any, ckpt: str, samples: int, workers: int, repeats: int) 
         pair["cpu_bound_speedup"] = sum(pair["one"]["cpu_s"]) / max(pair["many"]["cpu_s"])
         pairs.append(pair)
     speedups = sorted(p["speedup"] for p in pairs)
-    return {"samples": samples, "pairs": pairs, "speedups": [p["speedup"] for p in pairs],
+    return {"samples": samples, "shards": plan.num_shards, "pairs": pairs, "speedups": [p["speedup"] for p in pairs],
             "median_speedup": float(np.median(speedups)), "best_speedup": speedups[-1],
             "one_s": [p["one"]["seconds"] for p in pairs], "many_s": [p["many"]["seconds"] for p in pairs],
             "identical": all(m == metrics[0] for m in metrics), "perplexity": metrics[0]["perplexity"]}
@@ -118,6 +118,70 @@ def bench_int8(store: Any) -> dict[str, Any]:
     return {"size_ratio": mv.facts["size_ratio"], "float_bytes": reg.get("bench@1").facts["size_bytes"],
             "int8_bytes": mv.facts["size_bytes"], "latency_ms": mv.facts["latency_ms"],
             "perplexity": {"float": before, "int8": after, "change": (after - before) / before}}
+
+
+def interleaved_ms(fns: dict[str, Any], *, reps: int = 25) -> dict[str, dict[str, float]]:
+    """Min and median wall ms of each zero-argument callable, called in turn ``reps`` times (so a burst of other
+    work on a shared machine hits all of them alike)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append((time.perf_counter() - t0) * 1000)
+    return {k: {"min_ms": round(min(v), 3), "median_ms": round(sorted(v)[len(v) // 2], 3)} for k, v in times.items()}
+
+
+def bench_int4(store: Any, group_sizes: list[int]) -> dict[str, Any]:
+    """int4 versions of bench@1 at each group size: size and perplexity on 2000 held-out samples against the float
+    original; CPU latency of the reference GPT (batch 8 and 1, context 64) and of one 4096x4096 layer at batch 1 (a
+    decode step of a larger model), float32 vs int4 with torch's kernel vs int4 dequantizing, interleaved."""
+    import torch
+
+    from granary.models.compress import CompressOptions, compress
+    from granary.models.int4 import Int4Linear, kernel_available
+    from granary.models.registry import Registry
+
+    torch.set_num_threads(1)
+    reg = Registry(store)
+    base = reg.get("bench@1")
+    out: dict[str, Any] = {"kernel": kernel_available(), "float_bytes": base.facts["size_bytes"], "groups": {}}
+    float_model = reg.load(base)
+    for g in group_sizes:
+        mv = compress(reg, "bench@1", "int4", data="bench-heldout", max_samples=2000,
+                      options=CompressOptions(group_size=g))
+        q = mv.facts["quality"]
+        before, after = q["bench@1"]["perplexity"], q[mv.ref]["perplexity"]
+        model = reg.load(mv)
+        latency = {}
+        for batch in (8, 1):
+            x = torch.randint(0, EVAL_ARCH["vocab_size"], (batch, EVAL_ARCH["context"]),
+                              generator=torch.Generator().manual_seed(0))
+
+            def dequantizing(x: Any = x, model: Any = model) -> Any:
+                Int4Linear.use_kernel = False
+                try:
+                    return model(x)
+                finally:
+                    Int4Linear.use_kernel = True
+
+            with torch.inference_mode():
+                latency[f"batch{batch}"] = interleaved_ms({"float32": lambda x=x: float_model(x),
+                                                           "int4": lambda x=x, m=model: m(x),
+                                                           "int4_dequantizing": dequantizing})
+        out["groups"][g] = {"bytes": mv.facts["size_bytes"], "size_ratio": mv.facts["size_ratio"],
+                            "latency": latency,
+                            "perplexity": {"float": before, "int4": after, "change": (after - before) / before}}
+    torch.manual_seed(0)
+    w = torch.randn(4096, 4096) * 0.02
+    layer = Int4Linear.from_weight(w, group_size=128)
+    x = torch.randn(1, 4096)
+    with torch.inference_mode():
+        out["layer_4096_batch1"] = interleaved_ms({"float32": lambda: torch.nn.functional.linear(x, w),
+                                                   "int4": lambda: layer(x)}, reps=30)
+    return out
 
 
 def bench_hpo(store: Any, trials: int, workers: int, pruner: str) -> dict[str, Any]:
@@ -204,7 +268,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2, help="pairs of evaluation runs (1 worker, then N workers)")
     ap.add_argument("--pruner", default="asha", choices=["median", "asha"])
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: eval,int8,hpo,canary")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: eval,int8,int4,hpo,canary")
+    ap.add_argument("--int4-groups", default="32,64,128", help="int4 group sizes measured")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     home = Path(tempfile.mkdtemp(prefix="models-bench-"))
@@ -224,6 +289,8 @@ def main() -> None:
         results["eval"] = bench_eval(store, ckpt, args.samples, args.workers, args.repeats)
     if "int8" not in skip:
         results["int8"] = bench_int8(store)
+    if "int4" not in skip:
+        results["int4"] = bench_int4(store, [int(g) for g in args.int4_groups.split(",")])
     if "hpo" not in skip:
         results["hpo"] = bench_hpo(store, args.trials, args.workers, args.pruner)
     if "canary" not in skip:
@@ -240,6 +307,19 @@ def main() -> None:
         rows.append(("int8-dynamic", f"{q['float_bytes']} -> {q['int8_bytes']} bytes; latency "
                                      f"{q['latency_ms']['original']} -> {q['latency_ms']['compressed']} ms",
                      f"{q['size_ratio']:.2f}x smaller", f"perplexity {q['perplexity']['change']:+.2%}"))
+    if "int4" in results:
+        f = results["int4"]
+        for g, r in f["groups"].items():
+            lat = {b: " / ".join(f"{r['latency'][b][k]['median_ms']:.1f}" for k in ("float32", "int4",
+                                                                                    "int4_dequantizing"))
+                   for b in ("batch8", "batch1")}
+            rows.append((f"int4 g{g}", f"{f['float_bytes']} -> {r['bytes']} bytes; median ms float/int4/dequant: "
+                                       f"batch 8 {lat['batch8']}, batch 1 {lat['batch1']}",
+                         f"{r['size_ratio']:.2f}x smaller", f"perplexity {r['perplexity']['change']:+.2%}"))
+        lay = f["layer_4096_batch1"]
+        rows.append(("int4 layer 4096x4096, batch 1", f"float32 {lay['float32']['median_ms']:.2f} ms, int4 "
+                                                      f"{lay['int4']['median_ms']:.2f} ms (median)",
+                     f"{lay['float32']['median_ms'] / lay['int4']['median_ms']:.1f}x faster", f"kernel={f['kernel']}"))
     if "hpo" in results:
         h = results["hpo"]
         rows.append((f"search ({h['pruner']})", f"{h['trials']} trials: none {h['unpruned_s']:.1f}s, pruned "

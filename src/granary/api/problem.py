@@ -19,6 +19,7 @@ from granary.errors import (
     IntegrityError,
     NotFoundError,
 )
+from granary.models.errors import ModelNotFoundError, PromotionRefusedError
 from granary.sched.errors import JobNotFoundError, NodeNotFoundError, TransitionError
 from granary.secure.errors import AuthenticationError
 
@@ -31,6 +32,8 @@ _STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (JobNotFoundError, 404, "not-found"),
     (NodeNotFoundError, 404, "not-found"),
     (NotFoundError, 404, "not-found"),
+    (ModelNotFoundError, 404, "not-found"),
+    (PromotionRefusedError, 409, "promotion-refused"),
     (AmbiguousRefError, 400, "ambiguous-ref"),
     (AlreadyExistsError, 409, "already-exists"),
     (ConflictError, 409, "conflict"),

@@ -158,11 +158,12 @@ def card_cmd(
 @model_app.command("compress")
 def compress_cmd(
     ref: Annotated[str, typer.Argument(help="The full-precision version.")],
-    method: Annotated[str, typer.Option(help="int8-dynamic, int8-weight, int4-weight, pruned-magnitude, "
+    method: Annotated[str, typer.Option(help="int8-dynamic, int4, int8-weight, int4-weight, pruned-magnitude, "
                                              "pruned-structured.")],
     data: Annotated[str | None, typer.Option(help="Held-out tokens version to measure quality on.")] = None,
     sparsity: Annotated[float, typer.Option(help="Pruned share (pruning).")] = 0.5,
-    group_size: Annotated[int, typer.Option(help="Columns per scale (weight-only).")] = 32,
+    group_size: Annotated[int, typer.Option(help="Input columns per scale (weight-only; int4 with 32, 64 or 128 "
+                                                 "runs torch's int4 CPU kernel).")] = 32,
     max_samples: Annotated[int, typer.Option(help="Samples of --data for the quality measurement.")] = 2000,
     purpose: PurposeOpt = None,
     json_out: JsonOpt = False,
@@ -239,7 +240,8 @@ def eval_cmd(
     data: Annotated[str, typer.Option(help="Held-out tokens version.")],
     metrics: Annotated[str, typer.Option(help="Comma-separated: perplexity, accuracy, loss.")] = "perplexity,accuracy",
     workers: Annotated[int, typer.Option(help="Parallel worker processes (scheduler jobs).")] = 2,
-    shards: Annotated[int, typer.Option(help="Shards the samples are cut into (resume unit).")] = 16,
+    shards: Annotated[int, typer.Option(help="Shards the samples are cut into (resume unit); 0: about 1000 "
+                                              "samples per shard.")] = 0,
     max_samples: Annotated[int, typer.Option(help="Only the first N samples (0: all).")] = 0,
     inline: Annotated[bool, typer.Option(help="Compute in this process (no scheduler).")] = False,
     purpose: PurposeOpt = None,
@@ -250,7 +252,10 @@ def eval_cmd(
 
     names = parse_metrics(metrics)
     store = read_store(purpose or "evaluation")
-    plan = make_plan(store, model, data, num_shards=shards, max_samples=max_samples, purpose=purpose or "evaluation")
+    if shards < 0:
+        raise typer.BadParameter(f"--shards must be >= 0 (0: automatic), got {shards}")
+    plan = make_plan(store, model, data, num_shards=shards or None, max_samples=max_samples,
+                     purpose=purpose or "evaluation")
     result = evaluate(store, plan, workers=workers, inline=inline)
     result["metrics"] = {k: v for k, v in result["metrics"].items() if k in names or k == "tokens"}
     if json_out:

@@ -4,7 +4,8 @@
 stores each ``Linear``'s int8 weight with its per-tensor scale and zero point, and is rebuilt with
 ``torch.ao.quantization.quantize_dynamic`` (int8 activations quantized at run time). ``int8-weight`` and
 ``int4-weight`` store group-wise symmetric integer weights (int4: two per byte) in :class:`WeightOnlyLinear`,
-which dequantizes on the fly.
+which dequantizes on the fly. ``int4`` stores group-wise asymmetric int4 (scale and minimum per group) in
+:class:`granary.models.int4.Int4Linear`, which runs torch's int4 CPU kernel where it can.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from granary.train.model import GPT
 
 FLOAT_METHODS = ("registered", "pruned-magnitude", "pruned-structured", "distilled")
 WEIGHT_ONLY_BITS = {"int8-weight": 8, "int4-weight": 4}
-METHODS = (*FLOAT_METHODS, "int8-dynamic", *WEIGHT_ONLY_BITS)
+METHODS = (*FLOAT_METHODS, "int8-dynamic", *WEIGHT_ONLY_BITS, "int4")
 
 
 @contextlib.contextmanager
@@ -124,6 +125,11 @@ def encode(model: nn.Module, method: str) -> tuple[dict[str, torch.Tensor], dict
     if method in WEIGHT_ONLY_BITS:
         config["group_size"] = next(m.group_size for m in model.modules() if isinstance(m, WeightOnlyLinear))
         return state, config, None
+    if method == "int4":
+        from granary.models.int4 import Int4Linear
+
+        config["group_size"] = next(m.group_size for m in model.modules() if isinstance(m, Int4Linear))
+        return state, config, None
     return state, config, hf_layout(state, cfg)
 
 
@@ -155,6 +161,12 @@ def decode(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> nn
         return model.eval()
     if method in WEIGHT_ONLY_BITS:
         to_weight_only(model, bits=WEIGHT_ONLY_BITS[method], group_size=int(config["group_size"]))
+        model.load_state_dict(dict(tensors))
+        return model.eval()
+    if method == "int4":
+        from granary.models.int4 import int4_shell
+
+        int4_shell(model, group_size=int(config["group_size"]))
         model.load_state_dict(dict(tensors))
         return model.eval()
     if method == "int8-dynamic":

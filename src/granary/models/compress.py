@@ -3,6 +3,8 @@
 Methods (a registry keyed by name, so the CLI can name them):
 
 - ``int8-dynamic``: ``torch.ao.quantization.quantize_dynamic`` (int8 weights, activations quantized per batch).
+- ``int4``: group-wise asymmetric weight-only int4, two values per byte (:mod:`granary.models.int4`), computed
+  with torch's int4 CPU kernel where this torch has it.
 - ``int8-weight`` / ``int4-weight``: group-wise symmetric weight-only quantization (:class:`WeightOnlyLinear`).
 - ``pruned-magnitude``: ``torch.nn.utils.prune.l1_unstructured`` of every ``Linear`` to ``sparsity``.
 - ``pruned-structured``: ``torch.nn.utils.prune.ln_structured`` (whole output rows by L2 norm) to ``sparsity``.
@@ -51,6 +53,12 @@ def _dynamic(model: GPT, opts: CompressOptions) -> nn.Module:
     return to_dynamic_int8(model)
 
 
+def _int4(model: GPT, opts: CompressOptions) -> nn.Module:
+    from granary.models.int4 import to_int4
+
+    return to_int4(model, group_size=opts.group_size)
+
+
 def _weight_only(bits: int) -> Callable[[GPT, CompressOptions], nn.Module]:
     def apply(model: GPT, opts: CompressOptions) -> nn.Module:
         return to_weight_only(model, bits=bits, group_size=opts.group_size)
@@ -74,6 +82,7 @@ def _prune(structured: bool) -> Callable[[GPT, CompressOptions], nn.Module]:
 
 METHODS: dict[str, Callable[[GPT, CompressOptions], nn.Module]] = {
     "int8-dynamic": _dynamic,
+    "int4": _int4,
     **{name: _weight_only(bits) for name, bits in WEIGHT_ONLY_BITS.items()},
     "pruned-magnitude": _prune(structured=False),
     "pruned-structured": _prune(structured=True),

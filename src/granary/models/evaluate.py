@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 METRICS = ("perplexity", "accuracy", "loss")
 EVAL_PURPOSE = "evaluation"
+SAMPLES_PER_SHARD = 1000  # small enough that two workers claiming shards end within ~one shard of each other
+MAX_AUTO_SHARDS = 4096  # one catalog row per shard: bounded for very large held-out sets
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -48,6 +50,7 @@ class EvalPlan:
         num_shards: shards the samples are cut into.
         seq_len: tokens per sample (context + 1).
         max_samples: evaluate only the first N samples (0: all).
+        samples: the samples that makes (``min(available, max_samples)``; 0: not known, older plans).
         batch_size: samples per forward pass.
         purpose: declared purpose of the data read.
     """
@@ -58,15 +61,27 @@ class EvalPlan:
     num_shards: int = 16
     seq_len: int
     max_samples: int = 0
+    samples: int = 0
     batch_size: int = 64
     purpose: str = EVAL_PURPOSE
 
     def __post_init__(self) -> None:
-        if self.num_shards < 1 or self.batch_size < 1 or self.max_samples < 0:
-            raise ValueError("num_shards and batch_size must be >= 1, max_samples >= 0")
+        if self.num_shards < 1 or self.batch_size < 1 or self.max_samples < 0 or self.samples < 0:
+            raise ValueError("num_shards and batch_size must be >= 1, max_samples and samples >= 0")
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)
+
+
+def auto_shards(num_samples: int, *, samples_per_shard: int = SAMPLES_PER_SHARD) -> int:
+    """Shards for ``num_samples`` samples: about ``samples_per_shard`` each (at least one, at most 4096).
+
+    Workers claim shards one at a time, so a run ends at most one shard after its last worker could have
+    stopped: small shards keep that tail short, and the per-shard cost (one catalog row) stays negligible.
+    """
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    return max(1, min(MAX_AUTO_SHARDS, -(-max(0, num_samples) // samples_per_shard)))
 
 
 def shard_range(num_samples: int, shard: int, num_shards: int) -> tuple[int, int]:
@@ -109,6 +124,9 @@ def run_shards(store: Store, plan: EvalPlan, shards: Sequence[int], *, claims: P
     model = registry.load(mv, purpose=plan.purpose)
     source = TokenSource(store, store.open_version(plan.data_ref, purpose=plan.purpose), seq_len=plan.seq_len)
     total = _num_samples(source.num_samples, plan)
+    if plan.samples and total != plan.samples:
+        raise EvalError(f"{plan.data_ref} holds {total} samples for this plan, not the {plan.samples} it was made for",
+                        hint="make the plan again (make_plan) from the data version")
     computed = []
     for shard in todo:
         if claims is not None and not _claim(claims, shard):
@@ -116,7 +134,7 @@ def run_shards(store: Store, plan: EvalPlan, shards: Sequence[int], *, claims: P
         computed.append(shard)
         a, b = shard_range(total, shard, plan.num_shards)
         tokens = source.gather(np.arange(a, b, dtype=np.int64)) if b > a else np.zeros((0, plan.seq_len))
-        sums = shard_sums(model, tokens, batch_size=plan.batch_size)
+        sums: dict[str, float] = {**shard_sums(model, tokens, batch_size=plan.batch_size), "start": a, "stop": b}
         with store.catalog.write() as conn:
             conn.execute(t.evals.insert().values(name=mv.name, version=mv.version, data_version=plan.data,
                                                  num_shards=plan.num_shards, shard=shard, seq_len=plan.seq_len,
@@ -139,13 +157,34 @@ def _num_samples(available: int, plan: EvalPlan) -> int:
 
 
 def done_shards(store: Store, mv: ModelVersion, plan: EvalPlan) -> dict[int, dict[str, float]]:
-    """Shard -> sums of the shards of this evaluation already recorded."""
+    """Shard -> sums of the shards of this evaluation already recorded.
+
+    A recorded shard over other samples (the same shard count with another ``max_samples``) is not this
+    evaluation's: :func:`evaluate` refuses to run over it rather than add it in (see :func:`foreign_shards`).
+    """
+    return {s: sums for s, sums in _recorded(store, mv, plan).items() if _covers(sums, plan, s)}
+
+
+def foreign_shards(store: Store, mv: ModelVersion, plan: EvalPlan) -> list[int]:
+    """Shards recorded for this model, data and shard count over other samples than ``plan``'s."""
+    return sorted(s for s, sums in _recorded(store, mv, plan).items() if not _covers(sums, plan, s))
+
+
+def _recorded(store: Store, mv: ModelVersion, plan: EvalPlan) -> dict[int, dict[str, float]]:
     c = t.evals.c
     with store.catalog.read() as conn:
         rows = conn.execute(sa.select(c.shard, c.sums).where(
             c.name == mv.name, c.version == mv.version, c.data_version == plan.data,
             c.num_shards == plan.num_shards, c.seq_len == plan.seq_len)).all()
     return {int(r.shard): json.loads(r.sums) for r in rows}
+
+
+def _covers(sums: dict[str, float], plan: EvalPlan, shard: int) -> bool:
+    """Whether recorded ``sums`` are of ``plan``'s samples of ``shard`` (rows recorded before the sample range
+    was kept, or plans without a sample count, cannot tell and are taken as they are)."""
+    if "start" not in sums or not plan.samples:
+        return True
+    return (int(sums["start"]), int(sums["stop"])) == shard_range(plan.samples, shard, plan.num_shards)
 
 
 def metrics_of(sums: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -159,18 +198,25 @@ def metrics_of(sums: Sequence[dict[str, float]]) -> dict[str, float]:
     return {"loss": loss, "perplexity": math.exp(loss), "accuracy": correct / tokens, "tokens": float(tokens)}
 
 
-def make_plan(store: Store, model: str, data: str, *, num_shards: int = 16, max_samples: int = 0,
+def make_plan(store: Store, model: str, data: str, *, num_shards: int | None = None, max_samples: int = 0,
               batch_size: int = 64, purpose: str = EVAL_PURPOSE) -> EvalPlan:
     """Resolve the model and the data version (pinned by id) into a plan; the data is opened through the gate
-    first, so a caller who may not read it for ``purpose`` is refused (and audited) before anything runs."""
+    first, so a caller who may not read it for ``purpose`` is refused (and audited) before anything runs.
+
+    ``num_shards`` None picks :func:`auto_shards` of the samples evaluated (about 1000 samples per shard)."""
     manifest = store.open_version(data, purpose=purpose)
     if manifest.kind != "tokens":
         raise EvalError(f"{data} is a {manifest.kind} version; evaluation reads a tokens version",
                         hint="tokenize the held-out data first: granary tokenize REF --output NAME")
     mv = Registry(store).get(model)
     vid = manifest.version_id
+    seq_len = int(mv.facts["arch"]["context"]) + 1
+    available = (manifest.num_tokens or 0) // seq_len
+    samples = min(available, max_samples) if max_samples else available
+    if num_shards is None:
+        num_shards = auto_shards(samples)
     return EvalPlan(model=mv.ref, data=vid, data_ref=f"{manifest.dataset}@{vid}", num_shards=num_shards,
-                    seq_len=int(mv.facts["arch"]["context"]) + 1, max_samples=max_samples, batch_size=batch_size,
+                    seq_len=seq_len, max_samples=max_samples, samples=samples, batch_size=batch_size,
                     purpose=purpose)
 
 
@@ -192,6 +238,11 @@ def evaluate(store: Store, plan: EvalPlan, *, workers: int = 2, timeout_s: float
         raise ValueError(f"workers must be >= 1, got {workers}")
     mv = Registry(store).get(plan.model)
     t0 = time.perf_counter()
+    foreign = foreign_shards(store, mv, plan)
+    if foreign:
+        raise EvalError(f"{mv.ref} was already evaluated on {plan.data_ref} in {plan.num_shards} shards over other "
+                        f"samples than these {plan.samples} (shards {foreign[:5]} differ)",
+                        hint="evaluate with another --shards count (the two evaluations are kept apart by it)")
     missing = [s for s in range(plan.num_shards) if s not in done_shards(store, mv, plan)]
     if missing and inline:
         run_shards(store, plan, missing)
@@ -242,18 +293,30 @@ def job_env(store: Store) -> dict[str, str]:
 
 def results(store: Store, mv: ModelVersion) -> list[dict[str, Any]]:
     """Finished evaluations of a version: one entry per (data version, shards) with every shard present."""
+    return model_results(store, mv.name, version=mv.version).get(mv.version, [])
+
+
+def model_results(store: Store, name: str, *, version: int | None = None) -> dict[int, list[dict[str, Any]]]:
+    """Finished evaluations of every version of model ``name`` (or of one ``version``), by version number,
+    read in one query."""
     c = t.evals.c
+    q = sa.select(t.evals).where(c.name == name)
+    if version is not None:
+        q = q.where(c.version == version)
     with store.catalog.read() as conn:
-        rows = conn.execute(sa.select(t.evals).where(c.name == mv.name, c.version == mv.version)
-                            .order_by(c.data_version, c.num_shards, c.shard)).all()
-    groups: dict[tuple[str, int, int], dict[int, dict[str, float]]] = {}
+        rows = conn.execute(q.order_by(c.version, c.data_version, c.num_shards, c.shard)).all()
+    groups: dict[tuple[int, str, int, int], dict[int, dict[str, float]]] = {}
     for r in rows:
-        groups.setdefault((r.data_version, r.num_shards, r.seq_len), {})[int(r.shard)] = json.loads(r.sums)
-    out = []
-    for (data, n, seq_len), sums in groups.items():
+        groups.setdefault((int(r.version), r.data_version, r.num_shards, r.seq_len), {})[int(r.shard)] = \
+            json.loads(r.sums)
+    out: dict[int, list[dict[str, Any]]] = {}
+    for (number, data, n, seq_len), sums in groups.items():
         if len(sums) == n:
-            out.append({"data": data, "shards": n, "seq_len": seq_len,
-                        "metrics": metrics_of([sums[s] for s in range(n)])})
+            ordered = [sums[s] for s in range(n)]
+            samples = sum(int(x["stop"]) - int(x["start"]) for x in ordered) if all("start" in x for x in ordered) \
+                else None
+            out.setdefault(number, []).append({"data": data, "shards": n, "seq_len": seq_len, "samples": samples,
+                                               "metrics": metrics_of(ordered)})
     return out
 
 

@@ -73,17 +73,18 @@ def lineage_graph(store: Store, mv: ModelVersion) -> dict[str, Any]:
     return {"nodes": list(nodes.values()), "edges": edges, "roots": roots}
 
 
-def data_datasets(store: Store, mv: ModelVersion) -> list[str]:
-    """Every dataset on the model's walk to raw data (checkpoint and model datasets excluded)."""
-    graph = lineage_graph(store, mv)
+def data_datasets(store: Store, mv: ModelVersion, *, graph: dict[str, Any] | None = None) -> list[str]:
+    """Every dataset on the model's walk to raw data (checkpoint and model datasets excluded); ``graph`` is the
+    version's :func:`lineage_graph` when the caller has it already."""
+    graph = graph if graph is not None else lineage_graph(store, mv)
     return sorted({n["dataset"] for n in graph["nodes"]
                    if n["kind"] not in ("model", "checkpoint", "missing") and n["dataset"] != "?"})
 
 
-def data_policy(store: Store, mv: ModelVersion) -> Policy:
+def data_policy(store: Store, mv: ModelVersion, *, graph: dict[str, Any] | None = None) -> Policy:
     """The merged policy of the model's data (licenses, purposes, restrictions), from the catalog's policies."""
     from granary.secure.policy import PolicyBook, merge
 
     book = PolicyBook(store.catalog)
-    names = data_datasets(store, mv)
+    names = data_datasets(store, mv, graph=graph)
     return merge({n: book.get(n) for n in names})

@@ -45,7 +45,7 @@ class ModelVersion:
         version: 1, 2, ... per name.
         store_version: the store version (of dataset ``model.<name>``) holding its files.
         parent: the version it was made from (compression, distillation), or None.
-        method: ``registered`` (from a checkpoint), ``int8-dynamic``, ``int8-weight``, ``int4-weight``,
+        method: ``registered`` (from a checkpoint), ``int8-dynamic``, ``int4``, ``int8-weight``, ``int4-weight``,
             ``pruned-magnitude``, ``pruned-structured``, ``distilled``.
         facts: architecture, checkpoint, data versions, size, measurements.
     """
@@ -155,13 +155,27 @@ class Registry:
                                           "`granary model register CKPT --name NAME`")
         return _row(row)
 
-    def events(self, name: str) -> list[dict[str, Any]]:
-        """The audit trail of a model: registrations, alias moves, overrides, refusals, deployments."""
+    def alias_moves(self, name: str) -> list[dict[str, Any]]:
+        """A model's aliases with the version each points at and when it last moved, by alias."""
         self._may_list(name)
         with self.catalog.read() as conn:
-            rows = conn.execute(sa.select(t.events).where(t.events.c.name == name).order_by(t.events.c.id)).all()
-        return [{"version": r.version, "action": r.action, "actor": r.actor, "details": json.loads(r.details),
-                 "at": r.at} for r in rows]
+            rows = conn.execute(sa.select(t.aliases).where(t.aliases.c.name == name)
+                                .order_by(t.aliases.c.alias)).all()
+        return [{"alias": r.alias, "version": int(r.version), "moved_at": r.moved_at} for r in rows]
+
+    def events(self, name: str, *, after: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """The audit trail of a model: registrations, alias moves, overrides, refusals, deployments (oldest
+        first; ``after`` an event id and ``limit`` page through it)."""
+        self._may_list(name)
+        q = sa.select(t.events).where(t.events.c.name == name).order_by(t.events.c.id)
+        if after is not None:
+            q = q.where(t.events.c.id > after)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.catalog.read() as conn:
+            rows = conn.execute(q).all()
+        return [{"id": int(r.id), "version": r.version, "action": r.action, "actor": r.actor,
+                 "details": json.loads(r.details), "at": r.at} for r in rows]
 
     def record(self, name: str, version: int | None, action: str, details: Mapping[str, Any]) -> None:
         """Append to the model's audit trail (and to the security audit log when it is on)."""

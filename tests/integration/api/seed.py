@@ -93,3 +93,22 @@ def seed_run(settings: Settings, name: str = "tiny", *, steps: int = 6) -> str:
         "checkpoint": {"every": 2}, "fault": {"step_timeout_s": 0}})
     fit(recipe, store=store)
     return recipe.checkpoint_dataset
+
+
+def seed_models(settings: Settings, checkpoint: str, name: str = "tiny") -> None:
+    """Register model ``name`` from ``checkpoint`` twice (v1, v2: the same weights) and make v3, its dynamic int8
+    compression; evaluate v1 and v3 on ``corpus-tok`` (v1 and v2 in one process: their metrics are equal) and point
+    ``staging`` at v2, as the local admin. The data stays unrestricted, so `production` may point anywhere."""
+    from granary.models.compress import compress
+    from granary.models.evaluate import evaluate, make_plan
+    from granary.models.registry import Registry
+
+    hooks = SecureHooks.from_settings(settings, environ={})
+    store = Store(settings, hooks=hooks, catalog=hooks.guard.catalog)
+    registry = Registry(store)
+    one = registry.register(checkpoint, name)
+    two = registry.register(checkpoint, name)
+    for mv in (one, two):
+        evaluate(store, make_plan(store, mv.ref, "corpus-tok", num_shards=2), inline=True)
+    compress(registry, one.ref, "int8-dynamic", data="corpus-tok", max_samples=100)
+    registry.set_alias(two.ref, "staging")

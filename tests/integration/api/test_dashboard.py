@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from granary.config import Settings
-from tests.integration.api.seed import Seeded, seed, seed_run
+from tests.integration.api.seed import Seeded, seed, seed_models, seed_run
 from tests.integration.api.server_proc import running_server
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Seeded
     root = tmp_path_factory.mktemp("dash")
     settings = Settings.from_env(environ={}, home=root / "g")
     seeded = seed(settings)
-    seed_run(settings)  # a real tiny training run: the runs pages
+    seed_models(settings, seed_run(settings))  # a real tiny training run and models from it: the runs and models pages
     _fire_alert(settings, seeded)
     shots = Path(os.environ.get("GRANARY_SCREENSHOT_DIR") or root / "shots")
     shots.mkdir(parents=True, exist_ok=True)
@@ -87,6 +87,9 @@ PAGES = [
     ("gateway", "#/gateway", ["llama-8b", "replica-0"]),
     ("runs", "#/runs", ["Training runs", "tiny-ckpt"]),
     ("run", "#/runs/tiny-ckpt", ["Run tiny", "finished", "6 / 6", "Checkpoints", "corpus-tok@", "start"]),
+    ("models", "#/models", ["Models", "tiny", "v3 (int8-dynamic)", "staging → v2"]),
+    ("model", "#/models/tiny", ["Model tiny", "Perplexity across versions", "int8-dynamic", "staging",
+                                "tiny-ckpt step 6", "unrestricted", "allowed", "Not deployed", "register"]),
 ]
 
 
@@ -189,4 +192,31 @@ def test_open_a_run_and_see_its_loss_curve(site: tuple[str, Seeded, Path], brows
     d = page.get_attribute("svg[aria-label^='Loss'] path.curve[data-series='loss']", "d")
     assert d is not None and d.count("L") == 5  # 6 steps: a move and five lines
     assert page.locator("main table a[href*='tiny-ckpt@']").count() == 3
+    assert errors == [], errors
+
+
+def test_open_a_model_and_see_its_versions_and_metric_chart(site: tuple[str, Seeded, Path], browser: Any) -> None:
+    """From the nav to a model: its versions table and the perplexity chart (one point per evaluated version,
+    the values the API returns); the metric can be switched to accuracy."""
+    import httpx
+
+    url, seeded, _shots = site
+    token = seeded.tokens_by_role["reader"]
+    api = httpx.get(f"{url}/api/v1/models/tiny", headers={"Authorization": f"Bearer {token}"}).json()
+    page, errors = open_page(browser, url, token)
+    visit(page, f"{url}/ui/")
+    page.get_by_role("link", name="Models").click()
+    page.wait_for_selector("main[data-ready='1'] >> text=v3 (int8-dynamic)")
+    page.get_by_role("link", name="tiny", exact=True).click()
+    page.wait_for_selector("main[data-ready='1'] >> text=Model tiny")
+    rows = page.locator("main h2:has-text('Versions') + .panel tbody tr")
+    assert [rows.nth(i).locator("td").nth(1).inner_text() for i in range(rows.count())] == \
+        ["int8-dynamic", "registered", "registered"]
+    d = page.get_attribute("svg[aria-label^='Perplexity'] path.curve", "d")
+    assert d is not None and d.count("L") == 2  # versions 1, 2 and 3: a move and two lines
+    text = page.inner_text("main")
+    for e in api["evaluations"]:
+        assert f"{e['perplexity']:.4f}" in text
+    page.get_by_role("link", name="accuracy").click()
+    page.wait_for_selector("main[data-ready='1'] svg[aria-label^='Accuracy']")
     assert errors == [], errors

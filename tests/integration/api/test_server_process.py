@@ -3,6 +3,7 @@ fuzzes every endpoint of its OpenAPI document (no 500, no answer outside the sch
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import httpx
 import pytest
 
 from granary.config import Settings
-from tests.integration.api.seed import Seeded
+from tests.integration.api.seed import Seeded, seed_models, seed_run
 from tests.integration.api.server_proc import running_server
 
 pytestmark = pytest.mark.slow
@@ -18,7 +19,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def live(backend: tuple[Settings, Seeded], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`granary server` (tokens mode) over the module's seeded catalog."""
+    """`granary server` (tokens mode) over the module's seeded catalog, with registered models when torch is
+    there (so the fuzzer's model requests meet real versions, evaluations and aliases)."""
+    if importlib.util.find_spec("torch") and importlib.util.find_spec("safetensors"):
+        seed_models(backend[0], seed_run(backend[0]))
     with running_server(backend[0], auth="tokens", log=tmp_path_factory.mktemp("live") / "server.log") as url:
         yield url
 
@@ -64,6 +68,10 @@ def test_schemathesis_fuzz(backend: tuple[Settings, Seeded], live: str) -> None:
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 20
+    paths = {op.path for op in operations}
+    assert {"/models", "/models/{name}", "/models/{name}/versions", "/models/{name}/aliases/{alias}",
+            "/models/{name}/events", "/models/{name}/evaluations", "/models/{name}/deployments"} <= \
+        {p.removeprefix("/api/v1") for p in paths}, sorted(paths)
     for operation in operations:
         _fuzz(operation, headers, failures, max_examples=10)
     assert not failures, "\n\n".join(failures)

@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 from granary.models.errors import EvalError, PromotionRefusedError
-from granary.models.evaluate import Gate, compare, done_shards, evaluate, make_plan, metrics_of, run_shards, shard_range
+from granary.models.evaluate import (
+    Gate,
+    auto_shards,
+    compare,
+    done_shards,
+    evaluate,
+    make_plan,
+    metrics_of,
+    run_shards,
+    shard_range,
+)
 from granary.models.registry import Registry
 from tests.unit.models.conftest import Trained
 
@@ -20,6 +30,41 @@ def test_shards_cover_every_sample_once(n: int, shards: int) -> None:
     assert ranges[0][0] == 0 and ranges[-1][1] == n
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     assert max(b - a for a, b in ranges) - min(b - a for a, b in ranges) <= 1
+
+
+@pytest.mark.parametrize("n,shards", [(0, 1), (1, 1), (999, 1), (1000, 1), (1001, 2), (100_000, 100),
+                                      (10_000_000, 4096)])
+def test_auto_shards_hold_about_a_thousand_samples(n: int, shards: int) -> None:
+    assert auto_shards(n) == shards
+    with pytest.raises(ValueError, match="samples_per_shard"):
+        auto_shards(10, samples_per_shard=0)
+
+
+def test_plan_picks_shards_from_the_samples_evaluated(trained: Trained) -> None:
+    store = trained.store()
+    mv = Registry(store).register(trained.checkpoint, "autosh")
+    samples = store.open_version(trained.heldout, purpose="evaluation").num_tokens // (mv.facts["arch"]["context"] + 1)
+    assert make_plan(store, mv.ref, trained.heldout).num_shards == auto_shards(samples)
+    assert make_plan(store, mv.ref, trained.heldout, max_samples=1).num_shards == 1
+    assert make_plan(store, mv.ref, trained.heldout, num_shards=5).num_shards == 5
+
+
+def test_same_shard_count_over_other_samples_is_refused_not_mixed_in(trained: Trained) -> None:
+    """An evaluation of the first 5 samples in 1 shard, then of all samples in 1 shard: the recorded shard covers
+    other samples, so the second is refused (it would have reported the 5-sample result) with what to do."""
+    store = trained.store()
+    mv = Registry(store).register(trained.checkpoint, "foreign")
+    part = evaluate(store, make_plan(store, mv.ref, trained.heldout, num_shards=1, max_samples=5), inline=True)
+    full_plan = make_plan(store, mv.ref, trained.heldout, num_shards=1)
+    assert full_plan.samples > 5 and not done_shards(store, mv, full_plan)
+    with pytest.raises(EvalError, match="over other samples than these") as info:
+        evaluate(store, full_plan, inline=True)
+    assert "--shards" in (info.value.hint or "")
+    full = evaluate(store, make_plan(store, mv.ref, trained.heldout, num_shards=2), inline=True)
+    assert part["metrics"]["tokens"] == 5 * 16 < full["metrics"]["tokens"]
+    from granary.models.evaluate import results
+
+    assert sorted((r["shards"], r["samples"]) for r in results(store, mv)) == [(1, 5), (2, full_plan.samples)]
 
 
 def test_metrics_from_sums() -> None:

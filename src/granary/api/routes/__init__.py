@@ -12,6 +12,7 @@ from granary.api.routes import (
     health,
     jobs,
     lineage,
+    models,
     nodes,
     reports,
     runs,
@@ -20,4 +21,5 @@ from granary.api.routes import (
 )
 
 ROUTERS = (health.router, datasets.router, reports.router, versions.router, diff.router, lineage.router,
-           jobs.router, runs.router, nodes.router, audit.router, forget.router, gateway.router, sync.router)
+           jobs.router, runs.router, nodes.router, audit.router, forget.router, gateway.router, sync.router,
+           models.router)

@@ -1,6 +1,7 @@
 // The dashboard's router: #/path -> a page; token box; errors shown in place, never a blank page.
 import { ApiError, get, setToken, token } from "./api.js";
 import { h } from "./dom.js";
+import * as modelPages from "./models.js";
 import * as pages from "./pages.js";
 
 const routes = [
@@ -13,6 +14,8 @@ const routes = [
   [/^\/jobs\/(.+)$/, (m) => pages.job(decodeURIComponent(m[1]))],
   [/^\/runs$/, () => pages.runs()],
   [/^\/runs\/(.+)$/, (m) => pages.run(decodeURIComponent(m[1]))],
+  [/^\/models$/, () => modelPages.models()],
+  [/^\/models\/(.+)$/, (m, q) => modelPages.model(decodeURIComponent(m[1]), q)],
   [/^\/nodes$/, () => pages.nodes()],
   [/^\/audit$/, (_m, q) => pages.audit(q)],
   [/^\/gateway$/, () => pages.gateway()],
