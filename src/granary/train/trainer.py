@@ -228,6 +228,10 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------------------
     def fit(self) -> FitResult:
         """Train to ``recipe.steps`` optimiser steps, resuming from the latest checkpoint if there is one."""
+        if self.recipe.parallel.mode == "param_server":
+            from granary.train.ps_run import ParamServerRun
+
+            return ParamServerRun(self.recipe, store=self._store, model=self._model, run_dir=self.run_dir).fit()
         self._setup()
         r = self.recipe
         preempt = Preemption().install()
@@ -311,6 +315,7 @@ class Trainer:
                         loss = loss_fn(self.model(x), y) / r.parallel.grad_accum
                     self.scaler.scale(loss).backward()
                 loss_sum += float(loss.detach())
+            chaos.maybe_slow(self.dist.rank)  # a straggler drill (GRANARY_TRAIN_SLOW)
             self.scaler.unscale(self.optimizer)
             grad_norm = self._clip()
             self.noise.update(grad_norm)
