@@ -16,6 +16,7 @@ versions old) but not bit-identical: which gradient lands first depends on timin
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -231,8 +232,10 @@ class ParamServer:
 
 
 # -- every rank ------------------------------------------------------------------------------------------------
-def work_loop(call: Any, model: nn.Module, recipe: Recipe, rank: int, watchdog: StepWatchdog | None = None) -> int:
-    """Take work, compute its gradient, push it; until the server says done. Returns the gradients computed."""
+def work_loop(call: Any, model: nn.Module, recipe: Recipe, rank: int, *, run_dir: Path | None = None,
+              watchdog: StepWatchdog | None = None) -> int:
+    """Take work, compute its gradient, push it; until the server says done. Returns the gradients computed.
+    (A ``GRANARY_TRAIN_CHAOS`` fault at step ``n`` fires after this rank's ``n``-th gradient.)"""
     params = [p for p in model.parameters() if p.requires_grad]
     clip = recipe.optim.grad_clip
     work = call(rank, -1, None, 0.0, -1)
@@ -251,6 +254,8 @@ def work_loop(call: Any, model: nn.Module, recipe: Recipe, rank: int, watchdog: 
         done += 1
         if watchdog is not None:
             watchdog.beat(done)
+        if run_dir is not None:
+            chaos.maybe_fail("step", done, rank, run_dir)
         work = call(rank, work.version, grad, float(loss.detach()), work.batch_id)
     return done
 
@@ -290,7 +295,7 @@ class ParamServerRun:
                 call = _exchange
             else:
                 call = _remote_call(rpc) if rank else _exchange
-            computed = work_loop(call, worker_model, r, rank, watchdog)
+            computed = work_loop(call, worker_model, r, rank, run_dir=self.run_dir, watchdog=watchdog)
         finally:
             watchdog.stop()
             if rpc is not None:
@@ -303,7 +308,8 @@ class ParamServerRun:
         log.info("param_server run %s: %d gradients computed here, %d rejected in all, updates by worker %s",
                  r.name, computed, server.state.rejected_total, dict(server.updates_by_worker))
         return FitResult(steps=server.state.version, resumed_from=server.resumed_from, final_loss=server.final_loss,
-                         checkpoints=[c for c in server.checkpoints if c], run_dir=str(self.run_dir))
+                         checkpoints=[c for c in server.checkpoints if c], run_dir=str(self.run_dir),
+                         restarts=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -325,8 +331,9 @@ def _remote_call(rpc: Any) -> Any:
 
 def _init_rpc(rank: int, world: int, timeout_s: float) -> Any:
     """Start TensorPipe RPC over the job's key-value store (prefixed per torchrun attempt, as the process group's)."""
+    import importlib
+
     import torch.distributed.rpc as rpc
-    from torch.distributed import rendezvous as rdzv
 
     from granary.train.dist import _attempt_store
 
@@ -334,7 +341,8 @@ def _init_rpc(rank: int, world: int, timeout_s: float) -> Any:
         store = _attempt_store(rank, world, timedelta(seconds=timeout_s))
         yield (torch.distributed.PrefixStore("ps", store), rank, world)
 
-    if "granaryps" not in rdzv._rendezvous_handlers:
+    rdzv = importlib.import_module("torch.distributed.rendezvous")  # the module (the package exports a function)
+    with contextlib.suppress(RuntimeError):  # registered by an earlier run in this process: same rank and world
         rdzv.register_rendezvous_handler("granaryps", handler)
     opts = rpc.TensorPipeRpcBackendOptions(num_worker_threads=max(8, 2 * world), rpc_timeout=timeout_s,
                                            init_method="granaryps://")
