@@ -227,7 +227,7 @@ class ParamServer:
                               lineage=lineage)
 
     def close(self) -> None:
-        self.checkpoints.append(self.ckpt.finish())
+        self.checkpoints.append(self.ckpt.drain())
         self.metrics.close()
 
 

@@ -352,10 +352,10 @@ class Trainer:
             if (r.checkpoint.every and step % r.checkpoint.every == 0) or step == r.steps or stop:
                 checkpoints.append(self._save(step, ds, pinned, start_step, start_position))
             if stop:
-                self.ckpt.finish()
+                self.ckpt.drain()
                 self.dist.barrier()
                 raise SystemExit(EXIT_PREEMPTED)
-        checkpoints.append(self.ckpt.finish())
+        checkpoints.append(self.ckpt.drain())
         checkpoints = [c for c in checkpoints if c]
         return FitResult(steps=step, resumed_from=start_step if resumed_id else None, final_loss=final_loss,
                          checkpoints=checkpoints, run_dir=str(self.run_dir), restarts=self.attempt)
