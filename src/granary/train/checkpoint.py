@@ -204,6 +204,18 @@ class CheckpointManager:
         """The same as :meth:`drain`."""
         return self.drain()
 
+    def abandon(self) -> None:
+        """On a failed run: a pending one-process save is waited for (it commits or fails by itself, never after
+        the run has returned), without raising; a pending multi-rank save is left unpublished (committing it
+        needs every rank, and waiting on its collectives could hang on a dead peer)."""
+        pending, self._pending = self._pending, None
+        if pending is None or pending.folder is not None:
+            return
+        try:
+            pending.future.result()
+        except Exception as exc:  # the run is failing already; its own error is the one to report
+            log.warning("pending checkpoint of step %d abandoned: %s", pending.step, exc)
+
     def _publish(self, step: int, folder: Path, metadata: dict[str, Any], lineage: dict[str, Any]) -> str:
         try:
             self.dist.barrier()  # every rank's files are complete before anyone publishes

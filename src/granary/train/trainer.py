@@ -238,6 +238,9 @@ class Trainer:
         watchdog = StepWatchdog(r.fault.step_timeout_s, self.run_dir).start()
         try:
             return self._fit(preempt, watchdog)
+        except BaseException:
+            self.ckpt.abandon()
+            raise
         finally:
             watchdog.stop()
             preempt.uninstall()
