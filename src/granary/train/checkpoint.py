@@ -137,8 +137,8 @@ class CheckpointManager:
         writer = dcp.FileSystemWriter(str(folder))
         try:
             if self.async_save:  # several ranks: dcp writes in its thread, publish at the next save or drain
-                future: Any = dcp.async_save(state, storage_writer=writer, process_group=self._group)
-                self._pending = _Pending(step, folder, future, metadata, lineage)
+                self._pending = _Pending(step, folder, dcp.async_save(state, storage_writer=writer,
+                                                                      process_group=self._group), metadata, lineage)
                 return done
             with _quiet():
                 dcp.save(state, storage_writer=writer, process_group=self.dist.group)

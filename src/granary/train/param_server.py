@@ -19,7 +19,7 @@ Gradients submitted while another thread drains wait for the next drain, which i
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -68,11 +68,11 @@ class ParamServerState:
         version: the version of ``params`` (the number of steps behind them; a resumed run starts at its step).
     """
 
-    def __init__(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer, *, staleness_bound: int,
+    def __init__(self, params: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer, *, staleness_bound: int,
                  lr_at: Callable[[int], float] | None = None, version: int = 0) -> None:
         if staleness_bound < 0:
             raise ValueError(f"staleness_bound must be >= 0, got {staleness_bound}")
-        self.params = params
+        self.params = list(params)
         self.optimizer = optimizer
         self.bound = staleness_bound
         self.lr_at = lr_at
@@ -136,7 +136,7 @@ class ParamServerState:
             return self.version, torch.cat([p.detach().reshape(-1) for p in self.params]).clone()
 
 
-def load_flat(params: list[torch.Tensor], flat: torch.Tensor) -> None:
+def load_flat(params: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
     """Copy a flat parameter vector (from :meth:`ParamServerState.snapshot`) into ``params``."""
     if flat.numel() != sum(p.numel() for p in params):
         raise ValueError(f"a flat vector of {flat.numel()} values does not fit parameters of "
@@ -148,7 +148,7 @@ def load_flat(params: list[torch.Tensor], flat: torch.Tensor) -> None:
             offset += p.numel()
 
 
-def flat_grad(params: list[torch.Tensor]) -> torch.Tensor:
+def flat_grad(params: Sequence[torch.Tensor]) -> torch.Tensor:
     """The parameters' gradients as one flat vector (zeros where a parameter got none)."""
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
                       for p in params])

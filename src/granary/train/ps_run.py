@@ -129,7 +129,7 @@ class ParamServer:
             raise TrainError(f"checkpoint {latest.ref} was not saved by a param_server run",
                              hint=f"use another checkpoint.dataset than {r.checkpoint_dataset}")
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
+        state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}
         loaded = self.ckpt.load(latest.ref, state)
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         extra = loaded.extra or {}
