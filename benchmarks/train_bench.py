@@ -189,17 +189,34 @@ def recovery(home: Path) -> float:
     return first - killed_at
 
 
-def async_checkpoint_cost(home: Path, steps: int, rounds: int) -> tuple[float, list[float]]:
+def async_checkpoint_cost(home: Path, steps: int, rounds: int) -> tuple[float, list[float], list[float]]:
     """Wall time of a run with an asynchronous checkpoint every 50 steps over the same run without checkpoints,
-    in alternating pairs (the order flips each round); returns the median ratio and the per-round ratios."""
+    in alternating pairs (the order flips each round); returns the median ratio, the per-round ratios and the
+    seconds each save held the training thread (``Trainer._save``, the final drain excluded)."""
+    from granary.train.trainer import Trainer
+
+    held: list[float] = []
+    original = Trainer._save
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> str:
+        t0 = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            held.append(time.perf_counter() - t0)
+
+    Trainer._save = timed  # type: ignore[method-assign]
     ratios = []
-    for i in range(rounds):
-        order = [("none", 0, False), ("async50", 50, True)]
-        walls = {}
-        for tag, every, async_save in (order if i % 2 == 0 else order[::-1]):
-            walls[tag] = granary_run(home, f"ac-{tag}-{i}", steps, every, async_save)["wall_s"]
-        ratios.append(walls["async50"] / walls["none"])
-    return statistics.median(ratios), ratios
+    try:
+        for i in range(rounds):
+            order = [("none", 0, False), ("async50", 50, True)]
+            walls = {}
+            for tag, every, async_save in (order if i % 2 == 0 else order[::-1]):
+                walls[tag] = granary_run(home, f"ac-{tag}-{i}", steps, every, async_save)["wall_s"]
+            ratios.append(walls["async50"] / walls["none"])
+    finally:
+        Trainer._save = original  # type: ignore[method-assign]
+    return statistics.median(ratios), ratios, held
 
 
 def single_process_rows(home: Path, steps: int) -> list[tuple[str, Any]]:
@@ -243,9 +260,11 @@ def main() -> None:
         make_data(home)
         rows: list[tuple[str, Any]] = [] if args.only_dist else single_process_rows(home, args.steps)
         if args.async_ckpt_steps:
-            med, per = async_checkpoint_cost(home, args.async_ckpt_steps, args.async_ckpt_rounds)
+            med, per, held = async_checkpoint_cost(home, args.async_ckpt_steps, args.async_ckpt_rounds)
             rows.append((f"wall time, async checkpoint every 50 / none ({args.async_ckpt_steps} steps; rounds "
                          f"{', '.join(f'{x:.3f}' for x in per)}; target < 1.05)", med))
+            rows.append((f"training-thread ms per async save (median of {len(held)}; max)",
+                         f"{statistics.median(held) * 1e3:.1f}; {max(held) * 1e3:.1f}"))
         if not args.skip_dist:
             out = home / "comm.json"
             torchrun(home, [__file__, "--nproc-per-node", "2"],

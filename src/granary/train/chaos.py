@@ -5,6 +5,9 @@ rank forever (the step watchdog or the collective timeout must turn it into a re
 (after the optimiser step, before any checkpoint; the default) or ``save`` (in the middle of a checkpoint save,
 after its files are published and before the commit). Each fault fires once per run: a marker file in the run
 folder (``chaos-<n>.fired``, created before the fault) keeps restarted attempts from firing it again.
+
+A straggler: ``GRANARY_TRAIN_SLOW=RANK:SECONDS[,RANK:SECONDS...]`` makes that rank sleep ``SECONDS`` after
+computing each step's gradients (every attempt, every step), as a slower machine would.
 """
 
 from __future__ import annotations
@@ -15,6 +18,28 @@ import time
 from pathlib import Path
 
 VAR = "GRANARY_TRAIN_CHAOS"
+SLOW_VAR = "GRANARY_TRAIN_SLOW"
+
+
+def slow_seconds(rank: int) -> float:
+    """The delay ``GRANARY_TRAIN_SLOW`` gives ``rank`` per step (0.0 if none)."""
+    spec = os.environ.get(SLOW_VAR, "").strip()
+    total = 0.0
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        try:
+            want_rank, seconds = item.split(":")
+            if int(want_rank) == rank:
+                total += float(seconds)
+        except ValueError:
+            raise ValueError(f"{SLOW_VAR}={spec!r}: {item!r} is not RANK:SECONDS (say 1:0.1)") from None
+    return total
+
+
+def maybe_slow(rank: int) -> None:
+    """Sleep this rank's straggler delay, if ``GRANARY_TRAIN_SLOW`` names it."""
+    seconds = slow_seconds(rank)
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 def maybe_fail(phase: str, step: int, rank: int, run_dir: Path) -> None:

@@ -231,5 +231,5 @@ def _save(store: Any, recipe: Recipe, model: torch.nn.Module, version: Any, ds: 
             "recipe": recipe.to_dict(), "data": {"ref": version.ref, "versions": loader["versions"]},
             "loader": loader, "code": code_hash(), "privacy": privacy}
     vid = ckpt.save(recipe.steps, {"model": model.state_dict()}, extra={}, metadata=meta, lineage=lineage)
-    ckpt.finish()
+    ckpt.drain()
     return vid

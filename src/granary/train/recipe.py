@@ -68,7 +68,7 @@ class OptimConfig:
 class ParallelConfig:
     """How ranks share the work (see docs/train.md for which modes run on gloo/CPU)."""
 
-    mode: Literal["ddp", "fsdp", "tp", "fsdp_tp", "pp", "diloco", "single"] = "ddp"
+    mode: Literal["ddp", "fsdp", "tp", "fsdp_tp", "pp", "diloco", "param_server", "single"] = "ddp"
     tp_size: int = 2
     grad_accum: int = 1
     mixed_precision: Literal["none", "bf16", "fp16"] = "none"
@@ -80,6 +80,7 @@ class ParallelConfig:
     diloco_outer_lr: float = 0.7
     diloco_outer_momentum: float = 0.9
     diloco_delay: int = 0
+    ps_staleness: int = 4
     pp_schedule: Literal["gpipe", "1f1b"] = "gpipe"
     pp_microbatches: int = 2
     compile: bool = False
@@ -144,6 +145,7 @@ class Recipe:
             ("checkpoint.keep_every", self.checkpoint.keep_every >= 0),
             ("parallel.fp16_init_scale", self.parallel.fp16_init_scale > 0),
             ("parallel.diloco_delay", 0 <= self.parallel.diloco_delay < max(1, self.parallel.diloco_h)),
+            ("parallel.ps_staleness", self.parallel.ps_staleness >= 0),
             ("parallel.fp16_growth_interval", self.parallel.fp16_growth_interval >= 1),
             ("model.d_model", self.model.d_model % self.model.n_heads == 0),
         ]

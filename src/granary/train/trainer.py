@@ -228,12 +228,19 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------------------
     def fit(self) -> FitResult:
         """Train to ``recipe.steps`` optimiser steps, resuming from the latest checkpoint if there is one."""
+        if self.recipe.parallel.mode == "param_server":
+            from granary.train.ps_run import ParamServerRun
+
+            return ParamServerRun(self.recipe, store=self._store, model=self._model, run_dir=self.run_dir).fit()
         self._setup()
         r = self.recipe
         preempt = Preemption().install()
         watchdog = StepWatchdog(r.fault.step_timeout_s, self.run_dir).start()
         try:
             return self._fit(preempt, watchdog)
+        except BaseException:
+            self.ckpt.abandon()
+            raise
         finally:
             watchdog.stop()
             preempt.uninstall()
@@ -311,6 +318,7 @@ class Trainer:
                         loss = loss_fn(self.model(x), y) / r.parallel.grad_accum
                     self.scaler.scale(loss).backward()
                 loss_sum += float(loss.detach())
+            chaos.maybe_slow(self.dist.rank)  # a straggler drill (GRANARY_TRAIN_SLOW)
             self.scaler.unscale(self.optimizer)
             grad_norm = self._clip()
             self.noise.update(grad_norm)
@@ -347,10 +355,10 @@ class Trainer:
             if (r.checkpoint.every and step % r.checkpoint.every == 0) or step == r.steps or stop:
                 checkpoints.append(self._save(step, ds, pinned, start_step, start_position))
             if stop:
-                self.ckpt.finish()
+                self.ckpt.drain()
                 self.dist.barrier()
                 raise SystemExit(EXIT_PREEMPTED)
-        checkpoints.append(self.ckpt.finish())
+        checkpoints.append(self.ckpt.drain())
         checkpoints = [c for c in checkpoints if c]
         return FitResult(steps=step, resumed_from=start_step if resumed_id else None, final_loss=final_loss,
                          checkpoints=checkpoints, run_dir=str(self.run_dir), restarts=self.attempt)

@@ -240,19 +240,23 @@ def test_train_cli_dry_run_and_bad_target(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_async_checkpoints_commit_late_and_resume_exactly(home: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """Asynchronous saves: step 2's checkpoint is committed when step 4's starts; a failure at step 5 loses the
-    pending step 4 (never half visible); the rerun resumes from 2 and ends where a synchronous run ends."""
+    """Asynchronous saves: one process writes, publishes and commits each checkpoint in the background, and a
+    failure there (injected in the middle of step 4's save, after its files are published and before the commit)
+    leaves step 4 invisible and is raised on the training thread at the next save (step 6); the rerun resumes
+    from 2 and ends where a synchronous run ends. (Before the commit moved to the background the test failed the
+    training thread at step 5 while step 4 was pending; now step 4 may be committed by then, so the failure is put
+    where the pending save itself can lose it.)"""
     from granary.train import fit
 
     sync = fit(recipe(tmp_path, "sync", steps=6, checkpoint={"every": 2}))
     with monkeypatch.context() as m:
-        _fail_at(m, "step", 5)
-        with pytest.raises(RuntimeError, match="injected"):
+        _fail_at(m, "save", 4)
+        with pytest.raises(RuntimeError, match="injected failure at save 4"):
             fit(recipe(tmp_path, "async", steps=6, checkpoint={"every": 2, "async_save": True}))
     store = _store(home)
     assert [store.manifest(v).metadata["step"] for v in store.log("async-ckpt")] == [2]
     again = fit(recipe(tmp_path, "async", steps=6, checkpoint={"every": 2, "async_save": True}))
-    assert again.resumed_from == 2 and len(again.checkpoints) == 2  # 4 (committed at 6) and 6 (at the end)
+    assert again.resumed_from == 2 and len(again.checkpoints) == 2  # 4 (collected at 6) and 6 (at the end)
     assert [store.manifest(v).metadata["step"] for v in store.log("async-ckpt")] == [6, 4, 2]
     a, b = final_state(home, "sync-ckpt"), final_state(home, "async-ckpt")
     assert sync.final_loss == again.final_loss
