@@ -85,12 +85,16 @@ def test_controller_resizes_running_training_jobs(tmp_path: Path) -> None:
     big = write_recipe(tmp_path / "big.yaml", "big", steps=200, every=50, model=model)
     small = write_recipe(tmp_path / "small.yaml", "small", steps=20, every=10, model=model)
     elastic = dict(gpus_per_replica=1, resizable=True, min_gpus=1, max_gpus=2, grace_s=60.0, env=env)
+    # big's steps take at least 0.15 s (a straggler delay on rank 0), so its 200 steps outlast small's start and
+    # run whatever the machine's speed: on a quiet machine its 1-GPU attempt once finished all 200 steps before
+    # small ended, the grow-back found nothing left to train, and the third segment had no steps
+    big_env = {**env, "GRANARY_TRAIN_SLOW": "0:0.15"}
     stop = threading.Event()
     threads = [threading.Thread(target=x.run, args=(stop,), daemon=True) for x in (controller, agent)]
     for th in threads:
         th.start()
     try:
-        a = submit_job(catalog, JobSpec(name="big", recipe=str(big), **elastic))  # type: ignore[arg-type]
+        a = submit_job(catalog, JobSpec(name="big", recipe=str(big), **{**elastic, "env": big_env}))  # type: ignore[arg-type]
         _wait("big trains", lambda: len(_metrics(tmp_path / "big")) >= 3, 60, lambda: get_job(catalog, a)[1])
         b = submit_job(catalog, JobSpec(name="small", recipe=str(small), **elastic))  # type: ignore[arg-type]
         rows = [_wait(f"{j} done", lambda j=j: get_job(catalog, j)[0].state in TERMINAL and get_job(catalog, j),
