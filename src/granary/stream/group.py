@@ -57,7 +57,7 @@ class GroupGather:
             yield GroupPlan(samples[a:b], [f[a:b] for f in fields])
             a = b
 
-    def gather(self, plan: GroupPlan) -> tuple[np.ndarray, Sequence[np.ndarray], Exception | None]:
+    def gather(self, plan: GroupPlan) -> tuple[np.ndarray, np.ndarray | LazyBatches, Exception | None]:
         """``(samples, tokens, error)``: the samples ``(steps', batch)`` and tokens ``(steps', batch, seq_len)``
         (one array, or one ``(batch, seq_len)`` array per batch) of the group's first ``steps'`` batches: all of
         them unless a block fails its check (a corrupt block, an encrypted block that fails authentication), then

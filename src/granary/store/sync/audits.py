@@ -109,22 +109,22 @@ def receive(store: Any, dataset: str, remote: Repository) -> int:
     for site, parts in sorted(segments(remote, dataset).items()):
         if site == me:
             continue
-        records = [r for _, last, key in parts if last > imported.get(site, 0)
-                   for r in _checked(remote, dataset, site, key)]
+        records = [rec for _, last, key in parts if last > imported.get(site, 0)
+                   for rec in _checked(remote, dataset, site, key)]
         seen = imported.get(site, 0)
         new = []
-        for r in sorted(records, key=lambda r: r["seq"]):
-            if r["seq"] > seen:
-                new.append(r)
-                seen = r["seq"]
+        for rec in sorted(records, key=lambda x: x["seq"]):
+            if rec["seq"] > seen:
+                new.append(rec)
+                seen = rec["seq"]
         batches.append((site, new))
     added = 0
     for site, new in batches:  # every fetched segment of every site was checked before anything is imported
         if new:
             AuditLog(store.catalog, origin=f"import:{site}").append_many([
-                {"principal": r["principal"], "action": r["action"], "dataset": r["dataset"], "object": r["object"],
-                 "outcome": r["outcome"], "at": r["at"],
-                 "details": {**r["details"], "imported": {"site": site, "seq": r["seq"], "hash": r["hash"]}}}
-                for r in new])
+                {"principal": rec["principal"], "action": rec["action"], "dataset": rec["dataset"],
+                 "object": rec["object"], "outcome": rec["outcome"], "at": rec["at"],
+                 "details": {**rec["details"], "imported": {"site": site, "seq": rec["seq"], "hash": rec["hash"]}}}
+                for rec in new])
             added += len(new)
     return added
