@@ -16,8 +16,11 @@ BOUND = 2
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """30 versions on 3 ranks, rank 2 sleeping 0.05 s per gradient, rank 1 killed (SIGKILL) after its 10th
-    gradient; torchrun restarts the job once and it resumes from the server's last checkpoint."""
+    """30 versions on 3 ranks, ranks 0 and 1 sleeping 0.1 s and rank 2 (the straggler) 0.3 s per gradient, rank 1
+    killed (SIGKILL) after its 4th gradient; torchrun restarts the job once and it resumes from the server's last
+    checkpoint. The sleeps make the versions left after the kill take more than a second: with rank 1 killed after
+    its 10th gradient and only rank 2 slowed, ranks 0 and 2 once applied the last versions and saved step 30 before
+    torchrun stopped them, and the restart had nothing left to resume."""
     from granary.config import Settings
     from granary.store import open_store
     from granary.train.metrics import read_metrics
@@ -29,7 +32,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                           parallel={"mode": "param_server", "ps_staleness": BOUND},
                           optim={"lr": 0.01, "warmup_steps": 0, "schedule": "constant"})
     proc = run_train(home, recipe, "--nproc-per-node", "3", "--max-restarts", "1",
-                     env={"GRANARY_TRAIN_SLOW": "2:0.05", "GRANARY_TRAIN_CHAOS": "kill:1:10"})
+                     env={"GRANARY_TRAIN_SLOW": "0:0.1,1:0.1,2:0.3", "GRANARY_TRAIN_CHAOS": "kill:1:4"})
     check(proc)
     store = open_store(Settings.from_env(home=home))
     return {"result": json.loads(proc.stdout.strip().splitlines()[-1]),
