@@ -10,7 +10,7 @@ import pytest
 
 from granary.train.metrics import read_metrics
 from tests.integration.train.helpers import final_state
-from tests.unit.train.test_trainer import _fail_at, home, recipe  # noqa: F401  (fixture)
+from tests.unit.train.test_trainer import _fail_at, recipe
 
 torch = pytest.importorskip("torch")
 
@@ -23,7 +23,7 @@ def _records(run_dir: Path) -> list[dict]:
     return [r for r in read_metrics(run_dir) if "loss" in r]
 
 
-def test_fp16_skips_overflowing_steps_and_resumes_exactly(home: Path, tmp_path: Path,  # noqa: F811
+def test_fp16_skips_overflowing_steps_and_resumes_exactly(home: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from granary.train import fit
 

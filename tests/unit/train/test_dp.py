@@ -12,7 +12,6 @@ import pytest
 
 from granary.config import Settings
 from granary.train.recipe import Recipe, recipe_from_dict
-from tests.integration.train.helpers import make_tokens
 
 pytest.importorskip("torch")
 pytest.importorskip("opacus")
@@ -39,14 +38,6 @@ def test_accountant_epsilon_matches_the_closed_form() -> None:
     assert epsilon_spent(noise_multiplier=sigma * 1.5, delta=1e-5, sample_rate=0.01, steps=1000) < spent
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("GRANARY_HOME", str(home))
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RESTART_COUNT", "GRANARY_PURPOSE"):
-        monkeypatch.delenv(var, raising=False)
-    make_tokens(home)
-    return home
 
 
 def _recipe(tmp_path: Path, name: str, steps: int = 6) -> Recipe:

@@ -117,16 +117,6 @@ def test_slow_spec_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
         chaos.slow_seconds(1)
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from tests.integration.train.helpers import make_tokens
-
-    home = tmp_path / "home"
-    monkeypatch.setenv("GRANARY_HOME", str(home))
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RESTART_COUNT", "GRANARY_TRAIN_SLOW"):
-        monkeypatch.delenv(var, raising=False)
-    make_tokens(home)
-    return home
 
 
 def _recipe(tmp_path: Path, steps: int, **over: Any) -> Any:

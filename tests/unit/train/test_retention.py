@@ -11,7 +11,7 @@ import pytest
 from granary.errors import ExpiredVersionError, StoreError
 from granary.train.retention import Checkpoint, apply_retention, live_checkpoints, select
 from tests.integration.train.helpers import final_state, losses
-from tests.unit.train.test_trainer import _store, home, recipe  # noqa: F401  (fixture)
+from tests.unit.train.test_trainer import _store, recipe
 
 torch = pytest.importorskip("torch")
 
@@ -24,7 +24,7 @@ def test_select_keeps_the_newest_and_every_kth() -> None:
     assert [c.step for c in select(ckpts, keep_last=3)[0]] == [20, 18, 16]
 
 
-def test_retention_gc_and_resume(home: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_retention_gc_and_resume(home: Path, tmp_path: Path) -> None:
     """every 2, keep_last 2, keep_every 4 over 12 steps: steps 4, 8, 10, 12 stay; 2 and 6 are retired and their
     objects freed by the store's gc; a longer run then resumes from 12 and equals an uninterrupted run."""
     from granary.train import fit
@@ -56,7 +56,7 @@ def test_retention_gc_and_resume(home: Path, tmp_path: Path) -> None:  # noqa: F
     assert [c.step for c in live_checkpoints(store, "ret-ckpt")] == [16, 14, 12, 8, 4]
 
 
-def test_a_tagged_or_registered_checkpoint_is_never_collected(home: Path, tmp_path: Path,  # noqa: F811
+def test_a_tagged_or_registered_checkpoint_is_never_collected(home: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
@@ -101,7 +101,7 @@ def test_bad_retention_fields_are_named(tmp_path: Path) -> None:
         recipe(tmp_path, "bad", checkpoint={"keep_last": -1})
 
 
-def test_retire_is_authorised_and_audited(home: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_retire_is_authorised_and_audited(home: Path, tmp_path: Path) -> None:
     from granary.secure.rbac import required_role
     from granary.store.hooks import NullHooks
     from granary.train import fit

@@ -11,19 +11,11 @@ import pytest
 from granary.config import Settings
 from granary.errors import StoreError, TrainError
 from granary.train.recipe import Recipe, recipe_from_dict
-from tests.integration.train.helpers import final_state, losses, make_tokens
+from tests.integration.train.helpers import final_state, losses
 
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("GRANARY_HOME", str(home))
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RESTART_COUNT"):
-        monkeypatch.delenv(var, raising=False)
-    make_tokens(home)
-    return home
 
 
 def recipe(tmp_path: Path, name: str, **over: Any) -> Recipe:
