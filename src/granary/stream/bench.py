@@ -46,10 +46,14 @@ def measure_loader(store: Store, ref: str, *, seq_len: int, batch_size: int = 64
     per_shard = ds.num_samples // shards
     ids: list[np.ndarray] = []
     count = 0
+    verifier = getattr(ds.sources[0], "verifier", None)
+    verified_at = None
     c0, t0 = time.process_time(), time.perf_counter()
     for batch in ds:
         ids.append(batch["tokens"][:, :2].copy())
         count += len(batch["tokens"])
+        if verified_at is None and verifier is not None and verifier.all_ok:
+            verified_at = time.perf_counter() - t0
         if max_batches is not None and len(ids) >= max_batches:
             break
     seconds = time.perf_counter() - t0
@@ -64,14 +68,21 @@ def measure_loader(store: Store, ref: str, *, seq_len: int, batch_size: int = 64
     return {"samples": count, "seconds": seconds, "samples_per_s": count / seconds,
             "samples_per_cpu_s": count / max(cpu, 1e-9),
             "gb_per_s": count * seq_len * 2 / seconds / 1e9,  # build_synthetic writes uint16
-            "shards_per_batch": float(np.mean(drawn)), "later_passes_samples_per_s": later}
+            "shards_per_batch": float(np.mean(drawn)), "later_passes_samples_per_s": later,
+            "all_verified_after_s": verified_at}  # first batch served after every block was checked
 
 
 def measure_memmap_gather(path: Path, *, num_samples: int, seq_len: int, batch_size: int = 64,
-                          max_batches: int | None = None, seed: int = 0, passes: int = 1) -> dict[str, Any]:
+                          max_batches: int | None = None, seed: int = 0, passes: int = 1,
+                          populate: bool = False) -> dict[str, Any]:
     """The plain anchor: one flat uint16 memmap, a random permutation, one sorted gather per batch (a fresh
-    mapping, like a fresh loader); with ``passes`` > 1 the same mapping is read again with a new permutation."""
+    mapping, like a fresh loader); with ``passes`` > 1 the same mapping is read again with a new permutation.
+    ``populate`` first maps it as the loader maps its shards (huge pages advised, page tables populated)."""
     mm = np.memmap(path, dtype=np.uint16, mode="r", shape=(num_samples, seq_len))
+    if populate:
+        from granary.stream.verify import populate as populate_pages
+
+        populate_pages(mm)
     stop = num_samples if max_batches is None else min(num_samples, max_batches * batch_size)
     rates = []
     for p in range(passes):
@@ -142,3 +153,56 @@ def measure_resume(store: Store, ref: str, *, seq_len: int, batch_size: int = 64
         opens.append(t1 - t0)
     return {"resume_to_first_batch_s_max": max(times), "resume_to_first_batch_s_mean": float(np.mean(times)),
             "open_dataset_s_mean": float(np.mean(opens))}
+
+
+def huge_page_mib(paths: list[Path]) -> float:
+    """MiB of the given files that a fresh mapping maps with 2 MiB pages (``FilePmdMapped``; Linux only, else 0).
+
+    Whether the page cache holds a file in 2 MiB folios decides how fast random rows gather from it (TLB misses),
+    and it depends on how the file was written or last read from disk: the benchmark reports it for every input."""
+    import mmap
+
+    maps = []
+    try:
+        for p in paths:
+            view = np.memmap(p, dtype=np.uint8, mode="r")
+            int(view[:: mmap.PAGESIZE].sum())  # touch every page
+            maps.append(view)
+        total, wanted = 0, {str(Path(p).resolve()) for p in paths}
+        current = False
+        with open("/proc/self/smaps") as smaps:
+            for line in smaps:
+                if "-" in line.split(" ", 1)[0]:  # a mapping's header line
+                    current = line.rstrip("\n").split()[-1] in wanted
+                elif current and line.startswith("FilePmdMapped:"):
+                    total += int(line.split()[1])
+        return total / 1024
+    except OSError:
+        return 0.0
+    finally:
+        del maps  # unmapped with the last reference
+
+
+def measure_hashing(paths: list[Path], *, threads: int = 1) -> float:
+    """GB/s of xxh3-64 over every 1 MiB of the given (page-cached) files on ``threads`` threads: the work a first
+    pass with checksums adds, as the anchor's figure for the verification phase."""
+    import threading
+
+    import xxhash
+
+    arrays = [np.memmap(p, dtype=np.uint8, mode="r") for p in paths]
+    chunks = [a[i : i + (1 << 20)] for a in arrays for i in range(0, len(a), 1 << 20)]
+
+    def work(part: list[np.ndarray]) -> None:
+        for c in part:
+            xxhash.xxh3_64_intdigest(c.data)
+
+    work(chunks)  # map the pages first: the figure is hashing, not page faults
+    workers = [threading.Thread(target=work, args=(chunks[k::threads],)) for k in range(threads)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    seconds = time.perf_counter() - t0
+    return sum(c.nbytes for c in chunks) / seconds / 1e9

@@ -262,7 +262,7 @@ class StreamingDataset:
         source = self.sources[0]
         assert isinstance(source, TokenSource)
         native = self.token_dtype == "native"
-        depth = max(threads, -(-self.prefetch // DEFAULT_GROUP))
+        depth = max(2 * threads + 2, -(-self.prefetch // DEFAULT_GROUP))
         keep = 2 * (depth + threads + 2)
         pool = getattr(self, "_pool", None)  # (absent on a dataset unpickled in a worker)
         if pool is None or pool.keep < keep:
@@ -272,7 +272,8 @@ class StreamingDataset:
         reader = GroupGather(source, gather=kernel, pool=pool,
                              out_dtype=source.dtype if native else np.dtype(self.token_dtype), lazy=threads == 0)
         plans = (plan for _, samples in self._chunks(position, steps) for plan in reader.plans(samples))
-        groups = ordered_map(reader.gather, plans, num_threads=threads, depth=depth) if threads else map(
+        groups = ordered_map(reader.gather, plans, num_threads=threads, depth=depth,
+                              caller_runs=True) if threads else map(
             reader.gather, plans)
         plain = self.output == "numpy" and not self.with_segment_ids
         for samples, tokens, error in groups:
@@ -349,12 +350,14 @@ class StreamingDataset:
                                   num_threads=threads, depth=self.prefetch)
         else:
             batches = (self._batch(*item) for item in self._plan(start, mine))
-        for i, batch in enumerate(batches):
-            if num_workers == 1:
-                self.position = start + (i + 1) * self.global_batch
-            yield batch
+        step = self.global_batch
         if num_workers == 1:
-            self.position = start + steps * self.global_batch
+            for i, batch in enumerate(batches, 1):
+                self.position = start + i * step
+                yield batch
+            self.position = start + steps * step
+        else:
+            yield from batches
 
 
 def _to_torch(batch: dict[str, Any]) -> dict[str, Any]:

@@ -72,3 +72,37 @@ def test_truncated_shard_is_refused(tmp_path: Path, cut: int) -> None:
 def test_out_of_range_tokens_are_refused(tmp_path: Path) -> None:
     with TokenShardWriter(tmp_path / "s.tok", dtype="uint16") as w, pytest.raises(ValueError, match="token ids"):
         w.add(np.array([70_000]))
+
+
+def test_data_is_written_in_aligned_chunks_for_huge_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write(2) but the last starts and ends at a multiple of the write chunk, so Linux caches the file in
+    2 MiB folios (mapped with huge pages); the bytes are the same as an unbuffered writer's."""
+    from granary.store.formats.tokens import writer as writer_mod
+
+    writes: list[tuple[int, int]] = []
+    real_open = open
+
+    class Recorder:
+        def __init__(self, f: object) -> None:
+            self._f, self.pos = f, 0
+
+        def write(self, data: memoryview) -> int:
+            n = self._f.write(data)  # type: ignore[attr-defined]
+            writes.append((self.pos, n))
+            self.pos += n
+            return n
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._f, name)
+
+    monkeypatch.setattr(writer_mod, "open", lambda *a, **k: Recorder(real_open(*a, **k)), raising=False)
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(0, 65535, size=int(n)) for n in rng.integers(1, 400_000, size=40)]
+    facts = _write(tmp_path / "s.tok", docs)
+    chunk = writer_mod._WRITE_CHUNK
+    assert len(writes) > 3 and sum(n for _, n in writes) == (tmp_path / "s.tok").stat().st_size
+    assert all(pos % chunk == 0 and n % chunk == 0 for pos, n in writes[:-1])
+    r = TokenShardReader(tmp_path / "s.tok")
+    assert r.verify() == [] and r.num_tokens == facts["tokens"] == sum(len(d) for d in docs)
+    assert r.tokens.tolist() == np.concatenate(docs).tolist()
+    assert r.blocks["offset"][0] == 64 and (np.diff(r.blocks["offset"]) == MIB).all()
