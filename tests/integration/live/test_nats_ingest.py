@@ -57,7 +57,10 @@ def test_ingest_commits_rows_quarantine_and_offset(store, producer: Producer) ->
     src = NatsJetStreamSource(URL, producer.stream)
     stats = StreamIngester(store, src, IngestConfig(dataset="ev", every_s=0.5, idle_stop_s=0.5,
                                                     batch_records=700)).run()
-    assert stats.records == 2001 and stats.quarantined == 1 and stats.commits >= 3 and stats.lag == 0
+    # A commit gathers polls of at most 700 messages until it holds 700 or more: between 700 and 1,399, or fewer
+    # when the stream pauses. How the 2,001 split depends on how fast the broker answers (seen under load: two
+    # commits), so only the bound is certain: at least two.
+    assert stats.records == 2001 and stats.quarantined == 1 and stats.commits >= 2 and stats.lag == 0
     assert sorted(store.read_table("ev").column("n").to_pylist()) == list(range(2000))
     assert store.read_table("ev").column("_position").to_pylist()[:3] == ["1", "2", "3"]
     off = read_offset(store.catalog, src.url, "ev", "main")

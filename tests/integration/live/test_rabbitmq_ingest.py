@@ -52,7 +52,8 @@ def test_ingest_commits_rows_quarantine_and_offset(store, producer: Producer) ->
     src = RabbitStreamSource(URL, producer.queue)
     stats = StreamIngester(store, src, IngestConfig(dataset="ev", every_s=0.5, idle_stop_s=3,
                                                     batch_records=700)).run()
-    assert stats.records == 2001 and stats.quarantined == 1 and stats.commits >= 3
+    # each commit holds fewer than 2 x 700 (see test_nats_ingest): at least two, however the polls split
+    assert stats.records == 2001 and stats.quarantined == 1 and stats.commits >= 2
     assert sorted(store.read_table("ev").column("n").to_pylist()) == list(range(2000))
     off = read_offset(store.catalog, src.url, "ev", "main")
     assert off is not None and off.position == "2000" and off.records == 2001  # stream offsets start at 0

@@ -47,7 +47,8 @@ def test_ingest_commits_rows_quarantine_and_offset(store, client, name: str) -> 
     client.xadd(name, {"other": b"x"})
     stats = StreamIngester(store, RedisStreamSource(URL, name),
                            IngestConfig(dataset="ev", every_s=0.5, idle_stop_s=0.5, batch_records=1000)).run()
-    assert stats.records == 3002 and stats.quarantined == 2 and stats.commits >= 3 and stats.lag == 0
+    # each commit holds fewer than 2 x 1,000 (see test_nats_ingest): at least two, however the polls split
+    assert stats.records == 3002 and stats.quarantined == 2 and stats.commits >= 2 and stats.lag == 0
     table = store.read_table("ev")
     assert sorted(table.column("n").to_pylist()) == list(range(3000))
     assert table.column("_position").to_pylist()[0].count("-") == 1
@@ -141,7 +142,7 @@ def test_streaming_dedup_drops_keys_the_branch_already_holds_across_batches_and_
     config = IngestConfig(dataset="dd", every_s=0.3, idle_stop_s=0.5, batch_records=700, dedup_keys=("id",))
     send([*range(1000), *range(500, 1500), *range(1200, 1300)])  # 2,100 messages, 1,500 distinct keys
     first = StreamIngester(store, RedisStreamSource(URL, name), config).run()
-    assert first.records == 2100 and first.commits >= 3 and first.duplicates == 600
+    assert first.records == 2100 and first.commits >= 2 and first.duplicates == 600
     send([*range(1400, 1600), 7])  # a new ingester (a restart) indexes what the branch holds
     second = StreamIngester(store, RedisStreamSource(URL, name), config).run()
     assert second.records == 201 and second.duplicates == 101
