@@ -115,8 +115,7 @@ class BlockVerifier:
         self.state = (np.frombuffer(self._shared, dtype=np.int8, count=total) if self._shared is not None
                       else np.zeros(total, dtype=np.int8))
         self._busy = np.zeros(total, dtype=bool)
-        self._queued = np.zeros(total, dtype=bool)  # announced to the background threads (once, unless re-announced
-        # after they drained the queue)
+        self._queued = np.zeros(total, dtype=bool)  # ever handed to the background threads (never cleared)
         self.all_ok = total == 0
         self._ok = 0  # verdicts this process reached
         self._quiet = 0  # ensure() calls that found nothing to do since the last full look
@@ -158,7 +157,9 @@ class BlockVerifier:
 
     def announce(self, blocks: np.ndarray) -> None:
         """Blocks the loader will touch soon, in order: the background thread verifies them ahead of use, the
-        latest announcement first."""
+        latest announcement first. An announcement whose unverified blocks were all queued before is ignored
+        (the common case: every chunk of a pass re-announces blocks of the first ones), so after a seek the
+        background keeps its earlier order; the reader still hashes any block it needs that nobody has claimed."""
         if self.all_ok:
             return
         blocks = blocks[self.state[blocks] == _TODO]
@@ -188,14 +189,6 @@ class BlockVerifier:
             while self._busy[g]:
                 if not wait:
                     return
-                if self._queue:  # rather than idle while another thread hashes g, hash the next announced block
-                    other = self._queue.popleft()
-                    self._cond.release()
-                    try:
-                        self._check(other, wait=False)
-                    finally:
-                        self._cond.acquire()
-                    continue
                 self._cond.wait()
             if self.state[g] == _OK:
                 return
